@@ -1,0 +1,1 @@
+"""Continuous-time Krotov-Hopfield networks for any differentiable similarity (DESIGN.md section 2)."""

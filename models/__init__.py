@@ -1,0 +1,16 @@
+"""Single-shot Universal Hopfield Networks: z = P^T sep(sim(M, q)) (Millidge et al., ICML 2022).
+
+models/ never imports dynamics/; the continuous-time networks build on this package.
+"""
+from .memory import (ClassicalHopfield, IterationResult, Memory, classical_hopfield,
+                     dense_associative_memory, modern_hopfield, sign, sparse_distributed_memory)
+from .separation import Separation, get_separation
+from .similarity import Similarity, get_similarity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Memory", "ClassicalHopfield", "IterationResult", "classical_hopfield", "sparse_distributed_memory",
+    "dense_associative_memory", "modern_hopfield", "sign", "Similarity", "get_similarity",
+    "Separation", "get_separation", "__version__",
+]

@@ -1,0 +1,47 @@
+"""Input checks shared by every public entry point: clear errors, never a silent NaN."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_matrix(x, name: str, *, ndim_ok=(1, 2)) -> tuple[np.ndarray, bool]:
+    """Return ``x`` as a float64 2-D array and whether it was a single vector.
+
+    Raises ValueError naming ``name`` for wrong rank, empty arrays, NaN or inf.
+    """
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if a.ndim not in ndim_ok:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim_ok))} dimensions, got shape {a.shape}")
+    single = a.ndim == 1
+    a = np.atleast_2d(a).astype(np.float64, copy=False)
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    check_finite(a, name)
+    return a, single
+
+
+def check_finite(a: np.ndarray, name: str) -> None:
+    """Raise ValueError if ``a`` holds NaN or inf, saying how many and where the first is."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {first}")
+
+
+def check_same_width(M: np.ndarray, Q: np.ndarray, mname="memories", qname="queries") -> None:
+    """Raise ValueError unless memories (N, D) and queries (B, D) share D."""
+    if M.shape[1] != Q.shape[1]:
+        raise ValueError(
+            f"shape mismatch: {qname} have {Q.shape[1]} features but {mname} have {M.shape[1]} "
+            f"({qname} shape {Q.shape}, {mname} shape {M.shape})")
+
+
+def binary_coding(a: np.ndarray) -> str | None:
+    """Return 'binary' for {0,1} data, 'bipolar' for {-1,1} data, else None."""
+    if np.all((a == 0) | (a == 1)):
+        return "binary"
+    if np.all((a == -1) | (a == 1)):
+        return "bipolar"
+    return None

@@ -1,0 +1,184 @@
+"""Separation functions sep(S): sharpen the (B, N) similarity scores into memory weights.
+
+Each :class:`Separation` acts row-wise on S (one row per query). The record ``lagrangian`` names
+the convex Lagrangian L_h whose gradient is the separation (so it may serve as the memory-neuron
+activation f = dL_h/dh of the continuous-time dynamics), or is None with ``no_energy`` saying why
+no valid energy exists (DESIGN.md section 2; STYLE.md: "log, sqrt and max do not").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+#: exp overflows float64 above this argument
+EXP_MAX = np.log(np.finfo(np.float64).max)
+
+
+@dataclass(frozen=True)
+class Separation:
+    """A row-wise separation function w = sep(S).
+
+    Attributes
+    ----------
+    name : registry name with parameters, e.g. ``"softmax(beta=10)"``.
+    fn : ``fn(S) -> W`` on (B, N) float64 scores.
+    top_k : for max / k_max, the number of memories kept; retrieval then gathers rows of P
+        instead of a dense product.
+    lagrangian : name of the convex L_h with dL_h/dh = sep (see dynamics.lagrangians), or None.
+    no_energy : why there is no convex Lagrangian, when ``lagrangian`` is None.
+    """
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    top_k: Optional[int] = None
+    lagrangian: Optional[str] = None
+    no_energy: str = ""
+    params: dict = field(default_factory=dict)
+
+    def __call__(self, S) -> np.ndarray:
+        S = np.asarray(S, dtype=np.float64)
+        single = S.ndim == 1
+        W = self.fn(np.atleast_2d(S))
+        return W[0] if single else W
+
+
+def _identity():
+    """sep(S) = S.  Gradient of L_h = sum h^2/2."""
+    return Separation("identity", lambda S: S.copy(), lagrangian="quadratic")
+
+
+def _threshold(theta: float = 0.0):
+    """sep(S)_mu = 1 if S_mu >= theta else 0 (sparse distributed memory)."""
+    theta = float(theta)
+    return Separation(f"threshold(theta={theta:g})", lambda S: (S >= theta).astype(np.float64),
+                      no_energy="a step function is not the gradient of a differentiable convex "
+                                "function (its Lagrangian max(h - theta, 0) has no Hessian at theta)",
+                      params={"theta": theta})
+
+
+def _polynomial(n: float = 2.0, rectified: bool = True):
+    """Rectified: sep(S) = max(S, 0)^n (gradient of sum max(h,0)^(n+1)/(n+1), convex for n >= 1).
+    Signed: sep(S) = sign(S) |S|^n (odd-symmetric DAM form; its Lagrangian |h|^(n+1)/(n+1) is
+    convex too)."""
+    n = float(n)
+    if n <= 0:
+        raise ValueError(f"polynomial separation needs a positive degree, got n={n}")
+    if rectified:
+        fn = lambda S: np.maximum(S, 0.0) ** n  # noqa: E731
+        name = f"polynomial(n={n:g})"
+    else:
+        fn = lambda S: np.sign(S) * np.abs(S) ** n  # noqa: E731
+        name = f"polynomial(n={n:g}, signed)"
+    ok = n >= 1
+    return Separation(name, fn,
+                      lagrangian=("rectified_polynomial" if rectified else "signed_polynomial") if ok else None,
+                      no_energy="" if ok else f"h^{n + 1:g}/{n + 1:g} is not convex for n < 1",
+                      params={"n": n, "rectified": rectified})
+
+
+def _softmax(beta: float = 1.0):
+    """sep(S)_mu = exp(beta S_mu) / sum_nu exp(beta S_nu), computed with the max shifted out so it
+    stays finite for any finite beta S. Gradient of L_h = (1/beta) log sum exp(beta h)."""
+    beta = float(beta)
+    if not np.isfinite(beta) or beta <= 0:
+        raise ValueError(f"softmax beta must be a positive finite number, got {beta}")
+
+    def fn(S):
+        X = beta * S
+        if not np.all(np.isfinite(X)):
+            raise OverflowError(f"softmax: beta * S overflows float64 (beta={beta:g}, "
+                                f"max |S|={np.abs(S).max():.3g}); lower beta or rescale the similarity")
+        X = X - X.max(axis=1, keepdims=True)
+        E = np.exp(X)
+        return E / E.sum(axis=1, keepdims=True)
+
+    return Separation(f"softmax(beta={beta:g})", fn, lagrangian="log_sum_exp", params={"beta": beta})
+
+
+def _exp(beta: float = 1.0):
+    """sep(S)_mu = exp(beta S_mu), unnormalised (gradient of sum exp(beta h)/beta)."""
+    beta = float(beta)
+
+    def fn(S):
+        X = beta * S
+        if np.max(X) > EXP_MAX:
+            raise OverflowError(f"exp separation overflows: beta * S reaches {np.max(X):.4g} > "
+                                f"{EXP_MAX:.1f}; use softmax (shift-invariant) or a smaller beta")
+        return np.exp(X)
+
+    return Separation(f"exp(beta={beta:g})", fn, lagrangian="exponential", params={"beta": beta})
+
+
+def _log():
+    """sep(S)_mu = log(S_mu); needs S > 0 (e.g. the paper_code reciprocal similarities)."""
+
+    def fn(S):
+        if np.any(S <= 0):
+            raise ValueError("log separation needs strictly positive similarity scores; the standard "
+                             "convention's distance similarities are <= 0 (use convention='paper_code')")
+        return np.log(S)
+
+    return Separation("log", fn, no_energy="log is concave and undefined for h <= 0: it is not the "
+                                           "gradient of a convex Lagrangian, so no Lyapunov energy exists")
+
+
+def _top_k(k: int):
+    """Uniform weights 1/k on the k most similar memories (ties go to the lower index)."""
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k_max needs k >= 1, got {k}")
+
+    def fn(S):
+        if k > S.shape[1]:
+            raise ValueError(f"k_max(k={k}) asks for more memories than are stored ({S.shape[1]})")
+        idx = top_k_indices(S, k)
+        W = np.zeros_like(S)
+        np.put_along_axis(W, idx, 1.0 / k, axis=1)
+        return W
+
+    name = "max" if k == 1 else f"k_max(k={k})"
+    return Separation(name, fn, top_k=k,
+                      no_energy="argmax/top-k is piecewise constant: no convex Lagrangian has it as "
+                                "gradient (softmax with beta -> inf is its smooth limit)",
+                      params={"k": k})
+
+
+def top_k_indices(S: np.ndarray, k: int) -> np.ndarray:
+    """Indices (B, k) of the k largest scores per row, deterministic: ties go to the lower index."""
+    if k == 1:
+        return np.argmax(S, axis=1)[:, None]  # argmax returns the first maximum
+    # stable sort of -S keeps equal scores in index order
+    return np.argsort(-S, axis=1, kind="stable")[:, :k]
+
+
+_REGISTRY: dict[str, Callable[..., Separation]] = {
+    "identity": _identity,
+    "threshold": _threshold,
+    "polynomial": _polynomial,
+    "softmax": _softmax,
+    "max": lambda: _top_k(1),
+    "k_max": _top_k,
+    "exp": _exp,
+    "log": _log,
+}
+
+
+def names() -> list[str]:
+    """Registered separation names."""
+    return list(_REGISTRY)
+
+
+def get_separation(spec, **params) -> Separation:
+    """Look a separation up by name (``"softmax"``, beta=10), or pass a Separation through."""
+    if isinstance(spec, Separation):
+        if params:
+            raise ValueError("parameters given with a Separation object; set them when building it")
+        return spec
+    if spec not in _REGISTRY:
+        raise ValueError(f"unknown separation {spec!r}; choose one of {sorted(_REGISTRY)}")
+    try:
+        return _REGISTRY[spec](**params)
+    except TypeError as err:
+        raise TypeError(f"separation {spec!r}: bad parameters {params}: {err}") from None
