@@ -74,7 +74,8 @@ def _polynomial(n: float = 2.0, rectified: bool = True):
     ok = n >= 1
     return Separation(name, fn,
                       lagrangian=("rectified_polynomial" if rectified else "signed_polynomial") if ok else None,
-                      no_energy="" if ok else f"h^{n + 1:g}/{n + 1:g} is not convex for n < 1",
+                      no_energy="" if ok else f"for n < 1 the Hessian n h^(n-1) of h^{n + 1:g}/{n + 1:g} is "
+                                             f"unbounded at h = 0, so dE/dt is undefined there",
                       params={"n": n, "rectified": rectified})
 
 

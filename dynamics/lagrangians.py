@@ -1,0 +1,349 @@
+"""Lagrangians of neuron layers: L(x), its gradient (the activation) and Hessian-vector products.
+
+A layer of the Krotov-Hopfield network is a Lagrangian plus a size: feature neurons v have
+g = dL_v/dv, memory neurons h have f = dL_h/dh (f plays the separation function). The energy needs
+each layer's Legendre term x . dL/dx - L(x), and the Lyapunov argument needs each Hessian to be
+positive semidefinite on the states visited; :meth:`Lagrangian.check_convex` verifies that and
+:class:`NonConvexLagrangianError` refuses a Lagrangian that fails.
+
+All methods act row-wise on a batch x (B, K).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.special import expit, logsumexp, softmax
+
+from models.separation import EXP_MAX, Separation, get_separation
+
+
+class NonConvexLagrangianError(ValueError):
+    """The Lagrangian's Hessian is not positive semidefinite, so E is no Lyapunov function."""
+
+
+class Lagrangian:
+    """Base class: subclasses define value, grad and hvp (row-wise on (B, K) arrays)."""
+
+    kind: str = "abstract"
+
+    def __init__(self, **params):
+        self.params = {k: float(v) for k, v in params.items()}
+
+    @property
+    def name(self) -> str:
+        inner = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        return f"{self.kind}({inner})" if inner else self.kind
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def value(self, x: np.ndarray) -> np.ndarray:
+        """L(x) per row, (B,)."""
+        raise NotImplementedError
+
+    def grad(self, x: np.ndarray) -> np.ndarray:
+        """Activation dL/dx, (B, K)."""
+        raise NotImplementedError
+
+    def hvp(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Hessian-vector product (d^2 L/dx^2) u, (B, K)."""
+        raise NotImplementedError
+
+    def legendre(self, x: np.ndarray) -> np.ndarray:
+        """Energy term of the layer, x . dL/dx - L(x), (B,)."""
+        return np.einsum("bk,bk->b", x, self.grad(x)) - self.value(x)
+
+    def curvature(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """u^T Hess(L)(x) u per row, (B,): must be >= 0 for the Lyapunov argument."""
+        return np.einsum("bk,bk->b", u, self.hvp(x, u))
+
+    def check_convex(self, x, n_probes: int = 8, seed: int = 0, tol: float = 1e-10) -> None:
+        """Raise NonConvexLagrangianError if u^T H(x) u < -tol |u|^2 for random probe directions u
+        at any of the states x (B, K) (e.g. the states a trajectory visited)."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        rng = np.random.default_rng(seed)
+        for _ in range(n_probes):
+            u = rng.standard_normal(x.shape)
+            c = self.curvature(x, u)
+            scale = np.einsum("bk,bk->b", u, u)
+            bad = c < -tol * scale
+            if np.any(bad):
+                b = int(np.flatnonzero(bad)[0])
+                raise NonConvexLagrangianError(
+                    f"Lagrangian {self.name} has a negative Hessian direction at state row {b} "
+                    f"(u^T H u = {c[b]:.3g}): its energy is not a Lyapunov function")
+
+
+class Quadratic(Lagrangian):
+    """L = sum x^2 / 2;  dL/dx = x;  Hessian = I (classical HN memory layer, linear neurons)."""
+
+    kind = "quadratic"
+
+    def value(self, x):
+        return 0.5 * np.einsum("bk,bk->b", x, x)
+
+    def grad(self, x):
+        return x
+
+    def hvp(self, x, u):
+        return u
+
+
+class RectifiedPolynomial(Lagrangian):
+    """L = sum max(x, 0)^(n+1) / (n+1);  dL/dx = max(x, 0)^n (dense associative memory)."""
+
+    kind = "rectified_polynomial"
+
+    def __init__(self, n: float = 2.0):
+        if not n >= 1:
+            raise NonConvexLagrangianError(
+                f"rectified polynomial degree n={n} < 1: the Hessian n x^(n-1) is unbounded at 0")
+        super().__init__(n=n)
+        self.n = float(n)
+
+    def value(self, x):
+        return (np.maximum(x, 0.0) ** (self.n + 1)).sum(1) / (self.n + 1)
+
+    def grad(self, x):
+        return np.maximum(x, 0.0) ** self.n
+
+    def hvp(self, x, u):
+        return self.n * np.maximum(x, 0.0) ** (self.n - 1) * (x > 0) * u
+
+
+class SignedPolynomial(Lagrangian):
+    """L = sum |x|^(n+1) / (n+1);  dL/dx = sign(x) |x|^n."""
+
+    kind = "signed_polynomial"
+
+    def __init__(self, n: float = 3.0):
+        if not n >= 1:
+            raise NonConvexLagrangianError(
+                f"signed polynomial degree n={n} < 1: the Hessian n |x|^(n-1) is unbounded at 0")
+        super().__init__(n=n)
+        self.n = float(n)
+
+    def value(self, x):
+        return (np.abs(x) ** (self.n + 1)).sum(1) / (self.n + 1)
+
+    def grad(self, x):
+        return np.sign(x) * np.abs(x) ** self.n
+
+    def hvp(self, x, u):
+        return self.n * np.abs(x) ** (self.n - 1) * u
+
+
+def _check_beta_x(beta: float, x: np.ndarray, who: str) -> np.ndarray:
+    bx = beta * x
+    if not np.all(np.isfinite(bx)):
+        raise OverflowError(f"{who}: beta * x overflows float64 (beta={beta:g}, max |x|="
+                            f"{np.nanmax(np.abs(x)):.3g}); lower beta")
+    return bx
+
+
+class LogSumExp(Lagrangian):
+    """L = (1/beta) log sum exp(beta x);  dL/dx = softmax(beta x);
+    Hessian = beta (diag(f) - f f^T), PSD (modern continuous Hopfield memory layer).
+    Computed with the maximum shifted out, so it stays finite for any finite beta x."""
+
+    kind = "log_sum_exp"
+
+    def __init__(self, beta: float = 1.0):
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"log_sum_exp needs a positive finite beta, got {beta}")
+        super().__init__(beta=beta)
+        self.beta = float(beta)
+
+    def value(self, x):
+        return logsumexp(_check_beta_x(self.beta, x, self.name), axis=1) / self.beta
+
+    def grad(self, x):
+        return softmax(_check_beta_x(self.beta, x, self.name), axis=1)
+
+    def hvp(self, x, u):
+        f = self.grad(x)
+        return self.beta * (f * u - f * np.einsum("bk,bk->b", f, u)[:, None])
+
+    def legendre(self, x):
+        # x.f - L = (1/beta) sum f log f (log f = beta x - log Z): no cancellation of large terms: no cancellation of two large terms
+        f = self.grad(x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flogf = np.where(f > 0, f * np.log(np.where(f > 0, f, 1.0)), 0.0)
+        return flogf.sum(1) / self.beta
+
+
+class Exponential(Lagrangian):
+    """L = sum exp(beta x) / beta;  dL/dx = exp(beta x) (unnormalised exp separation)."""
+
+    kind = "exponential"
+
+    def __init__(self, beta: float = 1.0):
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"exponential Lagrangian needs a positive finite beta, got {beta}")
+        super().__init__(beta=beta)
+        self.beta = float(beta)
+
+    def _exp(self, x):
+        bx = _check_beta_x(self.beta, x, self.name)
+        if np.max(bx) > EXP_MAX:
+            raise OverflowError(f"{self.name}: exp(beta x) overflows (beta x up to {np.max(bx):.4g})")
+        return np.exp(bx)
+
+    def value(self, x):
+        return self._exp(x).sum(1) / self.beta
+
+    def grad(self, x):
+        return self._exp(x)
+
+    def hvp(self, x, u):
+        return self.beta * self._exp(x) * u
+
+
+class Spherical(Lagrangian):
+    """L = |x|_2;  dL/dx = x / |x| (unit-norm rates);  Hessian = (I - g g^T) / |x|, PSD."""
+
+    kind = "spherical"
+
+    def _norm(self, x):
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        if np.any(n == 0):
+            raise ValueError("spherical Lagrangian: x = 0 has no direction (|x| = 0)")
+        return n
+
+    def value(self, x):
+        return self._norm(x)[:, 0]
+
+    def grad(self, x):
+        return x / self._norm(x)
+
+    def hvp(self, x, u):
+        n = self._norm(x)
+        g = x / n
+        return (u - g * np.einsum("bk,bk->b", g, u)[:, None]) / n
+
+
+class LogCosh(Lagrangian):
+    """L = sum log cosh(x);  dL/dx = tanh(x) (bounded rates in (-1, 1));  Hessian = 1 - tanh^2."""
+
+    kind = "log_cosh"
+
+    def value(self, x):
+        a = np.abs(x)
+        return (a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)).sum(1)
+
+    def grad(self, x):
+        return np.tanh(x)
+
+    def hvp(self, x, u):
+        return (1.0 - np.tanh(x) ** 2) * u
+
+
+class Softplus(Lagrangian):
+    """L = sum log(1 + e^x);  dL/dx = sigmoid(x) (firing rates in (0, 1));  Hessian = s (1 - s)."""
+
+    kind = "softplus"
+
+    def value(self, x):
+        return np.logaddexp(0.0, x).sum(1)
+
+    def grad(self, x):
+        return expit(x)
+
+    def hvp(self, x, u):
+        s = expit(x)
+        return s * (1.0 - s) * u
+
+
+class Elementwise(Lagrangian):
+    """L = sum_i F(x_i) for a user-supplied convex F with derivatives dF and d2F.
+
+    Refused at construction if d2F < 0 anywhere on ``probe`` (default: 2001 points in [-20, 20]);
+    :meth:`check_convex` re-checks on the states actually visited.
+    """
+
+    kind = "elementwise"
+
+    def __init__(self, F: Callable, dF: Callable, d2F: Callable, name: str = "custom",
+                 probe=None):
+        super().__init__()
+        self.F, self.dF, self.d2F, self.label = F, dF, d2F, name
+        xs = np.linspace(-20, 20, 2001) if probe is None else np.asarray(probe, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            c = np.asarray(d2F(xs), dtype=np.float64)
+        bad = ~(c >= -1e-12)
+        if np.any(bad):
+            raise NonConvexLagrangianError(
+                f"Lagrangian {name!r} is not convex: F''(x) = {c[bad][0]:.3g} < 0 at x = {xs[bad][0]:.3g}")
+
+    @property
+    def name(self) -> str:
+        return f"elementwise({self.label})"
+
+    def value(self, x):
+        return np.asarray(self.F(x)).sum(1)
+
+    def grad(self, x):
+        return np.asarray(self.dF(x), dtype=np.float64)
+
+    def hvp(self, x, u):
+        return np.asarray(self.d2F(x), dtype=np.float64) * u
+
+
+# ------------------------------------------------------------------ constructors
+def quadratic() -> Quadratic:
+    return Quadratic()
+
+
+def rectified_polynomial(n: float = 2.0) -> RectifiedPolynomial:
+    return RectifiedPolynomial(n)
+
+
+def signed_polynomial(n: float = 3.0) -> SignedPolynomial:
+    return SignedPolynomial(n)
+
+
+def log_sum_exp(beta: float = 1.0) -> LogSumExp:
+    return LogSumExp(beta)
+
+
+def exponential(beta: float = 1.0) -> Exponential:
+    return Exponential(beta)
+
+
+def spherical() -> Spherical:
+    return Spherical()
+
+
+def log_cosh() -> LogCosh:
+    return LogCosh()
+
+
+def softplus() -> Softplus:
+    return Softplus()
+
+
+def elementwise(F, dF, d2F, name: str = "custom", probe=None) -> Elementwise:
+    return Elementwise(F, dF, d2F, name=name, probe=probe)
+
+
+_BY_KIND = {
+    "quadratic": lambda p: Quadratic(),
+    "rectified_polynomial": lambda p: RectifiedPolynomial(p["n"]),
+    "signed_polynomial": lambda p: SignedPolynomial(p["n"]),
+    "log_sum_exp": lambda p: LogSumExp(p["beta"]),
+    "exponential": lambda p: Exponential(p["beta"]),
+}
+
+
+def for_separation(separation) -> Lagrangian:
+    """The memory-layer Lagrangian L_h whose gradient is ``separation`` (name or Separation).
+
+    identity -> quadratic, polynomial(n) -> rectified / signed polynomial, softmax(beta) ->
+    log_sum_exp(beta), exp(beta) -> exponential(beta). Threshold, max, k_max and log have no
+    convex Lagrangian and raise NonConvexLagrangianError saying why.
+    """
+    sep: Separation = get_separation(separation)
+    if sep.lagrangian is None:
+        raise NonConvexLagrangianError(f"separation {sep.name} has no energy: {sep.no_energy}")
+    return _BY_KIND[sep.lagrangian](sep.params)

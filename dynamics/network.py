@@ -1,0 +1,212 @@
+"""The two-layer Krotov-Hopfield network for any differentiable similarity (DESIGN.md section 2).
+
+Feature neurons v (D) with rates g = dL_v/dv, memory neurons h (N) with rates f = dL_h/dh, and a
+similarity S_mu(g) = sim(M_mu, g) from models.similarity:
+
+    tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I
+    tau_h dh/dt = S(g) - h
+
+    E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g)
+    dE/dt = -tau_v vdot^T Hess(L_v) vdot - tau_h hdot^T Hess(L_h) hdot   (<= 0 for convex L)
+
+In the adiabatic limit tau_h -> 0, h = S(g) and only v evolves; then E = (v - I).g - L_v(v) -
+L_h(S(g)) and dE/dt = -tau_v vdot^T Hess(L_v) vdot.
+
+Every method is batched: v (B, D), h (B, N), I (D,) or (B, D).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+
+from models import Memory
+from models._validate import as_matrix, check_finite, check_same_width
+from models.similarity import Similarity, get_similarity
+
+from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
+
+
+def _rowdot(a, b):
+    return np.einsum("bk,bk->b", a, b)
+
+
+class Network:
+    """Krotov-Hopfield network with memories M (N, D), optional values P (N, O) for the readout.
+
+    Parameters
+    ----------
+    memories : (N, D) array, or a models.Memory (its M, P and similarity are used and, unless
+        ``L_h`` is given, the memory Lagrangian whose gradient is its separation).
+    similarity : name or Similarity with a gradient (``models.similarity.differentiable_names()``).
+    L_v, L_h : Lagrangians of the feature and memory layers (default quadratic and
+        log_sum_exp(beta=1): the modern continuous Hopfield network).
+    tau_v, tau_h : time constants (> 0), in the time unit of the integration.
+    I : constant input current (D,) or None (= 0).
+    values : (N, O) values for the heteroassociative readout P^T f(h); default P = M.
+    """
+
+    def __init__(self, memories, similarity: Union[str, Similarity, None] = None,
+                 L_v: Optional[Lagrangian] = None, L_h: Optional[Lagrangian] = None,
+                 tau_v: float = 1.0, tau_h: float = 0.1, I=None, values=None):
+        if isinstance(memories, Memory):
+            mem = memories
+            memories, values = mem.M, (None if mem.autoassociative else mem.P)
+            similarity = mem.similarity if similarity is None else similarity
+            if L_h is None:
+                L_h = for_separation(mem.separation)
+            if mem.convention != "standard":
+                raise ValueError("the dynamics use the standard similarity convention; the "
+                                 "paper_code reciprocal similarities have no gradient")
+        self.M, _ = as_matrix(memories, "memories", ndim_ok=(2,))
+        self.P = self.M if values is None else as_matrix(values, "values", ndim_ok=(2,))[0]
+        if self.P.shape[0] != self.M.shape[0]:
+            raise ValueError(f"shape mismatch: {self.M.shape[0]} memories but {self.P.shape[0]} values")
+        self.sim = get_similarity("dot" if similarity is None else similarity)
+        if not self.sim.differentiable:
+            raise ValueError(f"similarity {self.sim.name!r} has no gradient dS/dg, so it cannot drive "
+                             f"the continuous-time dynamics; differentiable similarities: "
+                             f"{', '.join(_differentiable())}")
+        if self.sim.binary_only:
+            raise ValueError(f"similarity {self.sim.name!r} needs binary states; the dynamics are continuous")
+        self.L_v = quadratic() if L_v is None else L_v
+        self.L_h = LogSumExp(1.0) if L_h is None else L_h
+        for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):
+            if not isinstance(lag, Lagrangian):
+                raise TypeError(f"{name} must be a dynamics.lagrangians.Lagrangian, got {type(lag).__name__}")
+        for name, tau in (("tau_v", tau_v), ("tau_h", tau_h)):
+            if not (np.isfinite(tau) and tau > 0):
+                raise ValueError(f"{name} must be a positive finite time constant, got {tau}")
+        self.tau_v, self.tau_h = float(tau_v), float(tau_h)
+        if I is not None:
+            I = np.asarray(I, dtype=np.float64)
+            if I.shape != (self.D,):
+                raise ValueError(f"input current I must have shape ({self.D},), got {I.shape}")
+            check_finite(I, "input current I")
+        self.I = I
+
+    # ------------------------------------------------------------------ sizes and repr
+    @property
+    def D(self) -> int:
+        return self.M.shape[1]
+
+    @property
+    def N(self) -> int:
+        return self.M.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"Network(N={self.N}, D={self.D}, similarity={self.sim.name}, L_v={self.L_v.name}, "
+                f"L_h={self.L_h.name}, tau_v={self.tau_v:g}, tau_h={self.tau_h:g})")
+
+    def describe(self) -> dict:
+        """The parameters that define the network, for result files."""
+        return {"N": self.N, "D": self.D, "similarity": self.sim.name, "L_v": self.L_v.name,
+                "L_h": self.L_h.name, "tau_v": self.tau_v, "tau_h": self.tau_h,
+                "input_current": self.I is not None}
+
+    # ------------------------------------------------------------------ helpers
+    def _I(self, I, B):
+        if I is None:
+            I = self.I
+        if I is None:
+            return np.zeros((B, self.D))
+        return np.broadcast_to(I, (B, self.D))
+
+    def _check_state(self, v, h=None):
+        v = np.atleast_2d(np.asarray(v, dtype=np.float64))
+        if v.shape[1] != self.D:
+            raise ValueError(f"shape mismatch: feature state has {v.shape[1]} entries, network has D={self.D}")
+        check_finite(v, "feature state v")
+        if h is None:
+            return v
+        h = np.atleast_2d(np.asarray(h, dtype=np.float64))
+        if h.shape != (v.shape[0], self.N):
+            raise ValueError(f"shape mismatch: memory state h has shape {h.shape}, expected {(v.shape[0], self.N)}")
+        check_finite(h, "memory state h")
+        return v, h
+
+    def similarity(self, g: np.ndarray) -> np.ndarray:
+        """S(g) = sim(M, g), (B, N)."""
+        return self.sim.score(self.M, g)
+
+    def initial_state(self, Q, h0=None):
+        """v(0) = q and h(0) = S(g(v(0))) unless h0 is given. Returns (v0, h0), each 2-D."""
+        Q, _ = as_matrix(Q, "queries")
+        check_same_width(self.M, Q)
+        v0 = Q.copy()
+        if h0 is None:
+            h0 = self.similarity(self.L_v.grad(v0))
+        v0, h0 = self._check_state(v0, h0)
+        return v0, h0.copy()
+
+    # ------------------------------------------------------------------ dynamics
+    def rhs(self, v, h, I=None):
+        """(dv/dt, dh/dt) = ((sum_mu f_mu dS_mu/dg - v + I)/tau_v, (S(g) - h)/tau_h)."""
+        g = self.L_v.grad(v)
+        f = self.L_h.grad(h)
+        dv = (self.sim.vjp(self.M, g, f) - v + self._I(I, v.shape[0])) / self.tau_v
+        dh = (self.similarity(g) - h) / self.tau_h
+        return dv, dh
+
+    def rhs_adiabatic(self, v, I=None):
+        """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0)."""
+        g = self.L_v.grad(v)
+        f = self.L_h.grad(self.similarity(g))
+        return (self.sim.vjp(self.M, g, f) - v + self._I(I, v.shape[0])) / self.tau_v
+
+    def energy(self, v, h, I=None):
+        """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,)."""
+        g = self.L_v.grad(v)
+        f = self.L_h.grad(h)
+        Iv = self._I(I, v.shape[0])
+        return (self.L_v.legendre(v) - _rowdot(Iv, g) + self.L_h.legendre(h)
+                - _rowdot(f, self.similarity(g)))
+
+    def energy_adiabatic(self, v, I=None):
+        """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g)."""
+        g = self.L_v.grad(v)
+        return self.L_v.legendre(v) - _rowdot(self._I(I, v.shape[0]), g) - self.L_h.value(self.similarity(g))
+
+    def dEdt(self, v, h, I=None):
+        """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,)."""
+        dv, dh = self.rhs(v, h, I)
+        return -self.tau_v * self.L_v.curvature(v, dv) - self.tau_h * self.L_h.curvature(h, dh)
+
+    def dEdt_adiabatic(self, v, I=None):
+        """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow, (B,)."""
+        dv = self.rhs_adiabatic(v, I)
+        return -self.tau_v * self.L_v.curvature(v, dv)
+
+    def readout(self, h) -> np.ndarray:
+        """z = P^T f(h): the memory layer's output in value space (B, O)."""
+        return self.L_h.grad(np.atleast_2d(h)) @ self.P
+
+    # ------------------------------------------------------------------ flat interface
+    def pack(self, v, h) -> np.ndarray:
+        """Flatten (v, h) of a batch into one float64 vector [v_0, h_0, v_1, h_1, ...]."""
+        return np.concatenate([v, h], axis=1).ravel()
+
+    def unpack(self, y: np.ndarray):
+        """Inverse of :meth:`pack`."""
+        Y = y.reshape(-1, self.D + self.N)
+        return Y[:, :self.D], Y[:, self.D:]
+
+    def fun(self, I=None, adiabatic: bool = False):
+        """Right-hand side fun(t, y) -> dy/dt on flat float64 arrays, for scipy.integrate.solve_ivp."""
+        if adiabatic:
+            D = self.D
+
+            def f_ad(t, y):
+                return self.rhs_adiabatic(y.reshape(-1, D), I).ravel()
+            return f_ad
+
+        def f(t, y):
+            v, h = self.unpack(y)
+            dv, dh = self.rhs(v, h, I)
+            return self.pack(dv, dh)
+        return f
+
+
+def _differentiable():
+    from models.similarity import differentiable_names
+    return differentiable_names()
