@@ -83,7 +83,13 @@ def check_binary(M: np.ndarray, Q: np.ndarray, name: str) -> str:
         which = "memories" if cm is None else "queries"
         raise ValueError(f"{name} similarity needs binary {{0,1}} or bipolar {{-1,1}} data, "
                          f"but the {which} hold other values")
-    if cm != cq and not (np.all(M == 1) or np.all(Q == 1)):
+    if cm != cq:
+        # an all-ones array is both binary and bipolar (binary_coding says "binary"): the other
+        # array decides the coding, else the binary formula would score bipolar data
+        if np.all(M == 1):
+            return cq
+        if np.all(Q == 1):
+            return cm
         raise ValueError(f"{name} similarity: memories are {cm} but queries are {cq}; use one coding")
     return cm
 
