@@ -1,0 +1,141 @@
+"""The named instances behave as the literature says: HN capacity ~0.14 D, DAM beyond it, MCHN in
+one step, SDM within its radius (DESIGN.md section 1)."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from models import (ClassicalHopfield, classical_hopfield, dense_associative_memory,
+                    modern_hopfield, sign, sparse_distributed_memory)
+
+D = 400
+
+
+def test_named_instances_are_the_right_compositions(rng, bipolar):
+    X = bipolar(rng, 4, 12)
+    assert isinstance(classical_hopfield(X), ClassicalHopfield)
+    hn = classical_hopfield(X)
+    assert (hn.similarity.name, hn.separation.name, hn.output) == ("dot", "identity", "sign")
+    sdm = sparse_distributed_memory((X > 0).astype(float), radius=3)
+    assert (sdm.similarity.name, sdm.separation.name, sdm.output) == ("hamming", "threshold(theta=-3)", "majority")
+    assert sparse_distributed_memory(X).output == "sign"
+    dam = dense_associative_memory(X, n=3)
+    assert (dam.similarity.name, dam.separation.name) == ("dot", "polynomial(n=3)")
+    mchn = modern_hopfield(X, beta=4)
+    assert (mchn.similarity.name, mchn.separation.name) == ("dot", "softmax(beta=4)")
+
+
+def test_classical_hopfield_weights_and_single_shot(rng, bipolar):
+    X = bipolar(rng, 6, 30)
+    hn = classical_hopfield(X)
+    W = X.T @ X
+    np.fill_diagonal(W, 0)
+    assert_array_equal(hn.W, W)
+    assert_array_equal(classical_hopfield(X, zero_diagonal=False).W, X.T @ X)
+    q = rng.normal(size=30)
+    assert_array_equal(hn.retrieve(q), sign(X.T @ (X @ q)))
+    assert set(np.unique(hn.retrieve(np.zeros(30)))) == {1.0}  # sign(0) = +1 keeps outputs bipolar
+
+
+def _hn_recall(n, seed, flip, bipolar, mode="async"):
+    rng = np.random.default_rng(seed)
+    X = bipolar(rng, n, D)
+    res = classical_hopfield(X).update(flip(rng, X, 0.05), mode=mode, seed=seed)
+    return X, res, np.all(res.states == X, axis=1), (res.states * X).mean(1)
+
+
+def test_classical_hopfield_recalls_below_capacity(flip, bipolar):
+    X, res, recalled, overlap = _hn_recall(int(0.05 * D), 1, flip, bipolar)
+    assert res.converged.all()
+    assert recalled.mean() >= 0.95 and overlap.min() >= 0.99
+
+
+def test_classical_hopfield_fails_above_capacity(flip, bipolar):
+    # N = 0.3 D is twice the ~0.14 D capacity: the states wander off to spurious minima
+    X, res, recalled, overlap = _hn_recall(int(0.3 * D), 2, flip, bipolar)
+    assert recalled.mean() < 0.2
+    assert overlap.mean() < 0.7
+
+
+def test_classical_hopfield_async_update_never_raises_the_energy(flip, bipolar):
+    rng = np.random.default_rng(3)
+    X = bipolar(rng, 40, 100)
+    hn = classical_hopfield(X)
+    Q = flip(rng, X, 0.2)
+    energy = lambda S: -0.5 * np.einsum("bi,ij,bj->b", S, hn.W, S)  # noqa: E731
+    E0 = energy(Q)
+    E1 = energy(hn.update(Q, max_sweeps=1).states)
+    E2 = energy(hn.update(Q, max_sweeps=50).states)
+    assert np.all(E1 <= E0 + 1e-9) and np.all(E2 <= E1 + 1e-9)
+    fixed = hn.update(Q).states
+    assert_array_equal(sign(fixed @ hn.W), fixed)  # a fixed point of the update rule
+    with pytest.raises(ValueError, match="async"):
+        hn.update(Q, mode="random")
+
+
+def test_dense_associative_memory_beats_classical_capacity(rng, flip, bipolar):
+    n = int(0.3 * D)
+    X = bipolar(rng, n, D)
+    Q = flip(rng, X, 0.05)
+    dam = dense_associative_memory(X, n=3)
+    assert_array_equal(dam.retrieve(Q), X)  # single shot, every pattern
+    res = dam.iterate(Q)
+    assert res.converged.all() and np.all(res.steps <= 2)
+    assert_array_equal(res.states, X)
+    # the classical network fails at the same load (N/D = 0.3)
+    hn_recalled = np.all(classical_hopfield(X).update(Q).states == X, axis=1)
+    assert hn_recalled.mean() < 0.2
+
+
+def test_dense_associative_memory_signed_polynomial(rng, flip, bipolar):
+    X = bipolar(rng, 60, 200)
+    dam = dense_associative_memory(X, n=3, rectified=False)
+    assert_array_equal(dam.retrieve(flip(rng, X, 0.05)), X)
+    # odd separation: the negated pattern is retrieved from a negated query
+    assert_array_equal(dam.retrieve(-X[:5]), -X[:5])
+
+
+def test_modern_hopfield_retrieves_in_one_step(rng, flip, bipolar):
+    X = bipolar(rng, 20, 256)
+    Q = flip(rng, X, 0.10)
+    mchn = modern_hopfield(X, beta=1.0)
+    assert_allclose(mchn.retrieve(Q), X, atol=1e-6)
+    res = mchn.iterate(Q)
+    assert res.converged.all() and np.all(res.steps <= 2)
+    assert_allclose(res.states, X, atol=1e-6)
+
+
+def test_modern_hopfield_small_beta_averages(rng, bipolar):
+    # beta -> 0 gives uniform weights: the retrieval is the mean pattern (a metastable state)
+    X = bipolar(rng, 20, 256)
+    z = modern_hopfield(X, beta=1e-9).retrieve(X[0])
+    assert_allclose(z, X.mean(0), atol=1e-5)
+
+
+def test_sparse_distributed_memory_within_radius(rng, flip, bipolar):
+    Xb = (bipolar(rng, 50, 256) > 0).astype(float)  # random memories are ~128 bits apart
+    sdm = sparse_distributed_memory(Xb, radius=30)
+    Qb = (flip(rng, 2 * Xb - 1, 20 / 256) > 0).astype(float)  # 20 flipped bits: inside the radius
+    assert_array_equal(sdm.weights(Qb), np.eye(50))
+    assert_array_equal(sdm.retrieve(Qb), Xb)
+    # bipolar coding with the sign output
+    assert_array_equal(sparse_distributed_memory(2 * Xb - 1, radius=30).retrieve(2 * Qb - 1), 2 * Xb - 1)
+    # outside the radius no memory votes and nothing is recalled
+    far = (flip(rng, 2 * Xb - 1, 40 / 256) > 0).astype(float)
+    assert_array_equal(sdm.weights(far), 0.0)
+    assert_array_equal(sdm.retrieve(far), 0.0)
+
+
+def test_sparse_distributed_memory_majority_vote(rng):
+    # three memories inside the radius vote bit by bit: the majority wins
+    M = np.array([[1.0, 1, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]])
+    z = sparse_distributed_memory(M, radius=2).retrieve(np.array([1.0, 1, 1, 0, 0, 0]))
+    assert_array_equal(z, [1, 1, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="binary"):
+        sparse_distributed_memory(M * 0.5)
+
+
+def test_heteroassociative_named_instances(rng, flip, bipolar):
+    keys, values = bipolar(rng, 15, 128), bipolar(rng, 15, 10)
+    Q = flip(rng, keys, 0.1)
+    assert_allclose(modern_hopfield(keys, values).retrieve(Q), values, atol=1e-9)
+    assert_array_equal(dense_associative_memory(keys, values, n=3).retrieve(Q), values)
