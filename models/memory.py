@@ -140,7 +140,7 @@ class Memory:
         if k is not None and self.convention == "standard":
             # one-hot / uniform top-k weights: gather k rows of P instead of a dense (B,N)x(N,O) product
             idx = top_k_indices(S, k)
-            z = self.P[idx[:, 0]].copy() if k == 1 else self.P[idx].mean(axis=1)
+            z = self.P[idx[:, 0]] if k == 1 else self.P[idx].mean(axis=1)  # fancy indexing copies
             W = None
         else:
             W = self._weights(S)
