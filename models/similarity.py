@@ -99,9 +99,19 @@ def check_binary(M: np.ndarray, Q: np.ndarray, name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def _sq_dist(M, Q):
-    """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off."""
-    d2 = (Q * Q).sum(1)[:, None] - 2.0 * (Q @ M.T) + (M * M).sum(1)[None, :]
-    return np.maximum(d2, 0.0)
+    """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off.
+
+    Built in place in the GEMM's output: one (B, N) array, no temporaries of that size."""
+    d2 = Q @ M.T
+    d2 *= -2.0
+    d2 += np.einsum("ij,ij->i", Q, Q)[:, None]
+    d2 += np.einsum("ij,ij->i", M, M)[None, :]
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def _negate(d):
+    """-d computed in place (d is a fresh array owned by the caller)."""
+    return np.negative(d, out=d)
 
 
 def _dot():
@@ -134,7 +144,7 @@ def _cosine():
 
 def _squared_euclidean():
     """S_mu = -|M_mu - q|^2;  dS_mu/dg = 2 (M_mu - g)."""
-    return Similarity("squared_euclidean", lambda M, Q: -_sq_dist(M, Q),
+    return Similarity("squared_euclidean", lambda M, Q: _negate(_sq_dist(M, Q)),
                       lambda M, G, F: 2.0 * (F @ M - F.sum(1, keepdims=True) * G))
 
 
@@ -146,7 +156,14 @@ def _euclidean(eps: float = 0.0):
         raise ValueError(f"euclidean smoothing eps must be >= 0, got {eps}")
 
     def score(M, Q):
-        return eps - np.sqrt(_sq_dist(M, Q) + eps * eps)
+        d = _sq_dist(M, Q)  # fresh (B, N) array: finish in place
+        if eps:
+            d += eps * eps
+        np.sqrt(d, out=d)
+        d = _negate(d)
+        if eps:
+            d += eps
+        return d
 
     def vjp(M, G, F):
         r = np.sqrt(_sq_dist(M, G) + eps * eps)
@@ -188,7 +205,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
 
     def score(M, Q):
         if eps == 0:
-            return -cdist(Q, M, "cityblock" if p == 1 else "minkowski", **({} if p == 1 else {"p": p}))
+            return _negate(cdist(Q, M, "cityblock" if p == 1 else "minkowski", **({} if p == 1 else {"p": p})))
         out = np.empty((Q.shape[0], M.shape[0]))
         for b in range(Q.shape[0]):  # smoothed form: one (N, D) block per query
             s = absx(Q[b] - M).__pow__(p).sum(1)
