@@ -91,9 +91,11 @@ def _softmax(beta: float = 1.0):
         if not np.all(np.isfinite(X)):
             raise OverflowError(f"softmax: beta * S overflows float64 (beta={beta:g}, "
                                 f"max |S|={np.abs(S).max():.3g}); lower beta or rescale the similarity")
-        X = X - X.max(axis=1, keepdims=True)
-        E = np.exp(X)
-        return E / E.sum(axis=1, keepdims=True)
+        # X is a fresh array (never the caller's S): shift, exponentiate and normalise in place
+        X -= X.max(axis=1, keepdims=True)
+        np.exp(X, out=X)
+        X /= X.sum(axis=1, keepdims=True)
+        return X
 
     return Separation(f"softmax(beta={beta:g})", fn, lagrangian="log_sum_exp", params={"beta": beta})
 
