@@ -252,3 +252,14 @@ def test_log_separation_on_negative_scores_says_why():
     mem = Memory(np.random.default_rng(0).random((4, 3)), similarity="euclidean", separation="log")
     with pytest.raises(ValueError, match="paper_code"):
         mem.retrieve(np.zeros(3) + 0.5)
+
+
+@pytest.mark.parametrize("sep", ["max", "k_max", "softmax"])
+def test_retrieval_never_aliases_the_stored_memories(rng, sep):
+    X = rng.random((6, 5))
+    X0 = X.copy()
+    mem = Memory(X, similarity="euclidean", separation=get_separation("k_max", k=2) if sep == "k_max" else sep)
+    Z = mem.retrieve(X)
+    assert not np.shares_memory(Z, mem.M)
+    Z[:] = -1.0
+    assert_array_equal(mem.M, X0)

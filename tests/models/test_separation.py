@@ -67,6 +67,7 @@ def test_softmax_huge_beta_hand_case():
     assert_allclose(W, [0, 0, 1, 0], atol=1e-40)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_softmax_parameters_and_overflow():
     for bad in (0.0, -1.0, np.inf, np.nan):
         with pytest.raises(ValueError, match="beta"):
@@ -142,3 +143,14 @@ def test_registry_errors():
     assert get_separation(sep) is sep and sep.name == "softmax(beta=10)"
     with pytest.raises(ValueError, match="parameters given"):
         get_separation(sep, beta=2)
+
+
+@pytest.mark.parametrize("name,params", [("identity", {}), ("threshold", {}), ("polynomial", {"n": 3}),
+                                         ("softmax", {"beta": 2.0}), ("max", {}), ("k_max", {"k": 2}),
+                                         ("exp", {}), ("log", {})])
+def test_separations_never_write_into_the_scores(name, params):
+    S = np.abs(np.array([[0.3, 1.2, 0.7], [2.0, 0.1, 0.5]]))
+    S0 = S.copy()
+    W = get_separation(name, **params)(S)
+    assert_array_equal(S, S0)
+    assert not np.shares_memory(W, S)
