@@ -239,8 +239,9 @@ def classical_hopfield(memories, zero_diagonal: bool = True) -> ClassicalHopfiel
 def sparse_distributed_memory(memories, values=None, radius: float = 0.0) -> Memory:
     """SDM = hamming + threshold: every memory within Hamming distance ``radius`` of the query
     votes; output is the majority bit ({0,1} data) or the sign ({-1,1} data)."""
-    M = np.asarray(memories)
-    bipolar = np.any(M < 0)
+    # the output function acts on the retrieved values, so their coding picks it (not the keys')
+    V = np.asarray(memories if values is None else values)
+    bipolar = np.any(V < 0)
     return Memory(memories, values, similarity="hamming",
                   separation=get_separation("threshold", theta=-float(radius)),
                   output="sign" if bipolar else "majority")
