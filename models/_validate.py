@@ -12,6 +12,8 @@ def as_matrix(x, name: str, *, ndim_ok=(1, 2)) -> tuple[np.ndarray, bool]:
     a = np.asarray(x)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if np.iscomplexobj(a):  # astype(float64) would silently drop the imaginary part
+        raise TypeError(f"{name} must be real, got dtype {a.dtype}")
     if a.ndim not in ndim_ok:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim_ok))} dimensions, got shape {a.shape}")
     single = a.ndim == 1
