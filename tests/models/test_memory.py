@@ -209,6 +209,8 @@ def test_empty_and_misshapen_memories():
         Memory(np.ones((3, 4))).retrieve(np.ones((2, 2, 4)))
     with pytest.raises(TypeError, match="numeric"):
         Memory(np.array([["a", "b"]]))
+    with pytest.raises(TypeError, match="real"):
+        Memory(np.array([[1.0 + 2.0j, 3.0]]))
 
 
 def test_hamming_refuses_non_binary_data_at_construction_and_query():

@@ -139,3 +139,11 @@ def test_heteroassociative_named_instances(rng, flip, bipolar):
     Q = flip(rng, keys, 0.1)
     assert_allclose(modern_hopfield(keys, values).retrieve(Q), values, atol=1e-9)
     assert_array_equal(dense_associative_memory(keys, values, n=3).retrieve(Q), values)
+
+
+def test_sparse_distributed_memory_output_follows_the_values_coding():
+    keys = np.array([[1.0, 0, 1, 0], [0, 1, 0, 1]])
+    bip_vals = np.array([[1.0, -1, 1], [-1, -1, 1]])
+    bin_vals = (bip_vals > 0).astype(float)
+    assert_array_equal(sparse_distributed_memory(keys, bip_vals).retrieve(keys), bip_vals)
+    assert_array_equal(sparse_distributed_memory(2 * keys - 1, bin_vals).retrieve(2 * keys - 1), bin_vals)
