@@ -196,6 +196,8 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         raise ValueError(f"minkowski p must be >= 1 (p < 1 is not a metric), got {p}")
     if eps < 0:
         raise ValueError(f"minkowski smoothing eps must be >= 0, got {eps}")
+    if np.isinf(p) and eps:
+        raise ValueError("minkowski p=inf (the max norm) has no smoothed form here; use eps=0")
 
     def absx(x):
         return np.sqrt(x * x + eps * eps) - eps if eps else np.abs(x)
@@ -225,7 +227,8 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         name = f"minkowski(p={p:g})"
     if eps:
         name = f"{name}(eps={eps:g})" if "(" not in name else name[:-1] + f", eps={eps:g})"
-    return Similarity(name, score, vjp, smooth=eps > 0,
+    # p = inf (max norm): the p-power gradient formula is inf/inf, so offer no gradient rather than NaN
+    return Similarity(name, score, vjp if np.isfinite(p) else None, smooth=eps > 0,
                       params={"p": p, "eps": eps})
 
 
