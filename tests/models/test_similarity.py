@@ -238,3 +238,13 @@ def test_hamming_and_paper_code_have_no_gradient():
         assert not sim.differentiable
         with pytest.raises(ValueError, match="no gradient"):
             sim.grad_contract(np.ones((2, 3)), np.ones((1, 3)), np.ones((1, 2)))
+
+
+def test_minkowski_infinity_is_the_max_norm_without_gradient(rng):
+    A, Q = rng.normal(size=(5, 6)), rng.normal(size=(3, 6))
+    sim = get_similarity("minkowski", p=np.inf)
+    assert_allclose(sim(A, Q), -np.abs(Q[:, None, :] - A[None, :, :]).max(-1), rtol=1e-14)
+    with pytest.raises(ValueError, match="no gradient"):
+        sim.grad_contract(A, Q, np.ones((3, 5)))
+    with pytest.raises(ValueError, match="p=inf"):
+        get_similarity("minkowski", p=np.inf, eps=0.1)
