@@ -355,7 +355,9 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
     -------
     Trajectory with backend "brian2/<target>", h interpolated to whole steps for the leapfrog
     scheme, E and dEdt from the Network's formulas, and params recording dt, target, scheme,
-    method, the softmax shift and the build/run wall times (s).
+    method, the softmax shift and wall times in s: ``build_s`` (objects), ``run_s`` (code
+    generation, compilation and simulation) and ``loop_s`` (the simulation loop alone; for
+    cpp_standalone the compiled binary's run).
     """
     if not (np.isfinite(t_end) and t_end > 0):
         raise ValueError(f"t_end must be a positive finite time (ms), got {t_end}")
@@ -400,7 +402,7 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
               "softmax_shift": None if model.shift is None else model.shift.tolist(),
               "input_mode": input_mode, "fixed_point_tol": fixed_point_tol,
               "build_s": t1 - t0, "run_s": t2 - t1,
-              "device_run_s": run_time if target == "cpp_standalone" else None,
+              "loop_s": run_time,
               "time_unit": "ms", **net.describe()}
     return Trajectory(t=t, v=v, h=h, E=E, dEdt=dE, I=np.array(Iv), converged=vel < fixed_point_tol,
                       method=f"{scheme}/{model.info['method']}", backend=f"brian2/{target}",

@@ -1,0 +1,98 @@
+"""brian2 (numpy, cython, cpp_standalone) against scipy's solve_ivp on MNIST-sized networks.
+
+    python benchmarks/bench_brian2.py            # D = 784, N = 100 and 1000, 5 ms at dt = 0.05 ms
+    python benchmarks/bench_brian2.py --quick    # N = 100 only, 2 ms, no cpp_standalone
+
+Same network (dot similarity, softmax beta = 1, tau_v = 1 ms, tau_h = 0.1 ms), same query (an
+MNIST digit plus Gaussian noise; random data if models.data is unavailable), same simulated time.
+Per step = wall time of the run / number of brian2 steps; scipy's "per step" is its wall time over
+the same number of brian2 steps, so the ratio is the cost of one simulated interval. The cython
+timing is a warm cache (a first call fills it; its cold cost is printed when the cache was empty).
+cpp_standalone is split into code generation + compile + run (wall) and the run of the binary alone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from dynamics.brian2_backend import run_brian2
+from dynamics.integrate import integrate
+from dynamics.lagrangians import log_sum_exp
+from dynamics.network import Network
+
+
+def _memories(n, seed=0):
+    try:
+        from models.data import load_dataset
+        ds = load_dataset("mnist", n=n + 1, seed=seed)
+        return ds.X[:n], ds.X[n], "mnist"
+    except Exception:  # noqa: BLE001 - offline fallback
+        rng = np.random.default_rng(seed)
+        X = (rng.random((n + 1, 784)) < 0.2).astype(float)
+        return X[:n], X[n], "random binary"
+
+
+def bench(N, t_end, dt, targets, cache_dir):
+    M, _, label = _memories(N)
+    net = Network(M, "dot", L_h=log_sum_exp(1.0), tau_v=1.0, tau_h=0.1)
+    rng = np.random.default_rng(1)
+    q = np.clip(M[0] + 0.3 * rng.standard_normal(M.shape[1]), 0, 1)
+    n_steps = int(round(t_end / dt))
+    rows = []
+    t0 = time.perf_counter()
+    ref = integrate(net, q, t_end, t_eval=[0.0, t_end], stop_at_fixed_point=False, rtol=1e-8, atol=1e-10)
+    t_scipy = time.perf_counter() - t0
+    rows.append(("scipy RK45 (rtol 1e-8)", t_scipy, None, f"{ref.params['nfev']} RHS calls"))
+    for target in targets:
+        extra = ""
+        if target == "cython":
+            t0 = time.perf_counter()
+            run_brian2(net, q, dt, dt, target="cython", cache_dir=cache_dir)
+            first = time.perf_counter() - t0
+            extra = f"first call {first:.1f} s (compile if cold)"
+        t0 = time.perf_counter()
+        tr = run_brian2(net, q, t_end, dt, target=target, record_every=n_steps, cache_dir=cache_dir)
+        wall = time.perf_counter() - t0
+        err = np.abs(tr.v[-1] - ref.v[-1]).max()
+        if target == "cpp_standalone":
+            run = tr.params["loop_s"]
+            extra = f"binary ran {run:.3f} s ({run / n_steps * 1e3:.3f} ms/step); build {wall - run:.1f} s"
+            rows.append((f"brian2/{target} (total)", wall, err, extra))
+            rows.append((f"brian2/{target} (binary)", run, err, ""))
+        else:
+            loop = tr.params["loop_s"]
+            rows.append((f"brian2/{target} (loop)", loop, err,
+                         f"{extra}; objects {tr.params['build_s']:.2f} s, codegen+run "
+                         f"{tr.params['run_s']:.2f} s".lstrip("; ")))
+    print(f"\nD = {net.D}, N = {N} ({label}), {t_end:g} ms at dt = {dt:g} ms = {n_steps} steps, "
+          f"{2 * N * net.D} synapses")
+    print(f"{'':34s} {'wall s':>9s} {'ms/step':>9s} {'x scipy':>8s} {'|v-v_scipy|':>12s}")
+    for name, wall, err, note in rows:
+        e = "" if err is None else f"{err:.1e}"
+        print(f"{name:34s} {wall:9.3f} {wall / n_steps * 1e3:9.3f} {wall / t_scipy:8.1f} {e:>12s}  {note}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="N = 100 only, 2 ms, no cpp_standalone")
+    p.add_argument("--dt", type=float, default=0.05)
+    p.add_argument("--cache-dir", default=None, help="cython cache (default $UHN_BRIAN2_CACHE or "
+                   "~/.cache/uhn-brian2)")
+    a = p.parse_args(argv)
+    if a.quick:
+        sizes, t_end, targets = [100], 2.0, ["numpy", "cython"]
+    else:
+        sizes, t_end, targets = [100, 1000], 5.0, ["numpy", "cython", "cpp_standalone"]
+    print(f"cores: {os.cpu_count()} (shared); cython cache: "
+          f"{a.cache_dir or os.environ.get('UHN_BRIAN2_CACHE') or '~/.cache/uhn-brian2'}; "
+          f"tmp: {tempfile.gettempdir()}")
+    for N in sizes:
+        bench(N, t_end, a.dt, targets, a.cache_dir)
+
+
+if __name__ == "__main__":
+    main()
