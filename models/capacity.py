@@ -190,6 +190,29 @@ def _separation(point: Point):
     return get_separation(point.separation, **{SEP_PARAM_NAMES[point.separation]: value})
 
 
+def validate(point: Point) -> None:
+    """Raise ValueError for a point that can never be measured: unknown dataset, corruption,
+    similarity (for its convention) or separation, bad separation parameter, or too few images.
+
+    :func:`run` checks every point first, so a typo fails at once instead of being stored as a
+    failed measurement.
+    """
+    from .corruption import KINDS
+    from .data import names as dataset_names
+    from .similarity import get_similarity
+    if point.dataset not in dataset_names():
+        raise ValueError(f"unknown dataset {point.dataset!r}; choose one of {dataset_names()}")
+    if point.corruption not in KINDS:
+        raise ValueError(f"unknown corruption {point.corruption!r}; choose one of {KINDS}")
+    get_similarity(point.similarity, convention=point.convention)
+    _separation(point)
+    n = available_images(point.dataset)
+    if (point.block + 1) * point.n_memories > n:
+        raise ValueError(f"block {point.block} of {point.n_memories} images needs "
+                         f"{(point.block + 1) * point.n_memories} images; dataset {point.dataset!r} "
+                         f"has {n}")
+
+
 def _corruption_seed(point: Point) -> np.random.SeedSequence:
     """Seed of the random corruptions of one block: independent across seed, block and N."""
     tag = zlib.crc32(point.corruption.encode())
@@ -556,12 +579,16 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
         point in flight (a hard kill, at most ``flush_seconds`` of work).
     evaluate_fn : measurement function (default :func:`evaluate`), e.g. to farm points out.
 
+    Every point is checked with :func:`validate` before anything runs (ValueError on a typo).
+
     A point whose evaluation raises ValueError / FloatingPointError / OverflowError is stored with
     ``fraction_correct`` null and the message in ``error`` (it is deterministic, so it is not retried
     on resume).
     """
     evaluate_fn = evaluate_fn or evaluate
     unique = list(dict.fromkeys(points))
+    for p in unique:
+        validate(p)
     stored = load_results(path) if path is not None else []
     by_key = {r["key"]: r for r in stored if "key" in r}
     order = list(by_key)  # file order of the stored rows, new keys appended

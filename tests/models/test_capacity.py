@@ -1,0 +1,286 @@
+"""Capacity experiments: exact retrieval, known failures, sweeps, the resumable atomic store,
+summaries, figures and the ``uhn capacity`` command (tiny configurations, seconds)."""
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # tests only: the library never picks a backend
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from models import capacity as cap  # noqa: E402
+from models.capacity import (Point, effective_threshold, evaluate, load_results, run,  # noqa: E402
+                             summarise, write_results)
+from models.plotting import plot_capacity, plot_line_data, save_figure  # noqa: E402
+
+#: similarities whose score is largest exactly at q = m, so max separation retrieves an uncorrupted
+#: stored image exactly (the dot product is not among them: q.m' > q.q for a brighter m')
+SELF_MAXIMAL = {"standard": ["euclidean", "squared_euclidean", "manhattan", "cosine", "kl",
+                             "reverse_kl"],
+                "paper_code": ["euclidean", "manhattan", "kl", "reverse_kl"]}
+
+
+def tiny(**kw):
+    """A fast point: 30 sklearn digits (8x8)."""
+    return Point(**{"dataset": "digits", "n_memories": 30, **kw})
+
+
+@pytest.mark.parametrize("convention", ["standard", "paper_code"])
+def test_max_separation_without_corruption_is_exact(convention):
+    for sim in SELF_MAXIMAL[convention]:
+        for block in (0, 1):
+            p = tiny(similarity=sim, corruption="none", convention=convention, block=block)
+            r = evaluate(p)
+            assert r["fraction_correct"] == 1.0, (sim, convention, block)
+            assert r["median_error"] == 0.0 and r["n_queries"] == 30
+
+
+def test_raw_dot_product_prefers_bright_images():
+    """Documented: standard dot + max is not exact even without corruption on digits."""
+    r = evaluate(Point(dataset="digits", n_memories=100, similarity="dot", corruption="none"))
+    assert r["fraction_correct"] < 0.95
+
+
+def test_identity_dot_on_many_mnist_images_fails():
+    r = evaluate(Point(dataset="mnist", n_memories=100, similarity="dot", separation="identity",
+                       corruption="none"))
+    assert r["fraction_correct"] == 0.0
+    assert r["median_error"] > 1e6  # the unnormalised sum of 100 images
+
+
+def test_distance_beats_dot_on_noisy_mnist():
+    """The paper's headline on its own probe (Gaussian std 0.5, max separation), one block."""
+    frac = {s: evaluate(Point(dataset="mnist", n_memories=50, similarity=s,
+                              corruption="gaussian", level=0.5))["fraction_correct"]
+            for s in ("euclidean", "manhattan", "dot")}
+    assert frac["euclidean"] >= frac["dot"] and frac["manhattan"] >= frac["dot"]
+    assert frac["manhattan"] > 0.9
+
+
+def test_blocks_are_disjoint_and_queries_corrupted():
+    M0, _, Q0, T0, shape = cap.problem(tiny(block=0, corruption="mask_bottom", level=0.5))
+    M1, _, _, _, _ = cap.problem(tiny(block=1))
+    assert shape == (8, 8)
+    assert not (M0[:, None, :] == M1[None, :, :]).all(-1).any()
+    assert np.all(Q0.reshape(-1, 8, 8)[:, 4:] == 0) and T0 is M0
+    with pytest.raises(ValueError, match="blocks"):
+        cap.problem(Point(dataset="lfw", n_memories=100, block=2))
+
+
+def test_random_corruptions_depend_on_seed_and_block_only():
+    p = tiny(corruption="random_pixels", level=0.3)
+    assert np.array_equal(cap.problem(p)[2], cap.problem(p)[2])
+    assert not np.array_equal(cap.problem(p)[2][:5], cap.problem(tiny(corruption="random_pixels", level=0.3, seed=1))[2][:5])
+
+
+def test_hetero_counts_against_the_value():
+    p = tiny(associative="hetero", corruption="none")
+    M, P, Q, T, _ = cap.problem(p)
+    assert T is P and np.all(P.reshape(-1, 8, 8)[:, :4] == 0)
+    assert np.array_equal(P.reshape(-1, 8, 8)[:, 4:], M.reshape(-1, 8, 8)[:, 4:])
+    assert evaluate(p)["fraction_correct"] == 1.0
+    pairs = tiny(associative="hetero_pairs", corruption="none")
+    M, P, _, _, _ = cap.problem(pairs)
+    assert np.array_equal(P[0], M[1]) and evaluate(pairs)["fraction_correct"] == 1.0
+
+
+def test_threshold_scaling():
+    assert effective_threshold(50, 784) == 50
+    assert effective_threshold(50, 3072) == pytest.approx(50 * 3072 / 784)
+    assert effective_threshold(50, 3072, "official_inverse") == pytest.approx(50 * 784 / 3072)
+    assert effective_threshold(50, 64, "none") == 50
+
+
+def test_failing_queries_count_as_wrong():
+    """An all-zero masked query under the paper_code dot (the official code's NaN) is a miss."""
+    r = evaluate(Point(dataset="mnist", n_memories=20, similarity="dot", convention="paper_code",
+                       corruption="mask_bottom", level=1.0))
+    assert r["n_failed_queries"] == 20 and r["fraction_correct"] == 0.0
+    assert "all-zero" in r["query_error"]
+
+
+def test_point_keys():
+    a, b = Point(level=1, n_memories=np.int64(10)), Point(level=1.0, n_memories=10)
+    assert a == b and a.key() == b.key() and json.loads(a.key())["protocol"] == cap.PROTOCOL
+    assert len({Point(threshold=t).key() for t in (50, 60)}) == 2
+    assert Point.from_row({**a.params(), "fraction_correct": 1.0}) == a
+    assert Point(separation="softmax", sep_param=100).separation_label == "softmax(beta=100)"
+    with pytest.raises(ValueError):
+        Point(associative="other")
+
+
+def test_sweeps_cap_n_and_cover_blocks():
+    pts = cap.similarity_vs_n(dataset="lfw", blocks=5)  # 200 faces: N <= 40
+    assert max(p.n_memories for p in pts) == 20
+    assert {p.block for p in pts} == set(range(5))
+    sims = {(p.similarity, p.convention) for p in pts}
+    assert ("dot", "paper_code") in sims and ("euclidean", "standard") in sims
+    seps = {p.separation_label for p in cap.separation_vs_n(n_memories=[10], blocks=1)}
+    assert {"identity", "polynomial(n=10)", "softmax(beta=1000)", "max"} <= seps
+    for name in cap.EXPERIMENTS:
+        pts = cap.experiment(name, dataset="digits", blocks=2)
+        assert pts and len(set(pts)) == len(pts)
+        for p in pts[:3]:
+            cap.validate(p)
+
+
+def test_run_validates_before_measuring(tmp_path):
+    with pytest.raises(ValueError, match="unknown similarity"):
+        run([tiny(), tiny(similarity="nope")], tmp_path / "r.jsonl")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def _counting(monkeypatch):
+    calls = []
+    real = cap.evaluate
+
+    def counted(p):
+        calls.append(p)
+        return real(p)
+
+    monkeypatch.setattr(cap, "evaluate", counted)
+    return calls
+
+
+def test_resume_after_interruption_recomputes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "res.jsonl"
+    points = [tiny(n_memories=n, block=b) for n in (5, 10, 20) for b in (0, 1)]
+    calls = _counting(monkeypatch)
+
+    def interrupt_after_4(done, total, row, computed):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(points, path, progress=interrupt_after_4, flush_seconds=3600)
+    stored = load_results(path)
+    assert [r["key"] for r in stored] == [p.key() for p in points[:4]]  # nothing lost
+    assert len(calls) == 4
+
+    seen = []
+    rows = run(points, path, progress=lambda d, t, r, c: seen.append(c))
+    assert len(calls) == 6 and calls[4:] == points[4:]  # only the two missing points
+    assert seen == [False] * 4 + [True] * 2
+    assert [r["key"] for r in rows] == [p.key() for p in points]
+    assert rows[:4] == stored
+
+    run(points, path)  # all stored: nothing runs
+    assert len(calls) == 6
+    run(points[:1], path, resume=False)  # recompute one, keep the others
+    assert len(calls) == 7 and len(load_results(path)) == 6
+
+
+def test_results_file_reloads_same_numbers(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rows = run([tiny(block=b, corruption="gaussian", level=0.3) for b in range(3)], path)
+    again = load_results(path)
+    assert again == rows
+    assert [r["fraction_correct"] for r in again] == [r["fraction_correct"] for r in rows]
+    for r in again:
+        assert set(cap.PARAM_NAMES) <= set(r)
+        assert r["version"] and r["timestamp"] and r["seed"] == 0 and r["protocol"] == cap.PROTOCOL
+    assert summarise(again) == summarise(rows)
+
+
+def test_failed_points_are_stored_not_retried(tmp_path, monkeypatch):
+    def boom(p):
+        raise FloatingPointError("diverged")
+    path = tmp_path / "r.jsonl"
+    rows = run([tiny()], path, evaluate_fn=boom)
+    assert rows[0]["fraction_correct"] is None and "diverged" in rows[0]["error"]
+    assert run([tiny()], path, evaluate_fn=lambda p: 1 / 0)[0]["error"]  # resumed, not re-run
+    s = summarise(rows)[0]
+    assert math.isnan(s["mean"]) and s["n_blocks"] == 0 and s["errors"]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write_results([{"a": 1}], path)
+    with pytest.raises(TypeError):
+        write_results([{"a": 2}, {"b": object()}], path)  # fails mid-write
+    assert load_results(path) == [{"a": 1}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+    run([tiny()], path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+
+
+def test_summarise_mean_std_over_blocks():
+    rows = [{**tiny(block=b, n_memories=n).params(), "fraction_correct": f}
+            for n, fs in ((10, (1.0, 0.5, 0.0)), (20, (0.25, 0.75, 0.5))) for b, f in enumerate(fs)]
+    s = summarise(rows)
+    assert [x["n_memories"] for x in s] == [10, 20]
+    assert s[0]["mean"] == pytest.approx(0.5) and s[0]["std"] == pytest.approx(np.std([1, .5, 0]))
+    assert s[1]["mean"] == pytest.approx(0.5) and s[1]["blocks"] == [0, 1, 2]
+    assert all(x["n_blocks"] == 3 and "block" not in x for x in s)
+
+
+def test_plot_lines_are_the_summarised_means(tmp_path):
+    pts = cap.similarity_vs_n(dataset="digits", n_memories=[5, 20, 50], blocks=2,
+                              similarities=["euclidean", "dot"])
+    rows = run(pts)
+    fig = plot_capacity(rows, "similarity_vs_n")
+    try:
+        ax = fig.axes[0]
+        lines = plot_line_data(fig)
+        assert list(lines) == ["euclidean", "dot", "dot [paper_code]"]
+        assert ax.get_xlabel() == "Images stored N" and "Fraction" in ax.get_ylabel()
+        assert ax.get_xscale() == "log" and "digits" in ax.get_title()
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
+        summ = summarise(rows)
+        for label, (x, y) in lines.items():
+            sim, conv = (label.split()[0], "paper_code" if "paper_code" in label else "standard")
+            want = [s["mean"] for s in summ if s["similarity"] == sim and s["convention"] == conv]
+            assert np.array_equal(x, [5, 20, 50]) and np.allclose(y, want)
+        written = save_figure(fig, tmp_path / "f.png", pdf=True)
+        assert [p.name for p in written] == ["f.png", "f.pdf"]
+        assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not list(tmp_path.glob(".*.tmp"))
+    finally:
+        plt.close(fig)
+
+
+def test_cli_quick_end_to_end(tmp_path, capsys):
+    from dynamics.cli import main
+    out, fig = tmp_path / "r.jsonl", tmp_path / "figs" / "sim.png"
+    rc = main(["capacity", "--experiment", "similarity_vs_n", "--quick", "--out", str(out),
+               "--figure", str(fig)])
+    assert rc == 0
+    assert fig.exists() and fig.stat().st_size > 20_000
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+    text = capsys.readouterr().out
+    assert "euclidean" in text and "manhattan" in text and "n_memories" in text
+    n = len(load_results(out))
+    assert n == 6 * 4 * 2  # 5 similarities + paper dot, 4 N, 2 blocks
+    assert main(["capacity", "--experiment", "similarity_vs_n", "--quick", "--out", str(out)]) == 0
+    assert len(load_results(out)) == n
+
+
+def test_cli_all_quick_and_interrupt(tmp_path, capsys, monkeypatch):
+    from dynamics.cli import main
+    from dynamics.cli import capacity_cmd
+    out = tmp_path / "r.jsonl"
+    rc = main(["capacity", "--all", "--quick", "--dataset", "digits", "--out", str(out),
+               "--figures-dir", str(tmp_path / "figs")])
+    assert rc == 0
+    assert len(list((tmp_path / "figs").glob("*.png"))) == len(cap.EXPERIMENTS)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(capacity_cmd, "run_experiment", interrupted)
+    assert main(["capacity", "--experiment", "noise", "--out", str(out)]) == 130
+    assert "resume" in capsys.readouterr().err
+
+
+def test_make_capacity_figures(tmp_path, monkeypatch):
+    from dynamics.cli import capacity_cmd
+    monkeypatch.setattr(capacity_cmd, "FIGURES", (
+        ("capacity_noise_digits", "noise", {"dataset": "digits"}),))
+    calls = []
+    paths = capacity_cmd.make_capacity_figures(tmp_path / "figs", quick=True,
+                                               progress=lambda *a: calls.append(a),
+                                               results_path=tmp_path / "r.jsonl")
+    assert [p.name for p in paths] == ["capacity_noise_digits.png"] and paths[0].exists()
+    assert calls and calls[-1][0] == calls[-1][1]
