@@ -80,7 +80,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
               atol: float = 1e-10, t_eval=None, n_samples: int = 101,
               stop_at_fixed_point: bool = True, fixed_point_tol: float = 1e-8,
               adiabatic: bool = False, input_mode: str = "initial", h0=None,
-              max_step: float = np.inf) -> Trajectory:
+              max_step: float = np.inf, max_nfev: int = 100_000) -> Trajectory:
     """Integrate tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I, tau_h dh/dt = S(g) - h from queries Q.
 
     Parameters
@@ -95,6 +95,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     stop_at_fixed_point : stop once max |dv/dt|, |dh/dt| < fixed_point_tol for the whole batch.
     adiabatic : integrate the reduced system (h = S(g) at all times).
     h0 : initial memory state (default S(g(q))).
+    max_nfev : stop with RuntimeError after this many right-hand-side calls (a non-smooth
+        similarity such as manhattan with eps = 0 chatters around its kinks and would otherwise
+        run for hours; use its smoothed form, e.g. get_similarity("manhattan", eps=0.05)).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -105,7 +108,17 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     v0, h0 = net.initial_state(Q, h0)
     B = v0.shape[0]
     I = v0.copy() if input_mode == "clamped" else net._I(None, B).copy()
-    fun = net.fun(I, adiabatic=adiabatic)
+    rhs = net.fun(I, adiabatic=adiabatic)
+    calls = [0]
+
+    def fun(t, y):
+        calls[0] += 1
+        if calls[0] > max_nfev:
+            raise RuntimeError(
+                f"integration stopped after {max_nfev} right-hand-side calls at t={t:.6g} of {t_end}: "
+                f"the system is stiff or non-smooth ({net.sim.name}, smooth={net.sim.smooth}); "
+                f"use a smoothed similarity (eps > 0), a stiff method (Radau/BDF) or raise max_nfev")
+        return rhs(t, y)
     y0 = v0.ravel() if adiabatic else net.pack(v0, h0)
     width = net.D if adiabatic else net.D + net.N
 

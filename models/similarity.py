@@ -273,6 +273,7 @@ def _kl(eps: float = KL_EPS):
 
     def vjp(M, G, F):
         Mh, _ = _normalise_rows(M, "memories", eps)
+        _normalise_rows(G, "states", eps)  # refuses negative rates (use a positive L_v, e.g. softplus)
         Gp = G + eps
         return (F @ Mh) / Gp - F.sum(1, keepdims=True) / Gp.sum(1, keepdims=True)
 
