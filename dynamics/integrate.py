@@ -11,8 +11,6 @@ A terminal event stops integration once every query sits at a fixed point
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
-
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.sparse import block_diag, csr_matrix

@@ -166,7 +166,7 @@ class LogSumExp(Lagrangian):
         return self.beta * (f * u - f * np.einsum("bk,bk->b", f, u)[:, None])
 
     def legendre(self, x):
-        # x.f - L = (1/beta) sum f log f (log f = beta x - log Z): no cancellation of large terms: no cancellation of two large terms
+        # x.f - L = (1/beta) sum f log f (log f = beta x - log Z): no cancellation of two large terms
         f = self.grad(x)
         with np.errstate(divide="ignore", invalid="ignore"):
             flogf = np.where(f > 0, f * np.log(np.where(f > 0, f, 1.0)), 0.0)

@@ -1,7 +1,12 @@
 """Input checks shared by every public entry point: clear errors, never a silent NaN."""
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
+
+#: what every seeded function accepts: an int seed or a numpy Generator
+Seed = Union[int, np.integer, np.random.Generator]
 
 
 def as_matrix(x, name: str, *, ndim_ok=(1, 2)) -> tuple[np.ndarray, bool]:
@@ -47,3 +52,12 @@ def binary_coding(a: np.ndarray) -> str | None:
     if np.all((a == -1) | (a == 1)):
         return "bipolar"
     return None
+
+
+def rng(seed: Seed) -> np.random.Generator:
+    """A numpy Generator from an int seed, or the Generator itself; TypeError otherwise."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return np.random.default_rng(int(seed))
+    raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")

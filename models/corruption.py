@@ -17,13 +17,12 @@ functions.py), which is what the published curves used:
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import numpy as np
 
-from ._validate import as_matrix
+from ._validate import Seed, as_matrix
+from ._validate import rng as _rng
 
-Seed = Union[int, np.integer, np.random.Generator]
 
 KINDS = ("none", "gaussian", "mask_bottom", "mask_top", "random_pixels", "border")
 
@@ -35,14 +34,6 @@ _FLOOR_TOL = 1e-9
 
 def _floor(x: float) -> int:
     return int(math.floor(x + _FLOOR_TOL))
-
-
-def _rng(seed: Seed) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return np.random.default_rng(int(seed))
-    raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")
 
 
 def _check_shape(image_shape, D: int) -> tuple:

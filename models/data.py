@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 
-Seed = Union[int, np.integer, np.random.Generator]
+from ._validate import Seed
+from ._validate import rng as _rng
+
 
 #: side of the square colour patches of the ``natural`` dataset
 PATCH = 32
@@ -174,14 +176,6 @@ def _raw(name: str):
     X.setflags(write=False)
     labels.setflags(write=False)
     return X, labels, shape, source
-
-
-def _rng(seed: Seed) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return np.random.default_rng(int(seed))
-    raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")
 
 
 def load_dataset(name: str, n: Optional[int] = None, seed: Seed = 0) -> Dataset:
