@@ -1,0 +1,117 @@
+"""Jacobian, stability and the fixed point vs single-shot comparison."""
+import numpy as np
+import pytest
+
+from dynamics import lagrangians as L
+from dynamics.fixed_points import compare, compare_table, format_table, jacobian, stability
+from dynamics.integrate import integrate
+from dynamics.network import Network
+from models.data import load_dataset
+from models.separation import get_separation
+from models.similarity import get_similarity
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", n=20, seed=0).X
+
+
+@pytest.mark.parametrize("lv", [L.quadratic(), L.log_cosh()], ids=["quadratic", "log_cosh"])
+def test_analytic_jacobian_matches_fd(lv, digits):
+    net = Network(digits, "dot", L_v=lv, L_h=L.log_sum_exp(2.0), tau_h=0.3)
+    rng = np.random.default_rng(0)
+    v, h = rng.uniform(0, 1, 64), rng.standard_normal(20)
+    Ja, Jf = jacobian(net, v, h, method="analytic"), jacobian(net, v, h, method="fd")
+    assert Ja.shape == (84, 84)
+    np.testing.assert_allclose(Ja, Jf, atol=1e-7 * np.abs(Ja).max())
+
+
+def test_fd_jacobian_matches_directional_derivative():
+    M = np.random.default_rng(0).uniform(0, 1, (5, 6))
+    net = Network(M, get_similarity("minkowski", p=3), L_v=L.softplus(), L_h=L.log_sum_exp(2.0))
+    rng = np.random.default_rng(1)
+    v, h, u = rng.uniform(0, 1, 6), rng.standard_normal(5), rng.standard_normal(11)
+    J = jacobian(net, v, h)
+    eps = 1e-6
+    p = net.rhs((v + eps * u[:6])[None], (h + eps * u[6:])[None])
+    m = net.rhs((v - eps * u[:6])[None], (h - eps * u[6:])[None])
+    fd = np.concatenate([(p[0] - m[0])[0], (p[1] - m[1])[0]]) / (2 * eps)
+    np.testing.assert_allclose(J @ u, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_retrieved_fixed_point_is_stable(digits):
+    net = Network(digits, "dot", L_h=L.log_sum_exp(5.0))
+    tr = integrate(net, digits[3] + 0.05, 100.0, fixed_point_tol=1e-5)
+    assert tr.converged.all()
+    st = stability(net, tr.v_final[0], tr.h_final[0])
+    assert st.stable and st.max_real < 0 and np.all(st.eigenvalues.real < 0)
+    assert st.residual < 1e-5
+    ad = stability(net, tr.v_final[0], adiabatic=True)
+    assert ad.stable and ad.eigenvalues.shape == (64,)
+
+
+def test_unstable_state_detected():
+    # dot + identity, memories with eigenvalue > 1 of M^T M: the origin is a saddle
+    net = Network(2.0 * np.eye(3), "dot", L_h=L.quadratic())
+    st = stability(net, np.zeros(3), np.zeros(3))
+    assert not st.stable and st.max_real > 0
+
+
+def test_jacobian_errors(digits):
+    net = Network(digits, "squared_euclidean")
+    with pytest.raises(ValueError, match="shape mismatch: jacobian needs one state"):
+        jacobian(net, np.zeros(63), np.zeros(20))
+    with pytest.raises(ValueError, match="analytic Jacobian is implemented for dot similarity only"):
+        jacobian(net, np.zeros(64), np.zeros(20), method="analytic")
+    with pytest.raises(ValueError, match="feature state v"):
+        jacobian(net, np.full(64, np.nan), np.zeros(20))
+    with pytest.raises(ValueError, match="needs the memory state h"):
+        stability(net, np.zeros(64))
+
+
+def test_compare_dot_softmax_matches_iterated_single_shot(digits):
+    rng = np.random.default_rng(0)
+    idx = np.arange(6)
+    Q = digits[idx] + 0.2 * rng.standard_normal((6, 64))
+    rows = compare(digits, idx, Q, "dot", get_separation("softmax", beta=5.0), t_end=200.0,
+                   rtol=1e-11, atol=1e-13, fixed_point_tol=1e-8, iterate_tol=1e-13, iterate_steps=5000)
+    assert len(rows) == 6
+    for r in rows:
+        assert r["readout"] == "v" and r["dyn_converged"] and r["iter_converged"]
+        assert r["dist_dyn_iter"] < 1e-6
+        assert r["dyn_retrieved"] == r["iter_retrieved"]
+        assert r["energy_drop"] >= 0
+
+
+def test_compare_squared_euclidean_gap_is_reported(digits):
+    idx = np.arange(4)
+    rows = compare(digits, idx, digits[idx] + 0.05, "squared_euclidean", get_separation("softmax", beta=5.0),
+                   t_end=100.0)
+    # v* = (2/3) M^T f: a third shorter than the retrieved memory, so far from z and the target
+    for r in rows:
+        assert r["shot_retrieved"]
+        assert r["dist_dyn_target"] > 5 * r["dist_shot_target"] and r["dist_dyn_shot"] > 0.5
+
+
+def test_compare_table_reports_failures_as_rows(digits):
+    idx = np.arange(3)
+    Q = digits[idx] + 0.1
+    table = compare_table(digits, idx, Q, [("dot", get_separation("softmax", beta=5.0)),
+                                           ("dot", get_separation("polynomial", n=3))],
+                          t_end=20.0, max_nfev=2000)
+    assert table[0]["error"] == "" and table[0]["n"] == 3
+    assert table[1]["error"].startswith("RuntimeError") and np.isnan(table[1]["dist_dyn_shot"])
+    text = format_table(table)
+    assert "softmax(beta=5)" in text and "RuntimeError" in text
+
+
+def test_compare_errors(digits):
+    with pytest.raises(ValueError, match="shape mismatch: 2 queries but 3 target indices"):
+        compare(digits, np.arange(3), digits[:2])
+    with pytest.raises(ValueError, match="readout must be one of"):
+        compare(digits, np.arange(2), digits[:2], readout="h")
+    with pytest.raises(ValueError, match="has no gradient"):
+        B = np.where(digits > 0.5, 1.0, -1.0)
+        compare(B, np.arange(2), B[:2], "hamming", "softmax")
+    with pytest.raises(L.NonConvexLagrangianError, match="has no energy"):
+        compare(digits, np.arange(2), digits[:2], "dot", "threshold")
