@@ -61,3 +61,21 @@ def rng(seed: Seed) -> np.random.Generator:
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return np.random.default_rng(int(seed))
     raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")
+
+
+def from_registry(kind: str, cls: type, table: dict, spec, params: dict, where: str = ""):
+    """Build ``table[spec](**params)``, or pass an instance of ``cls`` through unchanged.
+
+    Shared by the similarity and separation registries: unknown names list the choices and bad
+    parameters name the function they were given to.
+    """
+    if isinstance(spec, cls):
+        if params:
+            raise ValueError(f"parameters given with a {cls.__name__} object; set them when building it")
+        return spec
+    if spec not in table:
+        raise ValueError(f"unknown {kind} {spec!r}{where}; choose one of {sorted(table)}")
+    try:
+        return table[spec](**params)
+    except TypeError as err:
+        raise TypeError(f"{kind} {spec!r}: bad parameters {params}: {err}") from None

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ._validate import from_registry
+
 #: exp overflows float64 above this argument
 EXP_MAX = np.log(np.finfo(np.float64).max)
 
@@ -175,13 +177,4 @@ def names() -> list[str]:
 
 def get_separation(spec, **params) -> Separation:
     """Look a separation up by name (``"softmax"``, beta=10), or pass a Separation through."""
-    if isinstance(spec, Separation):
-        if params:
-            raise ValueError("parameters given with a Separation object; set them when building it")
-        return spec
-    if spec not in _REGISTRY:
-        raise ValueError(f"unknown separation {spec!r}; choose one of {sorted(_REGISTRY)}")
-    try:
-        return _REGISTRY[spec](**params)
-    except TypeError as err:
-        raise TypeError(f"separation {spec!r}: bad parameters {params}: {err}") from None
+    return from_registry("separation", Separation, _REGISTRY, spec, params)

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ._validate import as_matrix, binary_coding, check_same_width
+from ._validate import as_matrix, binary_coding, check_same_width, from_registry
 
 #: small constant that keeps logarithms of zero-valued pixels finite in the KL similarities
 KL_EPS = 1e-4
@@ -369,17 +369,8 @@ def differentiable_names() -> list[str]:
 
 def get_similarity(spec, convention: str = "standard", **params) -> Similarity:
     """Look a similarity up by name (``"minkowski"``, p=3), or pass a Similarity through."""
-    if isinstance(spec, Similarity):
-        if params:
-            raise ValueError("parameters given with a Similarity object; set them when building it")
-        return spec
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
     table = _STANDARD if convention == "standard" else _PAPER_CODE
-    if spec not in table:
-        raise ValueError(f"unknown similarity {spec!r} for convention {convention!r}; "
-                         f"choose one of {sorted(table)}")
-    try:
-        return table[spec](**params)
-    except TypeError as err:
-        raise TypeError(f"similarity {spec!r}: bad parameters {params}: {err}") from None
+    return from_registry("similarity", Similarity, table, spec, params,
+                         where=f" for convention {convention!r}")
