@@ -90,48 +90,67 @@ class Quadratic(Lagrangian):
         return u
 
 
-class RectifiedPolynomial(Lagrangian):
+class _Polynomial(Lagrangian):
+    """L = sum a(x)^(n+1) / (n+1) with a(x) = max(x, 0) or |x|;  dL/dx = s(x) a(x)^n;
+    Hessian n a(x)^(n-1) (times the indicator x > 0 for the rectified form)."""
+
+    def __init__(self, n: float):
+        if not n >= 1:
+            raise NonConvexLagrangianError(
+                f"{self.kind} degree n={n} < 1: the Hessian n |x|^(n-1) is unbounded at 0")
+        super().__init__(n=n)
+        self.n = float(n)
+
+    def _a(self, x):
+        raise NotImplementedError
+
+    def _s(self, x):
+        raise NotImplementedError
+
+    def value(self, x):
+        return (self._a(x) ** (self.n + 1)).sum(1) / (self.n + 1)
+
+    def grad(self, x):
+        return self._s(x) * self._a(x) ** self.n
+
+    def hvp(self, x, u):
+        return self.n * self._a(x) ** (self.n - 1) * self._curved(x) * u
+
+
+class RectifiedPolynomial(_Polynomial):
     """L = sum max(x, 0)^(n+1) / (n+1);  dL/dx = max(x, 0)^n (dense associative memory)."""
 
     kind = "rectified_polynomial"
 
     def __init__(self, n: float = 2.0):
-        if not n >= 1:
-            raise NonConvexLagrangianError(
-                f"rectified polynomial degree n={n} < 1: the Hessian n x^(n-1) is unbounded at 0")
-        super().__init__(n=n)
-        self.n = float(n)
+        super().__init__(n)
 
-    def value(self, x):
-        return (np.maximum(x, 0.0) ** (self.n + 1)).sum(1) / (self.n + 1)
+    def _a(self, x):
+        return np.maximum(x, 0.0)
 
-    def grad(self, x):
-        return np.maximum(x, 0.0) ** self.n
+    def _s(self, x):
+        return 1.0
 
-    def hvp(self, x, u):
-        return self.n * np.maximum(x, 0.0) ** (self.n - 1) * (x > 0) * u
+    def _curved(self, x):
+        return x > 0
 
 
-class SignedPolynomial(Lagrangian):
+class SignedPolynomial(_Polynomial):
     """L = sum |x|^(n+1) / (n+1);  dL/dx = sign(x) |x|^n."""
 
     kind = "signed_polynomial"
 
     def __init__(self, n: float = 3.0):
-        if not n >= 1:
-            raise NonConvexLagrangianError(
-                f"signed polynomial degree n={n} < 1: the Hessian n |x|^(n-1) is unbounded at 0")
-        super().__init__(n=n)
-        self.n = float(n)
+        super().__init__(n)
 
-    def value(self, x):
-        return (np.abs(x) ** (self.n + 1)).sum(1) / (self.n + 1)
+    def _a(self, x):
+        return np.abs(x)
 
-    def grad(self, x):
-        return np.sign(x) * np.abs(x) ** self.n
+    def _s(self, x):
+        return np.sign(x)
 
-    def hvp(self, x, u):
-        return self.n * np.abs(x) ** (self.n - 1) * u
+    def _curved(self, x):
+        return 1.0
 
 
 def _check_beta_x(beta: float, x: np.ndarray, who: str) -> np.ndarray:
