@@ -11,7 +11,8 @@ Three independent checks, each reported with where it was worst (sample index, t
    round-off (near a fixed point it decays like |velocity|^2); and, reported only, against
    np.gradient of the sampled E(t) (sample-spacing dependent).
 
-The Lagrangians' Hessians are also probed on the states visited (convexity is what makes
+A state that runs away (|v| growing by ``diverge_factor``) is flagged in ``diverging``: E then
+decreases without bound, which is monotone but retrieves nothing. The Lagrangians' Hessians are also probed on the states visited (convexity is what makes
 dE/dt <= 0 a theorem). Nothing is clipped: a violation is reported with its size and location.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ class EnergyReport:
     fd_checked: int              #: samples where dE/dt was large enough to compare
     sampled_fd_max_error: float  #: analytic vs np.gradient(E, t), relative; informational
     convex: bool
+    diverging: str = ""          #: non-empty when the state ran away (E unbounded below)
     convexity_message: str = ""
     violations: list = field(default_factory=list)  #: human-readable failures
 
@@ -59,6 +61,8 @@ class EnergyReport:
                  f"  analytic dE/dt vs finite difference of E: max relative error {self.fd_max_error:.3e}"
                  f" (tolerance {self.fd_tol:.1e}, {self.fd_checked} samples); vs sampled E(t): {self.sampled_fd_max_error:.3e}",
                  f"  Lagrangian Hessians PSD on visited states: {self.convex} {self.convexity_message}"]
+        if self.diverging:
+            lines.append(f"  WARNING, diverging: {self.diverging}")
         lines += [f"  VIOLATION: {v}" for v in self.violations]
         return "\n".join(lines)
 
@@ -97,7 +101,7 @@ def _flow_fd(net: Network, traj: Trajectory, eps_rel: float):
 
 def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
                   atol_floor: float = 1e-12, sign_tol: float = 1e-9, fd_tol: float = 1e-4,
-                  fd_eps: float = 1e-6, fd_range: float = 1e-6, check_convexity: bool = True) -> EnergyReport:
+                  fd_eps: float = 1e-6, fd_range: float = 1e-6, diverge_factor: float = 1e3, check_convexity: bool = True) -> EnergyReport:
     """Check E decreases along ``traj`` of ``net`` (energies recomputed in float64 from the states).
 
     Parameters
@@ -111,6 +115,8 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     fd_tol : allowed relative mismatch between analytic dE/dt and the flow finite difference,
         checked at samples where |dE/dt| >= fd_range * its largest value for that query
         (``fd_checked`` counts them).
+    diverge_factor : a query whose |v| ends above diverge_factor * max(|v(0)|, 1) is reported as
+        diverging (E decreasing without bound is no evidence of retrieval).
     """
     E = np.stack([net.energy_adiabatic(vk, traj.I) for vk in traj.v]) if traj.adiabatic else \
         np.stack([net.energy(vk, hk, traj.I) for vk, hk in zip(traj.v, traj.h)])
@@ -163,6 +169,17 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     else:
         sampled = float("nan")
 
+    # 4. boundedness (reported, not a failure of monotonicity): E may fall without bound while
+    # the state runs away (e.g. dot + identity separation, whose linear dynamics grow like
+    # exp((lambda_max(M^T M) - 1) t)); E then decreases but no attractor is reached
+    n0 = np.linalg.norm(traj.v[0], axis=1)
+    n1 = np.linalg.norm(traj.v[-1], axis=1)
+    diverging = ""
+    if np.any(n1 > diverge_factor * np.maximum(n0, 1.0)):
+        b = int(np.argmax(n1 / np.maximum(n0, 1.0)))
+        diverging = (f"|v| grew from {n0[b]:.3g} to {n1[b]:.3g} by t={traj.t[-1]:.6g} (query {b}) while "
+                     f"E fell to {E[-1, b]:.3g}: E is unbounded below along this run, no attractor")
+
     convex, cmsg = True, ""
     if check_convexity:
         try:
@@ -179,4 +196,5 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         dEdt_at=(int(k), float(traj.t[k]), int(b)), sign_tol=sign_tol,
         fd_max_error=float(fd_err[kf, bf]), fd_tol=fd_tol, fd_at=(int(kf), float(traj.t[kf]), int(bf)),
         fd_checked=int(measurable.sum()),
-        sampled_fd_max_error=sampled, convex=convex, convexity_message=cmsg, violations=violations)
+        sampled_fd_max_error=sampled, convex=convex, convexity_message=cmsg, diverging=diverging,
+        violations=violations)

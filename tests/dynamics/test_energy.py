@@ -130,3 +130,23 @@ def test_non_smooth_manhattan_documented_behaviour():
     else:
         rep = verify_energy(net, tr)
         assert np.isfinite(rep.max_increase)  # reported, never clipped
+
+
+def test_runaway_state_is_flagged_even_though_energy_decreases():
+    """dot + identity separation: linear dynamics v' = (M^T M - I) v grow without bound.
+
+    E falls monotonically (the check passes) but the report must say the state diverged, and a
+    converging modern Hopfield run on the same memories must not be flagged."""
+    import numpy as np
+
+    from dynamics import lagrangians as L
+    from dynamics.energy import verify_energy
+    from dynamics.integrate import integrate
+    from dynamics.network import Network
+
+    M = np.random.default_rng(0).random((5, 8))
+    runaway = Network(M, "dot", L.quadratic(), L.quadratic(), tau_v=1.0, tau_h=0.1)
+    rep = verify_energy(runaway, integrate(runaway, M[:2], t_end=5.0))
+    assert rep.passed and "grew from" in rep.diverging and "diverging" in rep.summary()
+    mchn = Network(M, "dot", L.quadratic(), L.log_sum_exp(5.0), tau_v=1.0, tau_h=0.1)
+    assert verify_energy(mchn, integrate(mchn, M[:2], t_end=5.0)).diverging == ""
