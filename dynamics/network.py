@@ -22,7 +22,7 @@ import numpy as np
 
 from models import Memory
 from models._validate import as_matrix, check_finite, check_same_width
-from models.similarity import Similarity, get_similarity
+from models.similarity import Similarity, differentiable_names, get_similarity
 
 from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
 
@@ -66,7 +66,7 @@ class Network:
         if not self.sim.differentiable:
             raise ValueError(f"similarity {self.sim.name!r} has no gradient dS/dg, so it cannot drive "
                              f"the continuous-time dynamics; differentiable similarities: "
-                             f"{', '.join(_differentiable())}")
+                             f"{', '.join(differentiable_names())}")
         if self.sim.binary_only:
             raise ValueError(f"similarity {self.sim.name!r} needs binary states; the dynamics are continuous")
         self.L_v = quadratic() if L_v is None else L_v
@@ -206,7 +206,3 @@ class Network:
             return self.pack(dv, dh)
         return f
 
-
-def _differentiable():
-    from models.similarity import differentiable_names
-    return differentiable_names()

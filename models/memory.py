@@ -14,7 +14,7 @@ import numpy as np
 
 from ._validate import as_matrix, check_same_width
 from .separation import Separation, get_separation, top_k_indices
-from .similarity import CONVENTIONS, Similarity, get_similarity
+from .similarity import CONVENTIONS, Similarity, check_binary, get_similarity
 
 
 def sign(x: np.ndarray) -> np.ndarray:
@@ -78,8 +78,7 @@ class Memory:
             self._output = output
         self.output = output
         if self.similarity.binary_only:
-            # fail at construction, not at the first query
-            from .similarity import check_binary
+            # fail at construction, not at the first query (queries are checked by the score itself)
             check_binary(self.M, self.M[:1], self.similarity.name)
 
     # ------------------------------------------------------------------ properties
@@ -104,9 +103,6 @@ class Memory:
         return Q, single
 
     def _scores(self, Q: np.ndarray) -> np.ndarray:
-        if self.similarity.binary_only:
-            from .similarity import check_binary
-            check_binary(self.M, Q, self.similarity.name)
         S = self.similarity.score(self.M, Q)
         if self.convention == "paper_code":
             S = _normalise_sum(S, "similarity scores")

@@ -62,9 +62,7 @@ class Similarity:
         M, _ = as_matrix(M, "memories", ndim_ok=(2,))
         Q, single = as_matrix(Q, "queries")
         check_same_width(M, Q)
-        if self.binary_only:
-            check_binary(M, Q, self.name)
-        S = self.score(M, Q)
+        S = self.score(M, Q)  # binary-only scores (hamming) validate their inputs themselves
         return S[0] if single else S
 
     def grad_contract(self, M, G, F) -> np.ndarray:
