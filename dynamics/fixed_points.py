@@ -26,7 +26,7 @@ from models import Memory
 from models.separation import get_separation
 from models.similarity import get_similarity
 
-from .integrate import integrate
+from .integrate import NOISE_FACTOR, integrate
 from .network import Network
 
 READOUTS = ("auto", "v", "v_minus_I", "memory")
@@ -174,7 +174,8 @@ def _dist(a, b):
 def compare(M, targets, queries, similarity="dot", separation="softmax", *, L_v=None,
             tau_v: float = 1.0, tau_h: float = 0.1, t_end: float = 50.0, method: str = "RK45",
             adiabatic: bool = False, input_mode: str = "initial", readout: str = "auto",
-            rtol: float = 1e-8, atol: float = 1e-10, fixed_point_tol: float = 1e-5,
+            rtol: float = 1e-8, atol: float = 1e-10, fixed_point_tol: float = 1e-8,
+            noise_factor: float = NOISE_FACTOR,
             iterate_steps: int = 500, iterate_tol: float = 1e-10, max_nfev: int = 100_000) -> list:
     """Per query: the dynamics fixed point against the single-shot output z = Memory.retrieve(q)
     and the iterated single-shot fixed point (Memory.iterate), and each against the stored target.
@@ -187,10 +188,10 @@ def compare(M, targets, queries, similarity="dot", separation="softmax", *, L_v=
     similarity, separation : names or objects; the separation must have a convex Lagrangian
         (dynamics.lagrangians.for_separation), e.g. get_separation("softmax", beta=5).
     L_v : feature Lagrangian (default quadratic, g = v).
-    tau_v, tau_h, t_end, method, adiabatic, input_mode, rtol, atol, fixed_point_tol, max_nfev :
-        passed to dynamics.integrate.integrate. fixed_point_tol is absolute on |dv/dt|, |dh/dt|;
-        integration noise alone leaves about rtol |h| / tau_h there (~1e-6 for |h| ~ 10,
-        tau_h = 0.1, rtol = 1e-8), hence the default 1e-5 here rather than integrate's 1e-8.
+    tau_v, tau_h, t_end, method, adiabatic, input_mode, rtol, atol, fixed_point_tol,
+    noise_factor, max_nfev : passed to dynamics.integrate.integrate (a fixed point is where every
+        velocity is below fixed_point_tol + noise_factor (atol + rtol |y_i|) / tau_i, so the
+        fixed points are accurate to about noise_factor * rtol relative: lower rtol for tighter ones).
     readout : which vector of the dynamics is compared (see the module docstring).
     iterate_steps, iterate_tol : Memory.iterate's limits.
 
@@ -211,7 +212,8 @@ def compare(M, targets, queries, similarity="dot", separation="softmax", *, L_v=
     tidx = _targets(mem.M, targets, B)
     net = Network(mem, L_v=L_v, tau_v=tau_v, tau_h=tau_h)
     traj = integrate(net, Q, t_end, method=method, rtol=rtol, atol=atol, adiabatic=adiabatic,
-                     input_mode=input_mode, fixed_point_tol=fixed_point_tol, max_nfev=max_nfev)
+                     input_mode=input_mode, fixed_point_tol=fixed_point_tol, noise_factor=noise_factor,
+                     max_nfev=max_nfev)
     v_end, h_end = traj.v_final, traj.h_final
     if readout == "auto":
         readout = "v_minus_I" if input_mode == "clamped" or net.I is not None else "v"

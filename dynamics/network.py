@@ -140,19 +140,37 @@ class Network:
         return v0, h0.copy()
 
     # ------------------------------------------------------------------ dynamics
-    def rhs(self, v, h, I=None):
-        """(dv/dt, dh/dt) = ((sum_mu f_mu dS_mu/dg - v + I)/tau_v, (S(g) - h)/tau_h)."""
+    def _drive(self, g, f, v, I, out):
+        """(sum_mu f_mu dS_mu/dg - v + I) / tau_v into ``out``; vjp returns a fresh array, so the
+        sum is built in place (this runs once per stage of every integrator step)."""
+        np.subtract(self.sim.vjp(self.M, g, f), v, out=out)
+        I = self.I if I is None else I
+        if I is not None:
+            out += I
+        if self.tau_v != 1.0:
+            out /= self.tau_v
+        return out
+
+    def rhs(self, v, h, I=None, out=None):
+        """(dv/dt, dh/dt) = ((sum_mu f_mu dS_mu/dg - v + I)/tau_v, (S(g) - h)/tau_h).
+
+        ``out``: optional (B, D + N) array to write [dv/dt, dh/dt] into (the returned pair are
+        views of it)."""
+        if out is None:
+            out = np.empty((v.shape[0], self.D + self.N))
+        dv, dh = out[:, :self.D], out[:, self.D:]
         g = self.L_v.grad(v)
-        f = self.L_h.grad(h)
-        dv = (self.sim.vjp(self.M, g, f) - v + self._I(I, v.shape[0])) / self.tau_v
-        dh = (self.similarity(g) - h) / self.tau_h
+        self._drive(g, self.L_h.grad(h), v, I, dv)
+        np.subtract(self.similarity(g), h, out=dh)
+        dh /= self.tau_h
         return dv, dh
 
-    def rhs_adiabatic(self, v, I=None):
+    def rhs_adiabatic(self, v, I=None, out=None):
         """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0)."""
+        if out is None:
+            out = np.empty_like(v)
         g = self.L_v.grad(v)
-        f = self.L_h.grad(self.similarity(g))
-        return (self.sim.vjp(self.M, g, f) - v + self._I(I, v.shape[0])) / self.tau_v
+        return self._drive(g, self.L_h.grad(self.similarity(g)), v, I, out)
 
     def energy(self, v, h, I=None):
         """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,)."""
@@ -202,7 +220,8 @@ class Network:
 
         def f(t, y):
             v, h = self.unpack(y)
-            dv, dh = self.rhs(v, h, I)
-            return self.pack(dv, dh)
+            out = np.empty((v.shape[0], self.D + self.N))  # the pack() layout
+            self.rhs(v, h, I, out=out)
+            return out.ravel()
         return f
 

@@ -42,6 +42,7 @@ class Similarity:
     name : registry name, with parameters, e.g. ``"minkowski(p=3)"``.
     score : ``score(M, Q) -> (B, N)`` on validated float64 arrays.
     vjp : ``vjp(M, G, F) -> (B, D)`` = sum_mu F_mu dS_mu/dg, or None when S has no gradient.
+        Both return a fresh array the caller may overwrite (the dynamics do, in place).
     smooth : False where the gradient is a subgradient (a kink at a memory or at zero).
     binary_only : True for hamming, which is defined on {0,1} or {-1,1} data only.
     """

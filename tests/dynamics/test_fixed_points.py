@@ -41,7 +41,7 @@ def test_fd_jacobian_matches_directional_derivative():
 
 def test_retrieved_fixed_point_is_stable(digits):
     net = Network(digits, "dot", L_h=L.log_sum_exp(5.0))
-    tr = integrate(net, digits[3] + 0.05, 100.0, fixed_point_tol=1e-5)
+    tr = integrate(net, digits[3] + 0.05, 100.0, fixed_point_tol=1e-5, noise_factor=0.0)
     assert tr.converged.all()
     st = stability(net, tr.v_final[0], tr.h_final[0])
     assert st.stable and st.max_real < 0 and np.all(st.eigenvalues.real < 0)

@@ -1,0 +1,163 @@
+"""The batched Dormand-Prince integrator (dynamics.dopri, integrate(method="RK45-batched")):
+per-row step control equal to scipy's RK45 on each row alone, per-query stopping, and the
+noise-aware fixed-point criterion."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy.integrate import solve_ivp
+
+from dynamics import lagrangians as L
+from dynamics.dopri import solve_batched
+from dynamics.energy import verify_energy
+from dynamics.integrate import integrate
+from dynamics.network import Network
+from models.data import load_dataset
+from models.similarity import get_similarity
+
+RATES = np.array([0.5, 1.0, 3.0, 10.0])
+
+
+def decay(t, Y, rows, out):
+    """dY/dt = -k_row Y, a different rate per row."""
+    return np.multiply(-RATES[rows, None], Y, out=out)
+
+
+@pytest.fixture(scope="module")
+def digits20():
+    return load_dataset("digits", n=20, seed=0).X
+
+
+def test_each_row_takes_scipy_rk45_steps():
+    """Same tableau and controller as scipy's RK45: per row, the same RHS count and samples to
+    round-off, and the exact solution to the tolerance."""
+    Y0 = np.arange(1.0, 13.0).reshape(4, 3)
+    te = np.linspace(0, 5, 11)
+    sol = solve_batched(decay, Y0, 5.0, t_eval=te, rtol=1e-8, atol=1e-10)
+    exact = np.exp(-RATES[None, :, None] * te[:, None, None]) * Y0[None]
+    np.testing.assert_allclose(sol.y, exact, rtol=1e-7, atol=1e-9)
+    for b, k in enumerate(RATES):
+        ref = solve_ivp(lambda t, y: -k * y, (0, 5), Y0[b], t_eval=te, rtol=1e-8, atol=1e-10)
+        assert sol.nfev[b] == ref.nfev
+        np.testing.assert_allclose(sol.y[:, b], ref.y.T, rtol=1e-12, atol=1e-15)
+    assert len(set(sol.nfev.tolist())) == 4  # stiffer rows took more steps: step sizes are per row
+
+
+def test_rows_stop_at_their_own_fixed_point_and_hold_it():
+    Y0 = np.ones((4, 2))
+    te = np.linspace(0, 50, 26)
+    sol = solve_batched(decay, Y0, 50.0, t_eval=te,
+                        at_rest=lambda Y, dY, rows: np.abs(dY).max(1) < 1e-6)
+    assert sol.at_fixed_point.all()
+    # |dY/dt| = k e^{-kt} < 1e-6 first at t = ln(1e6 k)/k, reached within one step
+    expected = np.log(1e6 * RATES) / RATES
+    assert np.all(sol.t_final >= expected) and np.all(sol.t_final < expected + 1.0)
+    assert sol.t[-1] == sol.t_final.max()       # samples end where the last row stopped
+    for b in range(4):
+        after = sol.t > sol.t_final[b]
+        np.testing.assert_array_equal(sol.y[after, b], np.broadcast_to(sol.y_final[b], (after.sum(), 2)))
+    assert np.all(sol.velocity < 1e-6)
+    assert np.all(np.diff(sol.nfev[np.argsort(sol.t_final)]) != 0)
+
+
+def test_stall_and_bad_sample_times():
+    with pytest.raises(RuntimeError, match=r"row 0 stopped at t=[0-9.]+ of 100.0: more than 50 right-hand-side evaluations"):
+        solve_batched(decay, np.ones((4, 1)), 100.0, t_eval=[0.0], max_nfev=50)
+    with pytest.raises(ValueError, match="t_eval must be sorted"):
+        solve_batched(decay, np.ones((4, 1)), 1.0, t_eval=[0.5, 0.2])
+    with pytest.raises(ValueError, match="t_eval must be sorted"):
+        solve_batched(decay, np.ones((4, 1)), 1.0, t_eval=[0.0, 2.0])
+
+
+def test_network_trajectory_matches_solve_ivp_rk45(digits20):
+    M = digits20
+    net = Network(M, "dot", L_h=L.log_sum_exp(3.0), tau_h=0.2)
+    q = M[2] + 0.2 * np.random.default_rng(1).standard_normal(64)
+    kw = dict(rtol=1e-10, atol=1e-12, stop_at_fixed_point=False, n_samples=21)
+    a = integrate(net, q, 10.0, method="RK45-batched", **kw)
+    b = integrate(net, q, 10.0, method="RK45", **kw)
+    np.testing.assert_array_equal(a.t, b.t)
+    np.testing.assert_allclose(a.v, b.v, atol=1e-9)
+    np.testing.assert_allclose(a.h, b.h, atol=1e-9)
+    assert a.params["nfev"] == b.params["nfev"]
+    assert a.backend == "numpy" and b.backend == "scipy"
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), B=st.integers(2, 6), clamped=st.booleans())
+def test_batch_equals_each_query_alone(seed, B, clamped):
+    """A query's trajectory does not depend on the rest of the batch: same step count, same
+    stopping time and samples to the tolerance (BLAS sums a batch in another order, and a
+    step-size controller at its stability limit turns that round-off into ~1e-6 shifts of t) (queries leave the batch at different times, and with a clamped
+    input each keeps its own current after the batch shrinks)."""
+    rng = np.random.default_rng(seed)
+    M = rng.uniform(0, 1, (5, 7))
+    net = Network(M, "squared_euclidean", L_h=L.log_sum_exp(2.0), tau_h=0.1)
+    Q = M[rng.integers(0, 5, B)] + rng.uniform(0.05, 0.6, (B, 1)) * rng.standard_normal((B, 7))
+    kw = dict(method="RK45-batched", fixed_point_tol=1e-7, n_samples=31,
+              input_mode="clamped" if clamped else "initial")
+    batch = integrate(net, Q, 30.0, **kw)
+    for b in range(B):
+        one = integrate(net, Q[b], 30.0, **kw)
+        assert batch.params["nfev_per_query"][b] == one.params["nfev"]
+        assert batch.params["t_final_per_query"][b] == pytest.approx(one.t[-1], rel=1e-4)
+        T = len(one.t)
+        np.testing.assert_allclose(batch.v[:T, b], one.v[:, 0], atol=1e-8)
+        np.testing.assert_allclose(batch.v_final[b], one.v_final[0], atol=1e-8)
+        assert batch.converged[b] == one.converged[0]
+
+
+def test_adiabatic_batched_matches_solve_ivp(digits20):
+    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0))
+    Q = digits20[:3] + 0.1
+    kw = dict(adiabatic=True, stop_at_fixed_point=False, n_samples=11, rtol=1e-10, atol=1e-12)
+    a = integrate(net, Q, 5.0, method="RK45-batched", **kw)
+    b = integrate(net, Q, 5.0, method="RK45", **kw)
+    np.testing.assert_allclose(a.v, b.v, atol=1e-8)
+    assert a.adiabatic and verify_energy(net, a).passed
+
+
+@pytest.mark.parametrize("sim", ["dot", "squared_euclidean", "euclidean", "minkowski"])
+def test_energy_decreases_along_batched_trajectories(digits20, sim):
+    s = get_similarity(sim, p=3) if sim == "minkowski" else get_similarity(sim)
+    net = Network(digits20 / 16, s, L_v=L.log_cosh(), L_h=L.log_sum_exp(2.0), tau_h=0.1)
+    Q = digits20[:6] / 16 + 0.1 * np.random.default_rng(2).standard_normal((6, 64))
+    tr = integrate(net, Q, 20.0, method="RK45-batched", n_samples=81)
+    rep = verify_energy(net, tr)
+    assert rep.passed, rep
+
+
+def test_stiff_layer_noise_floor(digits20):
+    """An explicit method on tau_h << tau_v leaves |dh/dt| jittering near (atol + rtol|h|)/tau_h:
+    a purely absolute tolerance below that floor never sees the fixed point; the default
+    criterion (noise_factor = 30 times the floor) does, and the state it stops at is within
+    the tolerance of the accurate fixed point."""
+    M = digits20
+    net = Network(M, "dot", L_h=L.log_sum_exp(0.05), tau_h=0.05)
+    Q = M[:4] + 0.5
+    strict = integrate(net, Q, 60.0, method="RK45-batched", noise_factor=0.0, fixed_point_tol=1e-9)
+    assert not strict.converged.any() and strict.t[-1] == 60.0
+    h = np.abs(strict.h_final).max()
+    _, dh = net.rhs(strict.v_final, strict.h_final)
+    assert 1e-9 < np.abs(dh).max() < 30 * (1e-10 + 1e-8 * h) / 0.05  # above 1e-9, below the floor
+    auto = integrate(net, Q, 60.0, method="RK45-batched")
+    assert auto.converged.all() and np.all(np.array(auto.params["t_final_per_query"]) < 60.0)
+    accurate = integrate(net, Q, 200.0, method="Radau", rtol=1e-12, atol=1e-14, fixed_point_tol=1e-12,
+                         noise_factor=0.0)
+    assert accurate.converged.all()
+    np.testing.assert_allclose(auto.v_final, accurate.v_final, atol=1e-5)
+
+
+def test_non_smooth_similarity_stalls_with_a_clear_error():
+    M = np.random.default_rng(0).uniform(0, 1, (4, 5))
+    net = Network(M, get_similarity("manhattan"), L_h=L.log_sum_exp(5.0))
+    with pytest.raises(RuntimeError, match="query 0: more than 2000 .*smoothed similarity"):
+        integrate(net, M[:2] + 0.01, 50.0, method="RK45-batched", max_nfev=2000,
+                  stop_at_fixed_point=False)
+
+
+def test_overflow_is_reported_not_nan():
+    M = np.random.default_rng(0).uniform(0, 1, (4, 5))
+    net = Network(M, "dot", L_h=L.exponential(1.0))  # linear g + exponential rates: finite-time blow-up
+    with pytest.raises((FloatingPointError, OverflowError, RuntimeError),
+                       match="floating-point|overflows|step size fell"):
+        integrate(net, M[:2] * 20, 50.0, method="RK45-batched")
