@@ -32,7 +32,8 @@ OUTPUTS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 @dataclass(frozen=True)
 class IterationResult:
-    """Outcome of iterating z_{t+1} = retrieve(z_t) from a batch of queries."""
+    """Outcome of iterating z_{t+1} = retrieve(z_t) from a batch of queries (for a single 1-D
+    query: states (D,), and steps and converged as scalars)."""
 
     states: np.ndarray      #: (B, D) final states
     steps: np.ndarray       #: (B,) iterations each query took to stop changing
@@ -172,7 +173,7 @@ class Memory:
             active[idx[~moved]] = False
         res = IterationResult(Z, steps, ~active)
         if single:
-            return IterationResult(Z[0], steps[0:1], res.converged[0:1])
+            return IterationResult(Z[0], steps[0], res.converged[0])
         return res
 
 
@@ -224,7 +225,7 @@ class ClassicalHopfield(Memory):
             if converged.all():
                 break
         res = IterationResult(S, steps, converged)
-        return IterationResult(S[0], steps[:1], converged[:1]) if single else res
+        return IterationResult(S[0], steps[0], converged[0]) if single else res
 
 
 def classical_hopfield(memories, zero_diagonal: bool = True) -> ClassicalHopfield:

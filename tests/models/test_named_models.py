@@ -68,6 +68,9 @@ def test_classical_hopfield_async_update_never_raises_the_energy(flip, bipolar):
     assert np.all(E1 <= E0 + 1e-9) and np.all(E2 <= E1 + 1e-9)
     fixed = hn.update(Q).states
     assert_array_equal(sign(fixed @ hn.W), fixed)  # a fixed point of the update rule
+    one = hn.update(Q[0])                           # a 1-D query: its own row, scalar bookkeeping
+    assert_array_equal(one.states, fixed[0])
+    assert np.ndim(one.steps) == 0 and np.ndim(one.converged) == 0 and bool(one.converged)
     with pytest.raises(ValueError, match="async"):
         hn.update(Q, mode="random")
 
