@@ -163,15 +163,16 @@ def run_experiment(name: str, kwargs: dict, out: Path, resume: bool = True, prog
     return rows, written
 
 
-def make_capacity_figures(out_dir, quick: bool = False, progress=None, results_path=None,
+def make_capacity_figures(out_dir, quick: bool = False, progress_bar=None, results_path=None,
                           pdf: bool = False) -> list[Path]:
     """Regenerate every capacity figure of :data:`FIGURES` into out_dir; return the paths written.
 
     Results are kept in ``results_path`` (default results/capacity.jsonl, or
-    results/capacity_quick.jsonl with ``quick``), so a second call only replots. ``progress`` is
-    passed to models.capacity.run (``progress(done, total, row, computed)``, per experiment).
-    Full set measured at about 2 minutes from an empty store on a 2-core machine
-    (docs/reproducing.md).
+    results/capacity_quick.jsonl with ``quick``), so a second call only replots.
+    ``progress_bar(desc) -> (progress, close)`` makes one progress callback per figure (each
+    experiment has its own number of points), e.g. :func:`_progress_bar`; ``progress`` is passed to
+    models.capacity.run as ``progress(done, total, row, computed)``. Full set measured at about
+    2 minutes from an empty store on a 2-core machine (docs/reproducing.md).
     """
     out_dir = Path(out_dir)
     if results_path is None:
@@ -179,8 +180,13 @@ def make_capacity_figures(out_dir, quick: bool = False, progress=None, results_p
     written = []
     for stem, name, overrides in FIGURES:
         kw = experiment_kwargs(name, quick=quick, **overrides)
-        _, paths = run_experiment(name, kw, Path(results_path), progress=progress,
-                                  figure=out_dir / f"{stem}.png", pdf=pdf)
+        cb, close = progress_bar(stem) if progress_bar is not None else (None, None)
+        try:
+            _, paths = run_experiment(name, kw, Path(results_path), progress=cb,
+                                      figure=out_dir / f"{stem}.png", pdf=pdf)
+        finally:
+            if close is not None:
+                close()
         written.extend(paths)
     return written
 

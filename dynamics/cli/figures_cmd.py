@@ -152,11 +152,7 @@ def run(args: argparse.Namespace) -> int:
         from dynamics.cli.capacity_cmd import _progress_bar, make_capacity_figures
         t0 = time.perf_counter()
         print("capacity figures (results are stored, so a second run only replots)", flush=True)
-        cb, close = _progress_bar("capacity")
-        try:
-            paths = make_capacity_figures(args.out, quick=args.quick, progress=cb)
-        finally:
-            close()
+        paths = make_capacity_figures(args.out, quick=args.quick, progress_bar=_progress_bar)
         written.extend(paths)
         print(f"capacity figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"wrote {len(written)} files in {time.perf_counter() - t_all:.1f} s:")

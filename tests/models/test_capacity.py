@@ -277,10 +277,22 @@ def test_cli_all_quick_and_interrupt(tmp_path, capsys, monkeypatch):
 def test_make_capacity_figures(tmp_path, monkeypatch):
     from dynamics.cli import capacity_cmd
     monkeypatch.setattr(capacity_cmd, "FIGURES", (
-        ("capacity_noise_digits", "noise", {"dataset": "digits"}),))
-    calls = []
-    paths = capacity_cmd.make_capacity_figures(tmp_path / "figs", quick=True,
-                                               progress=lambda *a: calls.append(a),
+        ("capacity_noise_digits", "noise", {"dataset": "digits"}),
+        ("capacity_threshold_digits", "threshold", {"dataset": "digits"})))
+    calls, closed = {}, []
+
+    def bar(desc):  # one bar per figure, each counting its own experiment's points
+        calls[desc] = []
+        return (lambda *a: calls[desc].append(a)), (lambda: closed.append(desc))
+    paths = capacity_cmd.make_capacity_figures(tmp_path / "figs", quick=True, progress_bar=bar,
                                                results_path=tmp_path / "r.jsonl")
-    assert [p.name for p in paths] == ["capacity_noise_digits.png"] and paths[0].exists()
-    assert calls and calls[-1][0] == calls[-1][1]
+    assert [p.name for p in paths] == ["capacity_noise_digits.png", "capacity_threshold_digits.png"]
+    assert all(p.exists() for p in paths)
+    assert closed == ["capacity_noise_digits", "capacity_threshold_digits"]
+    for desc, c in calls.items():
+        done, total = [a[0] for a in c], c[0][1]
+        assert done == list(range(1, total + 1)) and all(a[1] == total for a in c), desc
+    from models.capacity import experiment
+    for stem, name, kw in capacity_cmd.FIGURES:  # each total is its own experiment's point count
+        n = len(experiment(name, **capacity_cmd.experiment_kwargs(name, quick=True, **kw)))
+        assert calls[stem][0][1] == n
