@@ -399,47 +399,37 @@ def separation_vs_n(dataset="mnist", n_memories=None, blocks=5, separations=None
                  n=[{"n_memories": n} for n in _ns(dataset, n_memories, blocks)])
 
 
-def _level_sweep(corruption, default_levels, default_n, dataset, n_memories, levels, blocks,
-                 similarities, convention, threshold, threshold_scaling, seed, paper_dot=True):
-    n = default_n if n_memories is None else int(n_memories)
-    n = min(n, max_n(dataset, blocks))
-    base = Point(dataset=dataset, n_memories=n, separation="max", corruption=corruption,
-                 threshold=threshold, threshold_scaling=threshold_scaling, convention=convention,
-                 seed=seed)
-    return _grid(base, blocks, sim=_sims(similarities, convention, paper_dot),
-                 lvl=[{"level": float(v)} for v in (levels or default_levels)])
+def _level_experiment(name, corruption, default_levels, default_n, doc):
+    """A capacity-vs-corruption-level experiment: max separation, N fixed, one line per similarity
+    (the four level sweeps below differ only in the corruption, its levels and N)."""
+
+    def sweep(dataset="mnist", n_memories=default_n, levels=None, blocks=5, similarities=None,
+              convention="standard", threshold=PAPER_THRESHOLD, threshold_scaling="per_value",
+              seed=0) -> list[Point]:
+        n = min(default_n if n_memories is None else int(n_memories), max_n(dataset, blocks))
+        base = Point(dataset=dataset, n_memories=n, separation="max", corruption=corruption,
+                     threshold=threshold, threshold_scaling=threshold_scaling,
+                     convention=convention, seed=seed)
+        return _grid(base, blocks, sim=_sims(similarities, convention, paper_dot=True),
+                     lvl=[{"level": float(v)} for v in (levels or default_levels)])
+
+    sweep.__name__ = sweep.__qualname__ = name
+    sweep.__doc__ = doc
+    return sweep
 
 
-def noise(dataset="mnist", n_memories=100, levels=None, blocks=5, similarities=None,
-          convention="standard", threshold=PAPER_THRESHOLD, threshold_scaling="per_value",
-          seed=0) -> list[Point]:
-    """Fraction correct vs Gaussian noise std, N = 100, max separation (paper Fig. 4 left)."""
-    return _level_sweep("gaussian", PAPER_NOISE, 100, dataset, n_memories, levels, blocks,
-                        similarities, convention, threshold, threshold_scaling, seed)
-
-
-def mask_fraction(dataset="mnist", n_memories=50, levels=None, blocks=5, similarities=None,
-                  convention="standard", threshold=PAPER_THRESHOLD, threshold_scaling="per_value",
-                  seed=0) -> list[Point]:
-    """Fraction correct vs fraction of bottom rows masked, N = 50, max separation (Fig. 4 right)."""
-    return _level_sweep("mask_bottom", PAPER_FRACTIONS, 50, dataset, n_memories, levels, blocks,
-                        similarities, convention, threshold, threshold_scaling, seed)
-
-
-def random_pixels(dataset="mnist", n_memories=50, levels=None, blocks=5, similarities=None,
-                  convention="standard", threshold=PAPER_THRESHOLD, threshold_scaling="per_value",
-                  seed=0) -> list[Point]:
-    """Fraction correct vs probability of zeroing each pixel, N = 50, max separation."""
-    return _level_sweep("random_pixels", PAPER_FRACTIONS, 50, dataset, n_memories, levels, blocks,
-                        similarities, convention, threshold, threshold_scaling, seed)
-
-
-def border(dataset="mnist", n_memories=50, levels=None, blocks=5, similarities=None,
-           convention="standard", threshold=PAPER_THRESHOLD, threshold_scaling="per_value",
-           seed=0) -> list[Point]:
-    """Fraction correct vs border (frame) fraction masked, N = 50, max separation."""
-    return _level_sweep("border", PAPER_FRACTIONS, 50, dataset, n_memories, levels, blocks,
-                        similarities, convention, threshold, threshold_scaling, seed)
+noise = _level_experiment(
+    "noise", "gaussian", PAPER_NOISE, 100,
+    "Fraction correct vs Gaussian noise std, N = 100, max separation (paper Fig. 4 left).")
+mask_fraction = _level_experiment(
+    "mask_fraction", "mask_bottom", PAPER_FRACTIONS, 50,
+    "Fraction correct vs fraction of bottom rows masked, N = 50, max separation (Fig. 4 right).")
+random_pixels = _level_experiment(
+    "random_pixels", "random_pixels", PAPER_FRACTIONS, 50,
+    "Fraction correct vs probability of zeroing each pixel, N = 50, max separation.")
+border = _level_experiment(
+    "border", "border", PAPER_FRACTIONS, 50,
+    "Fraction correct vs border (frame) fraction masked, N = 50, max separation.")
 
 
 PAPER_THRESHOLDS = (0.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 150.0, 200.0)
