@@ -4,15 +4,16 @@ scipy's solve_ivp sees a batch as one system, so one stiff or slow query sets th
 of them and a query that has reached its fixed point keeps being integrated. Here every row b has
 its own time t_b, step size h_b and error control, exactly as scipy's RK45 would give it alone
 (same tableau, taken from scipy.integrate.RK45, same error norm and step-size controller), while
-each stage is one vectorised call F(t, Y[active], rows, out) over the rows still running. A row leaves
-the batch when it reaches t_end or when ``at_rest(Y, dY/dt, rows)`` says it sits at a fixed point
-(dY/dt is read off the last stage of the step for free: first same as last).
+each stage is one vectorised call F(t, Y[active], rows, out) over the rows still running. A row
+leaves the batch when it reaches t_end or when ``at_rest(Y, dY/dt, rows)`` says it sits at a
+fixed point (dY/dt is read off the last stage of the step for free: first same as last).
 
 Per row, one step from (t, y) with size h (c, A, b, e the Butcher tableau):
 
     k_1 = F(t, y),  k_i = F(t + c_i h, y + h sum_j A_ij k_j),  y_new = y + h sum_i b_i k_i
     err = || h sum_i e_i k_i / (atol + rtol max(|y|, |y_new|)) ||_rms,   accept iff err < 1
-    h <- h min(10, 0.9 err^(-1/5)) on accept (<= 1 right after a rejection), h max(0.2, 0.9 err^(-1/5)) on rejection
+    accept: h <- h min(10, 0.9 err^(-1/5)) (factor <= 1 right after a rejection)
+    reject: h <- h max(0.2, 0.9 err^(-1/5))
 
 and samples inside an accepted step come from the method's quartic dense output
 y(t + theta h) = y + h K^T P [theta, theta^2, theta^3, theta^4].
@@ -72,11 +73,11 @@ def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
     dmax = np.maximum(d1, d2)
     h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
                   (0.01 / np.maximum(dmax, 1e-300)) ** (1.0 / (_ORDER + 1)))
-    return np.minimum.reduce([100 * h0, h1, np.full_like(h0, t_end - t0), np.full_like(h0, max_step)])
+    return np.minimum(np.minimum(100 * h0, h1), min(t_end - t0.max(), max_step))
 
 
-def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rtol: float = 1e-8, atol: float = 1e-10,
-                  at_rest: Optional[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = None,
+def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rtol: float = 1e-8,
+                  atol: float = 1e-10, at_rest: Optional[Callable[..., np.ndarray]] = None,
                   max_step: float = np.inf, max_nfev: int = 100_000,
                   on_stall: Callable[[int, float, str], Exception] = None) -> BatchSolution:
     """Integrate dY_b/dt = F(t_b, Y_b) for every row b of Y0 (B, W) from t = 0 to t_end.
@@ -87,12 +88,14 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     ``t_eval`` (sorted, within [0, t_end]) are the sample times. A row stops at t_end, or once
     ``at_rest(Y, dYdt, rows)`` (a (b,) boolean mask) is True for it. A row that needs more than
     ``max_nfev`` evaluations, or whose step size underflows, raises the exception built by
-    ``on_stall(row, t, reason)`` (RuntimeError by default).
+    ``on_stall(row, t, reason)`` (RuntimeError by default); a non-finite state or derivative
+    raises FloatingPointError naming the row.
     """
     Y = np.array(Y0, dtype=np.float64, copy=True)
     B, W = Y.shape
     t_eval = np.asarray(t_eval, dtype=np.float64)
-    if t_eval.ndim != 1 or np.any(np.diff(t_eval) < 0) or (len(t_eval) and (t_eval[0] < 0 or t_eval[-1] > t_end)):
+    inside = not len(t_eval) or (t_eval[0] >= 0 and t_eval[-1] <= t_end)
+    if t_eval.ndim != 1 or np.any(np.diff(t_eval) < 0) or not inside:
         raise ValueError(f"t_eval must be sorted times within [0, {t_end}]")
     if on_stall is None:
         def on_stall(row, t, reason):
@@ -115,7 +118,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     nfev += 1
     h = _initial_step(F, t, Y, K[0], rows, t_end, max_step, rtol, atol)
     nfev += 1
-    rejected = np.zeros(B, bool)                # the current step was rejected before (scipy's rule)
+    rejected = np.zeros(B, bool)    # this step was rejected before (scipy's rule: no growth then)
 
     def retire(done):
         """Record rows in mask ``done`` as finished and drop them from the active arrays."""
@@ -124,7 +127,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         t_final[r], y_final[r], nxt_final[r] = t[done], Y[done], nxt[done]
         velocity[r] = np.abs(K[0][done]).max(axis=1)
         keep = ~done
-        rows, t, Y, h, nxt, rejected = rows[keep], t[keep], Y[keep], h[keep], nxt[keep], rejected[keep]
+        rows, t, Y, h = rows[keep], t[keep], Y[keep], h[keep]
+        nxt, rejected = nxt[keep], rejected[keep]
         K = np.ascontiguousarray(K[:, keep])
 
     if at_rest is not None:
@@ -137,7 +141,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         min_step = 10 * np.abs(np.nextafter(t, np.inf) - t)
         if np.any(small := rejected & (h < min_step)):
             b = int(np.flatnonzero(small)[0])
-            raise on_stall(int(rows[b]), float(t[b]), "the step size fell below the spacing of floating-point times")
+            raise on_stall(int(rows[b]), float(t[b]),
+                           "the step size fell below the spacing of floating-point times")
         h = np.minimum(np.where(rejected, h, np.maximum(h, min_step)), max_step)
         t_new = np.minimum(t + h, t_end)
         hs = t_new - t
@@ -159,6 +164,10 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         err *= hc
         err /= scale
         err = _rms(err)
+        if not np.all(np.isfinite(err)):
+            b = int(np.flatnonzero(~np.isfinite(err))[0])
+            raise FloatingPointError(f"row {int(rows[b])}: the state or its derivative became "
+                                     f"non-finite in the step from t={t[b]:.6g}")
         with np.errstate(divide="ignore"):
             factor = np.where(err == 0, MAX_FACTOR, SAFETY * err ** (-1.0 / (_ORDER + 1)))
         ok = err < 1
@@ -188,7 +197,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
                 K[0, ok] = K[-1, ok]
         if np.any(over := nfev[rows] > max_nfev):
             b = int(np.flatnonzero(over)[0])
-            raise on_stall(int(rows[b]), float(t[b]), f"more than {max_nfev} right-hand-side evaluations")
+            raise on_stall(int(rows[b]), float(t[b]),
+                           f"more than {max_nfev} right-hand-side evaluations")
         done = ok & (t >= t_end)
         if at_rest is not None and ok.any():
             fp = ok.copy()
@@ -199,8 +209,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             retire(done)
 
     t_last = float(t_final.max()) if B else 0.0
-    n = int(np.searchsorted(t_eval, t_last, side="right"))     # samples at or before t_last
-    held = np.arange(n)[:, None] >= nxt_final[None, :]      # (n, B): after that row had stopped
+    n = int(np.searchsorted(t_eval, t_last, side="right"))  # samples at or before t_last
+    held = np.arange(n)[:, None] >= nxt_final[None, :]     # (n, B): after that row had stopped
     samples[:n][held] = np.broadcast_to(y_final, (n, B, W))[held]
     t_out = t_eval[:n]
     if not n or t_out[-1] < t_last:             # end on the last row's stop time

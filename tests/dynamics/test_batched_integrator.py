@@ -62,6 +62,12 @@ def test_rows_stop_at_their_own_fixed_point_and_hold_it():
 def test_stall_and_bad_sample_times():
     with pytest.raises(RuntimeError, match=r"row 0 stopped at t=[0-9.]+ of 100.0: more than 50 right-hand-side evaluations"):
         solve_batched(decay, np.ones((4, 1)), 100.0, t_eval=[0.0], max_nfev=50)
+    def turns_nan(t, Y, rows, out):  # row 2's derivative is NaN after t = 0.5: an error, not a loop
+        out[:] = -Y
+        out[(rows == 2) & (t > 0.5)] = np.nan
+        return out
+    with pytest.raises(FloatingPointError, match="row 2: the state or its derivative became non-finite"):
+        solve_batched(turns_nan, np.ones((4, 1)), 5.0, t_eval=[0.0])
     with pytest.raises(ValueError, match="t_eval must be sorted"):
         solve_batched(decay, np.ones((4, 1)), 1.0, t_eval=[0.5, 0.2])
     with pytest.raises(ValueError, match="t_eval must be sorted"):
