@@ -139,6 +139,12 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         raise ValueError(f"t_end must be a positive finite time, got {t_end}")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
+    if not (rtol > 0 and atol >= 0):
+        raise ValueError(f"tolerances must be rtol > 0 and atol >= 0, got rtol={rtol}, atol={atol}")
+    if not (fixed_point_tol >= 0 and noise_factor >= 0 and fixed_point_tol + noise_factor * atol > 0):
+        raise ValueError(f"the fixed-point test needs fixed_point_tol >= 0 and noise_factor >= 0, "
+                         f"not both giving a zero threshold (got fixed_point_tol={fixed_point_tol}, "
+                         f"noise_factor={noise_factor}, atol={atol})")
     v0, h0 = net.initial_state(Q, h0)
     B = v0.shape[0]
     I = v0.copy() if input_mode == "clamped" else net._I(None, B).copy()
@@ -152,7 +158,8 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         try:
             ts, Y, info = solver(net, Y0, I, float(t_end), method=method, t_eval=t_eval, rtol=rtol,
                                  atol=atol, tol=fixed_point_tol if stop_at_fixed_point else None,
-                                 noise=noise_factor, adiabatic=adiabatic, max_step=max_step, max_nfev=max_nfev)
+                                 noise=noise_factor, adiabatic=adiabatic, max_step=max_step,
+                                 max_nfev=max_nfev)
         except FloatingPointError as err:
             raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
                                      f"the state left the range this network can represent") from None

@@ -167,3 +167,15 @@ def test_overflow_is_reported_not_nan():
     with pytest.raises((FloatingPointError, OverflowError, RuntimeError),
                        match="floating-point|overflows|step size fell"):
         integrate(net, M[:2] * 20, 50.0, method="RK45-batched")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(fixed_point_tol=0.0, noise_factor=0.0), "zero threshold"),
+    (dict(noise_factor=-1.0), "noise_factor >= 0"),
+    (dict(rtol=0.0), "rtol > 0"),
+    (dict(atol=-1e-9), "atol >= 0"),
+])
+@pytest.mark.parametrize("method", ["RK45", "RK45-batched"])
+def test_bad_tolerances_are_refused(kw, match, method):
+    with pytest.raises(ValueError, match=match):
+        integrate(Network(np.eye(3)), np.ones(3), 1.0, method=method, **kw)
