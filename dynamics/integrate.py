@@ -5,7 +5,7 @@ Two integrators, same result form:
 - scipy.integrate.solve_ivp (``method`` = "RK45", "Radau", ...): the batch is one ODE system of
   B (D + N) variables, so each right-hand-side call costs two (B, D) x (D, N) products instead of
   B small ones, but one step size serves the whole batch and a terminal event stops integration
-  only once every query sits at a fixed point (max |dv/dt|, |dh/dt| below ``fixed_point_tol``).
+  only once every query sits at a fixed point (the test of :func:`rest_ratio`).
 - "RK45-batched" (dynamics.dopri): the same Dormand-Prince pair with one step size and one
   error control per query, each query leaving the batch at its own fixed point; a query's
   trajectory is then what RK45 would give it alone, at a fraction of the cost per query.
