@@ -12,7 +12,8 @@ Runs, all timed in this one process:
   bare solve_ivp solve_ivp(RK45) per query with the same event and nothing else (no energy or
                  samples): the cheapest one-at-a-time baseline
   one solve_ivp  integrate(net, Q, method="RK45"): the whole batch as one solve_ivp system
-                 (one step size for all, stops when the last query converges)
+                 (one step size for all, stops when the last query converges), here and on a
+                 mixed batch (192 queries near a memory, 64 halfway between two)
 Targets (issue 3): per-query speed-up of the batched call over one at a time >= 20x; one RHS
 <= 3x (g @ M.T + f @ M).
     python benchmarks/bench_dynamics.py [--single 16] [--skip-one-system]
@@ -60,10 +61,28 @@ def bare_solve_ivp(net, q):
                      events=event)
 
 
+def mixed_batch(M):
+    """Queries whose stop times differ: 192 near a memory, 64 halfway between two memories."""
+    rng = np.random.default_rng(0)
+    near = M[np.arange(192) % len(M)] + 0.01 * rng.standard_normal((192, M.shape[1]))
+    blend = 0.5 * (M[:64] + M[1:65]) + 0.01 * rng.standard_normal((64, M.shape[1]))
+    Q = np.vstack([near, blend])
+    for beta in (0.05, 1.0):
+        net = Network(M, "dot", L_h=L.log_sum_exp(beta), tau_h=0.1)
+        kw = dict(rtol=RTOL, atol=ATOL, fixed_point_tol=TOL)
+        one, t_one = timed(lambda: integrate(net, Q, 100.0, method="RK45", **kw))
+        bat, t_bat = timed(lambda: integrate(net, Q, 100.0, method="RK45-batched", **kw))
+        stops = np.array(bat.params["t_final_per_query"])
+        print(f"mixed batch, softmax({beta:g}): one solve_ivp system {t_one:.2f} s (stops at "
+              f"t = {one.t[-1]:.1f}), RK45-batched {t_bat:.2f} s (stops between t = {stops.min():.1f} "
+              f"and {stops.max():.1f}): {t_one / t_bat:.1f}x")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--single", type=int, default=16, help="queries timed one at a time")
-    ap.add_argument("--skip-one-system", action="store_true", help="skip the slow whole-batch solve_ivp run")
+    ap.add_argument("--skip-one-system", action="store_true",
+                    help="skip the slow whole-batch solve_ivp runs")
     args = ap.parse_args(argv)
 
     ds = load_dataset("mnist", n=100, seed=0)
@@ -100,6 +119,9 @@ def main(argv=None):
         print(f"whole batch as one solve_ivp system: {t_one:.2f} s = {t_one / B * 1e3:.2f} ms/query "
               f"({t_one / t_batch:.1f}x the batched integrator), {one.params['nfev']} RHS calls, "
               f"{int(one.converged.sum())}/{B} at a fixed point, stopped at t = {one.t[-1]:.1f}")
+
+    if not args.skip_one_system:
+        mixed_batch(M)
 
     v, h = net.initial_state(Q)
     g, f = net.L_v.grad(v), net.L_h.grad(h)
