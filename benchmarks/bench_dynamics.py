@@ -25,7 +25,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from dynamics import lagrangians as L
-from dynamics.integrate import NOISE_FACTOR, integrate, rest_ratio, velocity
+from dynamics.integrate import NOISE_FACTOR, fixed_point_event, integrate
 from dynamics.network import Network
 from models.corruption import corrupt
 from models.data import load_dataset
@@ -51,12 +51,7 @@ def timed(fn):
 def bare_solve_ivp(net, q):
     """solve_ivp on one query with integrate's fixed-point event, nothing else."""
     v0, h0 = net.initial_state(q)
-    W = net.D + net.N
-
-    def event(t, y):
-        Y = y.reshape(1, W)
-        return rest_ratio(net, Y, velocity(net, Y, None, False), TOL, NOISE_FACTOR, RTOL, ATOL, False)[0] - 1.0
-    event.terminal, event.direction = True, -1
+    event = fixed_point_event(net, None, TOL, NOISE_FACTOR, RTOL, ATOL, False)
     return solve_ivp(net.fun(), (0, T_END), net.pack(v0, h0), method="RK45", rtol=RTOL, atol=ATOL,
                      events=event)
 

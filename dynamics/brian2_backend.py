@@ -395,8 +395,7 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
     Iv = model.info["I"]
     E = np.stack([net.energy(vk, hk, Iv) for vk, hk in zip(v, h)])
     dE = np.stack([net.dEdt(vk, hk, Iv) for vk, hk in zip(v, h)])
-    dv, dh = net.rhs(v[-1], h[-1], Iv)
-    vel = np.maximum(np.abs(dv).max(1), np.abs(dh).max(1))
+    vel = net.residual(v[-1], h[-1], Iv)
     params = {"dt": float(dt), "t_end": float(n_steps * dt), "target": target, "scheme": scheme,
               "record_every": int(record_every), "brian2_method": model.info["method"],
               "softmax_shift": None if model.shift is None else model.shift.tolist(),

@@ -131,13 +131,11 @@ def stability(net: Network, v, h=None, I=None, *, adiabatic: bool = False, tol: 
     """
     if adiabatic:
         J = jacobian_adiabatic(net, v, I)
-        res = float(np.abs(net.rhs_adiabatic(np.atleast_2d(v), I)).max())
     else:
         if h is None:
             raise ValueError("stability of the full system needs the memory state h (or adiabatic=True)")
         J = jacobian(net, v, h, I, method=method)
-        dv, dh = net.rhs(np.atleast_2d(v).astype(float), np.atleast_2d(h).astype(float), I)
-        res = float(max(np.abs(dv).max(), np.abs(dh).max()))
+    res = float(net.residual(v, h, I, adiabatic).max())
     lam = np.linalg.eigvals(J)
     mr = float(lam.real.max())
     return Stability(eigenvalues=lam, max_real=mr, stable=mr < -tol, tol=tol, residual=res)
@@ -223,11 +221,7 @@ def compare(M, targets, queries, similarity="dot", separation="softmax", *, L_v=
         y = v_end - traj.I
     else:
         y = net.readout(h_end)
-    if adiabatic:
-        res = np.abs(net.rhs_adiabatic(v_end, traj.I)).max(1)
-    else:
-        dv, dh = net.rhs(v_end, h_end, traj.I)
-        res = np.maximum(np.abs(dv).max(1), np.abs(dh).max(1))
+    res = net.residual(v_end, h_end, traj.I, adiabatic)
     z = np.atleast_2d(mem.retrieve(Q))
     try:
         with np.errstate(over="ignore", invalid="ignore"):

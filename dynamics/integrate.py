@@ -175,7 +175,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         E = np.stack([net.energy(vk, hk, I) for vk, hk in zip(v, h)])
         dE = np.stack([net.dEdt(vk, hk, I) for vk, hk in zip(v, h)])
     Yf = Yb[-1]
-    ratio = rest_ratio(net, Yf, velocity(net, Yf, I, adiabatic), fixed_point_tol, noise_factor,
+    ratio = rest_ratio(net, Yf, net.velocity(Yf, I, adiabatic), fixed_point_tol, noise_factor,
                         rtol, atol, adiabatic)
     params = {"rtol": rtol, "atol": atol, "t_end": float(t_end), "fixed_point_tol": fixed_point_tol,
               "noise_factor": noise_factor, "input_mode": input_mode, **info, **net.describe()}
@@ -186,14 +186,17 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
                       message=info.pop("message"), adiabatic=adiabatic, params=params)
 
 
-def velocity(net: Network, Y, I, adiabatic, out=None):
-    """dY/dt (b, width) at states Y (b, width): [dv/dt, dh/dt], or dv/dt when adiabatic."""
-    if adiabatic:
-        return net.rhs_adiabatic(Y, I, out=out)
-    if out is None:
-        out = np.empty_like(Y)
-    net.rhs(Y[:, :net.D], Y[:, net.D:], I, out=out)
-    return out
+def fixed_point_event(net: Network, I, tol, noise, rtol, atol, adiabatic):
+    """solve_ivp event on the flat batch state: max over queries of :func:`rest_ratio` - 1,
+    terminal, crossing downward (every query at a fixed point)."""
+    width = net.D if adiabatic else net.D + net.N
+
+    def at_fixed_point(t, y):
+        Y = y.reshape(-1, width)
+        return rest_ratio(net, Y, net.velocity(Y, I, adiabatic), tol, noise, rtol, atol, adiabatic).max() - 1.0
+    at_fixed_point.terminal = True
+    at_fixed_point.direction = -1
+    return at_fixed_point
 
 
 def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, adiabatic, max_step,
@@ -209,15 +212,7 @@ def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, a
             raise RuntimeError(_stall_message(net, t, t_end, f"more than {max_nfev} right-hand-side calls"))
         return rhs(t, y)
 
-    events = None
-    if tol is not None:
-        def at_fixed_point(t, y):
-            Y = y.reshape(B, width)
-            return rest_ratio(net, Y, velocity(net, Y, I, adiabatic), tol, noise, rtol, atol,
-                               adiabatic).max() - 1.0
-        at_fixed_point.terminal = True
-        at_fixed_point.direction = -1
-        events = at_fixed_point
+    events = None if tol is None else fixed_point_event(net, I, tol, noise, rtol, atol, adiabatic)
     extra = {}
     if method in ("Radau", "BDF"):
         extra["jac_sparsity"] = block_diag([csr_matrix(np.ones((width, width)))] * B, format="csr")
@@ -242,7 +237,7 @@ def _solve_batched(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise,
     def F(t, Y, rows, out):
         if not zero_input and current["rows"] is not rows:
             current["rows"], current["I"] = rows, I[rows]
-        return velocity(net, Y, None if zero_input else current["I"], adiabatic, out)
+        return net.velocity(Y, None if zero_input else current["I"], adiabatic, out)
 
     def at_rest(Y, dY, rows):
         return rest_ratio(net, Y, dY, tol, noise, rtol, atol, adiabatic) <= 1.0

@@ -172,6 +172,22 @@ class Network:
         g = self.L_v.grad(v)
         return self._drive(g, self.L_h.grad(self.similarity(g)), v, I, out)
 
+    def velocity(self, Y, I=None, adiabatic: bool = False, out=None) -> np.ndarray:
+        """dY/dt (B, D + N) at states Y = [v, h] (B, D + N) (the pack() layout, one row per query);
+        with ``adiabatic``, dv/dt (B, D) of the reduced system at Y = v (B, D)."""
+        if adiabatic:
+            return self.rhs_adiabatic(Y, I, out=out)
+        if out is None:
+            out = np.empty_like(Y)
+        self.rhs(Y[:, :self.D], Y[:, self.D:], I, out=out)
+        return out
+
+    def residual(self, v, h=None, I=None, adiabatic: bool = False) -> np.ndarray:
+        """(B,) max_i |dy_i/dt| at (v, h), or at v with h = S(g) when ``adiabatic``: 0 at a fixed point."""
+        v = np.atleast_2d(np.asarray(v, dtype=np.float64))
+        Y = v if adiabatic else np.concatenate([v, np.atleast_2d(np.asarray(h, dtype=np.float64))], axis=1)
+        return np.abs(self.velocity(Y, I, adiabatic)).max(axis=1)
+
     def energy(self, v, h, I=None):
         """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,)."""
         g = self.L_v.grad(v)
