@@ -37,6 +37,51 @@ def check_finite(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {first}")
 
 
+def check_scores(S: np.ndarray, who: str) -> None:
+    """Raise ValueError if a (B, N) score matrix handed to ``who`` holds NaN (or inf).
+
+    One isfinite over the scores: O(B N), never a (B, N, D) pass. A separation fed NaN would
+    otherwise return a plausible one-hot (argmax stops at the NaN) or pass the NaN through.
+    """
+    bad = ~np.isfinite(S)
+    if bad.any():
+        b, mu = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{who} got {int(bad.sum())} NaN/inf similarity score(s), first for query {b}, "
+                         f"memory {mu} (value {S[b, mu]}); check the similarity and its parameters")
+
+
+def real_param(value, name: str, *, low: float | None = None, low_open: bool = False,
+               finite: bool = True) -> float:
+    """``value`` as a float, or a ValueError/TypeError naming ``name``.
+
+    Refuses NaN always, inf when ``finite``, and values below ``low`` (or equal to it when
+    ``low_open``): the one place every similarity, separation and model checks a real parameter.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if np.isnan(v) or (finite and np.isinf(v)):
+        raise ValueError(f"{name} must be a finite number, got {v}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {v:g}")
+    return v
+
+
+def int_param(value, name: str, *, low: int) -> int:
+    """``value`` as an int >= ``low``; refuses non-integral values (2.7) instead of truncating them."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        v = int(value)
+    else:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    return v
+
+
 def check_same_width(M: np.ndarray, Q: np.ndarray, mname="memories", qname="queries") -> None:
     """Raise ValueError unless memories (N, D) and queries (B, D) share D."""
     if M.shape[1] != Q.shape[1]:

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._validate import from_registry
+from ._validate import check_scores, from_registry, int_param, real_param
 
 #: exp overflows float64 above this argument
 EXP_MAX = np.log(np.finfo(np.float64).max)
@@ -40,9 +40,15 @@ class Separation:
     params: dict = field(default_factory=dict)
 
     def __call__(self, S) -> np.ndarray:
+        """W = sep(S) row-wise; a 1-D score vector gives a 1-D result.
+
+        NaN or inf scores raise ValueError naming this separation (max would otherwise return a
+        one-hot at the NaN, identity and polynomial pass it through)."""
         S = np.asarray(S, dtype=np.float64)
         single = S.ndim == 1
-        W = self.fn(np.atleast_2d(S))
+        S = np.atleast_2d(S)
+        check_scores(S, f"separation {self.name}")
+        W = self.fn(S)
         return W[0] if single else W
 
 
@@ -52,8 +58,8 @@ def _identity():
 
 
 def _threshold(theta: float = 0.0):
-    """sep(S)_mu = 1 if S_mu >= theta else 0 (sparse distributed memory)."""
-    theta = float(theta)
+    """sep(S)_mu = 1 if S_mu >= theta else 0 (sparse distributed memory); theta finite."""
+    theta = real_param(theta, "threshold theta")
     return Separation(f"threshold(theta={theta:g})", lambda S: (S >= theta).astype(np.float64),
                       no_energy="a step function is not the gradient of a differentiable convex "
                                 "function (its Lagrangian max(h - theta, 0) has no Hessian at theta)",
@@ -64,9 +70,7 @@ def _polynomial(n: float = 2.0, rectified: bool = True):
     """Rectified: sep(S) = max(S, 0)^n (gradient of sum max(h,0)^(n+1)/(n+1), convex for n >= 1).
     Signed: sep(S) = sign(S) |S|^n (odd-symmetric DAM form; its Lagrangian |h|^(n+1)/(n+1) is
     convex too)."""
-    n = float(n)
-    if n <= 0:
-        raise ValueError(f"polynomial separation needs a positive degree, got n={n}")
+    n = real_param(n, "polynomial degree n", low=0.0, low_open=True)
     if rectified:
         fn = lambda S: np.maximum(S, 0.0) ** n  # noqa: E731
         name = f"polynomial(n={n:g})"
@@ -84,9 +88,7 @@ def _polynomial(n: float = 2.0, rectified: bool = True):
 def _softmax(beta: float = 1.0):
     """sep(S)_mu = exp(beta S_mu) / sum_nu exp(beta S_nu), computed with the max shifted out so it
     stays finite for any finite beta S. Gradient of L_h = (1/beta) log sum exp(beta h)."""
-    beta = float(beta)
-    if not np.isfinite(beta) or beta <= 0:
-        raise ValueError(f"softmax beta must be a positive finite number, got {beta}")
+    beta = real_param(beta, "softmax beta", low=0.0, low_open=True)
 
     def fn(S):
         X = beta * S
@@ -103,8 +105,9 @@ def _softmax(beta: float = 1.0):
 
 
 def _exp(beta: float = 1.0):
-    """sep(S)_mu = exp(beta S_mu), unnormalised (gradient of sum exp(beta h)/beta)."""
-    beta = float(beta)
+    """sep(S)_mu = exp(beta S_mu), unnormalised: the gradient of L_h = sum exp(beta h)/beta, whose
+    Hessian beta exp(beta h) is positive (an energy) only for beta > 0, so beta <= 0 is refused."""
+    beta = real_param(beta, "exp beta", low=0.0, low_open=True)
 
     def fn(S):
         X = beta * S
@@ -130,14 +133,11 @@ def _log():
 
 
 def _top_k(k: int):
-    """Uniform weights 1/k on the k most similar memories (ties go to the lower index)."""
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k_max needs k >= 1, got {k}")
+    """Uniform weights 1/k on the k most similar memories (ties go to the lower index); k an
+    integer >= 1 (2.7 is refused, not truncated) and at most the number of memories."""
+    k = int_param(k, "k_max k", low=1)
 
     def fn(S):
-        if k > S.shape[1]:
-            raise ValueError(f"k_max(k={k}) asks for more memories than are stored ({S.shape[1]})")
         idx = top_k_indices(S, k)
         W = np.zeros_like(S)
         np.put_along_axis(W, idx, 1.0 / k, axis=1)
@@ -151,7 +151,12 @@ def _top_k(k: int):
 
 
 def top_k_indices(S: np.ndarray, k: int) -> np.ndarray:
-    """Indices (B, k) of the k largest scores per row, deterministic: ties go to the lower index."""
+    """Indices (B, k) of the k largest scores per row, deterministic: ties go to the lower index.
+
+    Raises ValueError when k exceeds the number of memories N = S.shape[1] (k_max would otherwise
+    silently keep all N, i.e. return their mean)."""
+    if k > S.shape[1]:
+        raise ValueError(f"k_max(k={k}) asks for more memories than are stored ({S.shape[1]})")
     if k == 1:
         return np.argmax(S, axis=1)[:, None]  # argmax returns the first maximum
     # stable sort of -S keeps equal scores in index order

@@ -1,4 +1,7 @@
-"""Separation functions against their formulas (DESIGN.md section 1), row-wise on (B, N) scores."""
+"""Separation functions against hand-worked values and closed forms (docs/theory.md), row-wise on
+(B, N) scores; bad parameters and NaN scores refused with the parameter or separation named."""
+import re
+
 import numpy as np
 import pytest
 import scipy.special
@@ -7,6 +10,8 @@ from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose, assert_array_equal
 
 from models.separation import EXP_MAX, get_separation, names
+
+EPS = np.finfo(np.float64).eps
 
 S = np.array([[-1.5, 0.0, 0.5, 2.0],
               [3.0, -2.0, 1.0, 1.0]])
@@ -28,43 +33,80 @@ def test_threshold_includes_the_boundary():
 
 
 def test_polynomial_rectified_and_signed():
-    assert_allclose(get_separation("polynomial", n=3)(S), np.maximum(S, 0) ** 3)
-    assert_allclose(get_separation("polynomial", n=3)(S)[0], [0, 0, 0.125, 8])
+    # hand-worked: S has dyadic entries, so every power below is exact in float64
+    assert_array_equal(get_separation("polynomial", n=3)(S), [[0, 0, 0.125, 8], [27, 0, 1, 1]])
     Wsg = get_separation("polynomial", n=2, rectified=False)(S)
-    assert_allclose(Wsg[0], [-2.25, 0, 0.25, 4])
-    assert_allclose(Wsg, np.sign(S) * np.abs(S) ** 2)
+    assert_array_equal(Wsg, [[-2.25, 0, 0.25, 4], [9, -4, 1, 1]])
     # the signed form is odd-symmetric, the rectified one is zero for negative scores
-    assert_allclose(get_separation("polynomial", n=2, rectified=False)(-S), -Wsg)
+    assert_array_equal(get_separation("polynomial", n=2, rectified=False)(-S), -Wsg)
+    assert_array_equal(get_separation("polynomial", n=2)(-S), [[2.25, 0, 0, 0], [0, 4, 0, 0]])
+    # a fractional degree: 0.25^0.5 = 0.5 and 4^1.5 = 8 exactly (pow is correctly rounded here)
+    assert_array_equal(get_separation("polynomial", n=1.5)(np.array([0.25, 4.0, -1.0])), [0.125, 8.0, 0.0])
     assert get_separation("polynomial", n=3).lagrangian == "rectified_polynomial"
     assert get_separation("polynomial", n=3, rectified=False).lagrangian == "signed_polynomial"
-    with pytest.raises(ValueError, match="positive degree"):
-        get_separation("polynomial", n=0)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=r"polynomial degree n must be > 0"):
+            get_separation("polynomial", n=bad)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"polynomial degree n must be a finite number"):
+            get_separation("polynomial", n=bad)
+
+
+@pytest.mark.parametrize("rectified", [True, False])
+def test_polynomial_below_degree_one_has_no_energy(rectified):
+    # n < 1: the Hessian n |h|^(n-1) of the Lagrangian blows up at h = 0, so there is no energy
+    sep = get_separation("polynomial", n=0.5, rectified=rectified)
+    assert sep.lagrangian is None
+    assert re.search(r"n < 1.*unbounded at h = 0", sep.no_energy)
+    edge = get_separation("polynomial", n=1, rectified=rectified)  # n = 1 is still convex
+    assert edge.lagrangian == ("rectified_polynomial" if rectified else "signed_polynomial")
+    assert edge.no_energy == ""
 
 
 @given(S=scores, beta=st.sampled_from([0.01, 0.5, 1.0, 3.0, 10.0]))
 def test_softmax_matches_scipy_and_sums_to_one(S, beta):
     W = get_separation("softmax", beta=beta)(S)
     assert np.all(np.isfinite(W)) and np.all(W >= 0)
-    assert_allclose(W.sum(1), 1.0, rtol=1e-12)
-    assert_allclose(W, scipy.special.softmax(beta * S, axis=1), rtol=1e-10, atol=1e-300)
+    # a sum of N rounded weights: within (N + 2) eps of 1
+    assert_allclose(W.sum(1), 1.0, rtol=(S.shape[1] + 2) * EPS)
+    # scipy rounds beta S and the shifted arguments independently: each weight's exponent may differ
+    # by eps |beta S| max, a relative error of that, plus ~3 eps for exp and the normalisation
+    rtol = 2 * (beta * np.abs(S).max() + 3) * EPS
+    assert_allclose(W, scipy.special.softmax(beta * S, axis=1), rtol=rtol, atol=np.finfo(float).tiny)
+
+
+@given(S=scores, shift=st.floats(-1e3, 1e3), beta=st.sampled_from([0.01, 1.0, 10.0]))
+def test_softmax_is_shift_invariant(S, shift, beta):
+    """softmax(S + c) = softmax(S) for a constant c per row (the max is shifted out anyway).
+    Rounding S + c moves each score by up to eps |S + c| / 2, so beta (S + c) by that times beta;
+    after the shift each exp(x) carries a relative error |dx| plus ~3 eps for exp, subtraction and
+    the normalising sum: the weights agree to rtol = 2 (beta eps max|S + c| + 3 eps)."""
+    S2 = S + shift
+    W1, W2 = get_separation("softmax", beta=beta)(S), get_separation("softmax", beta=beta)(S2)
+    rtol = 2 * (beta * EPS * np.abs(S2).max() + 3 * EPS)
+    # subnormal weights (exp below -708) lose relative precision: absolute floor at the smallest normal
+    assert_allclose(W2, W1, rtol=rtol, atol=np.finfo(float).tiny)
 
 
 @given(S=scores)
 def test_softmax_huge_beta_is_finite_and_one_hot_like(S):
     W = get_separation("softmax", beta=1e6)(S)
     assert np.all(np.isfinite(W))
-    assert_allclose(W.sum(1), 1.0, rtol=1e-12)
+    assert_allclose(W.sum(1), 1.0, rtol=(S.shape[1] + 2) * EPS)
     # all the weight sits on the maxima (ties share it) wherever the runner-up is clearly below
     top = S == S.max(1, keepdims=True)
     gap = np.where(top, np.inf, S.max(1, keepdims=True) - S).min(1)
     clear = gap > 1e-3
-    assert_allclose(W[clear], top[clear] / top[clear].sum(1, keepdims=True), atol=1e-12)
+    # a runner-up 1e-3 below gets exp(-beta 1e-3) = exp(-1000), which underflows to 0
+    assert_allclose(W[clear], top[clear] / top[clear].sum(1, keepdims=True), atol=S.shape[1] * np.exp(-1e3))
 
 
 def test_softmax_huge_beta_hand_case():
     W = get_separation("softmax", beta=1e6)(np.array([0.1, 0.2, 0.3, 0.3 - 1e-4]))
     assert np.all(np.isfinite(W))
-    assert_allclose(W, [0, 0, 1, 0], atol=1e-40)
+    # the runner-up, 1e-4 below the max, keeps exp(-1e6 * 1e-4) = exp(-100) ~ 4e-44
+    assert_allclose(W, [0, 0, 1, 0], rtol=2 * np.exp(-100.0), atol=2 * np.exp(-100.0))
+    assert 0 < W[3] < 2 * np.exp(-100.0)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered")
@@ -103,13 +145,34 @@ def test_k_max_gives_k_entries_of_one_over_k(S, k):
 def test_k_max_ties_go_to_lower_indices():
     W = get_separation("k_max", k=2)(np.array([1.0, 3.0, 2.0, 3.0, 3.0]))
     assert_array_equal(W, [0, 0.5, 0, 0.5, 0])
-    with pytest.raises(ValueError, match="k >= 1"):
+    with pytest.raises(ValueError, match=r"k_max k must be >= 1, got 0"):
         get_separation("k_max", k=0)
 
 
+def test_k_max_k_must_be_an_integer():
+    # 2.7 used to become 2 silently; an integral float is accepted as that integer
+    with pytest.raises(TypeError, match=r"k_max k must be an integer, got float 2\.7"):
+        get_separation("k_max", k=2.7)
+    with pytest.raises(TypeError, match="k_max k must be an integer"):
+        get_separation("k_max", k="2")
+    sep = get_separation("k_max", k=3.0)
+    assert sep.top_k == 3 and sep.name == "k_max(k=3)"
+    with pytest.raises(ValueError, match=r"k_max\(k=3\) asks for more memories than are stored \(2\)"):
+        sep(np.array([[1.0, 2.0]]))
+
+
 def test_exp_formula_and_overflow():
-    assert_allclose(get_separation("exp")(np.array([0.0, 1.0, -2.0])), [1.0, np.e, np.exp(-2.0)], rtol=1e-15)
-    assert_allclose(get_separation("exp", beta=2.0)(S), np.exp(2.0 * S), rtol=1e-15)
+    # hand-worked: exp(2 * ln(2)/2) = 2, exp(2 * -ln(3)/2) = 1/3. The scores carry a rounding of
+    # eps/2 relative, so beta S is off by up to eps |beta S| / 2 and exp(beta S) by that relatively,
+    # plus 1 ulp for exp itself: rtol = (|beta S|max + 2) eps
+    s = np.array([0.0, np.log(2.0) / 2, -np.log(3.0) / 2])
+    assert_allclose(get_separation("exp", beta=2.0)(s), [1.0, 2.0, 1.0 / 3.0], rtol=(np.log(3.0) + 2) * EPS)
+    assert_allclose(get_separation("exp")(np.array([0.0, 1.0])), [1.0, np.e], rtol=3 * EPS)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=r"exp beta must be > 0"):
+            get_separation("exp", beta=bad)
+    with pytest.raises(ValueError, match=r"exp beta must be a finite number"):
+        get_separation("exp", beta=np.nan)
     with pytest.raises(OverflowError, match="overflow"):
         get_separation("exp")(np.array([EXP_MAX + 1.0, 0.0]))
     with pytest.raises(OverflowError, match="softmax"):
@@ -117,10 +180,34 @@ def test_exp_formula_and_overflow():
 
 
 def test_log_formula_and_non_positive_scores():
-    assert_allclose(get_separation("log")(np.array([1.0, np.e, 0.5])), [0.0, 1.0, np.log(0.5)], rtol=1e-15)
+    # np.e is e rounded (relative eps/2): its log is 1 within eps/2, plus 1 ulp for log itself
+    assert_allclose(get_separation("log")(np.array([1.0, np.e, 0.5])), [0.0, 1.0, -np.log(2.0)], rtol=2 * EPS)
     for bad in ([1.0, 0.0], [1.0, -2.0]):
         with pytest.raises(ValueError, match="strictly positive"):
             get_separation("log")(np.array(bad))
+
+
+def test_threshold_refuses_nan_and_infinite_theta():
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match=r"threshold theta must be a finite number"):
+            get_separation("threshold", theta=bad)
+    with pytest.raises(TypeError, match="threshold theta must be a real number"):
+        get_separation("threshold", theta="0.5")
+
+
+@pytest.mark.parametrize("name,params", [("identity", {}), ("threshold", {}), ("polynomial", {"n": 3}),
+                                         ("polynomial", {"n": 2, "rectified": False}),
+                                         ("softmax", {"beta": 2.0}), ("max", {}), ("k_max", {"k": 2}),
+                                         ("exp", {}), ("log", {})])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_scores_are_refused_naming_the_separation(name, params, bad):
+    # max used to return a one-hot at the NaN, identity/polynomial to pass it on, softmax to blame overflow
+    sep = get_separation(name, **params)
+    Sb = np.array([[0.3, 1.2, 0.7], [0.5, bad, 0.1]])
+    with pytest.raises(ValueError, match=re.escape(f"separation {sep.name} got 1 NaN/inf") + r".*query 1, memory 1"):
+        sep(Sb)
+    with pytest.raises(ValueError, match=re.escape(f"separation {sep.name}")):
+        sep(Sb[1])
 
 
 def test_energy_flags():
