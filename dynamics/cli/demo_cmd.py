@@ -15,17 +15,24 @@ from pathlib import Path
 SIMILARITIES = ("dot", "cosine", "euclidean", "manhattan", "kl", "reverse_kl")
 
 
+#: figure formats --out may name (matplotlib writes each through save_figure's atomic replace)
+FORMATS = (".png",)
+
+
 def register(sub) -> None:
+    from . import finite_float, nonnegative_float, nonnegative_int, positive_int
     p = sub.add_parser("demo", help="retrieve corrupted MNIST digits with every similarity; write a picture",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--n-memories", type=int, default=100)
-    p.add_argument("--corruption", default="gaussian")
-    p.add_argument("--level", type=float, default=0.5)
+    p.add_argument("--dataset", default="mnist", help="models.data dataset: mnist, digits, natural or lfw")
+    p.add_argument("--n-memories", type=positive_int, default=100, help="stored images (one query each)")
+    p.add_argument("--corruption", default="gaussian", help="models.corruption kind of the queries")
+    p.add_argument("--level", type=nonnegative_float, default=0.5, help="corruption level")
     p.add_argument("--separation", default="max", help="any separation name with default parameters")
-    p.add_argument("--threshold", type=float, default=50.0, help="squared-error criterion on 784 pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("figures") / "demo_retrieval.png")
+    p.add_argument("--threshold", type=finite_float, default=50.0,
+                   help="squared-error criterion on 784 pixels (scaled by D / 784)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="dataset subset and corruption seed")
+    p.add_argument("--out", type=Path, default=Path("figures") / "demo_retrieval.png",
+                   help="the picture (PNG)")
     p.set_defaults(func=run)
 
 
@@ -36,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from models.corruption import corrupt
     from models.data import load_dataset
 
+    from . import note
+    if args.out.suffix.lower() not in FORMATS:
+        raise ValueError(f"--out must name a {' or '.join(FORMATS)} file, got {str(args.out)!r}")
+    note(f"loading {args.n_memories} {args.dataset} images ...")
     ds = load_dataset(args.dataset, n=args.n_memories, seed=args.seed)
     Q = corrupt(ds.X, args.corruption, args.level, ds.image_shape, seed=args.seed)
     thr = args.threshold * ds.D / 784
@@ -71,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     fig.suptitle(f"{ds.name}: {ds.n} memories, {args.corruption} {args.level:g}, {args.separation} separation",
                  fontsize=9)
     fig.tight_layout()
-    save_figure(fig, args.out)
-    print(f"wrote {args.out}")
+    try:
+        written = save_figure(fig, args.out)
+    finally:
+        plt.close(fig)
+    print(f"wrote {written[0]}")
     return 0
