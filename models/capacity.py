@@ -11,13 +11,15 @@ Protocol of one measurement (:func:`evaluate`, one :class:`Point`):
 
 A curve point is the mean and std of that fraction over the blocks (:func:`summarise`).
 Experiments are named sweeps (:data:`EXPERIMENTS`) that return lists of independent Points;
-:func:`run` evaluates them into an atomic, resumable JSON-lines store. Everything here is a pure
-function of its Point (no printing, no global state besides a read-only dataset cache), so points
-can be farmed out to other processes or machines as they are.
+:func:`run` evaluates them into a resumable JSON-lines store that several runs may write at once
+(each write merges by key under a lock and replaces the file atomically; see the results-store
+section). Everything here is a pure function of its Point (no printing, no global state besides a
+read-only dataset cache), so points can be farmed out to other processes or machines as they are.
 """
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
@@ -105,6 +107,15 @@ class Point:
             raise ValueError(f"n_memories must be >= 1, got {self.n_memories}")
         if self.block < 0:
             raise ValueError(f"block must be >= 0, got {self.block}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("level", "threshold", "sep_param"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0 (a bound on a sum of squared errors), "
+                             f"got {self.threshold}")
         if self.threshold_scaling not in THRESHOLD_SCALINGS:
             raise ValueError(f"threshold_scaling must be one of {THRESHOLD_SCALINGS}, "
                              f"got {self.threshold_scaling!r}")
@@ -157,7 +168,11 @@ def available_images(dataset: str) -> int:
 
 
 def max_n(dataset: str, n_blocks: int) -> int:
-    """Largest N such that n_blocks disjoint blocks of N images fit in the dataset."""
+    """Largest N such that n_blocks disjoint blocks of N images fit in the dataset.
+
+    ValueError unless n_blocks is a whole number >= 1 (every sweep calls this first)."""
+    if isinstance(n_blocks, bool) or not float(n_blocks).is_integer() or n_blocks < 1:
+        raise ValueError(f"blocks must be a whole number >= 1, got {n_blocks!r}")
     return available_images(dataset) // int(n_blocks)
 
 
@@ -192,12 +207,15 @@ def _separation(point: Point):
 
 def validate(point: Point) -> None:
     """Raise ValueError for a point that can never be measured: unknown dataset, corruption,
-    similarity (for its convention) or separation, bad separation parameter, or too few images.
+    similarity (for its convention) or separation, bad separation parameter, a level out of its
+    corruption's range (a fraction or probability in [0, 1], a noise std >= 0), or too few images.
+    (Non-finite level / threshold / sep_param, a negative threshold or seed, N < 1 and a negative
+    block are refused when the Point is made.)
 
     :func:`run` checks every point first, so a typo fails at once instead of being stored as a
     failed measurement.
     """
-    from .corruption import KINDS
+    from .corruption import KINDS, corrupt
     from .data import names as dataset_names
     from .similarity import get_similarity
     if point.dataset not in dataset_names():
@@ -206,6 +224,12 @@ def validate(point: Point) -> None:
         raise ValueError(f"unknown corruption {point.corruption!r}; choose one of {KINDS}")
     get_similarity(point.similarity, convention=point.convention)
     _separation(point)
+    shape = _dataset(point.dataset, 0).image_shape
+    try:  # the corruption's own range check, on one blank image
+        corrupt(np.zeros(math.prod(shape)), point.corruption, point.level, shape)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"level {point.level:g} does not fit corruption {point.corruption!r}: "
+                         f"{err}") from None
     n = available_images(point.dataset)
     if (point.block + 1) * point.n_memories > n:
         raise ValueError(f"block {point.block} of {point.n_memories} images needs "
@@ -486,31 +510,171 @@ def experiment(name: str, **kwargs) -> list[Point]:
 
 
 # ----------------------------------------------------------------------------------------------
-# results store: JSON lines, one row per point, rewritten atomically
+# results store: JSON lines, one row per point; merged and rewritten atomically under a lock
 # ----------------------------------------------------------------------------------------------
+#
+# Several runs may write one file at once (a short sweep started during a long one). Each write is
+# "take the exclusive lock <file>.lock, re-read the file, merge my rows by key, write a temporary
+# file, os.replace it": so a writer always merges with whatever the others stored meanwhile, and a
+# reader (who needs no lock) sees the old file or the new one, never a partial one. The lock is an
+# advisory fcntl.flock; on a platform without fcntl (Windows) there is no lock, and concurrent runs
+# of one file may then lose each other's rows (one run at a time stays safe). The sidecar
+# <file>.lock is left in place: deleting a lock file others may hold open would break the lock.
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None
+
+#: a temporary file older than this (seconds) is a leftover of a killed writer, whoever wrote it
+STALE_TMP_SECONDS = 3600.0
+
+_WHAT_TO_DO = ("move the file aside (or fix that line) and run again; every row of the store is "
+               "a JSON object with a 'key', written by models.capacity")
+
 
 def _version() -> str:
     from . import __version__
     return __version__
 
 
-def load_results(path) -> list[dict]:
-    """Rows of a results file (empty list when it does not exist)."""
-    path = Path(path)
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON (the store is strict JSON: no NaN or Infinity)")
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of every non-blank line; ValueError naming ``path:line`` for a line that
+    is not UTF-8, not strict JSON, or not a JSON object."""
     if not path.exists():
         return []
-    rows = []
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
+    out = []
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not a JSON row ({err}); the store is written "
-                                 f"atomically, so this file was edited or made elsewhere") from None
-    return rows
+                line = raw.decode("utf-8").strip()
+                if not line:
+                    continue
+                row = json.loads(line, parse_constant=_reject_constant)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start}); {_WHAT_TO_DO}") from None
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{path}:{n}: not a JSON row ({err}); {_WHAT_TO_DO}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: a JSON {type(row).__name__}, not a row (a JSON "
+                                 f"object); {_WHAT_TO_DO}")
+            out.append((n, row))
+    return out
+
+
+def load_results(path) -> list[dict]:
+    """Rows of a results file in file order (empty list when it does not exist).
+
+    Raises ValueError naming ``path:line`` and what to do for any line that is not a strict-JSON
+    object (binary garbage, a JSON scalar or list, NaN); nothing is skipped silently.
+    """
+    return [row for _, row in _read_rows(Path(path))]
+
+
+def stored_results(path) -> dict[str, dict]:
+    """The store's rows by key, in file order (a key stored twice: the later row).
+
+    ValueError naming ``path:line`` for a row without a string ``key``: :func:`run` rewrites the
+    file from this dict, so a row it cannot index would otherwise be dropped.
+    """
+    path, out = Path(path), {}
+    for n, row in _read_rows(path):
+        key = row.get("key")
+        if not isinstance(key, str):
+            raise ValueError(f"{path}:{n}: row has no 'key' (a string), so the results store "
+                             f"cannot keep it when it merges new rows; {_WHAT_TO_DO}")
+        out[key] = row
+    return out
+
+
+def _dumps(row: dict) -> str:
+    """One strict-JSON line (sorted keys); ValueError naming the field holding NaN or infinity."""
+    try:
+        return json.dumps(row, sort_keys=True, allow_nan=False)
+    except ValueError:
+        bad = [k for k, v in row.items()
+               if isinstance(v, float) and not math.isfinite(v)] or ["(nested)"]
+        raise ValueError(f"row field {bad[0]!r} = {row.get(bad[0])!r} is not finite: JSON has no "
+                         f"NaN or Infinity, so it cannot be stored") from None
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+class _locked:
+    """Context manager: the exclusive advisory lock of the store at ``path`` (blocks until free).
+
+    On entry it also removes leftover temporary files of killed writers (:func:`_clean_tmp`).
+    Without fcntl it only cleans (no lock; see the section comment).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is not None:
+            self.fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(self.fd)
+                raise
+        _clean_tmp(self.path)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) is not a probe on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # not a pid at all
+        return False
+    return True
+
+
+def _clean_tmp(path: Path, stale_seconds: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove leftover ``.<name>.<pid>.<random>.tmp`` files of writers killed mid-write.
+
+    A temporary file is removed when it is older than ``stale_seconds`` or its writer pid (the
+    first dotted field after the name) is no longer running on this machine; the files of this
+    process are kept. Returns the paths removed.
+    """
+    removed = []
+    prefix = f".{path.name}."
+    now = time.time()
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid_field = tmp.name[len(prefix):].split(".", 1)[0]
+        pid = int(pid_field) if pid_field.isdigit() else None
+        try:
+            age = now - tmp.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
+        if age > stale_seconds or dead:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:
@@ -519,19 +683,16 @@ def _umask() -> int:
     return mask
 
 
-def write_results(rows: Sequence[dict], path) -> None:
-    """Write rows as JSON lines atomically: a temporary file in the same folder, then os.replace.
-
-    A reader (or an interruption) sees the old file or the new one, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _replace_file(lines: Sequence[str], path: Path) -> None:
+    """Write lines atomically: ``.<name>.<pid>.<random>.tmp`` in the same folder, fsync,
+    os.replace. Callers hold the store's lock."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-        with os.fdopen(fd, "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, sort_keys=True) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -543,9 +704,66 @@ def write_results(rows: Sequence[dict], path) -> None:
         raise
 
 
+def write_results(rows: Sequence[dict], path) -> None:
+    """Replace the file's rows with ``rows`` as strict-JSON lines, atomically, under the lock.
+
+    A reader (or an interruption) sees the old file or the new one, never a partial one. A row
+    holding NaN or infinity raises ValueError naming the field, and the file is left as it was.
+    (To add rows to a store others may be writing, use :func:`run`, which merges.)
+    """
+    path = Path(path)
+    lines = [_dumps(r) for r in rows]  # before the lock: a bad row changes nothing
+    with _locked(path):
+        _replace_file(lines, path)
+
+
+def merge_results(rows: Sequence[dict], path) -> dict[str, dict]:
+    """Store rows by key: under the lock, re-read the file, replace or append each row by its
+    ``key`` (rows of other keys are kept in file order), write atomically. Returns the merged
+    store by key. ValueError for a row without a key, a NaN value, or an unreadable stored line.
+    """
+    path = Path(path)
+    new = {}
+    for r in rows:
+        if not isinstance(r.get("key"), str):
+            raise ValueError(f"cannot store a row without a 'key' string (fields {sorted(r)})")
+        new[r["key"]] = r
+    lines = {k: _dumps(r) for k, r in new.items()}  # before the lock: a bad row changes nothing
+    with _locked(path):
+        stored = stored_results(path)
+        old_lines = {k: _dumps(r) for k, r in stored.items() if k not in new}
+        stored.update(new)  # stored keys keep their place, new keys are appended
+        _replace_file([old_lines[k] if k in old_lines else lines[k] for k in stored], path)
+    return stored
+
+
+def _file_state(path: Path):
+    """(inode, mtime, size) of the file, or None: changes whenever a writer replaces it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _row(point: Point, result: dict) -> dict:
     return {**point.params(), **result, "key": point.key(), "protocol": PROTOCOL,
             "version": _version(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+#: exceptions of one point's measurement that store it as a failed point instead of stopping a run
+POINT_ERRORS = (ValueError, FloatingPointError, OverflowError)
+
+
+def _measure(point: Point, evaluate_fn: Callable[[Point], dict]) -> dict:
+    """evaluate_fn(point) as a storable result; a POINT_ERRORS failure (a non-finite number in the
+    result included: JSON cannot hold it) as ``{"fraction_correct": None, "error": message}``."""
+    try:
+        result = evaluate_fn(point)
+        _dumps(result)
+    except POINT_ERRORS as err:
+        return {"fraction_correct": None, "error": f"{type(err).__name__}: {err}"}
+    return result
 
 
 def run(points: Iterable[Point], path=None, resume: bool = True,
@@ -557,57 +775,65 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
     ----------
     points : Points to measure (duplicates are measured once).
     path : JSON-lines file, or None to keep the rows in memory only. Rows of other points already
-        in the file are kept. Every row holds all parameters of its point, its key, the result,
-        the protocol revision, the package version and a timestamp.
-    resume : reuse stored rows whose key matches (nothing is recomputed); False recomputes every
-        point and replaces its stored row.
+        in the file, or stored there by other runs while this one runs, are kept: every write
+        merges by key under the store's lock (:func:`merge_results`). Every row holds all
+        parameters of its point, its key, the result, the protocol revision, the package version
+        and a timestamp.
+    resume : reuse stored rows whose key matches, including rows other runs stored since this one
+        started (nothing is recomputed); False recomputes every point and replaces its stored row.
     progress : ``progress(done, total, row, computed)`` after each point (``computed`` False when
         the row came from the store). An exception it raises (e.g. KeyboardInterrupt) stops the run
         after that point's row is stored.
-    flush_seconds : the file is rewritten (atomically) when this long has passed since the last
+    flush_seconds : new rows are merged into the file when this long has passed since the last
         write, and always when the run ends or is interrupted: an interruption loses at most the
         point in flight (a hard kill, at most ``flush_seconds`` of work).
     evaluate_fn : measurement function (default :func:`evaluate`), e.g. to farm points out.
 
-    Every point is checked with :func:`validate` before anything runs (ValueError on a typo).
+    Every point is checked with :func:`validate`, and the store read, before anything runs
+    (ValueError on a typo or an unreadable row, naming ``path:line``). Starting a run also removes
+    leftover temporary files of killed writers.
 
-    A point whose evaluation raises ValueError / FloatingPointError / OverflowError is stored with
-    ``fraction_correct`` null and the message in ``error`` (it is deterministic, so it is not retried
-    on resume).
+    A point whose evaluation raises ValueError / FloatingPointError / OverflowError, or returns a
+    non-finite number, is stored with ``fraction_correct`` null and the message in ``error`` (it is
+    deterministic, so it is not retried on resume).
     """
     evaluate_fn = evaluate_fn or evaluate
     unique = list(dict.fromkeys(points))
     for p in unique:
         validate(p)
-    stored = load_results(path) if path is not None else []
-    by_key = {r["key"]: r for r in stored if "key" in r}
-    order = list(by_key)  # file order of the stored rows, new keys appended
+    by_key, seen = {}, None
+    if path is not None:
+        path = Path(path)
+        with _locked(path):  # cleans leftover temporary files
+            seen = _file_state(path)
+            by_key = stored_results(path)
     keys = [p.key() for p in unique]
     out: dict[str, dict] = {}
-    dirty = False
+    pending: list[dict] = []  # computed rows not yet in the file
     last = time.monotonic()
 
     def flush():
-        nonlocal dirty, last
-        if path is not None and dirty:
-            write_results([by_key[k] for k in order], path)
-        dirty, last = False, time.monotonic()
+        nonlocal by_key, seen, last
+        if path is not None and pending:
+            by_key = merge_results(pending, path)
+            seen = _file_state(path)
+            pending.clear()
+        last = time.monotonic()
 
     try:
         for i, (p, k) in enumerate(zip(unique, keys)):
+            if resume and path is not None and k not in by_key and _file_state(path) != seen:
+                # another run replaced the file since we last read it: take its rows (no lock
+                # needed, every write is an atomic replace)
+                seen = _file_state(path)
+                by_key = stored_results(path)
             if resume and k in by_key:
                 out[k] = by_key[k]
                 computed = False
             else:
-                try:
-                    result = evaluate_fn(p)
-                except (ValueError, FloatingPointError, OverflowError) as err:
-                    result = {"fraction_correct": None, "error": f"{type(err).__name__}: {err}"}
-                row = _row(p, result)
-                if k not in by_key:
-                    order.append(k)
-                by_key[k] = out[k] = row
-                dirty, computed = True, True
+                out[k] = _row(p, _measure(p, evaluate_fn))
+                pending.append(out[k])
+                computed = True
                 if time.monotonic() - last >= flush_seconds:
                     flush()
             if progress is not None:

@@ -4,15 +4,19 @@
     uhn capacity --experiment separation_vs_n --n-memories 10 100 1000 --blocks 5
     uhn capacity --all --quick --figures-dir figures/quick
 
-Results go to a JSON-lines file (default results/capacity.jsonl) that is rewritten atomically as
-points finish; rerunning the same command resumes (stored points are not recomputed). Ctrl-C
-keeps every finished point. A summary table (mean fraction correct over blocks) is printed at the
-end of each experiment.
+Results go to a JSON-lines file (default results/capacity.jsonl): as points finish, they are
+merged into it under a lock (<file>.lock) and it is rewritten atomically, so several runs may
+share one file at once; rerunning the same command resumes (stored points are not recomputed).
+Ctrl-C keeps every finished point. A summary table (mean fraction correct over blocks) is printed
+at the end of each experiment, and points whose measurement failed are counted on stderr. A bad
+value (or an unreadable results file) stops the command before anything runs, with one
+"error:" line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 import time
 from pathlib import Path
@@ -40,6 +44,39 @@ FIGURES = (
 )
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (JSON, and so the results store, has no NaN or infinity)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def register(sub) -> None:
     from models.capacity import EXPERIMENTS, THRESHOLD_SCALINGS
     from models.corruption import KINDS
@@ -55,21 +92,21 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse stored points (default); --no-resume recomputes and replaces them")
-    p.add_argument("--blocks", type=int, default=None, help="disjoint blocks per curve point (default 5)")
-    p.add_argument("--n-memories", type=int, nargs="+", default=None,
+    p.add_argument("--blocks", type=_positive_int, default=None, help="disjoint blocks per curve point (default 5)")
+    p.add_argument("--n-memories", type=_positive_int, nargs="+", default=None,
                    help="N list (N sweeps) or the single N (level / threshold sweeps)")
-    p.add_argument("--levels", type=float, nargs="+", default=None, help="corruption levels of a level sweep")
-    p.add_argument("--thresholds", type=float, nargs="+", default=None, help="thresholds of the threshold sweep")
+    p.add_argument("--levels", type=_finite_float, nargs="+", default=None, help="corruption levels of a level sweep")
+    p.add_argument("--thresholds", type=_finite_float, nargs="+", default=None, help="thresholds of the threshold sweep")
     p.add_argument("--similarities", nargs="+", default=None, help="similarity names to compare")
     p.add_argument("--corruption", choices=KINDS, default=None,
                    help="probe of the N / threshold sweeps (default: the experiment's)")
-    p.add_argument("--level", type=float, default=None, help="level of --corruption")
-    p.add_argument("--threshold", type=float, default=None, help="correctness threshold (default 50)")
+    p.add_argument("--level", type=_finite_float, default=None, help="level of --corruption")
+    p.add_argument("--threshold", type=_finite_float, default=None, help="correctness threshold (default 50)")
     p.add_argument("--threshold-scaling", choices=THRESHOLD_SCALINGS, default=None)
     p.add_argument("--convention", choices=("standard", "paper_code"), default=None,
                    help="similarity convention (default: the experiment's; separation_vs_n and "
                         "hetero default to paper_code)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_nonnegative_int, default=None)
     p.add_argument("--quick", action="store_true",
                    help=f"small grids for a smoke run ({QUICK['blocks']} blocks, N in "
                         f"{QUICK['n_memories']}, 3 levels)")
@@ -122,8 +159,10 @@ def _progress_bar(desc: str):
         bar = state["bar"]
         bar.update(1)
         if computed:
-            bar.set_postfix_str(f"N={row['n_memories']} {row['similarity']} "
-                                f"{row['fraction_correct']:.2f}", refresh=False)
+            frac = row.get("fraction_correct")
+            result = "failed" if frac is None else f"{frac:.2f}"
+            bar.set_postfix_str(f"N={row['n_memories']} {row['similarity']} {result}",
+                                refresh=False)
 
     def close():
         if state["bar"] is not None:
@@ -191,20 +230,49 @@ def make_capacity_figures(out_dir, quick: bool = False, progress_bar=None, resul
     return written
 
 
+def _error(message: str) -> int:
+    """One ``uhn capacity: error: ...`` line on stderr; exit status 2 (argparse's convention)."""
+    print(f"uhn capacity: error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_plan(names, kwargs: dict, out: Path) -> None:
+    """Raise ValueError (with a message for the user) before anything runs: a bad value or typo
+    in any experiment's points (models.capacity.validate) or an unreadable results file."""
+    from models.capacity import experiment, stored_results, validate
+    for name in names:
+        for point in dict.fromkeys(experiment(name, **kwargs[name])):
+            validate(point)
+    stored_results(out)
+
+
+def failure_report(rows) -> str | None:
+    """``k of n points failed ...; first: message`` for rows whose measurement raised, or None."""
+    failed = [r for r in rows if r.get("fraction_correct") is None]
+    if not failed:
+        return None
+    return (f"{len(failed)} of {len(rows)} points failed (stored with their error, not retried "
+            f"on resume; --no-resume recomputes); first: {failed[0].get('error', 'no message')}")
+
+
 def run_cmd(args) -> int:
     from models.capacity import EXPERIMENTS, summarise
     names = list(EXPERIMENTS) if args.all else list(dict.fromkeys(args.experiment))
     if args.figure is not None and len(names) > 1:
-        print("--figure takes one experiment; use --figures-dir for several", file=sys.stderr)
-        return 2
+        return _error("--figure takes one experiment; use --figures-dir for several")
     overrides = dict(dataset=args.dataset, blocks=args.blocks, n_memories=args.n_memories,
                      levels=args.levels, thresholds=args.thresholds,
                      similarities=args.similarities, corruption=args.corruption, level=args.level,
                      threshold=args.threshold, threshold_scaling=args.threshold_scaling,
                      convention=args.convention, seed=args.seed)
+    kwargs = {name: experiment_kwargs(name, quick=args.quick, **overrides) for name in names}
+    try:
+        check_plan(names, kwargs, args.out)
+    except ValueError as err:
+        return _error(str(err))
     t_all = time.perf_counter()
     for name in names:
-        kw = experiment_kwargs(name, quick=args.quick, **overrides)
+        kw = kwargs[name]
         figure = args.figure
         if figure is None and args.figures_dir is not None:
             figure = args.figures_dir / f"{figure_stem(name, args.dataset)}.png"
@@ -223,15 +291,14 @@ def run_cmd(args) -> int:
             return 130
         finally:
             close()
-        summaries = summarise(rows)
-        failed = sorted({e for s in summaries for e in s["errors"]})
         print(f"\n== {name} on {args.dataset}: {len(rows)} points "
               f"({time.perf_counter() - t0:.1f} s) -> {args.out}")
-        print(format_table(summaries, name))
-        for e in failed:
-            print(f"  failed points: {e}")
+        print(format_table(summarise(rows), name))
         for path in written:
             print(f"  figure: {path}")
+        report = failure_report(rows)
+        if report is not None:
+            print(f"uhn capacity: {name}: {report}", file=sys.stderr)
     if len(names) > 1:
         print(f"\nall {len(names)} experiments: {time.perf_counter() - t_all:.1f} s")
     return 0

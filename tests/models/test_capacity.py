@@ -196,15 +196,16 @@ def test_failed_points_are_stored_not_retried(tmp_path, monkeypatch):
     assert math.isnan(s["mean"]) and s["n_blocks"] == 0 and s["errors"]
 
 
-def test_atomic_write_leaves_no_partial_file(tmp_path):
+def test_unstorable_rows_leave_the_file_as_it_was(tmp_path):
     path = tmp_path / "r.jsonl"
     write_results([{"a": 1}], path)
     with pytest.raises(TypeError):
-        write_results([{"a": 2}, {"b": object()}], path)  # fails mid-write
+        write_results([{"a": 2}, {"b": object()}], path)  # not JSON
     assert load_results(path) == [{"a": 1}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.lock"]
+    path.unlink()
     run([tiny()], path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.lock"]
 
 
 def test_summarise_mean_std_over_blocks():
@@ -296,3 +297,83 @@ def test_make_capacity_figures(tmp_path, monkeypatch):
     for stem, name, kw in capacity_cmd.FIGURES:  # each total is its own experiment's point count
         n = len(experiment(name, **capacity_cmd.experiment_kwargs(name, quick=True, **kw)))
         assert calls[stem][0][1] == n
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"corruption": "mask_bottom", "level": 5}, r"level 5 does not fit corruption 'mask_bottom'.*\[0, 1\]"),
+    ({"corruption": "random_pixels", "level": 1.5}, r"level 1.5 does not fit .*\[0, 1\]"),
+    ({"corruption": "gaussian", "level": -0.1}, r"level -0.1 does not fit .*>= 0"),
+    ({"corruption": "gaussian", "level": math.inf}, "level must be a finite number"),
+    ({"level": math.nan}, "level must be a finite number"),
+    ({"threshold": math.nan}, "threshold must be a finite number"),
+    ({"threshold": -1.0}, "threshold must be >= 0"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"separation": "softmax", "sep_param": math.nan}, "sep_param must be a finite number"),
+])
+def test_validate_refuses_values_that_can_never_be_measured(kw, message):
+    with pytest.raises(ValueError, match=message):
+        cap.validate(tiny(**kw))  # the Point itself may refuse first: either way before running
+
+
+@pytest.mark.parametrize("blocks", [0, -1, 2.5])
+def test_sweeps_refuse_a_bad_block_count(blocks):
+    for name in cap.EXPERIMENTS:
+        with pytest.raises(ValueError, match=r"blocks must be a whole number >= 1"):
+            cap.experiment(name, dataset="digits", blocks=blocks)
+
+
+def _exit_code(argv):
+    """dynamics.cli.main's exit status, whether it returns it or raises SystemExit (argparse)."""
+    from dynamics.cli import main
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experiment", "mask_fraction", "--levels", "0.3", "5", "--blocks", "2",
+      "--similarities", "dot"], "level 5 does not fit corruption 'mask_bottom'"),
+    (["--experiment", "noise", "--blocks", "0"], "argument --blocks: must be a whole number >= 1"),
+    (["--experiment", "noise", "--threshold", "nan"], "argument --threshold: must be a finite"),
+    (["--experiment", "threshold", "--thresholds", "10", "inf"], "argument --thresholds: must be a finite"),
+    (["--experiment", "noise", "--levels", "x"], "argument --levels: must be a number"),
+    (["--experiment", "noise", "--seed", "-1"], "argument --seed: must be a whole number >= 0"),
+    (["--experiment", "hetero", "--n-memories", "0"], "argument --n-memories: must be a whole number >= 1"),
+    (["--experiment", "noise", "--similarities", "nope"], "unknown similarity 'nope'"),
+    (["--experiment", "noise", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+    (["--experiment", "noise", "threshold", "--figure", "f.png"], "--figure takes one experiment"),
+])
+def test_cli_bad_values_are_one_error_line_and_status_2(tmp_path, capsys, args, message):
+    out = tmp_path / "x.jsonl"
+    # the last --dataset wins in argparse, so an args --dataset overrides digits
+    assert _exit_code(["capacity", "--dataset", "digits", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("uhn capacity: error: ") and message in last, err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing measured, nothing stored
+
+
+def test_cli_reports_failed_points_instead_of_crashing(tmp_path, capsys, monkeypatch):
+    real = cap.evaluate
+
+    def diverges_at_half(p):
+        if p.level == 0.5 and p.block == 1:
+            raise FloatingPointError("diverged")
+        return real(p)
+
+    monkeypatch.setattr(cap, "evaluate", diverges_at_half)
+    out = tmp_path / "x.jsonl"
+    argv = ["capacity", "--experiment", "noise", "--quick", "--dataset", "digits", "--out", str(out)]
+    assert _exit_code(argv) == 0
+    captured = capsys.readouterr()
+    # quick noise grid: 3 levels x (5 similarities + paper dot) x 2 blocks = 36 points; the 6 of
+    # level 0.5 block 1 fail
+    assert "noise: 6 of 36 points failed" in captured.err
+    assert "first: FloatingPointError: diverged" in captured.err and "Traceback" not in captured.err
+    assert "level" in captured.out  # the table is still printed, from the blocks that worked
+    rows = load_results(out)
+    assert len(rows) == 36 and sum(r["fraction_correct"] is None for r in rows) == 6
+    assert _exit_code(argv) == 0  # resumed: the failure is reported again, nothing re-measured
+    assert "6 of 36 points failed" in capsys.readouterr().err
