@@ -62,6 +62,25 @@ def _rms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("bw,bw->b", x, x) / x.shape[1])
 
 
+def check_times(t_eval, t_end: float) -> np.ndarray:
+    """``t_eval`` as a float64 array if it is a non-empty 1-D array of finite, strictly increasing
+    times within [0, t_end]; else ValueError saying which condition fails and where."""
+    t = np.asarray(t_eval, dtype=np.float64)
+    if t.ndim != 1 or not len(t):
+        raise ValueError(f"t_eval must be a non-empty 1-D array of times, got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        k = int(np.flatnonzero(~np.isfinite(t))[0])
+        raise ValueError(f"t_eval must be finite, got t_eval[{k}] = {t[k]}")
+    if np.any(np.diff(t) <= 0):
+        k = int(np.flatnonzero(np.diff(t) <= 0)[0])
+        raise ValueError(f"t_eval must be strictly increasing, got t_eval[{k}] = {t[k]:g} >= "
+                         f"t_eval[{k + 1}] = {t[k + 1]:g}")
+    if t[0] < 0 or t[-1] > t_end:
+        raise ValueError(f"t_eval must lie within [0, t_end] = [0, {t_end:g}], got "
+                         f"[{t[0]:g}, {t[-1]:g}]")
+    return t
+
+
 def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
     """scipy's select_initial_step (Hairer, Norsett & Wanner II.4), one step size per row."""
     scale = atol + np.abs(Y0) * rtol
@@ -85,7 +104,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     F(t, Y, rows, out) gets the times t (b,), states Y (b, W) of the rows still running and their
     indices ``rows`` into Y0 (to pick per-row parameters such as an input current; the same array
     object until the set of rows changes), writes dY/dt into ``out`` (b, W) and returns it.
-    ``t_eval`` (sorted, within [0, t_end]) are the sample times. A row stops at t_end, or once
+    ``t_eval`` (non-empty, strictly increasing, within [0, t_end]: :func:`check_times`) are the
+    sample times. A row stops at t_end, or once
     ``at_rest(Y, dYdt, rows)`` (a (b,) boolean mask) is True for it. A row that needs more than
     ``max_nfev`` evaluations, or whose step size underflows, raises the exception built by
     ``on_stall(row, t, reason)`` (RuntimeError by default); a non-finite state or derivative
@@ -93,10 +113,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     """
     Y = np.array(Y0, dtype=np.float64, copy=True)
     B, W = Y.shape
-    t_eval = np.asarray(t_eval, dtype=np.float64)
-    inside = not len(t_eval) or (t_eval[0] >= 0 and t_eval[-1] <= t_end)
-    if t_eval.ndim != 1 or np.any(np.diff(t_eval) < 0) or not inside:
-        raise ValueError(f"t_eval must be sorted times within [0, {t_end}]")
+    t_eval = check_times(t_eval, t_end)
     if on_stall is None:
         def on_stall(row, t, reason):
             return RuntimeError(f"row {row} stopped at t={t:.6g} of {t_end}: {reason}")

@@ -18,15 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import solve_ivp
-from scipy.sparse import block_diag, csr_matrix
+from scipy.sparse import csr_matrix
 
-from .dopri import solve_batched
-from .network import Network
+from .dopri import check_times, solve_batched
+from .network import Network, require_count, require_positive
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 BATCHED = "RK45-batched"
 METHODS = SCIPY_METHODS + (BATCHED,)
 NOISE_FACTOR = 30.0
+#: most nonzeros of the block-diagonal Jacobian sparsity that Radau / BDF may be given: B blocks of
+#: width^2 (width = D + N, or D when adiabatic). The pattern alone costs 12 bytes per nonzero
+#: (int32 index + float64 value once scipy converts it) and the finite-difference Jacobian and its
+#: sparse LU at least as much again, so 2e7 nonzeros is ~0.5 GB; B = 1000 MNIST queries
+#: (width 884) would need 7.8e8 (~9 GB).
+JAC_NNZ_LIMIT = 20_000_000
 
 
 @dataclass
@@ -58,6 +64,15 @@ class Trajectory:
     message: str = ""
     adiabatic: bool = False
     params: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: the arrays are summarised by their sizes (T samples of B queries, D features,
+        N memories), the time range and how many queries converged."""
+        T, B, D = self.v.shape
+        t = f"t=[{self.t[0]:g}, {self.t[-1]:g}]" if len(self.t) else "t=[]"
+        return (f"Trajectory(method={self.method!r}, backend={self.backend!r}, B={B}, D={D}, "
+                f"N={self.h.shape[2]}, T={T}, {t}, converged={int(np.sum(self.converged))}/{B}, "
+                f"adiabatic={self.adiabatic})")
 
     @property
     def v_final(self) -> np.ndarray:
@@ -117,7 +132,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     method : any solve_ivp method (Radau / BDF, for tau_h << tau_v, get the block-diagonal
         Jacobian sparsity of the batch), or "RK45-batched": Dormand-Prince with a step size per
         query, each query stopping at its own fixed point (dynamics.dopri; much faster for B > 1).
-    t_eval : sample times; default ``n_samples`` evenly spaced over [0, t_end], cut where the last
+    t_eval : sample times; default ``n_samples`` (>= 2) evenly spaced over [0, t_end], cut where the last
         query stops. With "RK45-batched", a query that stopped earlier holds its final state.
     stop_at_fixed_point : stop at a fixed point (solve_ivp: once every query is at one;
         "RK45-batched": each query at its own): every component's velocity below
@@ -135,8 +150,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if not (np.isfinite(t_end) and t_end > 0):
-        raise ValueError(f"t_end must be a positive finite time, got {t_end}")
+    t_end = require_positive(t_end, "t_end", "time")
+    max_step = require_positive(max_step, "max_step", "step size (np.inf for no limit)", finite=False)
+    max_nfev = require_count(max_nfev, "max_nfev")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
     if not (rtol > 0 and atol >= 0):
@@ -150,13 +166,13 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     I = v0.copy() if input_mode == "clamped" else net._I(None, B).copy()
     width = net.D if adiabatic else net.D + net.N
     Y0 = v0 if adiabatic else np.concatenate([v0, h0], axis=1)
-    if t_eval is None:
-        t_eval = np.linspace(0.0, t_end, int(n_samples))
-    t_eval = np.asarray(t_eval, dtype=np.float64)
+    t_eval = sample_times(t_end, t_eval, n_samples)
     solver = _solve_batched if method == BATCHED else _solve_scipy
+    if method in ("Radau", "BDF"):
+        check_jacobian_size(method, B, width)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         try:
-            ts, Y, info = solver(net, Y0, I, float(t_end), method=method, t_eval=t_eval, rtol=rtol,
+            ts, Y, info = solver(net, Y0, I, t_end, method=method, t_eval=t_eval, rtol=rtol,
                                  atol=atol, tol=fixed_point_tol if stop_at_fixed_point else None,
                                  noise=noise_factor, adiabatic=adiabatic, max_step=max_step,
                                  max_nfev=max_nfev)
@@ -184,6 +200,40 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     return Trajectory(t=ts, v=v, h=h, E=E, dEdt=dE, I=I, converged=ratio <= 1 + 1e-6,
                       method=method, backend="scipy" if method in SCIPY_METHODS else "numpy",
                       message=info.pop("message"), adiabatic=adiabatic, params=params)
+
+
+def sample_times(t_end: float, t_eval=None, n_samples: int = 101) -> np.ndarray:
+    """The sample times of an integration over [0, t_end]: ``t_eval`` checked by
+    dynamics.dopri.check_times (1-D, finite, strictly increasing, within [0, t_end]), or
+    ``n_samples`` >= 2 evenly spaced times t_k = k t_end / (n_samples - 1), k = 0 .. n_samples - 1
+    (at least both ends: with the single time 0 the trajectory would not hold its final state)."""
+    if t_eval is None:
+        return np.linspace(0.0, t_end, require_count(n_samples, "n_samples", minimum=2))
+    return check_times(t_eval, t_end)
+
+
+def block_sparsity(B: int, width: int) -> csr_matrix:
+    """The Jacobian sparsity of B independent queries of ``width`` variables each: block-diagonal
+    with B dense width x width blocks, built directly as CSR arrays (row r of block b = r // width
+    holds columns b width, ..., b width + width - 1), in time and memory linear in B width^2."""
+    n = B * width
+    indptr = np.arange(n + 1, dtype=np.int64) * width
+    starts = np.arange(n, dtype=np.int64) // width * width
+    indices = (starts[:, None] + np.arange(width, dtype=np.int64)).ravel()
+    return csr_matrix((np.ones(n * width, dtype=np.int8), indices, indptr), shape=(n, n))
+
+
+def check_jacobian_size(method: str, B: int, width: int) -> None:
+    """Refuse a Radau / BDF solve whose block-diagonal Jacobian, B width^2 nonzeros, exceeds
+    JAC_NNZ_LIMIT, naming its size, before anything of that size is allocated."""
+    nnz = B * width * width
+    if nnz > JAC_NNZ_LIMIT:
+        fit = max(1, JAC_NNZ_LIMIT // (width * width))
+        raise ValueError(
+            f"{method} on B={B} queries of {width} variables needs a block-diagonal Jacobian of "
+            f"{B} x {width}^2 = {nnz:,} nonzeros (~{nnz * 12 / 1e9:.2g} GB for its sparsity pattern "
+            f"alone; limit dynamics.integrate.JAC_NNZ_LIMIT = {JAC_NNZ_LIMIT:,}); use "
+            f"method='RK45-batched' or integrate batches of at most {fit} queries")
 
 
 def fixed_point_event(net: Network, I, tol, noise, rtol, atol, adiabatic):
@@ -215,7 +265,7 @@ def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, a
     events = None if tol is None else fixed_point_event(net, I, tol, noise, rtol, atol, adiabatic)
     extra = {}
     if method in ("Radau", "BDF"):
-        extra["jac_sparsity"] = block_diag([csr_matrix(np.ones((width, width)))] * B, format="csr")
+        extra["jac_sparsity"] = block_sparsity(B, width)
     sol = solve_ivp(fun, (0.0, t_end), Y0.ravel(), method=method, t_eval=t_eval, rtol=rtol,
                     atol=atol, events=events, max_step=max_step, **extra)
     if sol.status < 0:

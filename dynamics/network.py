@@ -16,6 +16,7 @@ Every method is batched: v (B, D), h (B, N), I (D,) or (B, D).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Union
 
 import numpy as np
@@ -29,6 +30,28 @@ from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
 
 def _rowdot(a, b):
     return np.einsum("bk,bk->b", a, b)
+
+
+def require_positive(value, name: str, what: str, *, finite: bool = True) -> float:
+    """``float(value)`` if it is a real number > 0 (and finite, unless ``finite=False`` lets +inf
+    through); else ValueError (TypeError for a non-number) naming the parameter ``name``: one
+    check for every time constant, time span and step size of the integrators and backends."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if not (x > 0 and (np.isfinite(x) or not finite)):
+        raise ValueError(f"{name} must be a positive {'finite ' if finite else ''}{what}, got {value}")
+    return x
+
+
+def require_count(value, name: str, minimum: int = 1) -> int:
+    """``int(value)`` if it is an integer >= ``minimum``; else TypeError (not an integer) or
+    ValueError naming the parameter ``name``: sample counts, step counts, evaluation budgets."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
 
 
 class Network:
@@ -74,10 +97,8 @@ class Network:
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):
             if not isinstance(lag, Lagrangian):
                 raise TypeError(f"{name} must be a dynamics.lagrangians.Lagrangian, got {type(lag).__name__}")
-        for name, tau in (("tau_v", tau_v), ("tau_h", tau_h)):
-            if not (np.isfinite(tau) and tau > 0):
-                raise ValueError(f"{name} must be a positive finite time constant, got {tau}")
-        self.tau_v, self.tau_h = float(tau_v), float(tau_h)
+        self.tau_v = require_positive(tau_v, "tau_v", "time constant")
+        self.tau_h = require_positive(tau_h, "tau_h", "time constant")
         if I is not None:
             I = np.asarray(I, dtype=np.float64)
             if I.shape != (self.D,):

@@ -1,12 +1,29 @@
-"""Integration: batch vs single queries, adiabatic limit, fixed points, errors."""
+"""Integration: batch vs single queries, the linear system's exact solution for time constants
+other than 1, adiabatic limit, fixed points, input validation and errors."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from scipy.linalg import expm
+from scipy.sparse import block_diag, csr_matrix
 
+import dynamics.integrate as integrate_module
 from dynamics import lagrangians as L
-from dynamics.integrate import integrate
+from dynamics.fixed_points import jacobian, jacobian_adiabatic
+from dynamics.integrate import block_sparsity, integrate
 from dynamics.network import Network
 from models.data import load_dataset
+
+EPS = np.finfo(float).eps
+
+
+def step_error_bound(nfev, W, rtol, atol, y_max, growth=1.0):
+    """Bound on the global error (2-norm) of an adaptive solution: every accepted step's error
+    estimate passes the controller, ||e / (atol + rtol |y|)||_rms < 1, so its local error has
+    2-norm < sqrt(W) (atol + rtol max|y|); there are fewer steps than right-hand-side calls
+    (``nfev``), and a local error made at time s reaches time t multiplied by at most ``growth``
+    = sup ||dy(t)/dy(s)|| (1 for a contracting flow). The propagated solution is the higher-order
+    one, so the true error is well below this."""
+    return growth * nfev * np.sqrt(W) * (atol + rtol * y_max)
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +38,55 @@ def test_batch_equals_single_queries(seed):
     M = rng.uniform(0, 1, (6, 8))
     net = Network(M, "dot", L_h=L.log_sum_exp(3.0), tau_h=0.2)
     Q = M[:3] + 0.2 * rng.standard_normal((3, 8))
-    batch = integrate(net, Q, 10.0, rtol=1e-10, atol=1e-12, stop_at_fixed_point=False, n_samples=11)
+    rtol, atol = 1e-10, 1e-12
+    batch = integrate(net, Q, 10.0, rtol=rtol, atol=atol, stop_at_fixed_point=False, n_samples=11)
     for b in range(3):
-        one = integrate(net, Q[b], 10.0, rtol=1e-10, atol=1e-12, stop_at_fixed_point=False, n_samples=11)
-        np.testing.assert_allclose(batch.v[:, b], one.v[:, 0], atol=1e-6)
-        np.testing.assert_allclose(batch.h[:, b], one.h[:, 0], atol=1e-6)
+        one = integrate(net, Q[b], 10.0, rtol=rtol, atol=atol, stop_at_fixed_point=False, n_samples=11)
+        # batch and single take different steps (one error norm over the batch vs over one
+        # query), so they differ by at most the sum of their global errors: each bounded by its
+        # steps (RK45: 6 calls per step) x sqrt(14) (atol + rtol max|y|) on this contracting
+        # retrieval flow; measured 2e-10 against a bound of ~3e-7
+        y_max = max(np.abs(one.v).max(), np.abs(one.h).max())
+        tol = step_error_bound((batch.params["nfev"] + one.params["nfev"]) / 6, 14, rtol, atol, y_max)
+        np.testing.assert_allclose(batch.v[:, b], one.v[:, 0], rtol=0, atol=tol)
+        np.testing.assert_allclose(batch.h[:, b], one.h[:, 0], rtol=0, atol=tol)
+
+
+def linear_network(tau_v, tau_h, D=6, N=4, seed=3):
+    """dot similarity with quadratic L_v and L_h: a linear system dy/dt = A y, y = [v, h],
+    A = [[-1/tau_v, M^T/tau_v], [M/tau_h, -1/tau_h]], stable for ||M||_2 < 1, solved exactly by
+    y(t) = expm(A t) y(0)."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((N, D))
+    M *= 0.8 / np.linalg.norm(M, 2)
+    net = Network(M, "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=tau_v, tau_h=tau_h)
+    A = np.block([[-np.eye(D) / tau_v, M.T / tau_v], [M / tau_h, -np.eye(N) / tau_h]])
+    return net, A, rng.standard_normal((2, D))
+
+
+TAUS = [(0.5, 0.2), (2.0, 0.05), (3.0, 1.5)]
+
+
+@pytest.mark.parametrize("method", ["RK45", "RK45-batched", "Radau"])
+@pytest.mark.parametrize("tau_v, tau_h", TAUS)
+def test_linear_system_matches_matrix_exponential(tau_v, tau_h, method):
+    """Time constants enter every integrator: the solution equals expm(A t) y(0) with A built
+    from tau_v and tau_h (a Network that multiplied by tau, or ignored it, is off by O(1))."""
+    net, A, Q = linear_network(tau_v, tau_h)
+    rtol, atol = 1e-8, 1e-10
+    tr = integrate(net, Q, 5.0, method=method, rtol=rtol, atol=atol, stop_at_fixed_point=False,
+                   n_samples=11)
+    np.testing.assert_array_equal(tr.t, np.linspace(0, 5.0, 11))
+    Y0 = np.concatenate([Q, Q @ net.M.T], axis=1)       # h(0) = S(q) = M q
+    exact = np.stack([Y0 @ expm(A * t).T for t in tr.t])
+    got = np.concatenate([tr.v, tr.h], axis=2)
+    # the flow's growth factor sup_s ||expm(A s)||_2 (1.0-1.2 here), and nfev per query; the
+    # bound is ~1e-5, measured errors 1e-10 to 3e-9
+    growth = max(np.linalg.norm(expm(A * s), 2) for s in np.linspace(0, 5.0, 51))
+    nfev = tr.params["nfev"] / (len(Q) if method == "RK45-batched" else 1)
+    tol = step_error_bound(nfev, A.shape[0], rtol, atol, np.abs(exact).max(), growth)
+    assert np.abs(got - exact).max() < tol
+    assert np.abs(exact[-1] - exact[0]).max() > 1e3 * tol   # the state moved far more than that
 
 
 def test_adiabatic_error_shrinks_linearly_with_tau_h(digits20):
@@ -51,10 +112,20 @@ def test_fixed_point_equals_iterated_single_shot(digits20):
     M = digits20
     mem = Memory(M, similarity="dot", separation=get_separation("softmax", beta=1.0))
     Q = M[:4] + 0.3 * np.random.default_rng(0).standard_normal((4, 64))
-    tr = integrate(Network(mem), Q, 200.0, fixed_point_tol=1e-9, rtol=1e-11, atol=1e-13)
+    net = Network(mem)
+    tr = integrate(net, Q, 200.0, fixed_point_tol=1e-9, rtol=1e-11, atol=1e-13)
     it = mem.iterate(Q, max_steps=5000, tol=1e-13)
-    assert it.converged.all()
-    np.testing.assert_allclose(tr.v_final, it.states, atol=1e-6)
+    assert it.converged.all() and tr.converged.all()
+    for b in range(4):
+        # distance of each state to the exact fixed point y*: one Newton step |J^-1 F(y)|, F the
+        # velocity there (full system for the dynamics; the adiabatic system, whose velocity is
+        # z_next - z for tau_v = 1, for the iterate), first order in |y - y*|, so x 2 for the
+        # remainder. Measured: 2e-9 apart against a bound of 4e-8 (query 3)
+        F = np.concatenate(net.rhs(tr.v_final[b:b + 1], tr.h_final[b:b + 1]), axis=1)[0]
+        newton_dyn = np.linalg.norm(np.linalg.solve(jacobian(net, tr.v_final[b], tr.h_final[b]), F))
+        Fa = net.rhs_adiabatic(it.states[b:b + 1])[0]
+        newton_it = np.linalg.norm(np.linalg.solve(jacobian_adiabatic(net, it.states[b]), Fa))
+        assert np.linalg.norm(tr.v_final[b] - it.states[b]) <= 2 * (newton_dyn + newton_it)
 
 
 def test_squared_euclidean_fixed_point_is_two_thirds(digits20):
@@ -76,10 +147,96 @@ def test_errors():
         integrate(net, np.ones(3), 0.0)
     with pytest.raises(ValueError, match="input_mode must be 'initial' or 'clamped'"):
         integrate(net, np.ones(3), 1.0, input_mode="held")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"shape mismatch: queries have 4 features but memories have 3"):
         integrate(net, np.ones(4), 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"queries contains 1 NaN/inf value\(s\), first at index \(0, 0\)"):
         integrate(net, np.array([np.nan, 0, 0]), 1.0)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(n_samples=0), ValueError, "n_samples must be an integer >= 2, got 0"),
+    (dict(n_samples=1), ValueError, "n_samples must be an integer >= 2, got 1"),
+    (dict(n_samples=2.5), TypeError, "n_samples must be an integer, got float 2.5"),
+    (dict(t_end=np.nan), ValueError, "t_end must be a positive finite time, got nan"),
+    (dict(t_end="5"), TypeError, "t_end must be a real number, got str '5'"),
+    (dict(t_eval=[0.0, np.nan]), ValueError, r"t_eval must be finite, got t_eval\[1\] = nan"),
+    (dict(t_eval=[0.0, 0.5, 0.5]), ValueError,
+     r"t_eval must be strictly increasing, got t_eval\[1\] = 0.5 >= t_eval\[2\] = 0.5"),
+    (dict(t_eval=[0.0, 2.0]), ValueError, r"t_eval must lie within \[0, t_end\] = \[0, 1\]"),
+    (dict(t_eval=[-0.1, 0.5]), ValueError, r"t_eval must lie within \[0, t_end\]"),
+    (dict(t_eval=[]), ValueError, "t_eval must be a non-empty 1-D array"),
+    (dict(t_eval=[[0.0, 0.5]]), ValueError, r"t_eval must be a non-empty 1-D array of times, got shape \(1, 2\)"),
+    (dict(max_nfev=0), ValueError, "max_nfev must be an integer >= 1, got 0"),
+    (dict(max_step=0.0), ValueError, "max_step must be a positive step size"),
+    (dict(max_step=np.nan), ValueError, "max_step must be a positive step size"),
+])
+@pytest.mark.parametrize("method", ["RK45", "RK45-batched"])
+def test_bad_arguments_named(kw, exc, match, method):
+    """Each bad argument gets an error naming it (n_samples = 0 used to reach np.linspace and
+    fail later with AttributeError; a NaN t_eval went on into solve_ivp)."""
+    kw = dict(dict(t_end=1.0), **kw)
+    with pytest.raises(exc, match=match):
+        integrate(Network(np.eye(3)), np.ones(3), method=method, **kw)
+
+
+def test_two_samples_and_infinite_max_step_are_allowed():
+    tr = integrate(Network(np.eye(3)), np.ones(3), 1.0, n_samples=2, max_step=np.inf,
+                   stop_at_fixed_point=False)
+    np.testing.assert_array_equal(tr.t, [0.0, 1.0])
+
+
+def test_overflow_is_a_floating_point_error_naming_the_network():
+    """tau_h = 1e-300 with h(0) = S(q) - 1: dh/dt = 1e300 overflows at the first right-hand
+    side; the integrator stops with FloatingPointError naming the network, not NaN states."""
+    net = Network(np.eye(3), tau_h=1e-300)
+    for method in ("RK45", "RK45-batched"):
+        with pytest.raises(FloatingPointError, match=r"integration of Network\(N=3, D=3, .*tau_h=1e-300\) "
+                                                     r"hit a floating-point error \(overflow encountered in "
+                                                     r"divide\); the state left the range"):
+            integrate(net, np.ones((1, 3)), 1.0, h0=np.zeros((1, 3)), method=method)
+
+
+def test_block_sparsity_is_block_diagonal():
+    """The CSR pattern built directly equals scipy's block_diag of B dense blocks."""
+    for B, width in [(1, 1), (1, 4), (3, 5), (7, 2)]:
+        ref = block_diag([csr_matrix(np.ones((width, width)))] * B, format="csr")
+        got = block_sparsity(B, width)
+        assert got.shape == ref.shape and got.nnz == B * width * width
+        np.testing.assert_array_equal(got.toarray() != 0, ref.toarray() != 0)
+
+
+@pytest.mark.parametrize("method", ["Radau", "BDF"])
+def test_stiff_method_refuses_a_huge_jacobian_before_building_it(method):
+    """B = 1000 MNIST-sized queries (D = 784, N = 100) would need a 7.8e8-nonzero pattern."""
+    rng = np.random.default_rng(0)
+    net = Network(rng.uniform(0, 1, (100, 784)) / 784, "dot")
+    with pytest.raises(ValueError, match=rf"{method} on B=1000 queries of 884 variables needs a "
+                                         r"block-diagonal Jacobian of 1000 x 884\^2 = 781,456,000 nonzeros "
+                                         r"\(~9.4 GB.*RK45-batched.*at most 25 queries"):
+        integrate(net, rng.uniform(0, 1, (1000, 784)), 1.0, method=method)
+
+
+def test_jacobian_limit_applies_to_the_batch(monkeypatch):
+    """The same check on a small system with the limit lowered: 3 queries x 6^2 = 108 > 100
+    refused, 2 x 36 = 72 integrates (the adiabatic system's width is D alone)."""
+    net, _, Q = linear_network(1.0, 0.1)
+    Q = np.vstack([Q, Q[:1]])
+    monkeypatch.setattr(integrate_module, "JAC_NNZ_LIMIT", 100)
+    with pytest.raises(ValueError, match="B=3 queries of 10 variables"):
+        integrate(net, Q, 1.0, method="Radau")
+    with pytest.raises(ValueError, match="B=3 queries of 6 variables.*at most 2 queries"):
+        integrate(net, Q, 1.0, method="Radau", adiabatic=True)
+    tr = integrate(net, Q[:2], 1.0, method="Radau", adiabatic=True, stop_at_fixed_point=False)
+    assert tr.v.shape == (101, 2, 6)
+
+
+def test_trajectory_repr_is_one_short_line():
+    net, _, Q = linear_network(1.0, 0.1)
+    tr = integrate(net, Q, 2.0, n_samples=21, stop_at_fixed_point=False)
+    text = repr(tr)
+    assert text == ("Trajectory(method='RK45', backend='scipy', B=2, D=6, N=4, T=21, t=[0, 2], "
+                    f"converged={int(tr.converged.sum())}/2, adiabatic=False)")
+    assert str(tr) == text and "\n" not in text
 
 
 def test_cosine_needs_clamped_input():
