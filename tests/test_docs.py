@@ -1,0 +1,247 @@
+"""Tests that keep the documentation honest.
+
+* No tracked file sends the reader outside the repository: the mathematical contract is
+  docs/theory.md, and a clone has nothing beside it.
+* Every ``python`` code block of README.md runs as written, in order, in one namespace.
+* docs/theory.md exists, every "docs/theory.md section N" cited in a tracked file is one of its
+  numbered headings, and the constants it quotes are the code's.
+* The Sphinx build (API reference + theory + docs pages) passes with warnings as errors, and the
+  docstring hook of docs/conf.py turns plain-text math into valid reStructuredText.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+THEORY = ROOT / "docs" / "theory.md"
+
+# built from parts so that this file does not itself contain the strings it forbids
+OUTSIDE_REFERENCES = ("../" + "shared", "DESIGN" + ".md")
+
+
+def tracked_files() -> list[Path]:
+    """Files git tracks in this checkout; skip the test when this is not a git checkout."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout (or git is not installed): no list of tracked files")
+    names = [n for n in out.stdout.decode("utf-8", "surrogateescape").split("\0") if n]
+    return [ROOT / n for n in names if (ROOT / n).is_file()]
+
+
+def mentions(needle: str) -> list[str]:
+    """'path:line: text' for every line of a tracked file that contains ``needle``."""
+    hits = []
+    for path in tracked_files():
+        data = path.read_bytes()
+        if needle.encode() not in data:
+            continue
+        for k, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+            if needle in line:
+                hits.append(f"{path.relative_to(ROOT)}:{k}: {line.strip()[:120]}")
+    return hits
+
+
+@pytest.mark.parametrize("needle", OUTSIDE_REFERENCES)
+def test_no_tracked_file_points_outside_the_repository(needle):
+    hits = mentions(needle)
+    assert not hits, (f"{len(hits)} line(s) of tracked files mention {needle!r}, which a clone does "
+                      f"not have; cite docs/theory.md (e.g. 'docs/theory.md section 2') instead:\n"
+                      + "\n".join(hits))
+
+
+# ------------------------------------------------------------------------------------ README
+def readme_python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"^```python[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_readme_has_python_examples():
+    # the extraction below must find the quick API tour, or the next test would pass vacuously
+    blocks = readme_python_blocks()
+    assert blocks and any("Memory(" in b for b in blocks)
+
+
+def test_readme_python_blocks_run_as_written(tmp_path):
+    """All ```python blocks of README.md, concatenated in order, run in a fresh interpreter from
+    the repository root (a subprocess: brian2 keeps global state)."""
+    script = tmp_path / "readme_examples.py"
+    parts = [f"# --- README.md python block {k + 1}\n{b}" for k, b in enumerate(readme_python_blocks())]
+    script.write_text("\n".join(parts), encoding="utf-8")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.setdefault("UHN_BRIAN2_CACHE", str(ROOT / ".brian_cache"))
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (f"README example failed (exit {proc.returncode}):\n"
+                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+
+
+# ------------------------------------------------------------------------------------ theory
+def theory_text() -> str:
+    assert THEORY.is_file(), "docs/theory.md, the mathematical contract, is missing"
+    return THEORY.read_text(encoding="utf-8")
+
+
+def theory_sections() -> dict[int, str]:
+    """{N: title} of the '## N. title' headings of docs/theory.md."""
+    return {int(m.group(1)): m.group(2).strip()
+            for m in re.finditer(r"^## (\d+)\. (.+)$", theory_text(), flags=re.M)}
+
+
+def test_theory_covers_the_contract():
+    titles = " | ".join(theory_sections().values()).lower()
+    for topic in ("single-shot", "two-layer", "energy", "adiabatic", "fixed points", "integrators",
+                  "verification", "brian2", "non-smooth"):
+        assert topic in titles, f"docs/theory.md has no section heading about {topic!r}: {titles}"
+
+
+# "docs/theory.md section 3", "theory.md sections 2 and 5", "theory.md sections 2-4", "§ 6"
+_CITE = re.compile(r"theory\.md(?:,)?\s+(?:sections?|§)\s*(\d+(?:\s*(?:,|and|-|to)\s*\d+)*)")
+
+
+def cited_sections() -> dict[int, list[str]]:
+    cites: dict[int, list[str]] = {}
+    for path in tracked_files():
+        if path.suffix not in (".py", ".md", ".ipynb", ".rst", ".txt") or path == THEORY:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for m in _CITE.finditer(text):
+            spec = m.group(1)
+            nums = [int(x) for x in re.findall(r"\d+", spec)]
+            if re.search(r"\d\s*(?:-|to)\s*\d", spec):
+                nums = list(range(nums[0], nums[-1] + 1))
+            for n in nums:
+                cites.setdefault(n, []).append(str(path.relative_to(ROOT)))
+    return cites
+
+
+def test_cited_theory_sections_exist():
+    sections = theory_sections()
+    missing = {n: where for n, where in cited_sections().items() if n not in sections}
+    assert not missing, (f"files cite sections of docs/theory.md that it does not have "
+                         f"(it has {sorted(sections)}): {missing}")
+
+
+def test_theory_anchor_links_resolve():
+    """Links 'theory.md#anchor' from tracked Markdown files name a heading of docs/theory.md
+    (myst/GitHub slugs: lower case, punctuation dropped, spaces to hyphens)."""
+    heads = re.findall(r"^#{1,6} (.+)$", theory_text(), flags=re.M)
+    slugs = {re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", h.strip().lower())) for h in heads}
+    bad = []
+    for path in tracked_files():
+        if path.suffix != ".md":
+            continue
+        for anchor in re.findall(r"theory\.md#([\w-]+)", path.read_text(encoding="utf-8")):
+            if anchor not in slugs:
+                bad.append(f"{path.relative_to(ROOT)}: #{anchor}")
+    assert not bad, f"anchors into docs/theory.md that name no heading: {bad}"
+
+
+def test_theory_quotes_the_codes_constants():
+    """Numbers the theory states are read from the code, so a change of either shows up here."""
+    from dynamics import dopri, integrate as integ
+    from dynamics import brian2_backend as b2b
+    from models import similarity as sim
+    import inspect
+
+    text = theory_text()
+    # the stopping rule: |dy_i/dt| <= tol + NOISE_FACTOR (atol + rtol |y_i|) / tau_i, tol = 1e-8
+    assert integ.NOISE_FACTOR == 30.0
+    assert r"\mathrm{tol} + 30\, \frac{\mathrm{atol} + \mathrm{rtol}\, \lvert y_i \rvert}{\tau_i}" in text
+    assert inspect.signature(integ.integrate).parameters["fixed_point_tol"].default == 1e-8
+    assert "`fixed_point_tol` (default $10^{-8}$)" in text
+    # the step-size controller of the batched Dormand-Prince pair
+    assert (dopri.SAFETY, dopri.MIN_FACTOR, dopri.MAX_FACTOR) == (0.9, 0.2, 10.0)
+    assert r"h \min(10, 0.9\, \mathrm{err}^{-1/5})" in text
+    assert r"h \max(0.2, 0.9\, \mathrm{err}^{-1/5})" in text
+    # KL smoothing and the paper_code reciprocal floor
+    assert sim.KL_EPS == 1e-4 and r"$\varepsilon = 10^{-4}$ (`KL_EPS`)" in text
+    assert sim.RECIPROCAL_FLOOR == 1e-12 and r"10^{-12}" in text
+    # brian2: the range of beta h - c before exp overflows or the normaliser underflows
+    assert (b2b._EXP_UNDER, b2b._EXP_OVER) == (-700.0, 709.0) and "$[-700, 709]$" in text
+
+
+# ------------------------------------------------------------------------------------ Sphinx
+def _sphinx_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("sphinx", "myst_parser", "numpydoc"))
+
+
+needs_sphinx = pytest.mark.skipif(not _sphinx_available(),
+                                  reason="sphinx, myst-parser or numpydoc not installed (pip install -e '.[docs]')")
+
+
+def load_conf():
+    spec = importlib.util.spec_from_file_location("uhn_docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def rst_problems(rst: str) -> list[str]:
+    """docutils system messages (level >= WARNING) of a reStructuredText fragment."""
+    from docutils.core import publish_doctree
+
+    doctree = publish_doctree(rst, settings_overrides={"report_level": 5, "halt_level": 5})
+    return [m.astext() for m in doctree.findall()
+            if m.tagname == "system_message" and m["level"] >= 2]
+
+
+@needs_sphinx
+def test_plain_text_docstring_hook_gives_valid_rst():
+    conf = load_conf()
+    raw = ["Energy E = |v|^2 / 2 of a state (n, *shape), see ``a|b`` and `x|y`.",
+           "",
+           "    tau dv/dt = -v + |I|     (the display, kept as written)",
+           "        indented deeper",
+           "",
+           "* a list item with |x|",
+           "  and a continuation",
+           "",
+           "1. an item introducing a display:",
+           "",
+           "       E''' = |s|",
+           "",
+           "   more text of the item with |y|.",
+           "",
+           "Parameters",
+           "----------",
+           "x : (B, D) array",
+           "    |x| must be finite."]
+    assert rst_problems("\n".join(raw)), "the raw text must be invalid rst, else this test shows nothing"
+    lines = list(raw)
+    conf.plain_text_docstring(lines)
+    assert rst_problems("\n".join(lines)) == []
+    assert lines[0] == r"Energy E = \|v\|^2 / 2 of a state (n, \*shape), see ``a|b`` and `x|y`. ::"
+    assert lines[2:4] == raw[2:4]                       # the display is untouched (literal block)
+    assert lines[5] == r"* a list item with \|x\|"     # the bullet stays a bullet
+    assert lines[8] == "1. an item introducing a display::"
+    assert lines[10] == raw[10]
+    assert lines[12] == r"   more text of the item with \|y\|."
+    assert lines[-1] == r"    \|x\| must be finite."
+
+
+@needs_sphinx
+def test_sphinx_build_has_no_warnings(tmp_path):
+    """The CI command of the API reference, ``python -m sphinx -W --keep-going -b html docs
+    docs/_build/html``, into a temporary directory."""
+    out = tmp_path / "html"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+                           "-d", str(tmp_path / "doctrees"), "docs", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"sphinx build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    for page in ("index.html", "theory.html", "api/models.html", "api/dynamics.html"):
+        assert (out / page).is_file(), f"{page} was not built"
+    api = (out / "api" / "dynamics.html").read_text(encoding="utf-8")
+    for name in ("dynamics.network.Network", "dynamics.integrate.integrate",
+                 "dynamics.energy.verify_energy", "dynamics.brian2_backend.run_brian2"):
+        assert f'id="{name}"' in api, f"the API reference has no entry for {name}"
+    theory = (out / "theory.html").read_text(encoding="utf-8")
+    assert 'class="math' in theory and "$$" not in theory, "theory.md math was not rendered"
