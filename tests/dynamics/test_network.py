@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from dynamics import lagrangians as L
-from dynamics.network import Network
+from dynamics.network import Network, require_count, require_positive
 from models import Memory
+
+EPS = np.finfo(float).eps
 
 
 def M_():
@@ -13,10 +15,64 @@ def M_():
 
 @pytest.mark.parametrize("tau", [0.0, -1.0, np.nan, np.inf])
 def test_bad_time_constant(tau):
-    with pytest.raises(ValueError, match="tau_v must be a positive finite time constant"):
+    with pytest.raises(ValueError, match=f"tau_v must be a positive finite time constant, got {tau}"):
         Network(M_(), tau_v=tau)
-    with pytest.raises(ValueError, match="tau_h must be a positive finite time constant"):
+    with pytest.raises(ValueError, match=f"tau_h must be a positive finite time constant, got {tau}"):
         Network(M_(), tau_h=tau)
+    with pytest.raises(TypeError, match="tau_v must be a real number, got str '1'"):
+        Network(M_(), tau_v="1")
+
+
+def test_require_positive_and_count():
+    assert require_positive(np.float32(0.5), "dt", "time step") == 0.5
+    assert require_positive(np.inf, "max_step", "step size", finite=False) == np.inf
+    with pytest.raises(ValueError, match="max_step must be a positive step size, got nan"):
+        require_positive(np.nan, "max_step", "step size", finite=False)
+    with pytest.raises(ValueError, match="dt must be a positive finite time step, got inf"):
+        require_positive(np.inf, "dt", "time step")
+    with pytest.raises(TypeError, match="dt must be a real number, got bool True"):
+        require_positive(True, "dt", "time step")
+    assert require_count(np.int64(3), "n") == 3
+    with pytest.raises(ValueError, match="record_every must be an integer >= 1, got 0"):
+        require_count(0, "record_every")
+    with pytest.raises(TypeError, match="record_every must be an integer, got float 2.0"):
+        require_count(2.0, "record_every")
+
+
+def linear(tau_v, tau_h, D=5, N=3, seed=0):
+    """dot + quadratic L_v, L_h: dv/dt = (M^T h - v + I)/tau_v, dh/dt = (M v - h)/tau_h and
+    E(v, h) = |v|^2/2 - I.v + |h|^2/2 - h.M v, a quadratic form."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((N, D)) / np.sqrt(D)
+    return Network(M, "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=tau_v, tau_h=tau_h,
+                   I=rng.standard_normal(D)), rng
+
+
+@pytest.mark.parametrize("tau_v, tau_h", [(0.5, 0.2), (2.0, 0.05), (3.0, 1.5)])
+def test_rhs_and_dEdt_scale_with_the_time_constants(tau_v, tau_h):
+    """dv/dt and dh/dt are the closed forms divided by tau_v, tau_h; and dE/dt = grad E . dy/dt
+    = -tau_v |dv/dt|^2 - tau_h |dh/dt|^2, checked against the central difference of E along
+    dy/dt, which is exact for a quadratic E (no third derivative) up to round-off."""
+    net, rng = linear(tau_v, tau_h)
+    v, h = rng.standard_normal((4, net.D)), rng.standard_normal((4, net.N))
+    dv, dh = net.rhs(v, h)
+    # round-off: a few operations on terms of size |M^T h| + |v| + |I|, then one division
+    np.testing.assert_allclose(dv, (h @ net.M - v + net.I) / tau_v, rtol=8 * EPS)
+    np.testing.assert_allclose(dh, (v @ net.M.T - h) / tau_h, rtol=8 * EPS, atol=0)
+    s = 0.1
+    Ep, Em = net.energy(v + s * dv, h + s * dh), net.energy(v - s * dv, h - s * dh)
+    fd = (Ep - Em) / (2 * s)
+    # round-off of E: eps64 times the size of its terms (|v|^2, |I||v|, |h|^2, |h||M v|), a few
+    # operations each, in both evaluations, divided by 2 s
+    size = max(np.abs(x).max() for x in (v, h, dv, dh, net.I)) ** 2 * (net.D + net.N) * (1 + s) ** 2
+    np.testing.assert_allclose(net.dEdt(v, h), fd, rtol=0, atol=8 * EPS * size / (2 * s))
+    np.testing.assert_allclose(net.dEdt(v, h), -tau_v * (dv * dv).sum(1) - tau_h * (dh * dh).sum(1),
+                               rtol=4 * EPS)
+    # adiabatic: E(v) = |v|^2/2 - I.v - |M v|^2/2 and dE/dt = -tau_v |dv/dt|^2 along dv/dt
+    dva = net.rhs_adiabatic(v)
+    np.testing.assert_allclose(dva, (v @ net.M.T @ net.M - v + net.I) / tau_v, rtol=8 * EPS, atol=0)
+    fda = (net.energy_adiabatic(v + s * dva) - net.energy_adiabatic(v - s * dva)) / (2 * s)
+    np.testing.assert_allclose(net.dEdt_adiabatic(v), fda, rtol=0, atol=8 * EPS * size / (2 * s))
 
 
 def test_nan_state_and_shape_mismatch():
