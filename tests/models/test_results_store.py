@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models import capacity as cap
 from models.capacity import Point, load_results, run, stored_results, write_results
@@ -200,3 +202,28 @@ def test_interrupted_write_leaves_old_file_and_no_tmp(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_results(path) == [{"key": "a"}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.lock"]
+
+
+def test_without_fcntl_the_store_still_works_unlocked(tmp_path, monkeypatch):
+    """A platform without fcntl (Windows) gets no lock but the same merge and atomic write."""
+    monkeypatch.setattr(cap, "fcntl", None)
+    path = tmp_path / "r.jsonl"
+    cap.merge_results([{"key": "a", "x": 1}], path)
+    cap.merge_results([{"key": "b", "x": 2}, {"key": "a", "x": 3}], path)
+    assert load_results(path) == [{"key": "a", "x": 3}, {"key": "b", "x": 2}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]  # no lock file made
+
+
+@settings(max_examples=25)
+@given(st.lists(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(-5, 5)), max_size=5),
+                max_size=6))
+def test_merging_batches_keeps_the_union_with_the_latest_row_per_key(tmp_path_factory, batches):
+    path = tmp_path_factory.mktemp("merge") / "r.jsonl"
+    want = {}
+    for batch in batches:
+        cap.merge_results([{"key": k, "v": v} for k, v in batch], path)
+        for k, v in batch:
+            want.setdefault(k, None)  # first-stored order
+            want[k] = v
+    rows = load_results(path)
+    assert [(r["key"], r["v"]) for r in rows] == list(want.items())
