@@ -1,14 +1,21 @@
 """``uhn brian2``: run one network and query in brian2 and in scipy's solve_ivp, and compare.
 
-    uhn brian2 --similarity dot --separation softmax --beta 10 --n-memories 20 \\
-               --dataset digits --t-end 20 --dt 0.01 --target numpy
+    uhn brian2 --similarity squared_euclidean --separation softmax --beta 5 --n-memories 20 \\
+               --dataset digits --t-end 20 --dt 0.01 --target numpy --out b2run
 
+The defaults retrieve: 20 sklearn digits, squared-Euclidean similarity, softmax memory neurons
+(beta = 5), the query memory 0 plus Gaussian noise (std 0.2) held on as an input current.
 Prints the largest state difference at the common sample times, each trajectory's energy
-monotonicity (largest increase between samples) and the distance between the two fixed points.
+monotonicity (largest increase between samples), the distance between the two fixed points, and
+which memory the brian2 run retrieved or why it did not (dynamics.diagnose). With ``--out DIR``
+both trajectories are kept (DIR/brian2.nc, DIR/scipy.nc; dynamics.io) beside the overlay figure.
+Exit status: 0, 1 if an energy increases between samples, 2 on bad input.
 """
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,29 +23,37 @@ RATES = {"linear": "quadratic", "tanh": "log_cosh", "sigmoid": "softplus"}
 
 
 def register(sub) -> None:
+    from dynamics.brian2_backend import DEFAULT_TARGET, SCHEMES, TARGETS
+    from . import finite_float, nonnegative_float, nonnegative_int, positive_float, positive_int
     p = sub.add_parser("brian2", help="run a network in brian2 and in scipy and compare them",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--similarity", default="dot", choices=["dot", "squared_euclidean"])
+                       description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p.add_argument("--similarity", default="squared_euclidean", choices=["dot", "squared_euclidean"],
+                   help="similarity S(g)")
     p.add_argument("--separation", default="softmax",
                    choices=["softmax", "polynomial", "identity", "exp"],
-                   help="memory-layer activation f = dL_h/dh (default softmax)")
-    p.add_argument("--beta", type=float, default=10.0, help="softmax / exp inverse temperature")
-    p.add_argument("--degree", type=float, default=3.0, help="polynomial degree n")
+                   help="memory-layer activation f = dL_h/dh")
+    p.add_argument("--beta", type=finite_float, default=5.0, help="softmax / exp inverse temperature")
+    p.add_argument("--degree", type=finite_float, default=3.0, help="polynomial degree n")
     p.add_argument("--rates", default="linear", choices=sorted(RATES),
                    help="feature rates g: linear (g = v), tanh or sigmoid")
-    p.add_argument("--n-memories", type=int, default=20)
+    p.add_argument("--n-memories", type=positive_int, default=20, help="stored patterns N")
     p.add_argument("--dataset", default="digits",
                    help="models.data dataset name (digits, mnist, ...) or 'random' (bipolar, D=64)")
-    p.add_argument("--noise", type=float, default=0.2, help="std of the Gaussian noise added to "
-                   "the first memory to make the query")
-    p.add_argument("--tau-v", type=float, default=1.0, help="ms")
-    p.add_argument("--tau-h", type=float, default=0.1, help="ms")
-    p.add_argument("--t-end", type=float, default=20.0, help="simulated time, ms")
-    p.add_argument("--dt", type=float, default=0.01, help="brian2 time step, ms")
-    p.add_argument("--record-every", type=int, default=1)
-    p.add_argument("--target", default=None, choices=["numpy", "cython", "cpp_standalone"])
-    p.add_argument("--scheme", default="leapfrog", choices=["leapfrog", "default"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=nonnegative_float, default=0.2, help="std of the Gaussian noise "
+                   "added to memory 0 to make the query")
+    p.add_argument("--input-mode", default="clamped", choices=["initial", "clamped"],
+                   help="the query as v(0) with I = 0 ('initial') or also held on as I = q ('clamped')")
+    p.add_argument("--tau-v", type=positive_float, default=1.0, help="feature time constant, ms")
+    p.add_argument("--tau-h", type=positive_float, default=0.1, help="memory time constant, ms")
+    p.add_argument("--t-end", type=positive_float, default=20.0, help="simulated time, ms")
+    p.add_argument("--dt", type=positive_float, default=0.01, help="brian2 time step, ms")
+    p.add_argument("--record-every", type=positive_int, default=1, help="record every this many steps")
+    p.add_argument("--target", default=DEFAULT_TARGET, choices=TARGETS,
+                   help="brian2 code generation target (cython compiles for about a minute on first use)")
+    p.add_argument("--scheme", default="leapfrog", choices=SCHEMES, help="integration scheme")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="dataset subset and noise seed")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for brian2.nc, scipy.nc and the overlay figure (nothing is written without it)")
     p.set_defaults(func=run)
 
 
@@ -67,45 +82,66 @@ def _largest_increase(E):
     return (float(dE.max()) if len(dE) else 0.0), k
 
 
-def run(args) -> int:
-    from dynamics.brian2_backend import DEFAULT_TARGET, run_brian2
+def run(args: argparse.Namespace) -> int:
+    from dynamics.brian2_backend import default_cache_dir, run_brian2
+    from dynamics.diagnose import diagnose
     from dynamics.integrate import integrate
     from dynamics.network import Network
 
+    from . import check_out_dir, note, save_outputs
+
+    if args.out is not None:
+        check_out_dir(args.out)
     M, label = _memories(args)
     L_v, L_h = _lagrangians(args)
     net = Network(M, args.similarity, L_v=L_v, L_h=L_h, tau_v=args.tau_v, tau_h=args.tau_h)
     rng = np.random.default_rng(args.seed)
     q = M[0] + args.noise * rng.standard_normal(M.shape[1])
-    target = args.target or DEFAULT_TARGET
-    print(f"{net!r} on {label}; query = memory 0 + N(0, {args.noise:g}^2) noise")
+    target = args.target
+    mode = args.input_mode
+    print(f"{net!r} on {label}; query = memory 0 + N(0, {args.noise:g}^2) noise, input {mode}")
 
+    n_steps = int(round(args.t_end / args.dt))
+    if target == "numpy":
+        note(f"brian2/numpy: simulating {args.t_end:g} ms ({n_steps} steps of {args.dt:g} ms) ...")
+    else:
+        note(f"brian2/{target}: generating and compiling code (about a minute the first time; "
+             f"cache {default_cache_dir()}), then simulating {args.t_end:g} ms ({n_steps} steps) ...")
     t0 = time.perf_counter()
     tr = run_brian2(net, q, args.t_end, args.dt, target=target, scheme=args.scheme,
-                    record_every=args.record_every)
+                    record_every=args.record_every, input_mode=mode)
     t1 = time.perf_counter()
-    ref = integrate(net, q, args.t_end, t_eval=tr.t, stop_at_fixed_point=False,
+    note("scipy: the same network with solve_ivp (rtol 1e-10) on brian2's sample times, then on to "
+         "its fixed point ...")
+    ref = integrate(net, q, args.t_end, t_eval=tr.t, stop_at_fixed_point=False, input_mode=mode,
                     rtol=1e-10, atol=1e-12)
     t2 = time.perf_counter()
-    # the two fixed points: scipy run on to convergence from the end of its trajectory
-    fp = integrate(net, q, max(10 * args.t_end, 200.0), rtol=1e-10, atol=1e-12)
+    # the two fixed points: scipy run on to convergence from the same query
+    fp = integrate(net, q, max(10 * args.t_end, 200.0), input_mode=mode, rtol=1e-10, atol=1e-12)
 
     dv = np.abs(tr.v - ref.v).max()
     dh = np.abs(tr.h - ref.h).max()
     print(f"brian2/{target} ({args.scheme}, dt = {args.dt:g} ms, {len(tr.t) - 1} samples): "
           f"{t1 - t0:.2f} s;  scipy RK45: {t2 - t1:.2f} s")
     print(f"max |v_brian2 - v_scipy| = {dv:.3e}   max |h_brian2 - h_scipy| = {dh:.3e}")
+    monotone = True
     for name, traj in (("brian2", tr), ("scipy ", ref)):
         inc, k = _largest_increase(traj.E)
         scale = np.abs(traj.E).max()
-        verdict = "monotone" if inc <= 1e-12 * scale else "INCREASES"
+        ok = inc <= 1e-12 * scale
+        monotone &= bool(ok)
         print(f"{name} energy: {traj.E[0, 0]:.6g} -> {traj.E[-1, 0]:.6g}; largest increase "
-              f"{inc:.3e} (step {k}, {inc / scale:.1e} of max |E|): {verdict}; "
+              f"{inc:.3e} (step {k}, {inc / scale:.1e} of max |E|): {'monotone' if ok else 'INCREASES'}; "
               f"max dE/dt = {traj.dEdt.max():.3e}")
     dist = np.linalg.norm(tr.v_final - fp.v_final)
     print(f"fixed points: |v*_brian2 - v*_scipy| = {dist:.3e} "
           f"(brian2 converged: {bool(tr.converged[0])} at t = {tr.t[-1]:g} ms; "
           f"scipy converged: {bool(fp.converged[0])} at t = {fp.t[-1]:g} ms)")
-    nearest = int(np.argmin(((M - tr.v_final[0]) ** 2).sum(1)))
-    print(f"brian2 fixed point is nearest memory {nearest} (query made from memory 0)")
-    return 0
+    d = diagnose(net, tr, q[None], [0])[0]
+    print(f"brian2 run: {d.reason()}")
+    if args.out is not None:
+        from .figures_cmd import plot_brian2_overlay
+        for path in save_outputs(args.out, {"brian2": tr, "scipy": ref},
+                                 {"brian2_vs_scipy": plot_brian2_overlay(ref, tr, net)}):
+            print(f"wrote {path}")
+    return 0 if monotone else 1

@@ -3,6 +3,10 @@
     uhn figures --out figures            # everything (capacity from the results store if present)
     uhn figures --out /tmp/f --quick     # small sizes, a few seconds of dynamics
 
+Everything is written under --out: the figures, and the capacity results store they are drawn
+from in <out>/results/capacity.jsonl (capacity_quick.jsonl with --quick), so a second run only
+replots.
+
 Dynamics figures: a squared-Euclidean network with log-sum-exp memory neurons (softmax separation,
 beta = 0.3), quadratic feature neurons, tau_v = 1, tau_h = 0.1, storing N MNIST digits and
 integrated from digits with their bottom 30 % masked: energy with its verification, feature and
@@ -17,14 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-#: the network the dynamics figures use (DESIGN.md: squared_euclidean + softmax, v* = (2/3) M^T f)
+#: the network the dynamics figures use (squared_euclidean + softmax, v* = (2/3) M^T f; docs/theory.md)
 SIMILARITY, BETA, CORRUPTION, LEVEL = "squared_euclidean", 0.3, "mask_bottom", 0.3
 
 
 def register(sub) -> None:
     p = sub.add_parser("figures", help="regenerate every figure (dynamics on MNIST and capacity curves)",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+                       description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
+    p.add_argument("--out", type=Path, default=Path("figures"),
+                   help="output folder for the figures and the capacity results store")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds); for tests and a first look")
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity figures")
     p.add_argument("--no-brian2", action="store_true", help="skip the brian2 vs scipy overlay")
@@ -94,6 +99,7 @@ def make_dynamics_figures(out_dir, quick: bool = False, brian2: bool = True, log
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     n_mem, n_q = (20, 3) if quick else (50, 4)
+    log(f"loading {n_mem} MNIST digits ...")
     ds = load_dataset("mnist", n=n_mem, seed=0)
     Q = corrupt(ds.X[:n_q], CORRUPTION, LEVEL, ds.image_shape, seed=0)
     net = Network(ds.X, SIMILARITY, L_h=log_sum_exp(BETA), tau_v=1.0, tau_h=0.1)
@@ -131,6 +137,7 @@ def make_dynamics_figures(out_dir, quick: bool = False, brian2: bool = True, log
         bnet = Network(ds.X[:10], SIMILARITY, L_h=log_sum_exp(BETA), tau_v=1.0, tau_h=0.1)
         q1 = Q[:1]
         t_end = 4.0 if quick else 8.0
+        log(f"  brian2 (numpy target): simulating {t_end} ms ...")
         b_traj = run_brian2(bnet, q1, t_end=t_end, dt=0.01, record_every=5)
         s_traj = integrate(bnet, q1, t_end=t_end, t_eval=b_traj.t, stop_at_fixed_point=False)
         log(f"  brian2 ({b_traj.backend}) simulated {t_end} ms in {time.perf_counter() - t0:.1f} s")
@@ -138,7 +145,14 @@ def make_dynamics_figures(out_dir, quick: bool = False, brian2: bool = True, log
     return written
 
 
+def results_path(out_dir, quick: bool) -> Path:
+    """The capacity results store inside the output folder: <out>/results/capacity[_quick].jsonl."""
+    return Path(out_dir) / "results" / ("capacity_quick.jsonl" if quick else "capacity.jsonl")
+
+
 def run(args: argparse.Namespace) -> int:
+    from . import check_out_dir
+    check_out_dir(args.out)
     t_all = time.perf_counter()
 
     def log(msg):
@@ -151,8 +165,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_capacity:
         from dynamics.cli.capacity_cmd import _progress_bar, make_capacity_figures
         t0 = time.perf_counter()
-        print("capacity figures (results are stored, so a second run only replots)", flush=True)
-        paths = make_capacity_figures(args.out, quick=args.quick, progress_bar=_progress_bar)
+        store = results_path(args.out, args.quick)
+        print(f"capacity figures (results are stored in {store}, so a second run only replots)", flush=True)
+        paths = make_capacity_figures(args.out, quick=args.quick, progress_bar=_progress_bar,
+                                      results_path=store)
         written.extend(paths)
         print(f"capacity figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"wrote {len(written)} files in {time.perf_counter() - t_all:.1f} s:")
