@@ -538,6 +538,11 @@ def _version() -> str:
     return __version__
 
 
+#: JSON's names of the values json.loads returns, for error messages
+_JSON_KINDS = {int: "number", float: "number", str: "string", list: "array", bool: "boolean",
+               type(None): "null"}
+
+
 def _reject_constant(name):
     raise ValueError(f"{name} is not JSON (the store is strict JSON: no NaN or Infinity)")
 
@@ -561,8 +566,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
             except ValueError as err:  # json.JSONDecodeError is a ValueError
                 raise ValueError(f"{path}:{n}: not a JSON row ({err}); {_WHAT_TO_DO}") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: a JSON {type(row).__name__}, not a row (a JSON "
-                                 f"object); {_WHAT_TO_DO}")
+                kind = _JSON_KINDS.get(type(row), type(row).__name__)
+                raise ValueError(f"{path}:{n}: a JSON {kind}, not a row (a JSON object); "
+                                 f"{_WHAT_TO_DO}")
             out.append((n, row))
     return out
 

@@ -119,8 +119,9 @@ def test_rows_stored_by_another_run_meanwhile_are_kept_and_reused(tmp_path):
 
 @pytest.mark.parametrize("line, what", [
     (b'{"n_memories": 5, "fraction_correct": 1.0}', "no 'key'"),
-    (b"3", "a JSON int, not a row"),
-    (b'["key", 1]', "a JSON list, not a row"),
+    (b"3", "a JSON number, not a row"),
+    (b'["key", 1]', "a JSON array, not a row"),
+    (b'"key"', "a JSON string, not a row"),
     (b"\xff\xfe\x00garbage\x80", "not UTF-8"),
     (b'{"key": "k", "threshold": NaN}', "not a JSON row.*NaN is not JSON"),
     (b'{"key": "k", "fraction', "not a JSON row"),
