@@ -12,7 +12,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ._validate import as_matrix, check_same_width
+from ._validate import as_matrix, check_same_width, int_param, real_param
 from .separation import Separation, get_separation, top_k_indices
 from .similarity import CONVENTIONS, Similarity, check_binary, get_similarity
 
@@ -104,7 +104,7 @@ class Memory:
         return Q, single
 
     def _scores(self, Q: np.ndarray) -> np.ndarray:
-        S = self.similarity.score(self.M, Q)
+        S = self.similarity.checked_score(self.M, Q)  # finite, or OverflowError naming the similarity
         if self.convention == "paper_code":
             S = _normalise_sum(S, "similarity scores")
         return S
@@ -116,7 +116,7 @@ class Memory:
         return S[0] if single else S
 
     def _weights(self, S: np.ndarray) -> np.ndarray:
-        W = self.separation.fn(S)
+        W = self.separation(S)  # NaN/inf scores raise ValueError naming the separation
         if self.convention == "paper_code":
             W = _normalise_sum(W, "separated scores")
         if not np.all(np.isfinite(W)):
@@ -135,7 +135,8 @@ class Memory:
         S = self._scores(Q)
         k = self.separation.top_k
         if k is not None and self.convention == "standard":
-            # one-hot / uniform top-k weights: gather k rows of P instead of a dense (B,N)x(N,O) product
+            # one-hot / uniform top-k weights: gather k rows of P instead of a dense (B,N)x(N,O) product;
+            # top_k_indices refuses k > N as the dense path does
             idx = top_k_indices(S, k)
             z = self.P[idx[:, 0]] if k == 1 else self.P[idx].mean(axis=1)  # fancy indexing copies
             W = None
@@ -151,10 +152,14 @@ class Memory:
     __call__ = retrieve
 
     def iterate(self, Q, max_steps: int = 100, tol: float = 0.0) -> IterationResult:
-        """Iterate z_{t+1} = retrieve(z_t) from z_0 = q until max|z_{t+1} - z_t| <= tol.
+        """Iterate z_{t+1} = retrieve(z_t) from z_0 = q until max|z_{t+1} - z_t| <= tol, at most
+        ``max_steps`` (an integer >= 1) times; ``tol`` must be finite and >= 0 (a negative tol could
+        never be met).
 
         Autoassociative memories only (the output must live in the query space).
         """
+        max_steps = int_param(max_steps, "iterate max_steps", low=1)
+        tol = real_param(tol, "iterate tol", low=0.0)
         if self.P.shape[1] != self.M.shape[1]:
             raise ValueError("iterate needs outputs in the query space (O == D); this memory maps "
                              f"{self.M.shape[1]} features to {self.P.shape[1]}")
@@ -162,7 +167,7 @@ class Memory:
         Z = Z.copy()  # never write into the caller's array
         steps = np.zeros(Z.shape[0], dtype=int)
         active = np.ones(Z.shape[0], dtype=bool)
-        for _ in range(int(max_steps)):
+        for _ in range(max_steps):
             if not active.any():
                 break
             new = np.atleast_2d(self.retrieve(Z[active]))
@@ -188,10 +193,16 @@ def _normalise_sum(A: np.ndarray, what: str) -> np.ndarray:
 # ---------------------------------------------------------------------- named instances
 class ClassicalHopfield(Memory):
     """Classical Hopfield network: dot similarity, identity separation, sign output,
-    z = sign(M^T M q), plus the iterated update with weights W = M^T M (zero diagonal)."""
+    z = sign(M^T M q), plus the iterated update with weights W = M^T M (zero diagonal).
+    Memories must be bipolar {-1, 1} (the sign output can only reproduce such patterns)."""
 
     def __init__(self, memories, zero_diagonal: bool = True):
         super().__init__(memories, similarity="dot", separation="identity", output="sign")
+        if not np.all(np.abs(self.M) == 1.0):
+            bad = np.argwhere(np.abs(self.M) != 1.0)[0]
+            raise ValueError(f"classical_hopfield needs bipolar {{-1, 1}} memories, but memories"
+                             f"[{bad[0]}, {bad[1]}] = {self.M[bad[0], bad[1]]:g}; map {{0, 1}} data "
+                             f"with 2 x - 1")
         W = self.M.T @ self.M
         if zero_diagonal:
             np.fill_diagonal(W, 0.0)
@@ -204,15 +215,16 @@ class ClassicalHopfield(Memory):
         mode ``"async"`` updates one neuron at a time in a random order per sweep (seeded; the
         energy -s^T W s / 2 never increases); ``"sync"`` updates all at once.
         """
+        if mode not in ("async", "sync"):
+            raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+        max_sweeps = int_param(max_sweeps, "update max_sweeps", low=1)
         S, single = self._queries(Q)
         S = sign(S)
         rng = np.random.default_rng(seed)
         B, D = S.shape
         steps = np.zeros(B, dtype=int)
         converged = np.zeros(B, dtype=bool)
-        if mode not in ("async", "sync"):
-            raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
-        for sweep in range(int(max_sweeps)):
+        for sweep in range(max_sweeps):
             before = S.copy()
             if mode == "sync":
                 S = sign(S @ self.W)
@@ -235,20 +247,24 @@ def classical_hopfield(memories, zero_diagonal: bool = True) -> ClassicalHopfiel
 
 def sparse_distributed_memory(memories, values=None, radius: float = 0.0) -> Memory:
     """SDM = hamming + threshold: every memory within Hamming distance ``radius`` of the query
-    votes; output is the majority bit ({0,1} data) or the sign ({-1,1} data)."""
+    votes (threshold separation with theta = -radius); output is the majority bit ({0,1} data)
+    or the sign ({-1,1} data). ``radius`` must be finite and >= 0."""
+    radius = real_param(radius, "sparse_distributed_memory radius", low=0.0)
     # the output function acts on the retrieved values, so their coding picks it (not the keys')
     V = np.asarray(memories if values is None else values)
     bipolar = np.any(V < 0)
     return Memory(memories, values, similarity="hamming",
-                  separation=get_separation("threshold", theta=-float(radius)),
+                  separation=get_separation("threshold", theta=-radius),
                   output="sign" if bipolar else "majority")
 
 
 def dense_associative_memory(memories, values=None, n: float = 3, rectified: bool = True,
-                             output: Optional[str] = "sign") -> Memory:
-    """DAM (Krotov & Hopfield 2016) = dot + polynomial(n); sign output for bipolar patterns."""
+                             output: Optional[str] = "sign", convention: str = "standard") -> Memory:
+    """DAM (Krotov & Hopfield 2016) = dot + polynomial(n); sign output for bipolar patterns.
+    ``convention="paper_code"`` normalises scores and weights to sum 1 (see :class:`Memory`)."""
     return Memory(memories, values, similarity="dot",
-                  separation=get_separation("polynomial", n=n, rectified=rectified), output=output)
+                  separation=get_separation("polynomial", n=n, rectified=rectified), output=output,
+                  convention=convention)
 
 
 def modern_hopfield(memories, values=None, beta: float = 1.0) -> Memory:

@@ -15,7 +15,8 @@ Two conventions:
 * ``"standard"`` (default): the clean negative-distance forms of DESIGN.md section 1.
 * ``"paper_code"``: what the official code of Millidge et al. computes, kept so published curves
   can be matched: reciprocal distances 1/sum|q-m| and 1/sum (q-m)^2 (squared, not the euclidean
-  norm), 1/KL, and a "dot" that is the dot product of sum-normalised vectors. The score
+  norm), 1/KL in the official form (below), and a "dot" that is the dot product of sum-normalised
+  vectors. The score
   normalisation S / sum(S) the official code applies afterwards lives in
   :class:`models.memory.Memory` (``convention="paper_code"``).
 """
@@ -27,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ._validate import as_matrix, binary_coding, check_same_width, from_registry
+from ._validate import as_matrix, binary_coding, check_same_width, from_registry, real_param
 
 #: small constant that keeps logarithms of zero-valued pixels finite in the KL similarities
 KL_EPS = 1e-4
@@ -63,8 +64,25 @@ class Similarity:
         M, _ = as_matrix(M, "memories", ndim_ok=(2,))
         Q, single = as_matrix(Q, "queries")
         check_same_width(M, Q)
-        S = self.score(M, Q)  # binary-only scores (hamming) validate their inputs themselves
+        S = self.checked_score(M, Q)
         return S[0] if single else S
+
+    def checked_score(self, M: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """``score(M, Q)`` on validated float64 arrays, refusing a non-finite result.
+
+        Finite inputs can still give inf/NaN scores when an intermediate overflows (a dot product
+        of 1e200-sized vectors); that raises OverflowError naming the similarity instead of letting
+        max "retrieve" memory 0. One isfinite over the (B, N) scores; binary-only scores (hamming)
+        validate their inputs themselves."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            S = self.score(M, Q)
+        bad = ~np.isfinite(S)
+        if bad.any():
+            raise OverflowError(
+                f"similarity {self.name!r} gave {int(bad.sum())} NaN/inf score(s) for finite inputs, an "
+                f"overflow of float64 (max |memories| = {np.abs(M).max():.3g}, max |queries| = "
+                f"{np.abs(Q).max():.3g}); rescale the data")
+        return S
 
     def grad_contract(self, M, G, F) -> np.ndarray:
         """sum_mu F[b, mu] dS_mu/dg evaluated at G[b]: the (B, D) term of the feature dynamics."""
@@ -97,6 +115,39 @@ def check_binary(M: np.ndarray, Q: np.ndarray, name: str) -> str:
 # standard convention
 # ----------------------------------------------------------------------------------------------
 
+def _power_of_two_scale(M, Q) -> float:
+    """2^(e-1) with max |entry| of M and Q = f 2^e, 1/2 <= f < 1: dividing by it is exact and brings
+    every entry into [-2, 2] (2^e itself would overflow for entries near the float64 maximum)."""
+    big = max(float(np.abs(M).max()), float(np.abs(Q).max()))
+    return float(np.ldexp(1.0, int(np.frexp(big)[1]) - 1)) if big > 0 else 1.0
+
+
+def _overflow_safe(raw, M, Q, eps, name):
+    """raw(M, Q, eps) for a distance score homogeneous of degree 1 in (M, Q, eps), i.e.
+    raw(M, Q, eps) = s raw(M/s, Q/s, eps/s). Computed directly; only where that overflows (squares
+    or p-th powers of entries ~1e155 and up) or may have underflowed (a zero score with every
+    entry below 2^-300, where squares of 1e-200 vanish) again on inputs divided by a power of two s
+    (exact), then multiplied back. The checks are O(B N) on the scores; the O((N + B) D) scale only
+    runs when they fire. A distance beyond float64's range itself raises OverflowError."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        S = raw(M, Q, eps)
+    if np.isfinite(S).all():
+        if not (S >= 0).any():  # a distance score is <= 0, and 0 only at a match or on underflow
+            return S
+        s = _power_of_two_scale(M, Q)
+        if s >= 2.0 ** -300:
+            return S  # exact matches, not underflow
+    else:
+        s = _power_of_two_scale(M, Q)
+    with np.errstate(over="ignore", invalid="ignore"):
+        S = raw(M / s, Q / s, eps / s)
+        S *= s
+    if not np.isfinite(S).all():
+        raise OverflowError(f"{name} distance between some query and memory exceeds the float64 range "
+                            f"(entries up to {s:.3g}); rescale the data")
+    return S
+
+
 def _sq_dist(M, Q):
     """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off.
 
@@ -119,11 +170,24 @@ def _dot():
 
 
 def _unit_rows(A, name):
-    n = np.linalg.norm(A, axis=1, keepdims=True)
-    if np.any(n == 0):
-        raise ValueError(f"cosine similarity is undefined for all-zero {name} "
-                         f"(rows {np.flatnonzero(n[:, 0] == 0)[:5].tolist()})")
-    return A / n, n
+    """(A_i / |A_i|, |A_i|). A row whose squares overflow (entries ~1e155 and up) or underflow
+    (~1e-155 and below) is first divided by its largest |entry|, so its direction stays exact."""
+    with np.errstate(over="ignore", under="ignore"):
+        n = np.linalg.norm(A, axis=1, keepdims=True)
+    odd = ~((n[:, 0] > 1e-150) & np.isfinite(n[:, 0]))
+    if not odd.any():
+        return A / n, n
+    U = A / np.where(n > 0, n, 1.0)
+    a = np.abs(A[odd]).max(axis=1, keepdims=True)
+    if np.any(a == 0):
+        zero = np.flatnonzero(odd)[a[:, 0] == 0]
+        raise ValueError(f"cosine similarity is undefined for all-zero {name} (rows {zero[:5].tolist()})")
+    Ao = A[odd] / a
+    no = np.linalg.norm(Ao, axis=1, keepdims=True)
+    U[odd] = Ao / no
+    with np.errstate(over="ignore"):
+        n[odd] = a * no
+    return U, n
 
 
 def _cosine():
@@ -150,19 +214,20 @@ def _squared_euclidean():
 def _euclidean(eps: float = 0.0):
     """S_mu = eps - sqrt(|M_mu - q|^2 + eps^2)  (eps = 0: -|M_mu - q|_2);
     dS_mu/dg = (M_mu - g) / sqrt(|M_mu - g|^2 + eps^2), taken as 0 at a memory when eps = 0."""
-    eps = float(eps)
-    if eps < 0:
-        raise ValueError(f"euclidean smoothing eps must be >= 0, got {eps}")
+    eps = real_param(eps, "euclidean smoothing eps", low=0.0)
 
-    def score(M, Q):
+    def raw(M, Q, e):
         d = _sq_dist(M, Q)  # fresh (B, N) array: finish in place
-        if eps:
-            d += eps * eps
+        if e:
+            d += e * e
         np.sqrt(d, out=d)
         d = _negate(d)
-        if eps:
-            d += eps
+        if e:
+            d += e
         return d
+
+    def score(M, Q):
+        return _overflow_safe(raw, M, Q, eps, "euclidean")
 
     def vjp(M, G, F):
         r = np.sqrt(_sq_dist(M, G) + eps * eps)
@@ -190,28 +255,29 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
     eps > 0 smooths |x| to sqrt(x^2 + eps^2) - eps.  Gradient (eps = 0, p > 1):
     dS_mu/dg_i = -|g_i - M_mu,i|^(p-1) sign(g_i - M_mu,i) / |g - M_mu|_p^(p-1); for p = 1 the
     subgradient -sign(g_i - M_mu,i) (sign(0) = 0)."""
-    p, eps = float(p), float(eps)
-    if not p >= 1:
-        raise ValueError(f"minkowski p must be >= 1 (p < 1 is not a metric), got {p}")
-    if eps < 0:
-        raise ValueError(f"minkowski smoothing eps must be >= 0, got {eps}")
+    p = real_param(p, "minkowski p", low=1.0, finite=False)  # p < 1 is not a metric
+    name_ = name or "minkowski"
+    eps = real_param(eps, f"{name_} smoothing eps", low=0.0)
     if np.isinf(p) and eps:
         raise ValueError("minkowski p=inf (the max norm) has no smoothed form here; use eps=0")
 
-    def absx(x):
-        return np.sqrt(x * x + eps * eps) - eps if eps else np.abs(x)
+    def absx(x, e=eps):
+        return np.sqrt(x * x + e * e) - e if e else np.abs(x)
 
     def dabsx(x):
         return x / np.sqrt(x * x + eps * eps) if eps else np.sign(x)
 
-    def score(M, Q):
-        if eps == 0:
+    def raw(M, Q, e):
+        if e == 0:
             return _negate(cdist(Q, M, "cityblock" if p == 1 else "minkowski", **({} if p == 1 else {"p": p})))
         out = np.empty((Q.shape[0], M.shape[0]))
         for b in range(Q.shape[0]):  # smoothed form: one (N, D) block per query
-            s = absx(Q[b] - M).__pow__(p).sum(1)
+            s = absx(Q[b] - M, e).__pow__(p).sum(1)
             out[b] = -s ** (1.0 / p)
         return out
+
+    def score(M, Q):
+        return _overflow_safe(raw, M, Q, eps, name_)
 
     def vjp(M, G, F):
         if p == 1:
@@ -326,10 +392,48 @@ def _paper_dot():
     return Similarity("dot[paper_code]", score, None)
 
 
-def _paper_kl(reverse: bool):
+def _paper_distributions(A, name):
+    """A / sum(A) per row, the official code's normalisation (no eps); refuses negative entries
+    and all-zero rows (where the official code divides 0 by 0)."""
+    if np.any(A < 0):
+        raise ValueError(f"KL similarities need non-negative {name} (they are read as "
+                         f"distributions after sum-normalisation); got min {A.min():.3g}")
+    s = A.sum(1, keepdims=True)
+    if np.any(s == 0):
+        raise ValueError(f"paper_code KL similarity divides by the pixel sum, which is 0 for an all-zero "
+                         f"image in the {name} (rows {np.flatnonzero(s[:, 0] == 0)[:5].tolist()}; the "
+                         f"official code returns NaN here)")
+    return A / s
+
+
+def _paper_kl(reverse: bool, eps: float = KL_EPS):
+    """The official code's KL_divergence / reverse_KL_divergence: with x^ = x/sum(x) for a stored
+    memory x and z^ = z/sum(z) for the query (no eps there),
+
+        KL    = sum_j x^_j (log(x^_j + eps) - log(z^_j + eps)),
+        revKL = sum_j z^_j (log(z^_j + eps) - log(x^_j + eps)),      S = 1/KL (or 1/revKL).
+
+    With eps inside the logarithms these are not true divergences: they can be slightly negative
+    for a query close to a memory, and S keeps that sign (as the official code does). A KL within
+    round-off of 0 (a query equal to a memory up to scale, where the official code divides by
+    zero) is floored at RECIPROCAL_FLOOR, as the reciprocal distances are. Computed through one
+    GEMM, KL = sum x^ log(x^ + eps) - sum x^ log(z^ + eps), whose round-off is at most about
+    (D + 2) eps64 (|first sum| + |second sum|)."""
+
     def score(M, Q):
-        S = (_reverse_kl if reverse else _kl)().score(M, Q)
-        return 1.0 / np.maximum(-S, RECIPROCAL_FLOOR)
+        P, R = _paper_distributions(M, "memories"), _paper_distributions(Q, "queries")
+        if reverse:  # the query's distribution weighs the log-ratio
+            P, R = R, P
+        LP, LR = np.log(P + eps), np.log(R + eps)
+        self_term = (P * LP).sum(1)                    # sum_j p_j log(p_j + eps)
+        cross = LR @ P.T if not reverse else P @ LR.T  # sum_j p_j log(r_j + eps)
+        self_term = self_term[None, :] if not reverse else self_term[:, None]
+        kl = self_term - cross
+        # within round-off of 0: the query is the memory (up to scale); the bound covers the GEMM
+        floor = np.maximum(RECIPROCAL_FLOOR,
+                           (M.shape[1] + 2) * np.finfo(float).eps * (np.abs(self_term) + np.abs(cross)))
+        return np.where(np.abs(kl) <= floor, 1.0 / RECIPROCAL_FLOOR, 1.0 / np.where(kl == 0, 1.0, kl))
+
     return Similarity(("reverse_kl" if reverse else "kl") + "[paper_code]", score, None)
 
 

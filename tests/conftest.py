@@ -54,3 +54,56 @@ def digits():
     """sklearn's 8x8 digits (ship offline) scaled to [0, 1]: (1797, 64), values k/16."""
     from sklearn.datasets import load_digits
     return load_digits().data / 16.0
+
+
+EPS = np.finfo(np.float64).eps
+
+
+def _score_err(name, convention, A, Q, **params):
+    """Round-off bound (B, N) on sim(A, Q) as models.similarity computes it, for tolerances.
+
+    A sum of D products is off by at most (D + 2) eps times the sum of its absolute terms (first
+    order; 2 for the products and the last operation). GEMM squared distances lose (D + 2) eps
+    (|q| + |m|)^2 however close q and m are; a distance d then min(err/(2d), sqrt(err)). The
+    reciprocal paper_code forms carry their denominator's relative error; 1/KL carries
+    err(KL)/|KL|, unbounded as KL -> 0 (returned as inf: callers assume it away).
+    """
+    D = A.shape[1]
+    g = (D + 4) * EPS
+    nq, nm = np.linalg.norm(Q, axis=1)[:, None], np.linalg.norm(A, axis=1)[None, :]
+    from models import get_similarity
+    S = get_similarity(name, convention=convention, **params)(A, Q)
+    if convention == "paper_code":
+        if name in ("kl", "reverse_kl"):
+            from models.similarity import KL_EPS
+            xh, zh = A / A.sum(1, keepdims=True), Q / Q.sum(1, keepdims=True)
+            p, r = (zh[:, None, :], xh[None, :, :]) if name == "reverse_kl" else (xh[None, :, :], zh[:, None, :])
+            lp, lr = np.log(p + KL_EPS), np.log(r + KL_EPS)
+            kl, T = (p * (lp - lr)).sum(-1), (p * (np.abs(lp) + np.abs(lr))).sum(-1)
+            err = g * T
+            return np.where(np.abs(kl) > 2 * err, np.abs(S) * err / np.maximum(np.abs(kl), 1e-300), np.inf)
+        return g * np.abs(S)  # positive terms (reciprocal distances, normalised dot of positive data)
+    if name == "dot":
+        return g * (np.abs(Q) @ np.abs(A).T)
+    if name == "cosine":
+        return 2 * g * np.ones_like(S)
+    if name in ("squared_euclidean", "euclidean"):
+        sq = g * (nq + nm) ** 2
+        # (smoothed form: -S = sqrt(d^2 + eps^2) - eps understates the sqrt's argument, so this is larger)
+        return sq if name == "squared_euclidean" else np.minimum(sq / (2 * np.maximum(-S, 1e-300)), np.sqrt(sq))
+    if name in ("manhattan", "minkowski"):
+        return 2 * g * np.abs(S)  # positive terms, then a p-th root
+    if name == "hamming":
+        return np.zeros_like(S)  # integer counts, exact
+    if name in ("kl", "reverse_kl"):
+        from models.similarity import KL_EPS
+        # |log p^_j| <= log(sum(x + eps)/eps) for each normalised entry, two sums of weight 1
+        tot = max(A.sum(1).max(), Q.sum(1).max()) + D * KL_EPS
+        return 2 * g * np.log(tot / KL_EPS) * np.ones_like(S)
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="session")
+def score_err():
+    """score_err(name, convention, A, Q, **params): round-off bound (B, N) on the scores."""
+    return _score_err

@@ -1,12 +1,34 @@
-"""Similarities against their formulas (DESIGN.md section 1) and their gradients against finite
-differences (the contraction sum_mu F_mu dS_mu/dg that the dynamics uses)."""
+"""Similarities against their formulas (docs/theory.md) and their gradients against finite
+differences (the contraction sum_mu F_mu dS_mu/dg that the dynamics uses).
+
+Tolerances come from round-off bounds: a sum of D products carries an error of at most
+gamma_D = D eps (higher-order terms dropped, 2 added for the products and the final operation)
+times the sum of the absolute terms, so (D + 2) eps T where T is that sum. The squared distance
+|q|^2 + |m|^2 - 2 q.m is computed by GEMM, so its error is (D + 2) eps (|q| + |m|)^2 however small
+the distance: a distance d then carries min(err/(2d), sqrt(err)).
+"""
 import numpy as np
 import pytest
 import scipy.stats
 from hypothesis import assume, given, strategies as st
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
+
+from hypothesis.extra.numpy import arrays
 
 from models.similarity import KL_EPS, RECIPROCAL_FLOOR, differentiable_names, get_similarity, names
+
+EPS = np.finfo(np.float64).eps
+
+
+def _gemm_sq_err(A, Q):
+    """Bound on the round-off of the GEMM squared distance |q|^2 + |m|^2 - 2 q.m, (B, N)."""
+    nq, nm = np.linalg.norm(Q, axis=1)[:, None], np.linalg.norm(A, axis=1)[None, :]
+    return (A.shape[1] + 2) * EPS * (nq + nm) ** 2
+
+
+def _dist_err(sq_err, d):
+    """Round-off of d = sqrt(d^2) given the error of d^2: err/(2d), at most sqrt(err) near d = 0."""
+    return np.minimum(sq_err / (2 * np.maximum(d, 1e-300)), np.sqrt(sq_err))
 
 # hand-checked case: m1 - q = (0, 2, 1), m2 - q = (-1, 1, -2)
 M = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]])
@@ -26,51 +48,71 @@ def test_hand_checked_scores(name):
     sim = get_similarity(name)
     S = sim(M, q)
     assert S.shape == (2,)
-    assert_allclose(S, HAND[name], rtol=1e-14, atol=1e-14)
+    # integer data: every sum is exact; only the final sqrt / division rounds (a few ulps)
+    assert_allclose(S, HAND[name], rtol=4 * EPS, atol=0)
     # a batch gives a (B, N) matrix whose rows are the single-query results
     S2 = sim(M, np.stack([q, M[0]]))
     assert S2.shape == (2, 2)
-    assert_allclose(S2[0], HAND[name], rtol=1e-14, atol=1e-14)
+    assert_allclose(S2[0], HAND[name], rtol=4 * EPS, atol=0)
 
 
 def test_minkowski_p3_hand_and_direct_formula(rng):
     sim = get_similarity("minkowski", p=3)
-    assert_allclose(sim(M, q), [-9.0 ** (1 / 3), -10.0 ** (1 / 3)], rtol=1e-14)
+    # 3 terms of integer cubes (exact), then a cube root: a few ulps
+    assert_allclose(sim(M, q), [-9.0 ** (1 / 3), -10.0 ** (1 / 3)], rtol=4 * EPS)
     A, Q = rng.normal(size=(7, 11)), rng.normal(size=(4, 11))
     direct = -(np.abs(Q[:, None, :] - A[None, :, :]) ** 3).sum(-1) ** (1 / 3)
-    assert_allclose(sim(A, Q), direct, rtol=1e-12)
+    # both sum D positive cubes (relative error (D + 2) eps) in different orders; the cube root
+    # divides that by 3 and adds an ulp: rtol = 2 ((D + 2) eps / 3 + eps)
+    assert_allclose(sim(A, Q), direct, rtol=2 * ((11 + 2) / 3 + 1) * EPS)
 
 
 def test_minkowski_generalises_manhattan_and_euclidean(rng):
     A, Q = rng.normal(size=(6, 9)), rng.normal(size=(5, 9))
-    assert_allclose(get_similarity("minkowski", p=1)(A, Q), get_similarity("manhattan")(A, Q), rtol=1e-13)
-    assert_allclose(get_similarity("minkowski", p=2)(A, Q), get_similarity("euclidean")(A, Q), rtol=1e-12)
+    # sums of D positive terms: relative error (D + 2) eps each
+    assert_allclose(get_similarity("minkowski", p=1)(A, Q), get_similarity("manhattan")(A, Q),
+                    rtol=2 * (9 + 2) * EPS)
+    S2, Se = get_similarity("minkowski", p=2)(A, Q), get_similarity("euclidean")(A, Q)
+    # minkowski (cdist) is accurate to (D + 2) eps; euclidean is the GEMM form (module docstring)
+    assert_allclose(S2, Se, rtol=2 * (9 + 2) * EPS, atol=_dist_err(_gemm_sq_err(A, Q), -Se).max())
 
 
 def test_distance_similarities_on_random_data(rng):
     A, Q = rng.normal(size=(8, 13)), rng.normal(size=(6, 13))
+    D = A.shape[1]
     diff = Q[:, None, :] - A[None, :, :]
-    assert_allclose(get_similarity("euclidean")(A, Q), -np.sqrt((diff ** 2).sum(-1)), rtol=1e-12)
-    assert_allclose(get_similarity("squared_euclidean")(A, Q), -(diff ** 2).sum(-1), rtol=1e-12)
-    assert_allclose(get_similarity("manhattan")(A, Q), -np.abs(diff).sum(-1), rtol=1e-13)
+    d2 = (diff ** 2).sum(-1)              # direct: relative error (D + 2) eps
+    sq_err = _gemm_sq_err(A, Q) + (D + 2) * EPS * d2
+    assert np.all(np.abs(get_similarity("squared_euclidean")(A, Q) + d2) <= sq_err)
+    assert np.all(np.abs(get_similarity("euclidean")(A, Q) + np.sqrt(d2)) <= _dist_err(sq_err, np.sqrt(d2)))
+    assert_allclose(get_similarity("manhattan")(A, Q), -np.abs(diff).sum(-1), rtol=2 * (D + 2) * EPS)
     cos = (Q @ A.T) / np.outer(np.linalg.norm(Q, axis=1), np.linalg.norm(A, axis=1))
-    assert_allclose(get_similarity("cosine")(A, Q), cos, rtol=1e-12)
+    # |cos| <= 1 and both forms sum D products of unit-scale terms: atol = 2 (D + 4) eps
+    assert_allclose(get_similarity("cosine")(A, Q), cos, rtol=0, atol=2 * (D + 4) * EPS)
 
 
 def test_euclidean_of_a_memory_with_itself_is_zero(rng):
     A = rng.random((5, 30))
     S = get_similarity("euclidean")(A, A)
     assert np.all(np.diag(S) <= 0) and np.all(np.isfinite(S))
-    assert_allclose(np.diag(S), 0.0, atol=1e-6)
+    # d^2 = 0 up to the GEMM round-off (D + 2) eps (2|x|)^2, so d <= sqrt of that = 2 sqrt((D + 2) eps) |x|
+    tol = np.sqrt(np.diag(_gemm_sq_err(A, A)))
+    assert np.all(-np.diag(S) <= tol)
 
 
 def test_smoothed_euclidean_and_manhattan_formulas(rng):
     A, Q, eps = rng.normal(size=(5, 7)), rng.normal(size=(3, 7)), 0.3
+    D = A.shape[1]
     diff = Q[:, None, :] - A[None, :, :]
-    assert_allclose(get_similarity("euclidean", eps=eps)(A, Q),
-                    eps - np.sqrt((diff ** 2).sum(-1) + eps ** 2), rtol=1e-12)
-    assert_allclose(get_similarity("manhattan", eps=eps)(A, Q),
-                    -(np.sqrt(diff ** 2 + eps ** 2) - eps).sum(-1), rtol=1e-12)
+    d2 = (diff ** 2).sum(-1)
+    r = np.sqrt(d2 + eps ** 2)
+    # GEMM squared distance (module docstring) through sqrt(d^2 + eps^2): error sq_err / (2 r)
+    sq_err = _gemm_sq_err(A, Q) + (D + 2) * EPS * d2
+    assert np.all(np.abs(get_similarity("euclidean", eps=eps)(A, Q) - (eps - r)) <= sq_err / (2 * r) + 2 * EPS * r)
+    # each term sqrt(x^2 + eps^2) - eps rounds to within 2 eps (sqrt(x^2 + eps^2) + eps): sum over D
+    terms = np.sqrt(diff ** 2 + eps ** 2)
+    assert_allclose(get_similarity("manhattan", eps=eps)(A, Q), -(terms - eps).sum(-1),
+                    rtol=0, atol=2 * (D + 2) * EPS * (terms + eps).sum(-1).max())
 
 
 def test_hamming_binary_and_bipolar():
@@ -117,10 +159,13 @@ def test_kl_matches_scipy_entropy(rng, reverse):
     # scipy.stats.entropy(p, q) = KL(p || q) after sum-normalising both
     want = np.array([[scipy.stats.entropy(*((qq + KL_EPS, m + KL_EPS) if reverse else (m + KL_EPS, qq + KL_EPS)))
                       for m in A] for qq in Q])
-    assert_allclose(S, -want, rtol=1e-10, atol=1e-13)
+    # both compute sum_j p_j log p_j - sum_j p_j log r_j: round-off (D + 2) eps times the absolute
+    # terms, each at most sum_j p_j |log(eps/(1 + D eps))| <= |log(KL_EPS / 2)| (p sums to 1)
+    T = 2 * abs(np.log(KL_EPS / 2))
+    assert_allclose(S, -want, rtol=0, atol=2 * (A.shape[1] + 2) * EPS * T)
     # the divergence of a vector from itself is zero, and it is the largest score
     S_self = get_similarity("reverse_kl" if reverse else "kl")(A, A)
-    assert_allclose(np.diag(S_self), 0.0, atol=1e-12)
+    assert np.all(np.abs(np.diag(S_self)) <= (A.shape[1] + 2) * EPS * T)
     assert np.all(np.argmax(S_self, axis=1) == np.arange(len(A)))
 
 
@@ -136,14 +181,66 @@ def test_paper_code_variants():
     assert_allclose(pc("manhattan")(M, q), [1 / 3.0, 1 / 4.0], rtol=1e-14)
     # normalised dot product: (m / sum m) . (q / sum q)
     assert_allclose(pc("dot")(M, q), [7.0 / 18.0, 0.0], rtol=1e-14)
-    A = np.array([[0.2, 0.5, 0.3], [0.1, 0.0, 0.9]])
-    b = np.array([0.3, 0.3, 0.4])
-    for name, args in (("kl", lambda m: (m + KL_EPS, b + KL_EPS)), ("reverse_kl", lambda m: (b + KL_EPS, m + KL_EPS))):
-        want = [1.0 / scipy.stats.entropy(*args(m)) for m in A]
-        assert_allclose(pc(name)(A, b), want, rtol=1e-10)
     # a query equal to a memory: the distance is floored instead of dividing by zero
     S = pc("manhattan")(M, M[0])
     assert S[0] == 1.0 / RECIPROCAL_FLOOR and np.all(np.isfinite(S))
+
+
+def _official_kl(x, z, reverse):
+    """The official code's KL_divergence / reverse_KL_divergence for one memory x and query z,
+    elementwise as it is written there: x^ = x/sum x, z^ = z/sum z, eps inside the logarithms.
+    Returns (KL, T) with T the sum of the absolute terms (for the round-off bound)."""
+    xh, zh = x / x.sum(), z / z.sum()
+    p, r = (zh, xh) if reverse else (xh, zh)
+    return (p * (np.log(p + KL_EPS) - np.log(r + KL_EPS))).sum(), (p * (np.abs(np.log(p + KL_EPS))
+                                                                        + np.abs(np.log(r + KL_EPS)))).sum()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_paper_code_kl_is_the_official_formula(rng, reverse):
+    pc = get_similarity("reverse_kl" if reverse else "kl", convention="paper_code")
+    # hand-worked: x^ = (1/4, 1/4, 1/2), z^ = (1/4, 1/2, 1/4); both directions give
+    # KL = 1/4 log((1/2 + eps)/(1/4 + eps)), so S = 4 / log(0.5001/0.2501)
+    x, z = np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 1.0])
+    # log of a ratio near 2: the logs and the 3-term sum round to a few ulps of |log| ~ 1.4
+    assert_allclose(pc(x[None, :], z), [4.0 / np.log(0.5001 / 0.2501)], rtol=16 * EPS)
+    # random images with zero pixels, against the elementwise formula. The GEMM form's round-off
+    # is (D + 2) eps T (T: the absolute terms), so 1/KL is good to a relative 2 (D + 2) eps T/|KL|
+    A, Q = rng.random((6, 40)), rng.random((3, 40))
+    A[0, :10] = 0.0
+    Q[1, 5:20] = 0.0
+    S = pc(A, Q)
+    for b in range(3):
+        for mu in range(6):
+            kl, T = _official_kl(A[mu], Q[b], reverse)
+            assert abs(S[b, mu] * kl - 1) <= 2 * (40 + 2) * EPS * T / abs(kl)
+
+
+def test_paper_code_kl_keeps_the_sign_of_a_negative_divergence():
+    # with eps inside the logarithms the official "KL" is not a divergence: for z^ = x^(1 + D eps) - eps
+    # (the minimiser of the cross term) it is sum_j x^_j log(1 + eps/x^_j) - log(1 + D eps) < 0 by Jensen
+    x = np.array([0.98, 0.02])
+    z = x * (1 + 2 * KL_EPS) - KL_EPS
+    kl, T = _official_kl(x, z, reverse=False)
+    assert kl < 0
+    S = get_similarity("kl", convention="paper_code")(x[None, :], z)
+    assert S[0] < 0
+    assert abs(S[0] * kl - 1) <= 2 * (2 + 2) * EPS * T / abs(kl)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_paper_code_kl_exact_match_is_floored_and_zero_images_refused(reverse):
+    pc = get_similarity("reverse_kl" if reverse else "kl", convention="paper_code")
+    A = np.array([[0.2, 0.5, 0.3], [0.1, 0.0, 0.9]])
+    # the query is memory 0 up to scale (so x^ = z^ and KL = 0): floored like the reciprocal distances
+    S = pc(A, 3.0 * A[0])
+    assert S[0] == 1.0 / RECIPROCAL_FLOOR and 0 < S[1] < S[0]
+    with pytest.raises(ValueError, match=r"all-zero image in the queries"):
+        pc(A, np.zeros(3))
+    with pytest.raises(ValueError, match=r"all-zero image in the memories \(rows \[1\]"):
+        pc(np.array([[0.2, 0.5, 0.3], [0.0, 0.0, 0.0]]), np.ones(3))
+    with pytest.raises(ValueError, match="non-negative memories"):
+        pc(np.array([[0.2, -0.5, 0.3]]), np.ones(3))
 
 
 def test_paper_code_dot_refuses_all_zero_image():
@@ -197,9 +294,10 @@ def _objective(sim, A, F, g):
 
 @pytest.mark.parametrize("case", sorted(GRAD_CASES))
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), d=st.integers(1, 8), b=st.integers(1, 3))
-def test_grad_contract_matches_finite_difference(case, seed, n, d, b):
+def test_grad_contract_matches_finite_difference(score_err, case, seed, n, d, b):
     params = dict(GRAD_CASES[case])
-    sim = get_similarity(params.pop("name", case), **params)
+    sim_name = params.pop("name", case)
+    sim = get_similarity(sim_name, **params)
     r = np.random.default_rng(seed)
     # positive data (KL reads vectors as distributions), kept away from every kink
     A = r.uniform(0.1, 1.0, (n, d))
@@ -208,14 +306,25 @@ def test_grad_contract_matches_finite_difference(case, seed, n, d, b):
     assume(np.abs(G[:, None, :] - A[None, :, :]).min() > 1e-3)  # |.| kinks of manhattan
     J = sim.grad_contract(A, G, F)
     assert J.shape == (b, d)
-    h = 1e-6
+    h = 1e-5
+
+    def central(k, i, step):
+        e = np.zeros(d)
+        e[i] = step
+        return (_objective(sim, A, F[k], G[k] + e) - _objective(sim, A, F[k], G[k] - e)) / (2 * step)
+
     for k in range(b):
-        fd = np.empty(d)
-        for i in range(d):
-            e = np.zeros(d)
-            e[i] = h
-            fd[i] = (_objective(sim, A, F[k], G[k] + e) - _objective(sim, A, F[k], G[k] - e)) / (2 * h)
-        assert_allclose(J[k], fd, rtol=1e-5, atol=1e-6 * (1 + np.abs(F[k]).sum()))
+        fd = np.array([central(k, i, h) for i in range(d)])
+        fd2 = np.array([central(k, i, 2 * h) for i in range(d)])
+        # truncation c h^2: fd(2h) - fd(h) = 3 c h^2 estimates it (Richardson), taken with a factor
+        # 2 margin for the next order; round-off: the objective sum_mu F_mu S_mu is off by
+        # |F| . err(S) + (n + 2) eps |F| . |S|, so each difference quotient by twice that over 2h,
+        # and fd, fd2 and J's comparison each carry it (factor 3)
+        Sk = sim.score(A, G[k][None, :])[0]
+        err_obj = np.abs(F[k]) @ (score_err(sim_name, "standard", A, G[k][None, :], **params)[0]
+                                  + (n + 2) * EPS * np.abs(Sk))
+        roundoff = 3 * 2 * err_obj / (2 * h)
+        assert np.all(np.abs(J[k] - fd) <= 2 * np.abs(fd2 - fd) / 3 * 2 + roundoff)
 
 
 def test_grad_contract_squared_euclidean_closed_form(rng):
@@ -248,3 +357,145 @@ def test_minkowski_infinity_is_the_max_norm_without_gradient(rng):
         sim.grad_contract(A, Q, np.ones((3, 5)))
     with pytest.raises(ValueError, match="p=inf"):
         get_similarity("minkowski", p=np.inf, eps=0.1)
+
+
+# ------------------------------------------------------------------------------------ properties
+ALL_SIMS = [("standard", n, {}) for n in ("dot", "cosine", "euclidean", "squared_euclidean", "manhattan",
+                                          "kl", "reverse_kl")] + [("standard", "minkowski", {"p": 3})] + \
+           [("paper_code", n, {}) for n in ("dot", "euclidean", "manhattan", "kl", "reverse_kl")]
+positive = st.floats(0.05, 1.0)
+
+
+def _pair(seed, n, b, d):
+    r = np.random.default_rng(seed)
+    return r.uniform(0.05, 1.0, (n, d)), r.uniform(0.05, 1.0, (b, d)), r
+
+
+@pytest.mark.parametrize("conv,name,params", ALL_SIMS)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 8), b=st.integers(1, 4), d=st.integers(2, 12))
+def test_permuting_memories_permutes_the_score_columns(score_err, conv, name, params, seed, n, b, d):
+    A, Q, r = _pair(seed, n, b, d)
+    perm = r.permutation(n)
+    sim = get_similarity(name, convention=conv, **params)
+    S, Sp = sim(A, Q), sim(A[perm], Q)
+    err = score_err(name, conv, A, Q, **params)
+    assume(np.all(np.isfinite(err)))
+    # each form computes S[b, mu] from row mu alone; BLAS may order the sums differently: 2 err
+    assert np.all(np.abs(Sp - S[:, perm]) <= 2 * err[:, perm])
+
+
+@pytest.mark.parametrize("name,params", [("euclidean", {}), ("squared_euclidean", {}), ("manhattan", {}),
+                                         ("minkowski", {"p": 3}), ("minkowski", {"p": np.inf})])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), b=st.integers(1, 4), d=st.integers(1, 10),
+       shift=st.floats(-100.0, 100.0))
+def test_distances_are_translation_invariant(score_err, name, params, seed, n, b, d, shift):
+    A, Q, r = _pair(seed, n, b, d)
+    c = shift * r.normal(size=d)
+    sim = get_similarity(name, **params)
+    S, St = sim(A, Q), sim(A + c, Q + c)
+    # rounding a + c and q + c moves each coordinate of q - m by at most delta_j = eps (|a_j + c_j| +
+    # |q_j + c_j|) / 2 ... bounded by eps (|a + c| + |q + c|)_j; an Lp distance moves by at most the
+    # L1 norm of delta, a squared distance by 2 d |delta|_1 + |delta|_1^2
+    delta = EPS * (np.abs(A + c)[None, :, :] + np.abs(Q + c)[:, None, :]).sum(-1)
+    if name == "squared_euclidean":
+        delta = 2 * np.sqrt(-S) * delta + delta ** 2
+    pinf = params.get("p") == np.inf  # cdist's max norm: exact per coordinate, no sum
+    tol = delta + (0 if pinf else score_err(name, "standard", A, Q, **params)
+                   + score_err(name, "standard", A + c, Q + c, **params))
+    assert np.all(np.abs(St - S) <= tol)
+
+
+@pytest.mark.parametrize("conv,name,params", [s for s in ALL_SIMS if s[1] != "dot"])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 8), d=st.integers(2, 12))
+def test_a_stored_memory_is_its_own_best_match(score_err, conv, name, params, seed, n, d):
+    A, _, _ = _pair(seed, n, 1, d)
+    S = get_similarity(name, convention=conv, **params)(A, A)
+    err = score_err(name, conv, A, A, **params)
+    diag = np.diag(S)
+    others = np.where(np.eye(n, dtype=bool), -np.inf, S)
+    # where the best other memory is separated by more than both round-offs the query must win
+    # (ties within round-off are undecidable and skipped); the diagonal never loses beyond them
+    assert np.all(diag[:, None] >= others - 2 * np.where(np.isfinite(err), err, 0) - err.diagonal()[:, None])
+    clear = diag - others.max(1) > 2 * (err.max(1) + err.diagonal())
+    assert np.all(np.argmax(S, axis=1)[clear] == np.arange(n)[clear])
+
+
+# entries of any magnitude from 1e-300 to 1e300, either sign, never 0 (cosine refuses zero rows)
+wide = st.one_of(st.floats(1e-300, 1e300), st.floats(-1e300, -1e-300))
+
+
+@given(data=st.data(), d=st.integers(1, 8))
+def test_cosine_stays_in_minus_one_one_for_any_scale(data, d):
+    A = data.draw(arrays(np.float64, (data.draw(st.integers(1, 5)), d), elements=wide))
+    Q = data.draw(arrays(np.float64, (data.draw(st.integers(1, 4)), d), elements=wide))
+    S = get_similarity("cosine")(A, Q)
+    # a dot product of two unit vectors: |S| <= 1 up to (D + 4) eps; huge (1e300) and tiny entries
+    # are rescaled, never squared into inf or 0
+    assert np.all(np.isfinite(S)) and np.all(np.abs(S) <= 1 + (A.shape[1] + 4) * EPS)
+    # and a row is its own best direction
+    assert np.all(np.abs(np.diag(get_similarity("cosine")(A, A)) - 1) <= (A.shape[1] + 4) * EPS)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl"])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), b=st.integers(1, 4), d=st.integers(1, 12),
+       zeros=st.floats(0.0, 0.9))
+def test_negated_kl_is_never_positive(score_err, name, seed, n, b, d, zeros):
+    # S = -KL(p || r) <= 0 by Gibbs' inequality, up to round-off; zero pixels included
+    r = np.random.default_rng(seed)
+    A, Q = r.random((n, d)), r.random((b, d))
+    A[r.random(A.shape) < zeros] = 0.0
+    Q[r.random(Q.shape) < zeros] = 0.0
+    S = get_similarity(name)(A, Q)
+    assert np.all(S <= score_err(name, "standard", A, Q))
+
+
+# ------------------------------------------------------------------ huge, tiny and bad parameters
+@pytest.mark.parametrize("name,params", [("euclidean", {}), ("manhattan", {}), ("minkowski", {"p": 3}),
+                                         ("euclidean", {"eps": 0.25}), ("manhattan", {"eps": 0.25})])
+@pytest.mark.parametrize("k", [665, -665, 1000])  # 2^665 ~ 1e200: squares and cubes overflow / underflow
+def test_distances_of_huge_and_tiny_inputs_scale_exactly(rng, name, params, k):
+    A, Q = rng.random((6, 9)), rng.random((4, 9))
+    s = 2.0 ** k
+    # scaling by a power of two commutes with rounding: the distances scale exactly (eps with them),
+    # except that cdist's x^(1/p) of a differently scaled sum may round 1 ulp apart for p = 3
+    scaled = dict(params, eps=params["eps"] * s) if "eps" in params else params
+    S = get_similarity(name, **scaled)(A * s, Q * s)
+    assert np.all(np.isfinite(S))
+    assert_allclose(S, s * get_similarity(name, **params)(A, Q), rtol=2 * EPS if "p" in params else 0, atol=0)
+
+
+def test_cosine_of_huge_and_tiny_inputs(rng):
+    A, Q = rng.random((6, 9)), rng.random((4, 9))
+    S = get_similarity("cosine")(A, Q)
+    # the rescaled rows round differently: |cos| <= 1 products, (D + 4) eps each way
+    for s in (2.0 ** 700, 2.0 ** -700):
+        assert_allclose(get_similarity("cosine")(A * s, Q * s), S, rtol=0, atol=2 * (9 + 4) * EPS)
+
+
+def test_genuine_overflow_raises_naming_the_similarity():
+    big = np.array([[1e200, 1e200]])
+    with pytest.raises(OverflowError, match=r"similarity 'dot' gave 1 NaN/inf score.*overflow.*1e\+200"):
+        get_similarity("dot")(big, big[0])
+    with pytest.raises(OverflowError, match=r"similarity 'squared_euclidean'"):
+        get_similarity("squared_euclidean")(big, -big[0])
+    # the distance itself (4e308) is beyond float64
+    with pytest.raises(OverflowError, match=r"manhattan distance .* exceeds the float64 range"):
+        get_similarity("manhattan")(np.array([[1.5e308, 1.5e308]]), np.array([-1.5e308, -1.5e308]))
+
+
+@pytest.mark.parametrize("name", ["euclidean", "manhattan", "minkowski"])
+def test_smoothing_eps_must_be_finite_and_non_negative(name):
+    # eps = nan used to give NaN scores, and max then "retrieved" memory 0 for every query
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=rf"{name} smoothing eps must be a finite number"):
+            get_similarity(name, eps=bad)
+    with pytest.raises(ValueError, match=rf"{name} smoothing eps must be >= 0, got -0.1"):
+        get_similarity(name, eps=-0.1)
+    with pytest.raises(TypeError, match=rf"{name} smoothing eps must be a real number"):
+        get_similarity(name, eps="0.1")
+
+
+def test_minkowski_p_must_be_a_number_at_least_one():
+    for bad in (np.nan, 0.5, -np.inf):
+        with pytest.raises(ValueError, match=r"minkowski p must be"):
+            get_similarity("minkowski", p=bad)
