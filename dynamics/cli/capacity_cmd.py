@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import sys
 import time
 from pathlib import Path
+
+from . import fail, finite_float, nonnegative_int, positive_int
 
 DEFAULT_OUT = Path("results") / "capacity.jsonl"
 
@@ -44,39 +45,6 @@ FIGURES = (
 )
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    """argparse type: a finite number (JSON, and so the results store, has no NaN or infinity)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def register(sub) -> None:
     from models.capacity import EXPERIMENTS, THRESHOLD_SCALINGS
     from models.corruption import KINDS
@@ -92,21 +60,21 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse stored points (default); --no-resume recomputes and replaces them")
-    p.add_argument("--blocks", type=_positive_int, default=None, help="disjoint blocks per curve point (default 5)")
-    p.add_argument("--n-memories", type=_positive_int, nargs="+", default=None,
+    p.add_argument("--blocks", type=positive_int, default=None, help="disjoint blocks per curve point (default 5)")
+    p.add_argument("--n-memories", type=positive_int, nargs="+", default=None,
                    help="N list (N sweeps) or the single N (level / threshold sweeps)")
-    p.add_argument("--levels", type=_finite_float, nargs="+", default=None, help="corruption levels of a level sweep")
-    p.add_argument("--thresholds", type=_finite_float, nargs="+", default=None, help="thresholds of the threshold sweep")
+    p.add_argument("--levels", type=finite_float, nargs="+", default=None, help="corruption levels of a level sweep")
+    p.add_argument("--thresholds", type=finite_float, nargs="+", default=None, help="thresholds of the threshold sweep")
     p.add_argument("--similarities", nargs="+", default=None, help="similarity names to compare")
     p.add_argument("--corruption", choices=KINDS, default=None,
                    help="probe of the N / threshold sweeps (default: the experiment's)")
-    p.add_argument("--level", type=_finite_float, default=None, help="level of --corruption")
-    p.add_argument("--threshold", type=_finite_float, default=None, help="correctness threshold (default 50)")
+    p.add_argument("--level", type=finite_float, default=None, help="level of --corruption")
+    p.add_argument("--threshold", type=finite_float, default=None, help="correctness threshold (default 50)")
     p.add_argument("--threshold-scaling", choices=THRESHOLD_SCALINGS, default=None)
     p.add_argument("--convention", choices=("standard", "paper_code"), default=None,
                    help="similarity convention (default: the experiment's; separation_vs_n and "
                         "hetero default to paper_code)")
-    p.add_argument("--seed", type=_nonnegative_int, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=None)
     p.add_argument("--quick", action="store_true",
                    help=f"small grids for a smoke run ({QUICK['blocks']} blocks, N in "
                         f"{QUICK['n_memories']}, 3 levels)")
@@ -230,12 +198,6 @@ def make_capacity_figures(out_dir, quick: bool = False, progress_bar=None, resul
     return written
 
 
-def _error(message: str) -> int:
-    """One ``uhn capacity: error: ...`` line on stderr; exit status 2 (argparse's convention)."""
-    print(f"uhn capacity: error: {message}", file=sys.stderr)
-    return 2
-
-
 def check_plan(names, kwargs: dict, out: Path) -> None:
     """Raise ValueError (with a message for the user) before anything runs: a bad value or typo
     in any experiment's points (models.capacity.validate) or an unreadable results file."""
@@ -259,7 +221,7 @@ def run_cmd(args) -> int:
     from models.capacity import EXPERIMENTS, summarise
     names = list(EXPERIMENTS) if args.all else list(dict.fromkeys(args.experiment))
     if args.figure is not None and len(names) > 1:
-        return _error("--figure takes one experiment; use --figures-dir for several")
+        return fail("capacity", "--figure takes one experiment; use --figures-dir for several")
     overrides = dict(dataset=args.dataset, blocks=args.blocks, n_memories=args.n_memories,
                      levels=args.levels, thresholds=args.thresholds,
                      similarities=args.similarities, corruption=args.corruption, level=args.level,
@@ -269,7 +231,7 @@ def run_cmd(args) -> int:
     try:
         check_plan(names, kwargs, args.out)
     except ValueError as err:
-        return _error(str(err))
+        return fail("capacity", str(err))
     t_all = time.perf_counter()
     for name in names:
         kw = kwargs[name]
