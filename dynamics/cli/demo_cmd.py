@@ -46,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from . import note
     if args.out.suffix.lower() not in FORMATS:
         raise ValueError(f"--out must name a {' or '.join(FORMATS)} file, got {str(args.out)!r}")
+    from models.corruption import KINDS
+    from models.separation import get_separation
+    get_separation(args.separation)           # bad names stop here, before the data is loaded
+    if args.corruption not in KINDS:
+        raise ValueError(f"unknown corruption {args.corruption!r}; choose one of {KINDS}")
     note(f"loading {args.n_memories} {args.dataset} images ...")
     ds = load_dataset(args.dataset, n=args.n_memories, seed=args.seed)
     Q = corrupt(ds.X, args.corruption, args.level, ds.image_shape, seed=args.seed)

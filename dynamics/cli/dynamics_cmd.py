@@ -113,13 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_out_dir(args.out)
+    sim, sep = _similarity(args), _separation(args)   # bad names stop here, before any loading
     note(f"loading {args.n_memories} {args.dataset} images ...")
     ds = load_dataset(args.dataset, n=args.n_memories, seed=args.seed)
     M = ds.X
     nq = min(args.n_queries, ds.n)
     targets = np.arange(nq)
     Q = corrupt(M[targets], args.corruption, args.level, ds.image_shape, seed=args.seed + 1)
-    sim, sep = _similarity(args), _separation(args)
     rates = args.rates or ("sigmoid" if args.similarity in ("kl", "reverse_kl") else "linear")
     L_v = getattr(L, RATES[rates])()
     net = Network(Memory(M, similarity=sim, separation=sep), L_v=L_v, tau_v=args.tau_v, tau_h=args.tau_h)
