@@ -47,7 +47,7 @@ from typing import Optional
 import numpy as np
 
 from .integrate import Trajectory
-from .network import Network
+from .network import Network, require_count, require_positive
 
 TARGETS = ("numpy", "cython", "cpp_standalone")
 SCHEMES = ("leapfrog", "default")
@@ -186,11 +186,8 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
     check_supported(net)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be a positive finite time step (ms), got {dt}")
-    record_every = int(record_every)
-    if record_every < 1:
-        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    dt = require_positive(dt, "dt", "time step (ms)")
+    record_every = require_count(record_every, "record_every")
     v0, h0 = net.initial_state(Q, h0)
     B, D, N = v0.shape[0], net.D, net.N
     Iext = np.broadcast_to(net._I(None, B) if I is None else np.asarray(I, float), (B, D))
@@ -211,10 +208,10 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
     params.update({k: float(val) for k, val in net.L_h.params.items()})
     if net.L_h.kind == "log_sum_exp":
         with np.errstate(over="ignore", invalid="ignore"):
-            bh = net.L_h.beta * h_start
+            bh = net.L_h.beta * np.concatenate([h0, h_start], axis=1)
         if not np.all(np.isfinite(bh)):
             raise OverflowError(f"brian2 backend: beta * h(0) overflows (beta={net.L_h.beta:g})")
-        shift = bh.max(1)
+        shift = bh[:, :N].max(1)       # c = beta max_mu h_mu(0), the initial state itself
     elif net.L_h.kind == "exponential":
         if net.L_h.beta * h_start.max() > _EXP_OVER:
             raise OverflowError(f"brian2 backend: exp(beta h) overflows at the initial state "
@@ -359,14 +356,15 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
     generation, compilation and simulation) and ``loop_s`` (the simulation loop alone; for
     cpp_standalone the compiled binary's run).
     """
-    if not (np.isfinite(t_end) and t_end > 0):
-        raise ValueError(f"t_end must be a positive finite time (ms), got {t_end}")
+    t_end = require_positive(t_end, "t_end", "time (ms)")
+    dt = require_positive(dt, "dt", "time step (ms)")
+    record_every = require_count(record_every, "record_every")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
     n_steps = int(round(t_end / dt))
     if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
         raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
-    if n_steps % int(record_every):
+    if n_steps % record_every:
         raise ValueError(f"t_end / dt = {n_steps} steps is not a multiple of record_every = {record_every}")
     check_supported(net)
     Qm = np.atleast_2d(np.asarray(Q, dtype=np.float64))
