@@ -105,9 +105,62 @@ def test_compare_table_reports_failures_as_rows(digits):
     assert "softmax(beta=5)" in text and "RuntimeError" in text
 
 
+def test_compare_readouts_and_array_targets(digits):
+    """Clamped input: "auto" reads out v* - I (v* - q), "v" the state itself and "memory"
+    P^T f(h*); each distance is the one of that vector, recomputed here from an independent
+    integration with the same settings (the same arithmetic: equal to round-off, rel 1e-12).
+    Targets given as patterns near memories 3, 1, 4 are resolved to those indices."""
+    from models import Memory
+    idx = np.array([3, 1, 4])
+    rng = np.random.default_rng(2)
+    Q = digits[idx] + 0.1 * rng.standard_normal((3, 64))
+    targets = digits[idx] + 0.01 * rng.standard_normal((3, 64))
+    sep = get_separation("softmax", beta=5.0)
+    kw = dict(t_end=100.0, input_mode="clamped", tau_v=2.0, tau_h=0.3)
+    auto = compare(digits, targets, Q, "dot", sep, **kw)
+    as_v = compare(digits, targets, Q, "dot", sep, readout="v", **kw)
+    mem_rows = compare(digits, targets, Q, "dot", sep, readout="memory", **kw)
+    assert [r["target"] for r in auto] == [3, 1, 4]
+    mem = Memory(digits, similarity="dot", separation=sep)
+    net = Network(mem, tau_v=2.0, tau_h=0.3)
+    tr = integrate(net, Q, 100.0, input_mode="clamped")
+    assert tr.converged.all()
+    z = mem.retrieve(Q)
+    expected = {"v_minus_I": tr.v_final - Q, "v": tr.v_final, "memory": net.readout(tr.h_final)}
+    for rows, name in ((auto, "v_minus_I"), (as_v, "v"), (mem_rows, "memory")):
+        for b, r in enumerate(rows):
+            assert r["readout"] == name and r["dyn_converged"]
+            assert r["dist_dyn_shot"] == pytest.approx(np.linalg.norm(expected[name][b] - z[b]), rel=1e-12)
+            assert r["dist_dyn_target"] == pytest.approx(np.linalg.norm(expected[name][b] - digits[idx[b]]),
+                                                         rel=1e-12)
+    # the three readouts are different vectors: v* - q is the retrieved memory, v* is not
+    assert all(a["dist_dyn_target"] < 0.5 * v["dist_dyn_target"] for a, v in zip(auto, as_v))
+    for r in mem_rows:
+        assert r["dist_dyn_shot"] == r["dist_mem_shot"] and r["dyn_retrieved"] == r["mem_retrieved"]
+
+
+def test_compare_reports_a_diverging_iteration(digits):
+    """dot + cubic polynomial: the iterated single-shot map z <- M^T (M z)^3 overflows, while the
+    dynamics with bounded rates g = tanh(v) converge. The rows carry the iteration's error and NaN
+    distances to it instead of raising."""
+    idx = np.arange(3)
+    rows = compare(digits, idx, digits[idx] + 0.1, "dot", get_separation("polynomial", n=3),
+                   L_v=L.log_cosh(), t_end=20.0)
+    for r in rows:
+        assert r["iter_error"] == "separation polynomial(n=3) produced NaN/inf weights"
+        assert not r["iter_converged"] and r["iter_steps"] == -1 and not r["iter_retrieved"]
+        assert np.isnan(r["dist_dyn_iter"]) and np.isnan(r["dist_iter_target"])
+        assert r["dyn_converged"] and np.isfinite(r["dist_dyn_shot"])
+
+
 def test_compare_errors(digits):
     with pytest.raises(ValueError, match="shape mismatch: 2 queries but 3 target indices"):
         compare(digits, np.arange(3), digits[:2])
+    with pytest.raises(ValueError, match=r"shape mismatch: targets must be 2 indices or a \(2, 64\) array, "
+                                         r"got \(1, 63\)"):
+        compare(digits, np.zeros(63), digits[:2])
+    with pytest.raises(ValueError, match=r"target indices must lie in \[0, 20\)"):
+        compare(digits, np.array([0, 20]), digits[:2])
     with pytest.raises(ValueError, match="readout must be one of"):
         compare(digits, np.arange(2), digits[:2], readout="h")
     with pytest.raises(ValueError, match="has no gradient"):
