@@ -184,8 +184,10 @@ def test_animation_gif_frames(setup, tmp_path):
 
 def test_bad_query_index(setup):
     X, net, Q, traj = setup
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="query 3 out of range for a batch of 3"):
         P.plot_feature_trajectories(traj, query=3)
+    with pytest.raises(IndexError, match="query -4 out of range for a batch of 3"):
+        P.plot_memory_activations(traj, net, query=-4)
 
 
 def test_uhn_figures_quick(tmp_path, monkeypatch, capsys):
