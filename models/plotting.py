@@ -117,16 +117,28 @@ def plot_capacity(rows: Sequence[dict], experiment: str, ax=None, title: Optiona
     return fig
 
 
+#: image formats :func:`save_figure` writes, by file suffix
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
 def save_figure(fig, path, pdf: bool = False, dpi: int = 120) -> list[Path]:
-    """Write fig as PNG (and PDF beside it when ``pdf``) atomically; return the paths written.
+    """Write fig in the format its suffix names (PNG when there is none; and a PDF beside it when
+    ``pdf``) atomically; return the paths written.
 
     Each file is drawn into a temporary file in the same folder and moved into place with
-    os.replace, so a reader never sees a half-written image.
+    os.replace, so a reader never sees a half-written image. A suffix that is not one of
+    :data:`FIGURE_FORMATS` is refused (ValueError) rather than written with the wrong bytes.
     """
     path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    fmt = path.suffix[1:].lower()
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"cannot write a figure to {str(path)!r}: unknown image suffix "
+                         f"{path.suffix!r}; use one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    targets = [(path if path.suffix else path.with_suffix(".png"), "png")]
-    if pdf:
+    targets = [(path, "jpeg" if fmt == "jpg" else fmt)]
+    if pdf and fmt != "pdf":
         targets.append((targets[0][0].with_suffix(".pdf"), "pdf"))
     written = []
     for target, fmt in targets:
