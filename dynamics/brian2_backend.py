@@ -389,7 +389,9 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
     if scheme == "leapfrog":   # h(t_k - dt/2) -> h(t_k) along the scheme's own step (S frozen at S_k)
         h = np.stack([_half_step(net, vk, hk, dt) for vk, hk in zip(v, h)])
     _check_finite_run(net, model, v, h)
-    t = np.arange(T) * record_every * dt
+    # t_k = k record_every dt, written as a fraction of t_end so that the last sample is t_end
+    # itself (3 * 0.1 is 0.30000000000000004: integrate(net, q, 0.3, t_eval=t) would refuse it)
+    t = np.arange(T) * record_every / n_steps * t_end
     Iv = model.info["I"]
     E = np.stack([net.energy(vk, hk, Iv) for vk, hk in zip(v, h)])
     dE = np.stack([net.dEdt(vk, hk, Iv) for vk, hk in zip(v, h)])

@@ -136,6 +136,17 @@ def test_trajectory_records_backend_scheme_and_dt():
     assert repr(tr).startswith("Trajectory(method='leapfrog/exact', backend='brian2/numpy', B=1, D=32, N=8, T=6")
 
 
+def test_last_sample_time_is_t_end_for_a_scipy_reference():
+    """3 steps of 0.1 ms: the sample times end at t_end = 0.3 exactly (3 * 0.1 would be
+    0.30000000000000004), so they serve as t_eval of a solve_ivp reference over [0, t_end]."""
+    net, Q = _net("dot-softmax")
+    tr = run_brian2(net, Q[0], t_end=0.3, dt=0.1, target="numpy")
+    assert tr.t[-1] == 0.3
+    np.testing.assert_allclose(tr.t, [0.0, 0.1, 0.2, 0.3], rtol=0, atol=EPS)
+    ref = integrate(net, Q[0], 0.3, t_eval=tr.t, stop_at_fixed_point=False)
+    np.testing.assert_array_equal(ref.t, tr.t)
+
+
 def test_softmax_shift_is_taken_at_the_initial_memory_state():
     """With h(0) given (not S(q)), c = beta max h(0), not the leapfrog start h(-dt/2)."""
     net, Q = _net("dot-softmax")
