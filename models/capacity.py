@@ -758,24 +758,23 @@ def _row(point: Point, result: dict) -> dict:
 
 
 #: exceptions of one point's measurement that store it as a failed point instead of stopping a run
+#: (the default policy of models.sweep.run)
 POINT_ERRORS = (ValueError, FloatingPointError, OverflowError)
 
 
-def _measure(point: Point, evaluate_fn: Callable[[Point], dict]) -> dict:
-    """evaluate_fn(point) as a storable result; a POINT_ERRORS failure (a non-finite number in the
-    result included: JSON cannot hold it) as ``{"fraction_correct": None, "error": message}``."""
-    try:
-        result = evaluate_fn(point)
-        _dumps(result)
-    except POINT_ERRORS as err:
-        return {"fraction_correct": None, "error": f"{type(err).__name__}: {err}"}
-    return result
+def _failure(message: str) -> dict:
+    """A failed capacity row: no fraction, the message in ``error``."""
+    return {"fraction_correct": None, "error": message}
 
 
 def run(points: Iterable[Point], path=None, resume: bool = True,
         progress: Optional[Callable[[int, int, dict, bool], None]] = None,
-        flush_seconds: float = 1.0, evaluate_fn: Callable[[Point], dict] = None) -> list[dict]:
+        flush_seconds: float = 1.0, evaluate_fn: Callable[[Point], dict] = None,
+        engine="local") -> list[dict]:
     """Evaluate points into the results store at ``path``; return their rows, in point order.
+
+    A thin use of :func:`models.sweep.run` (which documents the engines, the store and resuming)
+    with the capacity row form.
 
     Parameters
     ----------
@@ -793,7 +792,8 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
     flush_seconds : new rows are merged into the file when this long has passed since the last
         write, and always when the run ends or is interrupted: an interruption loses at most the
         point in flight (a hard kill, at most ``flush_seconds`` of work).
-    evaluate_fn : measurement function (default :func:`evaluate`), e.g. to farm points out.
+    evaluate_fn : measurement function (default :func:`evaluate`).
+    engine : ``"local"`` (in-process) or a ``distributed.Client`` (models.sweep.connect).
 
     Every point is checked with :func:`validate`, and the store read, before anything runs
     (ValueError on a typo or an unreadable row, naming ``path:line``). Starting a run also removes
@@ -803,50 +803,18 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
     non-finite number, is stored with ``fraction_correct`` null and the message in ``error`` (it is
     deterministic, so it is not retried on resume).
     """
+    from . import sweep
     evaluate_fn = evaluate_fn or evaluate
     unique = list(dict.fromkeys(points))
     for p in unique:
         validate(p)
-    by_key, seen = {}, None
-    if path is not None:
-        path = Path(path)
-        with _locked(path):  # cleans leftover temporary files
-            seen = _file_state(path)
-            by_key = stored_results(path)
-    keys = [p.key() for p in unique]
-    out: dict[str, dict] = {}
-    pending: list[dict] = []  # computed rows not yet in the file
-    last = time.monotonic()
-
-    def flush():
-        nonlocal by_key, seen, last
-        if path is not None and pending:
-            by_key = merge_results(pending, path)
-            seen = _file_state(path)
-            pending.clear()
-        last = time.monotonic()
-
-    try:
-        for i, (p, k) in enumerate(zip(unique, keys)):
-            if resume and path is not None and k not in by_key and _file_state(path) != seen:
-                # another run replaced the file since we last read it: take its rows (no lock
-                # needed, every write is an atomic replace)
-                seen = _file_state(path)
-                by_key = stored_results(path)
-            if resume and k in by_key:
-                out[k] = by_key[k]
-                computed = False
-            else:
-                out[k] = _row(p, _measure(p, evaluate_fn))
-                pending.append(out[k])
-                computed = True
-                if time.monotonic() - last >= flush_seconds:
-                    flush()
-            if progress is not None:
-                progress(i + 1, len(unique), out[k], computed)
-    finally:
-        flush()
-    return [out[k] for k in keys]
+    cb = None
+    if progress is not None:
+        def cb(state: "sweep.Progress"):
+            progress(state.done, state.total, state.row, state.computed)
+    return sweep.run(unique, evaluate_fn, path, engine=engine, resume=resume, progress=cb,
+                     flush_seconds=flush_seconds, errors=POINT_ERRORS, failure=_failure,
+                     make_row=_row)
 
 
 def select(rows: Iterable[dict], points: Iterable[Point]) -> list[dict]:
