@@ -1,5 +1,7 @@
-"""Every Lagrangian: gradient vs finite differences of the value, hvp vs finite differences of the
-gradient, PSD Hessians, and refusal of non-convex ones."""
+"""Every Lagrangian: values, gradients, Hessians and Legendre terms against closed forms derived by
+hand; gradient vs finite differences of the value and hvp vs finite differences of the gradient,
+with tolerances from the differences' round-off and truncation; PSD Hessians; refusal of
+non-convex ones."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -11,53 +13,166 @@ ALL = [L.quadratic(), L.rectified_polynomial(2.0), L.rectified_polynomial(3.0), 
        L.softplus(), L.elementwise(lambda x: x ** 4 / 4 + x ** 2 / 2, lambda x: x ** 3 + x,
                                    lambda x: 3 * x ** 2 + 1, name="quartic")]
 IDS = [lag.name for lag in ALL]
+EPS = np.finfo(np.float64).eps
+#: round-off of one evaluation, in ulps of the summed |terms| it adds (as in dynamics.energy)
+ULPS = 4.0
+#: an error may be this many times its estimate (estimates of the error's size, not bounds)
+SAFETY = 10.0
+_L2 = np.log(2.0)
 
 
-def _fd_grad(lag, x, eps=1e-6):
-    G = np.empty_like(x)
-    for j in range(x.shape[1]):
-        e = np.zeros_like(x)
-        e[:, j] = eps
-        G[:, j] = (lag.value(x + e) - lag.value(x - e)) / (2 * eps)
-    return G
+def _central(fun, x, u, s):
+    """(fun(x + s u) - fun(x - s u)) / (2 s)."""
+    return (fun(x + s * u) - fun(x - s * u)) / (2 * s)
+
+
+def _fd_and_allowed(fun, size_fun, x, u):
+    """Directional derivative of ``fun`` at x along u by central differences, and the error it may
+    have: round-off ULPS eps size / s (size: the summed |terms| of one evaluation, ``size_fun``)
+    plus the Richardson truncation estimate |fd(s) - fd(2s)| / 3 (fd(s) = f' + f'''s^2/6 + ...),
+    at s = eps^(1/3) max(1, |x|) / max|u|, where the two balance for O(1) derivatives."""
+    s = EPS ** (1 / 3) * max(1.0, np.abs(x).max()) / np.abs(u).max()
+    f1 = _central(fun, x, u, s)
+    f2 = _central(fun, x, u, 2 * s)
+    size = np.maximum(size_fun(x + s * u), size_fun(x - s * u))
+    return f1, SAFETY * (ULPS * EPS * size / s + np.abs(f1 - f2) / 3)
+
+
+def _points(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, (3, 5))
+    x[np.abs(x) < 1e-2] = 0.3  # stay off the kinks of rectified / signed polynomials (s ~ 1e-5)
+    return x, rng.standard_normal(x.shape)
 
 
 @pytest.mark.parametrize("lag", ALL, ids=IDS)
 @settings(max_examples=8)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_grad_matches_fd_of_value(lag, seed):
-    x = np.random.default_rng(seed).uniform(-2, 2, (3, 5))
-    x[np.abs(x) < 1e-2] = 0.3  # stay off the kinks of rectified / signed polynomials
-    np.testing.assert_allclose(lag.grad(x), _fd_grad(lag, x), rtol=1e-6, atol=1e-7)
+    """u . grad L(x) = d/ds L(x + s u) at s = 0."""
+    x, u = _points(seed)
+    fd, allowed = _fd_and_allowed(lag.value, lag.value_size, x, u)
+    an = np.einsum("bk,bk->b", u, lag.grad(x))
+    an_roundoff = ULPS * EPS * np.abs(u * lag.grad(x)).sum(1)
+    assert np.all(np.abs(an - fd) <= allowed + SAFETY * an_roundoff), (an, fd, allowed)
 
 
 @pytest.mark.parametrize("lag", ALL, ids=IDS)
 @settings(max_examples=8)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_hvp_matches_fd_of_grad(lag, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-2, 2, (3, 5))
-    x[np.abs(x) < 1e-2] = 0.3
-    u = rng.standard_normal(x.shape)
-    eps = 1e-6
-    fd = (lag.grad(x + eps * u) - lag.grad(x - eps * u)) / (2 * eps)
-    np.testing.assert_allclose(lag.hvp(x, u), fd, rtol=1e-5, atol=1e-6)
-    assert np.all(lag.curvature(x, u) >= -1e-12)  # PSD
+    """H(x) u = d/ds grad L(x + s u) at s = 0, componentwise; H PSD at x."""
+    x, u = _points(seed)
+    fd, allowed = _fd_and_allowed(lag.grad, lambda y: np.abs(lag.grad(y)), x, u)
+    Hu = lag.hvp(x, u)
+    # hvp's own round-off: a few ulps of the terms it adds, at most |H| |u| ~ max|fd| max|u| per entry
+    hvp_roundoff = ULPS * EPS * np.abs(u).max() * max(np.abs(fd).max(), np.abs(Hu).max())
+    assert np.all(np.abs(Hu - fd) <= allowed + SAFETY * hvp_roundoff), (Hu, fd, allowed)
+    c = lag.curvature(x, u)
+    assert np.all(c >= -SAFETY * ULPS * EPS * np.abs(u * Hu).sum(1))  # PSD up to round-off
     lag.check_convex(x)
+
+
+def _logs(beta, k):
+    """x = log(1..k) / beta, where exp(beta x) = 1, 2, ..., k: closed forms become rational."""
+    return (np.log(np.arange(1.0, k + 1)) / beta)[None, :]
+
+
+#: closed forms derived by hand: name -> (Lagrangian, x, L(x), grad L(x), legendre x.grad - L, H(x) 1)
+CLOSED = {
+    # L = |x|^2/2: grad x, legendre |x|^2 - |x|^2/2 = |x|^2/2 = 7, H = I
+    "quadratic": (L.quadratic(), np.array([[1.0, -2.0, 3.0]]), 7.0, [1.0, -2.0, 3.0], 7.0,
+                  [1.0, 1.0, 1.0]),
+    # L = sum max(x,0)^3/3: grad max(x,0)^2, legendre x max(x,0)^2 - max(x,0)^3/3 = (2/3) sum max(x,0)^3,
+    # H = 2 max(x,0)
+    "rectified_polynomial(2)": (L.rectified_polynomial(2.0), np.array([[2.0, -1.0, 0.5]]),
+                                (8 + 0.125) / 3, [4.0, 0.0, 0.25], (2 / 3) * (8 + 0.125), [4.0, 0.0, 1.0]),
+    # L = sum |x|^4/4: grad sign(x)|x|^3, legendre (3/4) sum |x|^4, H = 3 x^2
+    "signed_polynomial(3)": (L.signed_polynomial(3.0), np.array([[2.0, -1.0, 0.5]]),
+                             (16 + 1 + 0.0625) / 4, [8.0, -1.0, 0.125], 0.75 * (16 + 1 + 0.0625),
+                             [12.0, 3.0, 0.75]),
+    # beta = 2, exp(beta x) = 1..4: L = log(10)/2, f = k/10, legendre (1/beta) sum f log f,
+    # H 1 = beta (f - f (f.1)) = 0 (softmax is shift invariant)
+    "log_sum_exp(2)": (L.log_sum_exp(2.0), _logs(2.0, 4), np.log(10.0) / 2, [0.1, 0.2, 0.3, 0.4],
+                       sum(f * np.log(f) for f in (0.1, 0.2, 0.3, 0.4)) / 2, [0.0] * 4),
+    # beta = 0.5, exp(beta x) = 1..3: L = 6/beta = 12, grad 1, 2, 3,
+    # legendre sum (x - 1/beta) exp(beta x) = sum k (2 log k - 2), H = beta exp(beta x)
+    "exponential(0.5)": (L.exponential(0.5), _logs(0.5, 3), 12.0, [1.0, 2.0, 3.0],
+                         sum(k * (2 * np.log(k) - 2) for k in (1, 2, 3)), [0.5, 1.0, 1.5]),
+    # L = |x| = 5 at (3, 4): grad x/5, legendre |x|^2/|x| - |x| = 0, H u = (u - g (g.u)) / |x|
+    "spherical": (L.spherical(), np.array([[3.0, 4.0]]), 5.0, [0.6, 0.8], 0.0,
+                  [(1 - 0.6 * 1.4) / 5, (1 - 0.8 * 1.4) / 5]),
+    # x = +-log 2: cosh = 5/4, tanh = +-3/5: L = 2 log(5/4), legendre 2 ((3/5) log 2 - log(5/4)),
+    # H = 1 - tanh^2 = 16/25
+    "log_cosh": (L.log_cosh(), np.array([[_L2, -_L2]]), 2 * np.log(1.25), [0.6, -0.6],
+                 2 * (0.6 * _L2 - np.log(1.25)), [0.64, 0.64]),
+    # x = +-log 3: L = log 4 + log(4/3), sigmoid 3/4 and 1/4, legendre (3/4 - 1/4) log 3 - L,
+    # H = s (1 - s) = 3/16
+    "softplus": (L.softplus(), np.array([[np.log(3.0), -np.log(3.0)]]), np.log(4.0) + np.log(4 / 3),
+                 [0.75, 0.25], 0.5 * np.log(3.0) - np.log(4.0) - np.log(4 / 3), [0.1875, 0.1875]),
+    # F = x^4/4 + x^2/2 at (2, -1): L = 6 + 3/4, grad x^3 + x, legendre 3 x^4/4 + x^2/2, H = 3 x^2 + 1
+    "elementwise(quartic)": (ALL[-1], np.array([[2.0, -1.0]]), 6.75, [10.0, -2.0],
+                             (12 + 2) + (0.75 + 0.5), [13.0, 4.0]),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSED))
+def test_closed_forms(name):
+    """value, grad, legendre and hvp against forms derived by hand at points where exp / log / cosh
+    take rational values. Each side is a handful of float64 operations (<= 1 ulp each for exp,
+    log, tanh) on terms no larger than |x| |grad|_1 + |L| + 1: 64 ulps of that covers both."""
+    lag, x, val, grad, leg, hu = CLOSED[name]
+    tol = 64 * EPS * (np.abs(x).max() * np.abs(np.asarray(grad)).sum() + abs(val) + 1.0)
+    assert abs(lag.value(x)[0] - val) <= tol
+    np.testing.assert_allclose(lag.grad(x)[0], grad, rtol=0, atol=tol)
+    assert abs(lag.legendre(x)[0] - leg) <= tol
+    np.testing.assert_allclose(lag.hvp(x, np.ones_like(x))[0], hu, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("lag", ALL, ids=IDS)
 def test_legendre_is_x_dot_grad_minus_value(lag):
+    """Only log_sum_exp overrides legendre ((1/beta) sum f log f, no cancellation): it equals the
+    definition up to the definition's round-off, a few ulps of |x.grad| + size(L)."""
     x = np.random.default_rng(1).uniform(-2, 2, (4, 6))
-    np.testing.assert_allclose(lag.legendre(x), (x * lag.grad(x)).sum(1) - lag.value(x), atol=1e-10)
+    direct = (x * lag.grad(x)).sum(1) - lag.value(x)
+    size = np.abs(x * lag.grad(x)).sum(1) + lag.value_size(x)
+    assert np.all(np.abs(lag.legendre(x) - direct) <= SAFETY * ULPS * EPS * size)
 
 
-def test_log_sum_exp_grad_is_softmax_and_large_beta_x_is_finite():
+def test_log_cosh_small_x_has_no_cancellation():
+    """log cosh x = x^2/2 - x^4/12 + x^6/45 - 17 x^8/2520 + O(x^10): for |x| <= 1e-2 the next term,
+    31 x^10/14175, is below 1e-19 of x^2/2, a reference to well below an ulp. The former
+    |x| + log1p(exp(-2|x|)) - log 2 lost ~ log 2 / (x^2/2) ulps (1e8 at x = 1e-4)."""
+    x = np.array([[1e-8, -3e-6, 1e-4, -2e-3, 1e-2]])
+    ref = (x ** 2 / 2 - x ** 4 / 12 + x ** 6 / 45 - 17 * x ** 8 / 2520)[0]
+    lag = L.log_cosh()
+    got = np.array([lag.value(x[:, [i]])[0] for i in range(x.shape[1])])
+    assert np.all(np.abs(got - ref) <= ULPS * EPS * ref), got / ref - 1
+    assert np.all(lag.value_size(x) == lag.value(x))   # no cancelling terms below |x| = 1
+
+
+def test_log_sum_exp_value_size_counts_the_cancelling_max():
+    """(1/beta) log sum exp(beta x) = max x + (1/beta) log sum exp(beta (x - max x)): at x = (-1000,
+    -1000) the terms are -1000 and log(2), so value_size = 1000 + log 2 while |L| = 1000 - log 2."""
+    lag = L.log_sum_exp(1.0)
+    x = np.array([[-1000.0, -1000.0]])
+    assert abs(lag.value(x)[0] - (-1000 + _L2)) <= 4 * EPS * 1000
+    assert abs(lag.value_size(x)[0] - (1000 + _L2)) <= 4 * EPS * 1000
+
+
+def test_log_sum_exp_large_beta_x_closed_form():
+    """beta = 10, x = (100, 99, -50): exp(beta (x - 100)) = 1, e^-10, e^-1500 (= 0 in float64), so
+    f = (1, e^-10, 0) / (1 + e^-10), L = 100 + log1p(e^-10)/10 and legendre = (1/10) sum f log f
+    with log f0 = -log1p(e^-10), log f1 = -10 - log1p(e^-10). Tolerance: a few ulps of the terms,
+    |x| |f| ~ 100 for L and 1 for the rest."""
     lag = L.log_sum_exp(10.0)
     x = np.array([[100.0, 99.0, -50.0]])
-    f = lag.grad(x)
-    assert np.isclose(f.sum(), 1.0) and np.all(np.isfinite(lag.value(x)))
-    assert np.isfinite(lag.legendre(x)).all()
+    a = np.exp(-10.0)
+    f = np.array([1.0, a, 0.0]) / (1 + a)
+    np.testing.assert_allclose(lag.grad(x)[0], f, rtol=0, atol=8 * EPS)
+    assert abs(lag.value(x)[0] - (100 + np.log1p(a) / 10)) <= 8 * EPS * 100
+    leg = (f[0] * -np.log1p(a) + f[1] * (-10 - np.log1p(a))) / 10
+    assert abs(lag.legendre(x)[0] - leg) <= 8 * EPS
 
 
 def test_non_psd_elementwise_refused_with_location():
