@@ -107,3 +107,19 @@ def _score_err(name, convention, A, Q, **params):
 def score_err():
     """score_err(name, convention, A, Q, **params): round-off bound (B, N) on the scores."""
     return _score_err
+
+
+def _softmax_leak(S, beta, P):
+    """Bound (B,) on |z - P[argmax]| for z = P^T softmax(beta S) (rows of S): every non-maximal
+    weight is at most exp(-beta (S_max - S_nu)), and moving it onto the maximum changes z by at
+    most 2 max|P| per unit; plus the product's own round-off (N + 4) eps max|P|."""
+    gaps = S.max(1, keepdims=True) - S
+    leak = np.exp(-beta * gaps).sum(1) - 1.0  # the maximum contributes exp(0) = 1
+    pmax = np.abs(P).max()
+    return 2 * pmax * np.maximum(leak, 0.0) + (S.shape[1] + 4) * EPS * pmax
+
+
+@pytest.fixture(scope="session")
+def softmax_leak():
+    """softmax_leak(S, beta, P): bound on how far softmax retrieval lies from the best memory's value."""
+    return _softmax_leak

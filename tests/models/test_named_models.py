@@ -97,21 +97,32 @@ def test_dense_associative_memory_signed_polynomial(rng, flip, bipolar):
     assert_array_equal(dam.retrieve(-X[:5]), -X[:5])
 
 
-def test_modern_hopfield_retrieves_in_one_step(rng, flip, bipolar):
+def test_modern_hopfield_retrieves_in_one_step(rng, flip, bipolar, softmax_leak):
     X = bipolar(rng, 20, 256)
     Q = flip(rng, X, 0.10)
     mchn = modern_hopfield(X, beta=1.0)
-    assert_allclose(mchn.retrieve(Q), X, atol=1e-6)
+    S = mchn.similarities(Q)
+    assert np.all(np.argmax(S, axis=1) == np.arange(20))
+    # the weight left on other memories is bounded by exp(-beta gap): a 10% flip leaves a dot-product
+    # gap of ~128 - 2*26 to the nearest other pattern, so the leak ~exp(-70) is below round-off
+    tol = softmax_leak(S, 1.0, X)[:, None]
+    assert np.all(np.abs(mchn.retrieve(Q) - X) <= tol) and tol.max() <= 2 * (20 + 4) * np.finfo(float).eps
     res = mchn.iterate(Q)
     assert res.converged.all() and np.all(res.steps <= 2)
-    assert_allclose(res.states, X, atol=1e-6)
+    assert np.all(np.abs(res.states - X) <= tol)
 
 
 def test_modern_hopfield_small_beta_averages(rng, bipolar):
     # beta -> 0 gives uniform weights: the retrieval is the mean pattern (a metastable state)
     X = bipolar(rng, 20, 256)
-    z = modern_hopfield(X, beta=1e-9).retrieve(X[0])
-    assert_allclose(z, X.mean(0), atol=1e-5)
+    beta = 1e-9
+    mchn = modern_hopfield(X, beta=beta)
+    z = mchn.retrieve(X[0])
+    # w_nu = exp(beta S_nu) / sum exp(beta S): each within a factor exp(+-beta range(S)) of 1/N, so
+    # |z - mean| <= (exp(2 beta range) - 1) max|X| plus round-off (N + 4) eps max|X|
+    S = mchn.similarities(X[0])
+    tol = np.expm1(2 * beta * np.ptp(S)) + (20 + 4) * np.finfo(float).eps
+    assert np.all(np.abs(z - X.mean(0)) <= tol)
 
 
 def test_sparse_distributed_memory_within_radius(rng, flip, bipolar):
@@ -137,10 +148,13 @@ def test_sparse_distributed_memory_majority_vote(rng):
         sparse_distributed_memory(M * 0.5)
 
 
-def test_heteroassociative_named_instances(rng, flip, bipolar):
+def test_heteroassociative_named_instances(rng, flip, bipolar, softmax_leak):
     keys, values = bipolar(rng, 15, 128), bipolar(rng, 15, 10)
     Q = flip(rng, keys, 0.1)
-    assert_allclose(modern_hopfield(keys, values).retrieve(Q), values, atol=1e-9)
+    mchn = modern_hopfield(keys, values)
+    S = mchn.similarities(Q)
+    assert np.all(np.argmax(S, axis=1) == np.arange(15))
+    assert np.all(np.abs(mchn.retrieve(Q) - values) <= softmax_leak(S, 1.0, values)[:, None])
     assert_array_equal(dense_associative_memory(keys, values, n=3).retrieve(Q), values)
 
 
@@ -165,6 +179,53 @@ def test_dense_associative_memory_on_real_valued_digits_needs_normalised_weights
         return np.mean(np.sum((Z - ds.X) ** 2, axis=1) <= 50)
     raw = dense_associative_memory(ds.X, output=None).retrieve(Q)
     assert retrieved(raw) == 0.0 and np.abs(raw).max() > 1e5
-    paper = Memory(ds.X, similarity="dot", separation=get_separation("polynomial", n=3),
-                   convention="paper_code").retrieve(Q)
+    # as the README writes it: the convention keyword is passed on to Memory
+    dam = dense_associative_memory(ds.X, output=None, convention="paper_code")
+    assert dam.convention == "paper_code"
+    paper = dam.retrieve(Q)
+    assert_array_equal(paper, Memory(ds.X, similarity="dot", separation=get_separation("polynomial", n=3),
+                                     convention="paper_code").retrieve(Q))
     assert retrieved(paper) >= 0.7
+
+
+def test_classical_hopfield_sync_update():
+    # one memory x = (1, -1): W = x x^T with zero diagonal = [[0, -1], [-1, 0]]
+    hn = classical_hopfield(np.array([[1.0, -1.0]]))
+    # from (1, 1) the synchronous rule flips both neurons every sweep: sign((1, 1) W) = (-1, -1),
+    # then back: a 2-cycle that never converges
+    res = hn.update(np.array([1.0, 1.0]), mode="sync", max_sweeps=7)
+    assert not res.converged and res.steps == 7
+    assert_array_equal(res.states, [-1.0, -1.0])  # odd number of sweeps
+    assert_array_equal(hn.update(np.array([1.0, 1.0]), mode="sync", max_sweeps=8).states, [1.0, 1.0])
+    # the asynchronous rule updates one neuron at a time and lands on a stored pattern (+-x)
+    a = hn.update(np.array([1.0, 1.0]), mode="async")
+    assert a.converged and abs(a.states @ np.array([1.0, -1.0])) == 2
+
+
+def test_classical_hopfield_sync_recalls_below_capacity(flip, bipolar):
+    X, res, recalled, _ = _hn_recall(int(0.05 * D), 4, flip, bipolar, mode="sync")
+    assert res.converged.all() and recalled.all()
+    # one synchronous sweep is exactly sign(S W)
+    rng = np.random.default_rng(5)
+    Q = flip(rng, X, 0.2)
+    hn = classical_hopfield(X)
+    assert_array_equal(hn.update(Q, mode="sync", max_sweeps=1).states, sign(Q @ hn.W))
+
+
+def test_classical_hopfield_refuses_non_bipolar_memories():
+    with pytest.raises(ValueError, match=r"classical_hopfield needs bipolar \{-1, 1\} memories, but "
+                                         r"memories\[0, 1\] = 0; map \{0, 1\} data with 2 x - 1"):
+        classical_hopfield(np.array([[1.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"memories\[1, 0\] = 0.5"):
+        classical_hopfield(np.array([[1.0, -1.0], [0.5, 1.0]]))
+    with pytest.raises(TypeError, match=r"update max_sweeps must be an integer"):
+        classical_hopfield(np.array([[1.0, -1.0]])).update(np.ones(2), max_sweeps=1.5)
+
+
+def test_sparse_distributed_memory_radius_must_be_finite_and_non_negative():
+    X = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"sparse_distributed_memory radius must be >= 0, got -1"):
+        sparse_distributed_memory(X, radius=-1)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"sparse_distributed_memory radius must be a finite number"):
+            sparse_distributed_memory(X, radius=bad)
