@@ -1,4 +1,4 @@
-"""The Krotov-Hopfield network of dynamics.network as a brian2 rate model (DESIGN.md sections 2, 6).
+"""The Krotov-Hopfield network of dynamics.network as a brian2 rate model (docs/theory.md sections 2 and 8).
 
 Three neuron groups per query and two synapse lists that both hold M (w = M.ravel() order):
 

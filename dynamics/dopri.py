@@ -18,7 +18,7 @@ Per row, one step from (t, y) with size h (c, A, b, e the Butcher tableau):
 and samples inside an accepted step come from the method's quartic dense output
 y(t + theta h) = y + h K^T P [theta, theta^2, theta^3, theta^4].
 
-The module knows nothing of networks: it is plain array math (DESIGN.md section 7), so a GPU array
+The module knows nothing of networks: it is plain array math (docs/theory.md section 6), so a GPU array
 library can later stand in for numpy.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The two-layer Krotov-Hopfield network for any differentiable similarity (DESIGN.md section 2).
+"""The two-layer Krotov-Hopfield network for any differentiable similarity (docs/theory.md section 2).
 
 Feature neurons v (D) with rates g = dL_v/dv, memory neurons h (N) with rates f = dL_h/dh, and a
 similarity S_mu(g) = sim(M_mu, g) from models.similarity:
