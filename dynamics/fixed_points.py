@@ -18,7 +18,6 @@ is ``"v"`` with I = 0 and ``"v_minus_I"`` with a clamped input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 

@@ -13,8 +13,6 @@ from dynamics.integrate import block_sparsity, integrate
 from dynamics.network import Network
 from models.data import load_dataset
 
-EPS = np.finfo(float).eps
-
 
 def step_error_bound(nfev, W, rtol, atol, y_max, growth=1.0):
     """Bound on the global error (2-norm) of an adaptive solution: every accepted step's error
