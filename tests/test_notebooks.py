@@ -75,8 +75,8 @@ def _typed_numbers(nb):
 
 
 def test_notebook_names():
-    assert [p.name for p in NOTEBOOKS] == ["01_single_shot_tour.ipynb", "02_energy_verification.ipynb",
-                                          "03_brian2_rate_model.ipynb"]
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01_single_shot_tour.ipynb", "02_energy_verification.ipynb", "03_brian2_rate_model.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
