@@ -97,6 +97,15 @@ class Network:
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):
             if not isinstance(lag, Lagrangian):
                 raise TypeError(f"{name} must be a dynamics.lagrangians.Lagrangian, got {type(lag).__name__}")
+        if self.sim.nonnegative_only:
+            probe = np.linspace(-10.0, 10.0, 9)[None, :]
+            g = self.L_v.grad(probe)
+            if g.min() < 0:
+                raise ValueError(
+                    f"similarity {self.sim.name!r} reads the feature rates g = dL_v/dv as a distribution, "
+                    f"so they must be non-negative, but L_v={self.L_v.name} gives g = {g.min():.3g} at "
+                    f"v = {probe[0, int(np.argmin(g))]:g}; use positive rates, e.g. L_v=softplus() "
+                    f"(g = sigmoid(v))")
         self.tau_v = require_positive(tau_v, "tau_v", "time constant")
         self.tau_h = require_positive(tau_h, "tau_h", "time constant")
         if I is not None:

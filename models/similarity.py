@@ -46,6 +46,8 @@ class Similarity:
         Both return a fresh array the caller may overwrite (the dynamics do, in place).
     smooth : False where the gradient is a subgradient (a kink at a memory or at zero).
     binary_only : True for hamming, which is defined on {0,1} or {-1,1} data only.
+    nonnegative_only : True for kl / reverse_kl, which read their inputs as distributions after
+        sum-normalisation: the dynamics need non-negative feature rates g = dL_v/dv for them.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Similarity:
     vjp: Optional[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = None
     smooth: bool = True
     binary_only: bool = False
+    nonnegative_only: bool = False
     params: dict = field(default_factory=dict)
 
     @property
@@ -342,7 +345,7 @@ def _kl(eps: float = KL_EPS):
         Gp = G + eps
         return (F @ Mh) / Gp - F.sum(1, keepdims=True) / Gp.sum(1, keepdims=True)
 
-    return Similarity("kl", score, vjp, params={"eps": eps})
+    return Similarity("kl", score, vjp, nonnegative_only=True, params={"eps": eps})
 
 
 def _reverse_kl(eps: float = KL_EPS):
@@ -361,7 +364,7 @@ def _reverse_kl(eps: float = KL_EPS):
         return (F @ np.log(Mh) - F.sum(1, keepdims=True) * np.log(Gh)
                 - (F * S).sum(1, keepdims=True)) / s
 
-    return Similarity("reverse_kl", score, vjp, params={"eps": eps})
+    return Similarity("reverse_kl", score, vjp, nonnegative_only=True, params={"eps": eps})
 
 
 # ----------------------------------------------------------------------------------------------

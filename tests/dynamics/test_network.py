@@ -125,3 +125,14 @@ def test_memory_gives_lagrangian_of_its_separation():
     net = Network(Memory(M_(), separation=get_separation("softmax", beta=3.0)))
     assert net.L_h.kind == "log_sum_exp" and net.L_h.beta == 3.0
     assert "N=5" in repr(net) and net.describe()["D"] == 4
+
+
+@pytest.mark.parametrize("sim", ["kl", "reverse_kl"])
+@pytest.mark.parametrize("lv", ["quadratic", "log_cosh", "spherical"])
+def test_kl_refuses_feature_rates_that_can_be_negative(sim, lv):
+    """KL reads g as a distribution: rates that can go negative used to fail only midway through an
+    integration ("got min -3.16e-09"); now the Network refuses them up front, naming L_v."""
+    M = np.random.default_rng(0).uniform(0.1, 1, (3, 5))
+    with pytest.raises(ValueError, match=rf"'{sim}' reads the feature rates .* must be non-negative.*softplus"):
+        Network(M, sim, L_v=getattr(L, lv)())
+    Network(M, sim, L_v=L.softplus())  # sigmoid rates are positive: accepted
