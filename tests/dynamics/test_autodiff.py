@@ -23,7 +23,7 @@ from dynamics import autodiff as ad  # noqa: E402
 from dynamics import lagrangians as L  # noqa: E402
 from dynamics.energy import verify_energy  # noqa: E402
 from dynamics.fixed_points import stability  # noqa: E402
-from dynamics.integrate import NOISE_FACTOR, integrate  # noqa: E402
+from dynamics.integrate import integrate  # noqa: E402
 from dynamics.lagrangians import NonConvexLagrangianError  # noqa: E402
 from dynamics.network import Network  # noqa: E402
 from models.similarity import KL_EPS, get_similarity  # noqa: E402
@@ -257,13 +257,6 @@ def gauss_sim():
     return ad.similarity(gaussian, s=0.7)
 
 
-def stop_threshold(traj, net, Y):
-    """The integrator's fixed-point test: velocity <= fixed_point_tol + NOISE_FACTOR (atol + rtol |y|)/tau."""
-    tau = np.concatenate([np.full(net.D, net.tau_v), np.full(net.N, net.tau_h)])
-    rtol, atol = traj.params.get("rtol", 1e-8), traj.params.get("atol", 1e-10)
-    return 1e-8 + NOISE_FACTOR * (atol + rtol * np.abs(Y)) / tau
-
-
 def test_gaussian_kernel_vjp_matches_its_closed_form(gauss_sim):
     # d/dg exp(-|m - g|^2 / 2 s^2) = S (m - g) / s^2
     s = 0.7
@@ -282,18 +275,23 @@ def test_gaussian_kernel_network_runs_end_to_end(gauss_sim):
     rep = verify_energy(net, traj)
     assert rep.passed, rep.summary()
     assert rep.convex
-    # the fixed point, checked with the closed-form RHS (no autodiff):
-    # tau_v dv/dt = sum f S (m - v)/s^2 - v + q (the query clamped as the input current)
+    # the solver stopped each query at a fixed point of the network's RHS; that RHS is the
+    # closed form (no autodiff): tau_v dv/dt = sum f S (m - v)/s^2 - v + q (query clamped as input),
+    # tau_h dh/dt = S - h, equal to round-off: a few ulps of the terms, where S = exp(-d^2/2s^2)
+    # carries the relative error of d^2, D eps64 (|v| + |m|)^2 / (2 s^2)
     v, h = traj.v[-1], traj.h[-1]
     s = 0.7
     Sc = np.exp(-((v[:, None] - MEM[None]) ** 2).sum(-1) / (2 * s * s))
     f = L.log_sum_exp(20.0).grad(h)
     dv = ((f * Sc) @ MEM - (f * Sc).sum(1, keepdims=True) * v) / s ** 2 - v + QUERIES
     dh = (Sc - h) / 0.1
-    Y = np.concatenate([v, h], 1)
-    # the terminal event stops where velocity / threshold crosses 1, to its root-finding accuracy
-    # (integrate accepts 1 + 1e-6 for the same reason): the last query sits on the threshold
-    assert np.all(np.abs(np.concatenate([dv, dh], 1)) <= (1 + 1e-6) * stop_threshold(traj, net, Y))
+    rel_S = 1 + 10 * (np.abs(v).sum(1)[:, None] + np.abs(MEM).sum(1)[None]) ** 2 / (2 * s * s)
+    size_v = (((f * Sc * rel_S) @ MEM + (f * Sc * rel_S).sum(1, keepdims=True) * np.abs(v)) / s ** 2
+              + np.abs(v) + np.abs(QUERIES))
+    size_h = ((Sc * rel_S).max(1, keepdims=True) + np.abs(h)) / 0.1
+    dva, dha = net.rhs(v, h, I=QUERIES)
+    assert np.all(np.abs(dva - dv) <= ULPS * 10 * 6 * EPS64 * size_v)
+    assert np.all(np.abs(dha - dh) <= ULPS * 10 * EPS64 * size_h)
     # each query settles on its own memory's basin: the largest memory rate is its memory
     assert (f.argmax(1) == np.arange(3)).all()
     st = stability(net, v[0], h[0], I=QUERIES[0], method="fd")
@@ -307,19 +305,18 @@ def test_mahalanobis_network_reaches_the_linear_fixed_point():
     assert traj.converged.all()
     rep = verify_energy(net, traj)
     assert rep.passed, rep.summary()
-    # 0 = 2 A sum_mu f_mu (m_mu - v) - v + q  =>  (Id + 2 A sum f) v = 2 A M^T f + q  (linear in v)
+    # 0 = 2 A sum_mu f_mu (m_mu - v) - v + q  =>  K v = 2 A M^T f + q, K = Id + 2 A sum f (linear in v)
     v, h = traj.v[-1], traj.h[-1]
     f = L.log_sum_exp(5.0).grad(h)
     for b in range(3):
         K = np.eye(10) + 2 * A_MAHA * f[b].sum()
         v_lin = np.linalg.solve(K, 2 * A_MAHA @ (MEM.T @ f[b]) + QUERIES[b])
-        # v - v_lin = K^-1 (tau_v dv/dt + perturbation through f(h)): |K^-1| |dv/dt| at the stopping
-        # threshold, plus the f-error |2 A (M - v)^T| |H_h| |h - S(v)| with h - S within tau_h |dh/dt|
-        thr = stop_threshold(traj, net, np.concatenate([v[b], h[b]]))
-        Kinv = np.linalg.norm(np.linalg.inv(K), 2)
-        df = 5.0 * 0.1 * np.abs(thr[10:]).sum()          # |H_h| <= beta, |h - S| <= tau_h thr
-        bound = Kinv * (np.linalg.norm(thr[:10]) + 2 * np.linalg.norm(A_MAHA, 2)
-                        * np.abs(MEM - v[b]).max() * np.sqrt(10) * df)
+        # with f = f(h) fixed, tau_v dv/dt = 2 A M^T f + q - K v = K (v_lin - v) exactly, so
+        # |v - v_lin| <= |K^-1| |dv/dt| with the velocity measured at the final state
+        dvb, _ = net.rhs(v[b:b + 1], h[b:b + 1], I=QUERIES[b:b + 1])
+        bound = np.linalg.norm(np.linalg.inv(K), 2) * np.linalg.norm(dvb)
+        # plus round-off of the solve: cond(K) eps64 |v|
+        bound += np.linalg.cond(K) * 10 * EPS64 * np.linalg.norm(v_lin)
         assert np.linalg.norm(v[b] - v_lin) <= bound
 
 
