@@ -159,18 +159,39 @@ def _energy_and_size(net: Network, Y, I, adiabatic: bool):
 
 
 def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
-    """Analytic dE/dt at Y (B, W) with velocity F, and the size of its terms (B,):
-    tau_v (|vdot^T H_v vdot| + |vdot|^2) + tau_h (the same for h). The |vdot|^2 part keeps round-off
-    from failing a flow along a flat Hessian direction, where both quadratic forms are ~0."""
+    """Analytic dE/dt at Y (B, W) with velocity F, the size of its terms and its round-off, (B,) each.
+
+    size = tau_v (|vdot^T H_v vdot| + |vdot|^2) + tau_h (the same for h): the |vdot|^2 part keeps
+    round-off from failing the sign check on a flow along a flat Hessian direction.
+    Round-off: ROUNDOFF_ULPS eps64 size for the quadratic forms, plus what the velocity's own
+    round-off dF contributes, 2 tau |H u| . |dF|. dF is a few ulps of what the right-hand side adds,
+    tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I and tau_h dh/dt = S - h, whose terms are bounded by
+    |f| |M| + |f|_1 |g| (the vjp of dot / squared_euclidean-type similarities) and |S| + (|m| + |g|)^2:
+    near a fixed point they cancel to a velocity many orders below them."""
+    D = net.D
+    v = Y if adiabatic else Y[:, :D]
+    g = net.L_v.grad(v)
+    S = net.similarity(g)
+    absM = np.abs(net.M)
+    f = net.L_h.grad(S if adiabatic else Y[:, D:])
+    I_abs = np.abs(net._I(I, len(Y)))
+    dv = F if adiabatic else F[:, :D]
+    drive = np.abs(f) @ absM + np.abs(f).sum(1, keepdims=True) * np.abs(g)
+    err_v = ROUNDOFF_ULPS * _EPS64 * (drive + np.abs(v) + I_abs) / net.tau_v
+    Hv = net.L_v.hvp(v, dv)
+    size = net.tau_v * (np.abs(np.einsum("bk,bk->b", dv, Hv)) + _rowabs(dv, dv))
+    prop = 2 * net.tau_v * _rowabs(Hv, err_v)
     if adiabatic:
-        an = net.dEdt_adiabatic(Y, I)
-        size = net.tau_v * (np.abs(net.L_v.curvature(Y, F)) + _rowabs(F, F))
+        an = net.dEdt_adiabatic(v, I)
     else:
-        v, h, dv, dh = Y[:, :net.D], Y[:, net.D:], F[:, :net.D], F[:, net.D:]
+        h, dh = Y[:, D:], F[:, D:]
         an = net.dEdt(v, h, I)
-        size = (net.tau_v * (np.abs(net.L_v.curvature(v, dv)) + _rowabs(dv, dv))
-                + net.tau_h * (np.abs(net.L_h.curvature(h, dh)) + _rowabs(dh, dh)))
-    return an, size
+        span = (np.linalg.norm(net.M, axis=1)[None, :] + np.linalg.norm(g, axis=1)[:, None]) ** 2
+        err_h = ROUNDOFF_ULPS * _EPS64 * (np.abs(S) + span + np.abs(h)) / net.tau_h
+        Hh = net.L_h.hvp(h, dh)
+        size += net.tau_h * (np.abs(np.einsum("bk,bk->b", dh, Hh)) + _rowabs(dh, dh))
+        prop += 2 * net.tau_h * _rowabs(Hh, err_h)
+    return an, size, ROUNDOFF_ULPS * _EPS64 * size + prop
 
 
 def _flow_fd(net: Network, traj: Trajectory, safety: float):
@@ -187,12 +208,12 @@ def _flow_fd(net: Network, traj: Trajectory, safety: float):
     [s0/10, 10 s0]: a pilot difference lost in round-off gives s ~ s0)."""
     Ys = _states(net, traj)
     T, B, _ = Ys.shape
-    out = {k: np.zeros((T, B)) for k in ("an", "fd", "allowed", "R", "T", "scale")}
+    out = {k: np.zeros((T, B)) for k in ("an", "fd", "allowed", "R", "T", "scale", "an_roundoff")}
     moving = np.zeros((T, B), bool)
     for k in range(T):
         Y = Ys[k]
         F = net.velocity(Y, traj.I, traj.adiabatic)
-        an, scale = _dEdt_and_size(net, Y, F, traj.I, traj.adiabatic)
+        an, scale, an_roundoff = _dEdt_and_size(net, Y, F, traj.I, traj.adiabatic)
         speed = np.abs(F).max(1)
         mv = speed > 0
         tau = np.where(mv, np.maximum(1.0, np.abs(Y).max(1)) / np.where(mv, speed, 1.0), 0.0)
@@ -213,10 +234,10 @@ def _flow_fd(net: Network, traj: Trajectory, safety: float):
         f2, z2 = fd(2 * s)
         R = ROUNDOFF_ULPS * _EPS64 * np.maximum(z1, z2) / np.where(mv, s, 1.0)
         Tr = np.abs(f1 - f2) / 3
-        out["an"][k], out["scale"][k] = an, scale
+        out["an"][k], out["scale"][k], out["an_roundoff"][k] = an, scale, an_roundoff
         out["fd"][k] = np.where(mv, f1, an)
         out["R"][k], out["T"][k] = np.where(mv, R, 0.0), np.where(mv, Tr, 0.0)
-        out["allowed"][k] = safety * (out["R"][k] + out["T"][k] + ROUNDOFF_ULPS * _EPS64 * scale)
+        out["allowed"][k] = safety * (out["R"][k] + out["T"][k] + an_roundoff)
         moving[k] = mv
     return out, moving
 
@@ -247,8 +268,9 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     * adaptive method with rtol, atol: the error accumulated over the window is at most the sum
       of the local errors of its steps, each <= (atol + rtol |y_i|) sqrt(n_norm) (the step
       controller bounds the RMS over n_norm components: the whole flattened batch for solve_ivp,
-      one query's row for RK45-batched), and the window has at most n_steps = nfev / stages steps
-      (stages per accepted step: RK45 6, RK23 3, DOP853 12; implicit methods: nfev). The flows
+      one query's row when ``nfev_per_query`` is recorded), and the window has at most
+      n_steps = nfev / stages steps (stages per accepted step: RK45 6, RK23 3, DOP853 12; any
+      other method, implicit ones included, at least one evaluation per step: nfev). The flows
       here are dissipative, so local errors are not amplified along the window.
     * fixed step dt of order p (brian2: params ``dt``, ``scheme``; leapfrog p = 2, default p = 1):
       local error dt^(p+1) |y^(p+1)| / (p+1)! per step, times the n = (t_(k+1) - t_k) / dt steps of
@@ -263,7 +285,9 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     if T < 2:
         return None
     t = np.asarray(traj.t, dtype=np.float64)
-    t_stop = np.asarray(traj.params.get("t_final_per_query", np.full(B, t[-1])), dtype=np.float64)
+    per_query = {k: np.asarray(traj.params[k], dtype=np.float64) for k in ("t_final_per_query", "nfev_per_query")
+                 if np.size(traj.params.get(k, ())) == B}   # ignored unless one entry per query here
+    t_stop = per_query.get("t_final_per_query", np.full(B, t[-1]))
     kk, bb = (a.ravel() for a in np.meshgrid(_windows(T - 1, max_windows), np.arange(B), indexing="ij"))
     t1 = np.minimum(t[kk + 1], t_stop[bb])
     keep = t1 > t[kk]
@@ -322,8 +346,8 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     else:
         method = traj.method
         stages = _STAGES.get(method, 1)
-        if method == "RK45-batched" and "nfev_per_query" in traj.params:
-            nfev = np.asarray(traj.params["nfev_per_query"], dtype=np.float64)[bb]
+        if "nfev_per_query" in per_query:        # a step size and an error norm per query
+            nfev = per_query["nfev_per_query"][bb]
             n_norm = W
         else:
             nfev = np.full(rows, float(traj.params.get("nfev", 1)))
@@ -434,8 +458,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
 
     # 5. stored E and dE/dt against the recomputed values (same formula, same states: round-off)
     stored_E = np.abs(np.asarray(traj.E) - E) / (fd_safety * ROUNDOFF_ULPS * _EPS64 * np.maximum(E_size, 1e-300))
-    stored_dE = np.abs(np.asarray(traj.dEdt) - an) / (fd_safety * ROUNDOFF_ULPS * _EPS64
-                                                       * np.maximum(scale, 1e-300))
+    stored_dE = np.abs(np.asarray(traj.dEdt) - an) / (fd_safety * np.maximum(fdo["an_roundoff"], 1e-300))
     for name, rat, ref in (("E", stored_E, E), ("dE/dt", stored_dE, an)):
         if np.any(~(rat <= 1)):
             ks, bs = np.unravel_index(np.argmax(np.where(np.isnan(rat), np.inf, rat)), rat.shape)

@@ -171,6 +171,21 @@ def test_batched_trajectory_with_early_stops_passes(digits, clamped):
     assert verify_energy(wrong, tr).flow_ratio > 1
 
 
+def test_one_query_of_a_batched_run_passes(digits):
+    """traj.query(b) keeps the batch's per-query params (t_final_per_query, nfev_per_query of all
+    B queries): they are not this query's and are ignored, and its stored dE/dt, computed in the
+    batch, differs from the one-query recomputation by the round-off of a velocity that has
+    cancelled to ~1e-7 of its terms near the fixed point, which the allowance includes."""
+    M = digits[:20]
+    net = Network(M, "squared_euclidean", L_v=L.log_cosh(), L_h=L.log_sum_exp(2.0), tau_v=TAU_V, tau_h=TAU_H)
+    rng = np.random.default_rng(2)
+    Q = M[:6] + rng.uniform(0.05, 0.6, (6, 1)) * rng.standard_normal((6, 64))
+    tr = integrate(net, Q, 60.0, method="RK45-batched", n_samples=61, fixed_point_tol=1e-6)
+    for b in (0, 5):
+        rep = verify_energy(net, tr.query(b))
+        assert rep.passed, rep.summary()
+
+
 def test_many_samples_reintegrate_the_first_windows_and_a_spread():
     net = _net()
     tr = integrate(net, _Q(), 5.0, n_samples=201, stop_at_fixed_point=False)
