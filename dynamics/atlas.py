@@ -36,7 +36,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
 import numpy as np
@@ -183,7 +183,8 @@ class Scaled(lag.Lagrangian):
     def __init__(self, base: lag.Lagrangian, beta: float):
         if not (np.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be a positive finite number, got {beta}")
-        super().__init__(**base.params, beta=beta)
+        # the name carries the effective inverse temperature (a base beta_0 scales to beta_0 beta)
+        super().__init__(**{**base.params, "beta": base.params.get("beta", 1.0) * beta})
         self.kind = base.kind
         self.base, self.beta = base, float(beta)
 
