@@ -27,11 +27,11 @@ value equal to the saved one with its Python type. Arrays round-trip bit for bit
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from models._atomic import atomic_path
 
 from .integrate import Trajectory
 
@@ -139,16 +139,8 @@ def save_trajectory(traj: Trajectory, path) -> Path:
     path = Path(path)
     ds = to_xarray(traj)
     encoding = {name: {"_FillValue": None} for name in list(ds.data_vars) + ["time"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -15,13 +15,13 @@ for brian2 runs.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from models._atomic import atomic_path
 
 from .integrate import Trajectory
 from .network import Network
@@ -407,17 +407,9 @@ def animate_retrieval(traj: Trajectory, net: Network, image_shape, path, fps: in
         return im, marker, title
 
     anim = animation.FuncAnimation(fig, update, frames=len(ks), blit=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
     try:
-        anim.save(tmp, writer=writer, dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_path(path, prefix=f".{path.stem}.", suffix=suffix) as tmp:
+            anim.save(tmp, writer=writer, dpi=dpi)
     finally:
         plt.close(fig)
     return path

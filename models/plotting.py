@@ -7,14 +7,13 @@ writes it atomically. Nothing here selects a backend: scripts and tests set ``MP
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .capacity import AXES, _umask, curves, summarise
+from ._atomic import atomic_path
+from .capacity import AXES, curves, summarise
 
 X_LABELS = {
     "n_memories": "Images stored N",
@@ -142,16 +141,8 @@ def save_figure(fig, path, pdf: bool = False, dpi: int = 120) -> list[Path]:
         targets.append((targets[0][0].with_suffix(".pdf"), "pdf"))
     written = []
     for target, fmt in targets:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=fmt, dpi=dpi)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
         written.append(target)
     return written
 
