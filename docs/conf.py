@@ -47,7 +47,9 @@ autosummary_generate = False
 numpydoc_show_class_members = False  # autodoc lists members; numpydoc's stub tables would repeat them
 numpydoc_class_members_toctree = False
 numpydoc_validation_checks = set()   # render the docstrings, do not lint them (a docstring style guide is not this build's job)
-# brian2 is imported inside the functions that need it; mock nothing else
+# brian2 is imported inside the functions that need it; jax (the autodiff extra) is mocked so the
+# reference builds with the docs extra alone
+autodoc_mock_imports = ["jax"]
 
 nitpicky = False   # docstrings name types in prose ("(B, D) array"), not as cross-references
 

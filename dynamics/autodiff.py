@@ -121,7 +121,9 @@ def _scalar_output(fn, shapes, what: str) -> None:
 def similarity(fn: Callable, name: Optional[str] = None, *, smooth: bool = True, **params) -> Similarity:
     """A :class:`~models.similarity.Similarity` from ``fn(m, g, **params) -> scalar``.
 
-        S[b, mu] = fn(M_mu, Q_b),    vjp(M, G, F)[b] = sum_mu F[b, mu] d fn(M_mu, g)/dg |_{g = G[b]}
+    Its scores and gradient contraction are
+
+        S[b, mu] = fn(M_mu, Q_b),    vjp(M, G, F)[b] = sum_mu F[b, mu] d fn(M_mu, g)/dg  at g = G[b]
 
     Parameters
     ----------
@@ -283,7 +285,7 @@ class AutodiffLagrangian(Lagrangian):
 
 def lagrangian(value_fn: Callable, name: Optional[str] = None, *, probe=None, size: Optional[int] = None,
                tol: float = 1e-10, **params) -> AutodiffLagrangian:
-    """A Lagrangian from its value alone: L(x) = value_fn(x, **params) for one row x (K,).
+    """A Lagrangian from its value alone: ``L(x) = value_fn(x, **params)`` for one row x (K,).
 
     Parameters
     ----------
