@@ -1,0 +1,92 @@
+"""Closed-form checks of dynamics values that mutation testing (tools/mutate.py) found unchecked.
+
+Each test pins a value the docstrings promise on inputs where it is known exactly (dyadic
+numbers, so every floating-point operation below is exact unless a comment says otherwise); a
+wrong sign, a dropped ``/= tau``, a flipped comparison or a changed default changes a number
+asserted here. See docs/testing.md for the run that found them.
+"""
+import numpy as np
+import pytest
+
+from dynamics import lagrangians as L
+from dynamics.dopri import solve_batched
+from dynamics.integrate import rest_ratio
+from dynamics.network import Network
+
+EPS = np.finfo(np.float64).eps
+
+
+@pytest.fixture
+def net():
+    """D = 2 feature and N = 3 memory neurons, tau_v = 4, tau_h = 1/4 (powers of two: exact)."""
+    return Network(np.eye(3, 2), similarity="dot", tau_v=4.0, tau_h=0.25)
+
+
+# ---------------------------------------------------------------------------------- rest_ratio
+def test_rest_ratio_closed_form(net):
+    """rest_ratio = max_i |dy_i/dt| / (tol + noise (atol + rtol |y_i|) / tau_i). With tol = 1,
+    noise = 2, atol = 1/2, rtol = 1/2 (all dyadic: every operation exact):
+      a v entry at y = 0: floor 1 + 2 (1/2) / 4 = 5/4, so |dy/dt| = 5/2 gives 2;
+      an h entry at y = 3: floor 1 + 2 (1/2 + 3/2) / (1/4) = 17, so |dy/dt| = 51 gives 3."""
+    Y = np.zeros((2, 5))
+    dY = np.zeros((2, 5))
+    dY[0, 1] = -2.5                         # row 0: only a feature neuron moves
+    Y[1, 3], dY[1, 3] = 3.0, 51.0           # row 1: only a memory neuron moves
+    r = rest_ratio(net, Y, dY, tol=1.0, noise=2.0, rtol=0.5, atol=0.5, adiabatic=False)
+    np.testing.assert_array_equal(r, [2.0, 3.0])
+
+
+def test_rest_ratio_adiabatic_uses_tau_v_for_every_entry(net):
+    """Adiabatic rows hold v only (width D): floor = tol + noise (atol + rtol |v_i|) / tau_v;
+    v = 2: 1 + 2 (1/2 + 1) / 4 = 7/4, so |dv/dt| = 7 gives 4."""
+    Y, dY = np.array([[0.0, 2.0]]), np.array([[0.0, -7.0]])
+    r = rest_ratio(net, Y, dY, tol=1.0, noise=2.0, rtol=0.5, atol=0.5, adiabatic=True)
+    np.testing.assert_array_equal(r, [4.0])
+
+
+# ---------------------------------------------------------------------------------- network
+def test_network_defaults():
+    """Network(M): dot similarity, quadratic L_v, log_sum_exp(beta=1) L_h, tau_v = 1, tau_h = 0.1."""
+    net = Network(np.eye(2))
+    assert (net.tau_v, net.tau_h) == (1.0, 0.1)
+    assert net.sim.name == "dot" and net.L_v.name == "quadratic" and net.L_h.name == "log_sum_exp(beta=1)"
+
+
+def test_heteroassociative_readout_closed_form():
+    """z = P^T f(h) with f = softmax (beta = 1): h = [0, log 3] gives f = [1/4, 3/4] (to the
+    rounding of log 3 and exp: a few eps), so P = [[4, 0, 8], [0, 4, 8]] reads out [1, 3, 8]."""
+    P = np.array([[4.0, 0.0, 8.0], [0.0, 4.0, 8.0]])
+    net = Network(np.eye(2), values=P)
+    z = net.readout(np.array([[0.0, np.log(3.0)]]))
+    # f is off by a few eps relative; |P| <= 8 and two terms per output: 4 * 8 * 4 eps bounds it
+    np.testing.assert_allclose(z, [[1.0, 3.0, 8.0]], rtol=0, atol=128 * EPS)
+
+
+# ---------------------------------------------------------------------------------- lagrangians
+def test_lagrangian_defaults():
+    assert L.log_sum_exp().beta == 1.0 and L.exponential().beta == 1.0
+    assert L.rectified_polynomial().n == 2.0 and L.signed_polynomial().n == 3.0
+
+
+def test_log_cosh_value_size_closed_form():
+    """For |x| >= 1 log cosh x is summed from |x| + log1p(exp(-2|x|)) - log 2, whose terms add up
+    to at most |x| + 2 log 2 (log1p(...) <= log 2): value_size = sum of that per entry;
+    below 1 the single term log cosh x itself. A few eps relative (logs and exp round)."""
+    x = np.array([[3.0, -2.0, 0.5]])
+    expected = 3.0 + 2.0 + 4.0 * np.log(2.0) + np.log(np.cosh(0.5))
+    np.testing.assert_allclose(L.log_cosh().value_size(x), [expected], rtol=8 * EPS)
+
+
+# ---------------------------------------------------------------------------------- dopri
+def test_batched_rk45_counts_evaluations_steps_and_rejections():
+    """Every attempted step of Dormand-Prince costs 6 evaluations (first same as last), plus 2 to
+    start (F(t0) and the initial-step probe): nfev = 2 + 6 (accepted + rejected), per row. A
+    loose tolerance on y' = -50 y from a large state forces rejections, so both counts matter."""
+    rates = np.array([1.0, 50.0])
+
+    def F(t, Y, rows, out):
+        return np.multiply(-rates[rows, None], Y, out=out)
+
+    sol = solve_batched(F, np.full((2, 1), 1e3), 2.0, t_eval=np.linspace(0, 2, 5), rtol=1e-3, atol=1e-6)
+    assert sol.n_rejected[1] > 0
+    np.testing.assert_array_equal(sol.nfev, 2 + 6 * (sol.n_steps + sol.n_rejected))

@@ -1,0 +1,387 @@
+"""Mutation testing of the physics modules: mutate one operator, run the relevant tests, list survivors.
+
+A mutant is the module with one AST node changed (operators below). It is *killed* when the module's
+tests fail (or time out, or the module no longer imports) and *survives* when they all pass: a
+survivor is either equivalent (no computed value changes) or a value the tests never check.
+
+Why a small AST mutator of our own and not mutmut / cosmic-ray: both mutate the source tree in place
+(mutmut 3 also wants its own ``mutants/`` set-up and a trampoline in every function), while several
+people edit this checkout at once and the tests read it; cosmic-ray needs a session database and a
+config per module. Here every mutant is written into a scratch copy of one *committed* tree
+(``git archive <commit>``), pytest runs there with ``PYTHONPATH`` pointing at the copy (checked
+before the first mutant: the copy's ``models``/``dynamics`` must be the ones imported), and the
+operators are exactly those where one wrong character is a wrong paper result:
+
+    arith     +  <-> -,  *  <-> /,  ** -> *            (binary operators and augmented assignments)
+    augdrop   ``x op= y`` -> ``pass``                    (e.g. ``out /= tau`` dropped)
+    neg       ``-x`` -> ``x``                            (unary minus removed)
+    cmp       <  <-> <=,  >  <-> >=,  == <-> !=
+    const     numeric literal c -> c + 1                 (2.0 -> 3.0, 0.5 -> 1.5, 0 -> 1)
+    minmax    max <-> min (builtins, np.max/np.min, np.maximum/np.minimum, argmax/argmin)
+
+Not mutated: docstrings, f-strings and anything inside a ``raise`` statement (messages), and (unless
+``--guards``) the test of an ``if`` whose body only raises (validation-only lines; their behaviour
+is what ``pytest.raises`` tests check, which the ordinary suite covers).
+
+Usage (from the repository root, the project's venv active)::
+
+    python tools/mutate.py --max-per-module 40 --seed 0 --timeout 120 --out mutation_results.json
+    python tools/mutate.py --list                      # the mutants, without running anything
+    python tools/mutate.py --only dynamics/dopri.py:17 # re-run chosen mutants (module:index)
+
+Results go to ``--out`` (JSON, rewritten atomically after every mutant, resumable: a rerun with the
+same commit, seed and sampling skips mutants already done). The summary table per module and the
+survivors (with their diffs) are printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import difflib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: module -> the test files that check it (globs of this repository's own tests, relative to the root)
+TESTS = {
+    "models/similarity.py": ["tests/models/test_similarity.py", "tests/models/test_memory.py",
+                             "tests/models/test_mutants_*.py"],
+    "models/separation.py": ["tests/models/test_separation.py", "tests/models/test_memory.py",
+                             "tests/models/test_mutants_*.py"],
+    "models/memory.py": ["tests/models/test_memory.py", "tests/models/test_named_models.py",
+                         "tests/models/test_mutants_*.py"],
+    "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/test_energy.py",
+                                "tests/dynamics/test_mutants_*.py"],
+    "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/test_energy.py",
+                            "tests/dynamics/test_integrate.py", "tests/dynamics/test_mutants_*.py"],
+    "dynamics/energy.py": ["tests/dynamics/test_energy.py", "tests/dynamics/test_energy_trajectory.py",
+                           "tests/dynamics/test_mutants_*.py"],
+    "dynamics/dopri.py": ["tests/dynamics/test_batched_integrator.py", "tests/dynamics/test_mutants_*.py"],
+    "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/test_batched_integrator.py",
+                              "tests/dynamics/test_mutants_*.py"],
+}
+
+_ARITH = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult}
+_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
+_MINMAX = {"max": "min", "min": "max", "maximum": "minimum", "minimum": "maximum",
+           "argmax": "argmin", "argmin": "argmax", "nanmax": "nanmin", "nanmin": "nanmax"}
+_SYM = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.Lt: "<", ast.LtE: "<=",
+        ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+@dataclass
+class Mutant:
+    module: str
+    index: int      # position in the module's full (unsampled) list: stable across runs of one commit
+    op: str
+    line: int
+    col: int
+    what: str       # e.g. "+ -> -"
+    source_line: str
+
+
+# ------------------------------------------------------------------------------------------ mutants
+def _skipped_nodes(tree: ast.AST, guards: bool) -> set[int]:
+    """ids of nodes never mutated: docstrings, f-strings, raise statements, validation-only if tests."""
+    skip: set[int] = set()
+
+    def mark(node):
+        for n in ast.walk(node):
+            skip.add(id(n))
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Raise, ast.JoinedStr, ast.Assert)):
+            mark(node)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                mark(body[0])
+        elif isinstance(node, ast.If) and not guards:
+            if all(isinstance(s, ast.Raise) for s in node.body) and not node.orelse:
+                mark(node.test)
+    return skip
+
+
+def _sites(tree: ast.AST, guards: bool):
+    """Yield (node, field-path-independent description, op, apply) for every mutation site, in a
+    deterministic order (ast.walk is breadth-first and deterministic for one source)."""
+    skip = _skipped_nodes(tree, guards)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            new = _ARITH[type(node.op)]
+            yield node, "arith", f"{_SYM[type(node.op)]} -> {_SYM[new]}", ("op", new)
+        elif isinstance(node, ast.AugAssign):
+            if type(node.op) in _ARITH:
+                new = _ARITH[type(node.op)]
+                yield node, "arith", f"{_SYM[type(node.op)]}= -> {_SYM[new]}=", ("op", new)
+            yield node, "augdrop", "augmented assignment dropped", ("drop", None)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            yield node, "neg", "unary minus removed", ("unneg", None)
+        elif isinstance(node, ast.Compare):
+            for k, op in enumerate(node.ops):
+                if type(op) in _CMP:
+                    new = _CMP[type(op)]
+                    yield node, "cmp", f"{_SYM[type(op)]} -> {_SYM[new]}", ("cmp", (k, new))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+                and not isinstance(node.value, bool):
+            yield node, "const", f"{node.value!r} -> {node.value + 1!r}", ("const", node.value + 1)
+        elif isinstance(node, ast.Name) and node.id in _MINMAX and isinstance(node.ctx, ast.Load):
+            yield node, "minmax", f"{node.id} -> {_MINMAX[node.id]}", ("name", _MINMAX[node.id])
+        elif isinstance(node, ast.Attribute) and node.attr in _MINMAX and isinstance(node.ctx, ast.Load):
+            yield node, "minmax", f".{node.attr} -> .{_MINMAX[node.attr]}", ("attr", _MINMAX[node.attr])
+
+
+class _Apply(ast.NodeTransformer):
+    def __init__(self, target_index: int, guards: bool):
+        self.target_index, self.guards = target_index, guards
+
+    def run(self, tree):
+        sites = list(_sites(tree, self.guards))
+        node, _, _, (kind, arg) = sites[self.target_index]
+        self.node, self.kind, self.arg = node, kind, arg
+        return self.visit(tree)
+
+    def generic_visit(self, node):
+        node = super().generic_visit(node)
+        if node is not self.node:
+            return node
+        k, a = self.kind, self.arg
+        if k == "op":
+            node.op = a()
+        elif k == "drop":
+            return ast.copy_location(ast.Pass(), node)
+        elif k == "unneg":
+            return node.operand
+        elif k == "cmp":
+            node.ops[a[0]] = a[1]()
+        elif k == "const":
+            node.value = a
+        elif k == "name":
+            node.id = a
+        elif k == "attr":
+            node.attr = a
+        return node
+
+
+def list_mutants(module: str, source: str, guards: bool) -> list[Mutant]:
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    out = []
+    for i, (node, op, what, _) in enumerate(_sites(tree, guards)):
+        out.append(Mutant(module, i, op, node.lineno, node.col_offset, what, lines[node.lineno - 1].strip()))
+    return out
+
+
+def mutated_source(source: str, index: int, guards: bool) -> str:
+    """The module's source with mutant ``index`` applied (re-emitted by ast.unparse; line numbers of
+    the unmutated code are irrelevant to the tests)."""
+    tree = ast.parse(source)
+    tree = _Apply(index, guards).run(tree)
+    ast.fix_missing_locations(tree)
+    return ast.unparse(tree)
+
+
+def sample(mutants: list[Mutant], k: int | None, seed: int) -> list[Mutant]:
+    """At most k mutants: the first k of a fixed-seed shuffle, so a larger k extends a smaller one's
+    sample (a resumed run with a larger k reuses every result), run in source order."""
+    if k is None or len(mutants) <= k:
+        return mutants
+    order = list(mutants)
+    random.Random(f"{seed}:{mutants[0].module}").shuffle(order)
+    return sorted(order[:k], key=lambda m: m.index)
+
+
+# ------------------------------------------------------------------------------------------ running
+def export_tree(commit: str, dest: str) -> str:
+    """Unpack the committed tree of ``commit`` into ``dest`` (fresh); return the full hash."""
+    full = subprocess.run(["git", "-C", REPO, "rev-parse", commit], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    os.makedirs(dest)
+    archive = subprocess.run(["git", "-C", REPO, "archive", full], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return full
+
+
+def _env(tree: str) -> dict:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE="ci", MPLBACKEND="Agg")
+    env.pop("CI", None)
+    return env
+
+
+def check_imports_copy(tree: str) -> None:
+    """The copy's packages, not the editable install in the repository, must be what pytest imports."""
+    code = "import models, dynamics; print(models.__file__); print(dynamics.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), capture_output=True,
+                         text=True, check=True).stdout.split()
+    for path in out:
+        if not os.path.realpath(path).startswith(os.path.realpath(tree) + os.sep):
+            raise RuntimeError(f"the scratch copy is not what gets imported: {path} (expected under {tree})")
+
+
+def test_files(tree: str, module: str) -> list[str]:
+    import glob
+    files = []
+    for pattern in TESTS[module]:
+        files += sorted(os.path.relpath(p, tree) for p in glob.glob(os.path.join(tree, pattern)))
+    return files
+
+
+def run_tests(tree: str, files: list[str], timeout: float) -> tuple[str, float, str]:
+    """('passed' | 'failed' | 'timeout', seconds, tail of the output)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+           "--benchmark-disable", *files]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=tree, env=_env(tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        status = "passed" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        status = "timeout"
+    return status, time.monotonic() - t0, (out or "")[-1500:]
+
+
+def _clear_pyc(tree: str) -> None:
+    for root, dirs, _ in os.walk(tree):
+        for d in dirs:
+            if d == "__pycache__":
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+def save(path: str, data: dict) -> None:
+    """Write JSON atomically: a crash never leaves a half-written results file."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".mutate-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def summarise(data: dict) -> str:
+    rows = ["| module | mutants | killed | survived | timeout | baseline s |", "|---|---|---|---|---|---|"]
+    surv = []
+    for module, info in data["modules"].items():
+        res = info["results"].values()
+        n = len(res)
+        killed = sum(r["status"] in ("failed",) for r in res)
+        tout = sum(r["status"] == "timeout" for r in res)
+        survived = [r for r in res if r["status"] == "passed"]
+        rows.append(f"| {module} | {n} | {killed + tout} | {len(survived)} | {tout} | "
+                    f"{info.get('baseline_s', float('nan')):.0f} |")
+        surv += survived
+    rows.append("")
+    rows.append("survivors:")
+    for r in sorted(surv, key=lambda r: (r["module"], r["index"])):
+        rows.append(f"  {r['module']}:{r['index']}  line {r['line']}  [{r['op']}] {r['what']}:  {r['source_line']}")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--modules", nargs="*", default=list(TESTS), help="modules to mutate (default: all eight)")
+    ap.add_argument("--commit", default="HEAD", help="committed tree to mutate (default HEAD)")
+    ap.add_argument("--max-per-module", type=int, default=40, help="random sample size per module (0: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant run; over it counts as killed")
+    ap.add_argument("--guards", action="store_true", help="also mutate validation-only if tests")
+    ap.add_argument("--scratch", default="/tmp/mut/tree", help="scratch copy of the tree (recreated)")
+    ap.add_argument("--out", default="mutation_results.json")
+    ap.add_argument("--only", nargs="*", default=None, help="module:index mutants to (re-)run, ignoring the sample")
+    ap.add_argument("--tests-from", default=None,
+                    help="copy these test files from the working tree into the copy (new tests not yet committed)")
+    ap.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
+    args = ap.parse_args(argv)
+    k = args.max_per_module or None
+
+    full = export_tree(args.commit, args.scratch)
+    for extra in (args.tests_from or "").split(",") if args.tests_from else []:
+        shutil.copy(os.path.join(REPO, extra), os.path.join(args.scratch, extra))
+    only = {}
+    for spec in args.only or []:
+        mod, idx = spec.rsplit(":", 1)
+        only.setdefault(mod, set()).add(int(idx))
+    modules = list(only) if only else args.modules
+
+    params = {"commit": full, "seed": args.seed, "max_per_module": k, "guards": args.guards,
+              "timeout_s": args.timeout, "python": sys.version.split()[0]}
+    data = {"params": params, "modules": {}}
+    if os.path.exists(args.out):
+        old = json.load(open(args.out))
+        if all(old["params"].get(x) == params[x] for x in ("commit", "seed", "guards")):
+            data = old
+            data["params"] = params
+    plan = {}
+    for module in modules:
+        src = open(os.path.join(args.scratch, module)).read()
+        allm = list_mutants(module, src, args.guards)
+        chosen = [allm[i] for i in sorted(only[module])] if only else sample(allm, k, args.seed)
+        plan[module] = (src, allm, chosen)
+    if args.list:
+        for module, (_, allm, chosen) in plan.items():
+            print(f"{module}: {len(chosen)} of {len(allm)} mutants")
+            for m in chosen:
+                print(f"  {m.index:4d} line {m.line:4d} [{m.op}] {m.what}: {m.source_line}")
+        return 0
+
+    check_imports_copy(args.scratch)
+    print(f"commit {full}; copy {args.scratch}; imports verified to come from the copy", flush=True)
+    for module, (src, allm, chosen) in plan.items():
+        info = data["modules"].setdefault(module, {"total_mutants": len(allm), "results": {}})
+        info["total_mutants"] = len(allm)
+        files = test_files(args.scratch, module)
+        info["tests"] = files
+        path = os.path.join(args.scratch, module)
+        if "baseline_s" not in info or only:
+            status, secs, tail = run_tests(args.scratch, files, args.timeout * 3)
+            if status != "passed":
+                print(tail)
+                raise SystemExit(f"baseline tests of {module} do not pass unmutated ({status}); fix that first")
+            info["baseline_s"] = secs
+            save(args.out, data)
+        print(f"== {module}: {len(chosen)} of {len(allm)} mutants, baseline {info['baseline_s']:.0f} s, "
+              f"tests {' '.join(files)}", flush=True)
+        for j, m in enumerate(chosen):
+            key = str(m.index)
+            if key in info["results"] and not only:
+                continue
+            try:
+                with open(path, "w") as fh:
+                    fh.write(mutated_source(src, m.index, args.guards))
+                _clear_pyc(args.scratch)
+                status, secs, tail = run_tests(args.scratch, files, args.timeout)
+            finally:
+                with open(path, "w") as fh:
+                    fh.write(src)
+            diff = "".join(difflib.unified_diff(
+                ast.unparse(ast.parse(src)).splitlines(True), mutated_source(src, m.index, args.guards).splitlines(True),
+                n=0))
+            info["results"][key] = {**asdict(m), "status": status, "seconds": round(secs, 1),
+                                    "diff": diff[-800:], "tail": tail[-600:] if status != "passed" else ""}
+            save(args.out, data)
+            print(f"  [{j + 1}/{len(chosen)}] {module}:{m.index} line {m.line} [{m.op}] {m.what} -> "
+                  f"{'SURVIVED' if status == 'passed' else status} ({secs:.0f} s)", flush=True)
+    _clear_pyc(args.scratch)
+    print(summarise(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
