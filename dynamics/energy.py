@@ -5,7 +5,8 @@ Checks, each reported with where it was worst (sample index, time, query):
 1. monotonicity: the largest increase E(t_{k+1}) - E(t_k) between samples, relative to
    ``increase_tol = rtol_factor * rtol * max(|E|, 1) + atol_floor`` (rtol: the integrator's);
 2. sign: the analytic dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot at every sample must be
-   <= round-off (``sign_tol`` relative to the size of its two terms);
+   <= FD_SAFETY times its round-off (that of the quadratic forms and of the velocity, see
+   :func:`_dEdt_and_size`);
 3. consistency: the analytic dE/dt against a central finite difference of E along the flow,
    fd(s) = (E(y + s ydot) - E(y - s ydot)) / (2 s), with a tolerance estimated per sample from the
    two errors of fd(s) (see :func:`_flow_fd`):
@@ -71,7 +72,7 @@ class EnergyReport:
     increase_at: tuple           #: (sample k, time t_k, query b) of the largest increase
     max_dEdt: float              #: largest analytic dE/dt (should be <= 0)
     dEdt_at: tuple
-    sign_tol: float
+    sign_tol: float              #: allowed positive dE/dt (its round-off) at that sample
     fd_max_error: float          #: |analytic - fd| / |analytic| at the sample of the largest fd_ratio
     fd_tol: float                #: the allowed relative error at that sample (> it iff fd_ratio > 1)
     fd_at: tuple
@@ -161,10 +162,11 @@ def _energy_and_size(net: Network, Y, I, adiabatic: bool):
 def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     """Analytic dE/dt at Y (B, W) with velocity F, the size of its terms and its round-off, (B,) each.
 
-    size = tau_v (|vdot^T H_v vdot| + |vdot|^2) + tau_h (the same for h): the |vdot|^2 part keeps
-    round-off from failing the sign check on a flow along a flat Hessian direction.
-    Round-off: ROUNDOFF_ULPS eps64 size for the quadratic forms, plus what the velocity's own
-    round-off dF contributes, 2 tau |H u| . |dF|. dF is a few ulps of what the right-hand side adds,
+    size = tau_v sum_i |vdot_i| hvp_size(v, vdot)_i + the same for h: the terms the quadratic forms
+    vdot^T H vdot add before they cancel (:meth:`Lagrangian.hvp_size`; e.g. the spherical Hessian
+    (u - g (g.u)) / |v| along the radial flow, where dE/dt = 0 exactly).
+    Round-off: ROUNDOFF_ULPS eps64 size, plus what the velocity's own round-off dF contributes,
+    2 tau hvp_size . |dF|. dF is a few ulps of what the right-hand side adds,
     tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I and tau_h dh/dt = S - h, whose terms are bounded by
     |f| |M| + |f|_1 |g| (the vjp of dot / squared_euclidean-type similarities) and |S| + (|m| + |g|)^2:
     near a fixed point they cancel to a velocity many orders below them."""
@@ -178,8 +180,8 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     dv = F if adiabatic else F[:, :D]
     drive = np.abs(f) @ absM + np.abs(f).sum(1, keepdims=True) * np.abs(g)
     err_v = ROUNDOFF_ULPS * _EPS64 * (drive + np.abs(v) + I_abs) / net.tau_v
-    Hv = net.L_v.hvp(v, dv)
-    size = net.tau_v * (np.abs(np.einsum("bk,bk->b", dv, Hv)) + _rowabs(dv, dv))
+    Hv = net.L_v.hvp_size(v, dv)
+    size = net.tau_v * _rowabs(dv, Hv)
     prop = 2 * net.tau_v * _rowabs(Hv, err_v)
     if adiabatic:
         an = net.dEdt_adiabatic(v, I)
@@ -188,8 +190,8 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
         an = net.dEdt(v, h, I)
         span = (np.linalg.norm(net.M, axis=1)[None, :] + np.linalg.norm(g, axis=1)[:, None]) ** 2
         err_h = ROUNDOFF_ULPS * _EPS64 * (np.abs(S) + span + np.abs(h)) / net.tau_h
-        Hh = net.L_h.hvp(h, dh)
-        size += net.tau_h * (np.abs(np.einsum("bk,bk->b", dh, Hh)) + _rowabs(dh, dh))
+        Hh = net.L_h.hvp_size(h, dh)
+        size += net.tau_h * _rowabs(dh, Hh)
         prop += 2 * net.tau_h * _rowabs(Hh, err_h)
     return an, size, ROUNDOFF_ULPS * _EPS64 * size + prop
 
@@ -366,7 +368,7 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
 
 
 def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
-                  atol_floor: float = 1e-12, sign_tol: float = 1e-9, fd_safety: float = FD_SAFETY,
+                  atol_floor: float = 1e-12, fd_safety: float = FD_SAFETY,
                   flow_safety: float = FD_SAFETY, max_windows: int = 40, diverge_factor: float = 1e3,
                   check_convexity: bool = True) -> EnergyReport:
     """Check that ``traj`` solves ``net``'s ODE and that E decreases along it (energies recomputed in
@@ -377,11 +379,10 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     rtol_factor, atol_floor : an increase between samples is a violation when it exceeds
         rtol_factor * rtol * max(|E|, 1) + atol_floor (rtol from the trajectory's integrator;
         for fixed-step backends, the ``rtol`` recorded in its params).
-    sign_tol : analytic dE/dt may exceed 0 by at most sign_tol times the size of its two terms
-        (|tau_v vdot^T H_v vdot| + tau_v |vdot|^2 + the same for h: the |vdot|^2 part keeps round-off
-        from failing a flow along a flat Hessian direction, where both terms are ~0).
     fd_safety : |analytic dE/dt - fd| may be at most fd_safety times the estimated round-off +
-        truncation of fd (and round-off of the analytic value) at that sample.
+        truncation of fd (and round-off of the analytic value) at that sample; analytic dE/dt may
+        exceed 0 by at most fd_safety times its round-off; stored E and dE/dt may differ from the
+        recomputed ones by at most fd_safety times their round-off.
     flow_safety : a sampled state may deviate from the re-integrated flow by at most flow_safety
         times the error the trajectory's integrator can have made over the window.
     max_windows : re-integrate at most this many sample windows (the first ones and a spread).
@@ -424,7 +425,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     # 2 and 3. analytic dE/dt: sign and agreement with finite differences
     fdo, moving = _flow_fd(net, traj, fd_safety)
     an, fd, scale = fdo["an"], fdo["fd"], fdo["scale"]
-    slack = sign_tol * np.maximum(scale, 1e-300) + 1e-300
+    slack = fd_safety * fdo["an_roundoff"]
     k, b = np.unravel_index(np.argmax(an - slack), an.shape)
     max_dEdt = float(an.max())
     if np.any(an > slack):
@@ -494,7 +495,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     return EnergyReport(
         passed=not violations, max_increase=max_inc, max_increase_relative=float(inc_rel),
         increase_tol=inc_tol, increase_at=inc_at, max_dEdt=max_dEdt,
-        dEdt_at=(int(k), float(traj.t[k]), int(b)), sign_tol=sign_tol,
+        dEdt_at=(int(k), float(traj.t[k]), int(b)), sign_tol=float(slack[k, b]),
         fd_max_error=float(fd_err[kf, bf] / den), fd_tol=float(fdo["allowed"][kf, bf] / den),
         fd_at=(int(kf), float(traj.t[kf]), int(bf)), fd_checked=int(moving.sum()),
         sampled_fd_max_error=sampled, convex=convex, convexity_message=cmsg, diverging=diverging,

@@ -56,6 +56,11 @@ class Lagrangian:
         |L(x)|, right for a sum of non-negative terms each computed to a few ulps."""
         return np.abs(self.value(x))
 
+    def hvp_size(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """(B, K) the size of the terms each entry of :meth:`hvp` adds up: its round-off is a few
+        ulps of this. Default |hvp(x, u)|, right for a diagonal Hessian (one product per entry)."""
+        return np.abs(self.hvp(x, u))
+
     def legendre(self, x: np.ndarray) -> np.ndarray:
         """Energy term of the layer, x . dL/dx - L(x), (B,)."""
         return np.einsum("bk,bk->b", x, self.grad(x)) - self.value(x)
@@ -195,6 +200,11 @@ class LogSumExp(Lagrangian):
         f = self.grad(x)
         return self.beta * (f * u - f * np.einsum("bk,bk->b", f, u)[:, None])
 
+    def hvp_size(self, x, u):
+        # beta (f u - f (f.u)): the two terms cancel along u = 1 (softmax is shift invariant)
+        f = self.grad(x)
+        return self.beta * (np.abs(f * u) + f * np.abs(np.einsum("bk,bk->b", f, u))[:, None])
+
     def legendre(self, x):
         # x.f - L = (1/beta) sum f log f (log f = beta x - log Z): no cancellation of two large terms
         f = self.grad(x)
@@ -251,6 +261,12 @@ class Spherical(Lagrangian):
         n = self._norm(x)
         g = x / n
         return (u - g * np.einsum("bk,bk->b", g, u)[:, None]) / n
+
+    def hvp_size(self, x, u):
+        # (u - g (g.u)) / |x|: the two terms cancel along the radial direction u = x
+        n = self._norm(x)
+        g = x / n
+        return (np.abs(u) + np.abs(g) * np.abs(np.einsum("bk,bk->b", g, u))[:, None]) / n
 
 
 class LogCosh(Lagrangian):

@@ -52,11 +52,10 @@ def _queries():
     return np.random.default_rng(1).uniform(0, 1, (2, 6))
 
 
-@pytest.mark.parametrize("tau_v,tau_h", TAUS, ids=[f"tau_v={a}-tau_h={b}" for a, b in TAUS])
 @pytest.mark.parametrize("s,lh,lv", GRID, ids=["-".join(c) for c in GRID])
-def test_energy_decreases_for_every_smooth_pair(s, lh, lv, tau_v, tau_h):
-    """Every check passes on an honest solve_ivp trajectory; each tolerance is the report's own
-    derived one (squared_euclidean-quadratic-softplus failed a fixed 1e-4 relative FD tolerance on
+def test_energy_decreases_for_every_smooth_pair(s, lh, lv, tau_v=TAUS[1][0], tau_h=TAUS[1][1]):
+    """Every check passes on an honest solve_ivp trajectory (tau_v = 2.5, tau_h = 0.3; the other
+    tests also run tau_v = 1); each tolerance is the report's own derived one (squared_euclidean-quadratic-softplus failed a fixed 1e-4 relative FD tolerance on
     some BLAS kernels: its FD error is round-off, which the report now estimates per sample)."""
     net = _net(s, lh, lv, tau_h=tau_h, tau_v=tau_v)
     tr = integrate(net, _queries(), 5.0, input_mode=SIMS[s][1], n_samples=21, max_nfev=20000)

@@ -209,3 +209,24 @@ def test_for_separation(sep, kind):
 def test_separation_without_energy_refused(sep):
     with pytest.raises(L.NonConvexLagrangianError, match=f"separation {sep}.* has no energy"):
         L.for_separation(sep)
+
+
+@pytest.mark.parametrize("lag,u_of_x", [(L.spherical(), lambda x: 3.0 * x),
+                                        (L.log_sum_exp(5.0), lambda x: np.ones_like(x))],
+                         ids=["spherical-radial", "log_sum_exp-uniform"])
+def test_hvp_size_bounds_the_cancellation(lag, u_of_x):
+    """Directions where H u = 0 exactly but the computed terms are O(|u| |H|): the radial direction
+    of the spherical Hessian (u - g (g.u)) / |x|, and the uniform shift of softmax. The computed
+    hvp is round-off, a few ulps of hvp_size (not of |hvp|, which is ~0): the energy check's
+    round-off estimate of dE/dt uses hvp_size for exactly this."""
+    x = np.random.default_rng(4).uniform(-2, 2, (5, 7))
+    u = u_of_x(x)
+    Hu, size = lag.hvp(x, u), lag.hvp_size(x, u)
+    assert np.all(size.sum(1) > 1e3 * np.abs(Hu).sum(1))   # the terms cancel by orders of magnitude ...
+    assert np.all(np.abs(Hu) <= ULPS * EPS * size)         # ... to round-off of their size
+
+
+@pytest.mark.parametrize("lag", ALL, ids=IDS)
+def test_hvp_size_covers_hvp(lag):
+    x, u = _points(5)
+    assert np.all(lag.hvp_size(x, u) >= np.abs(lag.hvp(x, u)) * (1 - ULPS * EPS))
