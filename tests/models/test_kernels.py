@@ -1,0 +1,264 @@
+"""Compiled L1 / Lp kernels (models/_kernels.py) against a broadcast numpy reference written here.
+
+Tolerances come from the error of the compared quantity:
+
+* scores: a sum of D nonnegative terms a_i^p. Each term carries a few roundings (the difference
+  q - m, |x| or sqrt(x^2 + eps^2) - eps, whose cancellation costs ~ulp * eps absolutely, and the
+  power: ~p ulps), and summing D nonnegative terms in any order adds <= D ulp of the sum. So
+  |sum - ref| <= (D + 3 p + 4) u sum_i (a_i + eps)^p with u the unit round-off of the dtype, and
+  the root ^(1/p) divides that relative error by p (plus one ulp for the root itself).
+* contractions: sum over N signed terms w_mu t_mu, so the error is absolute, relative to
+  sum_mu |w_mu t_mu|: N u from the summation plus the relative error of each term, which for
+  p > 1 includes the weight 1/dist^(p-1), i.e. (p - 1) times the score's relative error.
+"""
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from models import _kernels as K
+
+EPS = {np.float64: np.finfo(np.float64).eps / 2, np.float32: np.finfo(np.float32).eps / 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# independent reference (plain broadcasting, float64 on the given values)
+# ----------------------------------------------------------------------------------------------
+
+def _abs_terms(M, Q, eps):
+    x = np.asarray(Q, np.float64)[:, None, :] - np.asarray(M, np.float64)[None, :, :]
+    a = np.abs(x) if eps == 0 else np.sqrt(x * x + eps * eps) - eps
+    da = np.sign(x) if eps == 0 else x / np.sqrt(x * x + eps * eps)
+    return x, a, da
+
+
+def ref_scores(M, Q, p, eps):
+    """(dist, bound): (sum_i a_i^p)^(1/p) and the error bound of the module docstring / u."""
+    _, a, _ = _abs_terms(M, Q, eps)
+    s = (a ** p).sum(-1)
+    D = a.shape[-1]
+    sum_bound = (D + 3 * p + 4) * ((a + eps) ** p).sum(-1)  # in units of u
+    dist = s ** (1.0 / p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(s > 0, sum_bound / s, 0.0) / p + 1.0
+    return dist, rel * dist
+
+
+def ref_vjp(M, G, F, p, eps):
+    """(V, bound / u): sum_mu Fs a^(p-1) da, Fs = F / dist^(p-1) (0 at dist = 0)."""
+    dist, dist_bound = ref_scores(M, G, p, eps)
+    _, a, da = _abs_terms(M, G, eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Fs = np.where(dist > 0, np.asarray(F, np.float64) / dist ** (p - 1), 0.0)
+        dist_rel = np.where(dist > 0, dist_bound / dist, 0.0)
+    T = Fs[:, :, None] * a ** (p - 1) * da
+    N = M.shape[0]
+    per_term_rel = (p - 1) * dist_rel[:, :, None] + 3 * p + 8
+    bound = (N * np.abs(T) + per_term_rel * np.abs(T)).sum(1)
+    # the smoothed power a^(p-1) inherits the ~ulp * eps cancellation of a, scaled by (p - 1)
+    bound += (p - 1) * 4 * eps * (np.abs(Fs)[:, :, None] * (a + eps) ** max(p - 2, 0)).sum(1)
+    return T.sum(1), bound
+
+
+def _close(got, want, bound_in_u, dtype):
+    u = EPS[dtype]
+    err = np.abs(np.asarray(got, np.float64) - want)
+    ok = err <= bound_in_u * u + np.finfo(dtype).tiny
+    assert ok.all(), (f"max error {err.max():.3g}, bound there {(bound_in_u * u).flat[np.argmax(err)]:.3g}, "
+                      f"worst ratio {np.max(err / (bound_in_u * u + np.finfo(dtype).tiny)):.3g}")
+
+
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 17))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(shape=shapes, p=st.sampled_from([1.0, 1.5, 2.0, 3.0]), eps=st.sampled_from([0.0, 0.05]),
+       seed=st.integers(0, 2**31))
+def test_scores_and_vjp_match_reference(dtype, shape, p, eps, seed):
+    B, N, D = shape
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(N, D)).astype(dtype)
+    Q = rng.normal(size=(B, D)).astype(dtype)
+    Q[0, : D // 2] = M[0, : D // 2]  # exact zeros of x = q - m: sign(0) = 0 and 0^(p-1) paths
+    F = rng.normal(size=(B, N)).astype(dtype)
+    S = K.lp_scores(M, Q, p, eps=eps)
+    V = K.lp_vjp(M, Q, F, p, eps=eps)
+    assert S.dtype == dtype and V.dtype == dtype
+    assert S.shape == (B, N) and V.shape == (B, D)
+    want, bound = ref_scores(M, Q, p, eps)
+    _close(S, want, bound, dtype)
+    want, bound = ref_vjp(M, Q, F, p, eps)
+    _close(V, want, bound, dtype)
+    if p == 1.0:
+        _close(K.l1_scores(M, Q, eps=eps), *ref_scores(M, Q, 1.0, eps), dtype)
+        _close(K.l1_vjp(M, Q, F, eps), *ref_vjp(M, Q, F, 1.0, eps), dtype)
+
+
+def test_float64_agrees_to_1e12_on_a_wide_case():
+    """D = 784, N = 50: the bound (D + 7) u sum is 8.8e-14 relative, inside the 1e-12 goal."""
+    rng = np.random.default_rng(0)
+    M, Q, F = rng.random((50, 784)), rng.random((13, 784)), rng.random((13, 50))
+    for p in (1.0, 3.0):
+        want, _ = ref_scores(M, Q, p, 0.0)
+        np.testing.assert_allclose(K.lp_scores(M, Q, p), want, rtol=1e-12, atol=0)
+        want, bound = ref_vjp(M, Q, F, p, 0.0)
+        _close(K.lp_vjp(M, Q, F, p), want, bound, np.float64)
+
+
+def test_general_and_closed_form_exponents_agree():
+    """p = 2.7 takes the general pow, p = 4 its closed form; both against the reference."""
+    rng = np.random.default_rng(1)
+    M, Q, F = rng.random((11, 23)), rng.random((6, 23)), rng.normal(size=(6, 11))
+    for p in (2.5, 2.7, 4.0):
+        for eps in (0.0, 0.05):
+            _close(K.lp_scores(M, Q, p, eps=eps), *ref_scores(M, Q, p, eps), np.float64)
+            _close(K.lp_vjp(M, Q, F, p, eps=eps), *ref_vjp(M, Q, F, p, eps), np.float64)
+
+
+def test_sign_of_zero_at_a_stored_memory():
+    """At g = M_mu exactly, the L1 subgradient of that memory is sign(0) = 0 in every coordinate,
+    and the Lp weight 1/dist^(p-1) of a zero distance is 0, not inf or NaN."""
+    rng = np.random.default_rng(2)
+    M = rng.random((5, 12))
+    G = M[[3]]
+    F = np.zeros((1, 5))
+    F[0, 3] = 1.0
+    for p in (1.0, 1.5, 3.0):
+        V = K.lp_vjp(M, G, F, p)
+        assert np.all(V == 0.0), (p, V)
+    assert K.l1_scores(M, G)[0, 3] == 0.0
+    assert K.lp_scores(M, G, 3.0)[0, 3] == 0.0
+
+
+def test_mnist_rows():
+    """Real digits: most pixels are exactly 0 in both the memory and the query (x = 0)."""
+    from models.data import load_dataset
+    X = load_dataset("mnist", n=40, seed=0).X
+    M, Q = X[:30], np.vstack([X[25:35], 1.0 - X[:3]])
+    F = np.random.default_rng(3).random((Q.shape[0], 30))
+    for p, eps in [(1.0, 0.0), (1.0, 0.05), (3.0, 0.0)]:
+        for dtype in (np.float64, np.float32):
+            m, q, f = M.astype(dtype), Q.astype(dtype), F.astype(dtype)
+            _close(K.lp_scores(m, q, p, eps=eps), *ref_scores(m, q, p, eps), dtype)
+            _close(K.lp_vjp(m, q, f, p, eps=eps), *ref_vjp(m, q, f, p, eps), dtype)
+
+
+@pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed: the numpy path is the only one")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p,eps", [(1.0, 0.0), (1.0, 0.05), (1.5, 0.0), (3.0, 0.05)])
+def test_numpy_fallback_equals_compiled(monkeypatch, dtype, p, eps):
+    """The chunked numpy path (used without numba) agrees with the compiled one within the
+    reference bounds (the two sum in different orders, so not bitwise)."""
+    rng = np.random.default_rng(4)
+    M, Q = rng.random((21, 30)).astype(dtype), rng.random((9, 30)).astype(dtype)
+    F = rng.normal(size=(9, 21)).astype(dtype)
+    compiled = K.lp_scores(M, Q, p, eps=eps), K.lp_vjp(M, Q, F, p, eps=eps)
+    monkeypatch.setattr(K, "HAVE_NUMBA", False)
+    fallback = K.lp_scores(M, Q, p, eps=eps), K.lp_vjp(M, Q, F, p, eps=eps)
+    for c, f in zip(compiled, fallback):
+        assert c.dtype == f.dtype == dtype
+    sw, sb = ref_scores(M, Q, p, eps)
+    vw, vb = ref_vjp(M, Q, F, p, eps)
+    # each is within bound of the reference, so they are within twice the bound of each other
+    _close(compiled[0], fallback[0].astype(np.float64), 2 * sb, dtype)
+    _close(compiled[1], fallback[1].astype(np.float64), 2 * vb, dtype)
+
+
+@pytest.mark.parametrize("numba_on", [True, False])
+def test_no_batch_by_memories_by_width_array(monkeypatch, numba_on):
+    """Peak traced memory stays far below one (B, N, D) array (here 75 MB) on both paths."""
+    if numba_on and not K.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(K, "HAVE_NUMBA", numba_on and K.HAVE_NUMBA)
+    monkeypatch.setattr(K, "CHUNK_BYTES", 4 * 2**20)
+    rng = np.random.default_rng(5)
+    B, N, D = 120, 100, 784
+    M, Q, F = rng.random((N, D)), rng.random((B, D)), rng.random((B, N))
+    K.l1_scores(M[:2], Q[:2]), K.lp_vjp(M[:2], Q[:2], F[:2, :2], 3.0)  # compile outside the trace
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        K.l1_scores(M, Q)
+        K.l1_vjp(M, Q, F, 0.05)
+        K.lp_vjp(M, Q, F, 3.0)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    full = B * N * D * 8
+    # numpy path: a few (chunk, N, D) temporaries of <= CHUNK_BYTES each plus (B, N) arrays
+    assert peak < 4 * K.CHUNK_BYTES + 4 * B * N * 8 + 2 * B * D * 8 < full / 4, peak
+
+
+def test_dtypes():
+    rng = np.random.default_rng(6)
+    M32, Q32 = rng.random((4, 5), dtype=np.float32), rng.random((3, 5), dtype=np.float32)
+    assert K.l1_scores(M32, Q32).dtype == np.float32
+    assert K.l1_vjp(M32, Q32, np.ones((3, 4), np.float32)).dtype == np.float32
+    assert K.l1_scores(M32, Q32.astype(np.float64)).dtype == np.float64  # mixed: common dtype
+    Mi = np.arange(8).reshape(2, 4)
+    np.testing.assert_array_equal(K.l1_scores(Mi, Mi), [[0.0, 16.0], [16.0, 0.0]])  # ints: float64
+
+
+def test_out_is_filled_in_place():
+    rng = np.random.default_rng(7)
+    M, Q = rng.random((4, 5)), rng.random((3, 5))
+    out = np.full((3, 4), np.nan)
+    assert K.l1_scores(M, Q, out) is out
+    _close(out, *ref_scores(M, Q, 1.0, 0.0), np.float64)
+    with pytest.raises(ValueError, match=r"out must be a writeable C-contiguous float64 array of shape \(3, 4\)"):
+        K.l1_scores(M, Q, np.empty((4, 3)))
+    with pytest.raises(ValueError, match="out must be .* float64"):
+        K.lp_scores(M, Q, 2.0, np.empty((3, 4), np.float32))
+
+
+def test_bad_inputs_are_refused_by_name():
+    M, Q, F = np.ones((4, 5)), np.ones((3, 5)), np.ones((3, 4))
+    with pytest.raises(ValueError, match="p must be a finite number >= 1, got 0.5"):
+        K.lp_scores(M, Q, 0.5)
+    with pytest.raises(ValueError, match="p must be a finite number >= 1, got inf"):
+        K.lp_vjp(M, Q, F, np.inf)
+    with pytest.raises(TypeError, match="p must be a real number"):
+        K.lp_scores(M, Q, "3")
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -0.1"):
+        K.l1_scores(M, Q, eps=-0.1)
+    with pytest.raises(ValueError, match="memories have width 5 but queries have width 4"):
+        K.l1_scores(M, np.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"F must have shape \(B, N\) = \(3, 4\)"):
+        K.l1_vjp(M, Q, np.ones((4, 3)))
+    with pytest.raises(ValueError, match="queries contains 1 NaN/inf"):
+        K.l1_scores(M, np.array([[1, 2, np.nan, 4, 5.0]]))
+    with pytest.raises(ValueError, match="memories must be 2-D"):
+        K.l1_scores(np.ones(5), Q)
+    with pytest.raises(TypeError, match="states must be a real numeric array"):
+        K.l1_vjp(M, Q.astype(complex), F)
+    with pytest.raises(ValueError, match="dist must be nonnegative"):
+        K.lp_vjp(M, Q, F, 2.0, dist=-np.ones((3, 4)))
+
+
+def test_precomputed_dist_gives_the_same_contraction():
+    rng = np.random.default_rng(8)
+    M, G, F = rng.random((7, 9)), rng.random((4, 9)), rng.normal(size=(4, 7))
+    dist = K.lp_scores(M, G, 3.0)
+    np.testing.assert_array_equal(K.lp_vjp(M, G, F, 3.0, dist=dist), K.lp_vjp(M, G, F, 3.0))
+
+
+@pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
+def test_unwritable_cache_compiles_in_memory_with_a_warning(monkeypatch):
+    """Where numba finds no writable cache location it raises at decoration; _jit warns instead."""
+    real = K._nb.njit
+
+    def njit(*args, cache=False, **kw):
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(K._nb, "njit", njit)
+
+    def f(x):
+        return 2 * x
+
+    with pytest.warns(RuntimeWarning, match="numba cannot cache f on disk .*compiling in memory"):
+        g = K._jit()(f)
+    assert g(3.0) == 6.0
