@@ -200,8 +200,6 @@ def _separation(point: Point):
     if point.separation not in SEP_PARAM_NAMES:
         raise ValueError(f"separation {point.separation!r} takes no parameter, got {point.sep_param}")
     value = point.sep_param
-    if point.separation == "k_max":
-        value = int(value)
     return get_separation(point.separation, **{SEP_PARAM_NAMES[point.separation]: value})
 
 

@@ -228,3 +228,11 @@ def test_merging_batches_keeps_the_union_with_the_latest_row_per_key(tmp_path_fa
             want[k] = v
     rows = load_results(path)
     assert [(r["key"], r["v"]) for r in rows] == list(want.items())
+
+
+def test_fractional_k_max_is_refused_not_truncated():
+    """k_max with k = 2.7 used to become k = 2 silently inside a capacity point."""
+    from models.capacity import Point, validate
+    with pytest.raises(TypeError, match=r"k_max k must be an integer, got float 2\.7"):
+        validate(Point(dataset="digits", n_memories=10, separation="k_max", sep_param=2.7))
+    validate(Point(dataset="digits", n_memories=10, separation="k_max", sep_param=3.0))  # integral: fine
