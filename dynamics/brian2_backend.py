@@ -53,33 +53,25 @@ TARGETS = ("numpy", "cython", "cpp_standalone")
 SCHEMES = ("leapfrog", "default")
 #: numpy: no compiler and no cold start; see docs/brian2.md for the measurements behind the choice
 DEFAULT_TARGET = "numpy"
-SUPPORTED_SIMILARITIES = ("dot", "squared_euclidean")
+SUPPORTED_SIMILARITIES = ("dot", "squared_euclidean", "cosine", "euclidean", "manhattan", "minkowski",
+                          "kl", "reverse_kl")
 #: largest exponent exp() takes in float64 without overflow, and the smallest before the sum underflows
 _EXP_OVER, _EXP_UNDER = 709.0, -700.0
 
 #: why each similarity the Network accepts is not expressed here (the message of the error raised)
 _SIMILARITY_REASONS = {
-    "cosine": "its gradient M_mu/(|M_mu| |g|) - S_mu g/|g|^2 couples every feature through the norm "
-              "|g| and through sum_mu f_mu S_mu; both are reductions that would each need a further "
-              "one-neuron summed group (not implemented)",
-    "euclidean": "its gradient (M_mu - g)/|M_mu - g| is 0/0 at a memory, which is exactly where "
-                 "retrieval converges; generated code cannot take the limit (use squared_euclidean)",
-    "manhattan": "its subgradient sign(M_mu - g) is discontinuous at every memory, so a fixed-step "
-                 "brian2 scheme chatters around the fixed points (not implemented)",
-    "minkowski": "its gradient |M_mu - g|_p^(1-p) |M_mu - g|^(p-1) sign(M_mu - g) needs a per-memory "
-                 "norm fed back to every synapse and is singular at a memory (not implemented)",
-    "kl": "it normalises g by sum_i g_i, a reduction over the feature group that needs a further "
-          "summed group, and takes logs of rates that can reach 0 (not implemented)",
-    "reverse_kl": "it normalises g by sum_i g_i, a reduction over the feature group that needs a "
-                  "further summed group, and takes logs of rates that can reach 0 (not implemented)",
+    "euclidean": "with eps = 0 its gradient (M_mu - g)/|M_mu - g| is 0/0 at a memory, which is "
+                 "exactly where retrieval converges; generated code cannot take the limit (use "
+                 "get_similarity('euclidean', eps=...) with eps > 0, or squared_euclidean)",
+    "manhattan": "with eps = 0 its subgradient sign(M_mu - g) is discontinuous at every memory, so a "
+                 "fixed-step scheme chatters around the fixed points (use eps > 0)",
+    "minkowski": "with eps = 0 its gradient |M_mu - g|_p^(1-p) |M_mu - g|^(p-1) sign(M_mu - g) is "
+                 "singular at a memory (use eps > 0); p = inf has no gradient",
 }
-
 #: the feature rate g = L_v'(v) as a brian2 expression, and whether dv/dt stays linear in v
 _L_V_RATES = {"quadratic": ("v", True), "log_cosh": ("tanh(v)", False),
-              "softplus": ("1.0/(1.0 + exp(-v))", False)}
+              "softplus": ("1.0/(1.0 + exp(-v))", False), "spherical": ("v/sqrt(nv2)", False)}
 _L_V_REASONS = {
-    "spherical": "g = v/|v| couples every feature through the norm |v|, a reduction over the "
-                 "feature group that needs a further summed group (not implemented)",
     "elementwise": "its activation is a Python callable, which brian2 cannot translate into "
                    "generated code",
 }
@@ -109,11 +101,15 @@ class Brian2UnsupportedError(ValueError):
 def check_supported(net: Network) -> None:
     """Raise Brian2UnsupportedError naming the part of ``net`` brian2 cannot run, and why."""
     sim = net.sim.name.split("(")[0]
-    if sim not in SUPPORTED_SIMILARITIES:
+    eps = net.sim.params.get("eps", 0.0)
+    p = net.sim.params.get("p", 1.0)
+    if sim not in SUPPORTED_SIMILARITIES or (sim in _SIMILARITY_REASONS
+                                             and (eps == 0 or not np.isfinite(p))):
         why = _SIMILARITY_REASONS.get(sim, "not implemented")
         raise Brian2UnsupportedError(
             f"brian2 backend: {net.sim.name} similarity is not supported: {why}; supported "
-            f"similarities: {', '.join(SUPPORTED_SIMILARITIES)}")
+            f"similarities: {', '.join(SUPPORTED_SIMILARITIES)} (euclidean, manhattan and minkowski "
+            f"with eps > 0)")
     if net.L_v.kind not in _L_V_RATES:
         why = _L_V_REASONS.get(net.L_v.kind, "not implemented")
         raise Brian2UnsupportedError(
@@ -124,6 +120,96 @@ def check_supported(net: Network) -> None:
         raise Brian2UnsupportedError(
             f"brian2 backend: memory Lagrangian L_h = {net.L_h.name} is not supported: {why}; "
             f"supported: {', '.join(_NUMERATORS)}")
+
+
+def _uses_extrapolation(net: Network) -> bool:
+    """True where the feature coupling depends on g other than linearly through the feature's own
+    rate (every similarity but dot and squared_euclidean, and any similarity with spherical g):
+    those networks are built by :func:`_coupling_spec` with the coupling frozen at the midpoint
+    state extrapolated from the last two steps."""
+    return net.sim.name not in ("dot", "squared_euclidean") or net.L_v.kind == "spherical"
+
+
+@dataclass
+class _Spec:
+    """Generated code of one similarity for the extrapolated-midpoint scheme (see to_brian2).
+
+    ``g`` is the feature rate at t_k and ``gm`` = 1.5 g_k - 0.5 g_(k-1) its extrapolation to
+    t_(k+1/2); ``Z`` is sum_mu num_mu (softmax) or 1. Keys of the summed dicts are the target
+    variable names; values are expressions in the synapse's pre/post variables."""
+
+    w_sim: np.ndarray                    # (N, D) weights of feature -> memory synapses
+    w_drive: np.ndarray                  # (N, D) weights of memory -> feature synapses
+    mem_sums: dict                       # per memory, over features (feature -> memory synapses)
+    feat_sums: dict = field(default_factory=dict)    # per copy, over features (A1 group)
+    mem_exprs: str = "S = Sraw : 1\n"      # memory-group subexpressions, S among them
+    rate_sums: dict = field(default_factory=dict)    # per copy, over memories (A2 group)
+    drive: str = "w*num_pre"             # memory -> feature summed expression
+    coupling: str = "drive/Z"            # sum_mu f_mu dS_mu/dg at (gm, f(h_(k+1/2)))
+    k0: Optional[np.ndarray] = None      # (N,) constant per memory, if the score needs one
+
+
+def _coupling_spec(net: Network) -> _Spec:
+    """The score S_mu(g) and the contraction sum_mu f_mu dS_mu/dg of each similarity as brian2
+    expressions (models/similarity.py states the same formulas; docs/theory.md section 2):
+
+    dot          S = M.g                           c = sum f M
+    sq_euclidean S = -|M - g|^2                    c = 2 (sum f M - g sum f)
+    cosine       S = M^.g/|g|                      c = sum f M^ / |g| - (sum f S) g/|g|^2
+    euclidean    S = eps - r, r = sqrt(|M - g|^2 + eps^2)    c = sum (f/r) M - g sum f/r
+    minkowski    S = -s^(1/p), s = sum_i phi(M_i - g_i)^p, phi(x) = sqrt(x^2 + eps^2) - eps
+                 c_i = -sum f s^((1-p)/p) phi(x)^(p-1) x / sqrt(x^2 + eps^2), x = g_i - M_i
+    kl           S = sum_i M^_i log(g_i + e) - log Sigma - sum M^ log M^,  Sigma = sum (g + e)
+                 c = (sum f M^)/(g + e) - (sum f)/Sigma        (M^ = (M + e)/sum(M + e))
+    reverse_kl   S = sum_i (g_i + e) log M^_i / Sigma - [sum (g + e) log(g + e)/Sigma - log Sigma]
+                 c = [sum f log M^ - (sum f) log((g + e)/Sigma) - sum f S] / Sigma
+    """
+    name = net.sim.name.split("(")[0]
+    M = net.M
+    prm = net.sim.params
+    if name == "dot":
+        return _Spec(M, M, {"Sraw": "w*g_pre"})
+    if name == "squared_euclidean":
+        return _Spec(M, M, {"Sraw": "-(w - g_pre)**2"}, coupling="2*(drive - gm*total)/Z")
+    if name == "cosine":
+        Mh = M / np.linalg.norm(M, axis=1, keepdims=True)
+        return _Spec(Mh, Mh, {"Sraw": "w*g_pre", "Smraw": "w*gm_pre"},
+                     feat_sums={"ng2": "g_pre**2", "nm2": "gm_pre**2"},
+                     mem_exprs="S = Sraw/sqrt(ng2) : 1\n",
+                     rate_sums={"fSraw": "num_pre*Smraw_pre"},   # sum f S(gm) = fSraw / |gm|
+                     coupling="(drive - fSraw*gm/nm2)/(sqrt(nm2)*Z)")
+    if name == "euclidean":
+        return _Spec(M, M, {"Sraw": "(w - g_pre)**2", "Smraw": "(w - gm_pre)**2"},
+                     mem_exprs="S = eps - sqrt(Sraw + eps**2) : 1\nrm = sqrt(Smraw + eps**2) : 1\n",
+                     rate_sums={"fr": "num_pre/rm_pre"}, drive="w*num_pre/rm_pre",
+                     coupling="(drive - gm*fr)/Z")
+    if name in ("manhattan", "minkowski"):
+        p = float(prm["p"])
+        phi = "(sqrt(({x})**2 + eps**2) - eps)"
+        pw = "" if p == 1 else f"**{p!r}"
+        sc = "1.0" if p == 1 else f"Smraw**({(1 - p) / p!r})"
+        tail = "" if p == 1 else f"*{phi.format(x='gm_post - w')}**{p - 1!r}"
+        return _Spec(M, M, {"Sraw": phi.format(x="w - g_pre") + pw,
+                            "Smraw": phi.format(x="w - gm_pre") + pw},
+                     mem_exprs=f"S = -Sraw**{1 / p!r} : 1\nsc = {sc} : 1\n",
+                     drive=f"-num_pre*sc_pre{tail}*(gm_post - w)/sqrt((gm_post - w)**2 + eps**2)")
+    Mh = (M + prm["eps"]) / (M + prm["eps"]).sum(1, keepdims=True)
+    if name == "kl":
+        return _Spec(Mh, Mh, {"Sraw": "w*log(g_pre + eps)"},
+                     feat_sums={"sg": "g_pre + eps", "sgm": "gm_pre + eps"},
+                     mem_exprs="S = Sraw - log(sg) - k0 : 1\n",
+                     coupling="(drive/(gm + eps) - total/sgm)/Z", k0=(Mh * np.log(Mh)).sum(1))
+    if name == "reverse_kl":
+        L = np.log(Mh)
+        return _Spec(L, L, {"Sraw": "w*(g_pre + eps)", "Smraw": "w*(gm_pre + eps)"},
+                     feat_sums={"sg": "g_pre + eps", "lg": "(g_pre + eps)*log(g_pre + eps)",
+                                "sgm": "gm_pre + eps", "lgm": "(gm_pre + eps)*log(gm_pre + eps)"},
+                     mem_exprs="S = Sraw/sg - lg/sg + log(sg) : 1\n",
+                     # sum f S(gm) = fSraw/sgm - total (lgm/sgm - log sgm)
+                     rate_sums={"fSraw": "num_pre*Smraw_pre"},
+                     coupling="(drive - total*log((gm + eps)/sgm) - fSraw/sgm + total*(lgm/sgm "
+                              "- log(sgm)))/(sgm*Z)")
+    raise Brian2UnsupportedError(f"brian2 backend: no generated code for {net.sim.name}")
 
 
 def default_cache_dir() -> str:
@@ -219,6 +305,13 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
 
     clock = b2.Clock(dt=dt * b2.ms, name="uhn_clock")
     rec_dt = record_every * dt * b2.ms
+    if _uses_extrapolation(net):
+        if scheme != "leapfrog":
+            raise ValueError(f"scheme {scheme!r} is offered for dot and squared_euclidean networks "
+                             f"with elementwise rates only; {net.sim.name} with L_v = {net.L_v.name} "
+                             f"runs the leapfrog scheme with an extrapolated midpoint")
+        return _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift,
+                                   record_every)
     leap = scheme == "leapfrog"
     # orders inside the "groups" slot; a summed variable is refreshed at (target order - 1)
     mem_order, num_order = (0, 2) if leap else (0, -5)
@@ -289,6 +382,137 @@ c : 1 (constant)
                        info={"method": method, "I": np.array(Iext)})
 
 
+def _connect_blocks(b2, pre, post, n_pre, n_post, B, eqs, name, params, clock, weights=None):
+    """Synapses joining every neuron of each copy's pre block (n_pre) to every neuron of the same
+    copy's post block (n_post), block-diagonal over the B copies, listed post-major (synapse k of
+    a copy joins pre k % n_pre to post k // n_pre); ``weights`` (n_post, n_pre) then sets w in
+    its ravel() order. Summed-variable expressions may read only the pre/post groups' own
+    variables and subexpressions without linked variables (brian2 cannot resolve a linked
+    variable through a synapse index)."""
+    syn = b2.Synapses(pre, post, eqs, clock=clock, namespace=params, name=name)
+    a = np.tile(np.repeat(np.arange(n_post), n_pre), B)
+    b = np.tile(np.arange(n_pre), n_post * B)
+    off_pre = np.repeat(np.arange(B) * n_pre, n_pre * n_post)
+    off_post = np.repeat(np.arange(B) * n_post, n_pre * n_post)
+    syn.connect(i=(off_pre + b).astype(np.int64), j=(off_post + a).astype(np.int64))
+    if weights is not None:
+        syn.w = np.tile(np.asarray(weights, float).ravel(), B)
+    return syn
+
+
+def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift, record_every):
+    """The leapfrog scheme with an extrapolated midpoint, for couplings that depend on g
+    nonlinearly or through reductions over the feature group (see :func:`_coupling_spec`).
+
+    Per step, in this order inside the ``groups`` slot (a summed variable is refreshed just before
+    its target group's order):
+
+      -30  feature: [g = v/|v| (spherical)], gm = 1.5 g_k - 0.5 g_(k-1), g_prev = g_k
+      -20  A1 (one neuron per copy): sums over the features of g_k and gm (norms, sums)
+        0  memory: S(g_k) from the summed scores; h_(k-1/2) -> h_(k+1/2) exactly with S frozen
+        2  memory: num = f(h_(k+1/2)) (unnormalised)
+        4  A2 (one neuron per copy): Z = sum num, and sums over memories of num x (scores at gm)
+        6  feature: v_k -> v_(k+1) exactly for tau_v dv/dt = c - v + I with the coupling
+           c = sum_mu f_mu dS_mu/dg at (gm, f(h_(k+1/2))) frozen over the step
+
+    gm is g at t_(k+1/2) up to O(dt^2) and f(h_(k+1/2)) is the midpoint memory rate, so the
+    frozen coupling is a midpoint rule: second order, like the plain leapfrog. g_(-1) is
+    g(v_0 - dt dv/dt(0)), so the first step is second order too. The explicit midpoint makes the
+    coupling's own g-dependence explicit: stable while dt |d c/d g| / tau_v stays below about 1.
+    """
+    import brian2 as b2
+
+    spec = _coupling_spec(net)
+    B, D, N = v0.shape[0], net.D, net.N
+    numerator, normalised = _NUMERATORS[net.L_h.kind]
+    params = dict(params)
+    if "eps" in net.sim.params:
+        params["eps"] = float(net.sim.params["eps"])
+    spherical = net.L_v.kind == "spherical"
+
+    a1_vars = dict(spec.feat_sums)
+    if spherical:
+        a0 = b2.NeuronGroup(B, "nv2 : 1", clock=clock, order=-40, name="uhn_vnorm")
+    a1 = b2.NeuronGroup(B, "".join(f"{k} : 1\n" for k in a1_vars) or "dummy1 : 1\n",
+                        clock=clock, order=-20, name="uhn_featuresums")
+    a2_vars = {"total": "num_pre", **spec.rate_sums}
+    a2 = b2.NeuronGroup(B, "".join(f"{k} : 1\n" for k in a2_vars), clock=clock, order=4,
+                        name="uhn_normaliser")
+
+    g_line = "g : 1\n" if spherical else f"g = {_L_V_RATES[net.L_v.kind][0]} : 1\n"
+    feat_eqs = (f"dv/dt = (c - v + I_ext)/tau_v : 1\nc = {spec.coupling} : 1\n"
+                f"Z = {'total' if normalised else '1.0'} : 1\n{g_line}"
+                "gm : 1\ng_prev : 1\ndrive : 1\nI_ext : 1 (constant)\n")
+    if spherical:
+        feat_eqs += "nv2 : 1 (linked)\n"
+    feat_links = {k: a1 for k in a1_vars if k in spec.coupling}
+    feat_links.update({k: a2 for k in a2_vars})
+    feat_eqs += "".join(f"{k} : 1 (linked)\n" for k in feat_links)
+    feature = b2.NeuronGroup(B * D, feat_eqs, method="exact", clock=clock, order=6,
+                             namespace=params, name="uhn_feature")
+    prep = ("g = v/sqrt(nv2)\n" if spherical else "") + "gm = 1.5*g - 0.5*g_prev\ng_prev = g"
+    feature.run_regularly(prep, when="groups", order=-30, name="uhn_midpoint")
+
+    mem_links = [k for k in a1_vars if k in spec.mem_exprs]
+    mem_eqs = ("dh/dt = (S - h)/tau_h : 1\n" + spec.mem_exprs
+               + "".join(f"{k} : 1\n" for k in spec.mem_sums)
+               + "".join(f"{k} : 1 (linked)\n" for k in mem_links)
+               + "num : 1\nc : 1 (constant)\nk0 : 1 (constant)\n")
+    memory = b2.NeuronGroup(B * N, mem_eqs, method="exact", clock=clock, order=0,
+                            namespace=params, name="uhn_memory")
+    memory.run_regularly(numerator, when="groups", order=2, name="uhn_numerator")
+    objs = [feature, memory, a1, a2]
+
+    sums = "".join(f"{k}_post = {e} : 1 (summed)\n" for k, e in spec.mem_sums.items())
+    objs.append(_connect_blocks(b2, feature, memory, D, N, B, "w : 1 (constant)\n" + sums,
+                                "uhn_similarity", params, clock, spec.w_sim))
+    drive = _connect_blocks(b2, memory, feature, N, D, B,
+                            f"w : 1 (constant)\ndrive_post = {spec.drive} : 1 (summed)\n",
+                            "uhn_drive", params, clock)
+    drive.w = np.tile(spec.w_drive.T.ravel(), B)   # synapse (mu -> i) listed feature-major
+    objs.append(drive)
+    if a1_vars:
+        objs.append(_connect_blocks(b2, feature, a1, D, 1, B, "".join(
+            f"{k}_post = {e} : 1 (summed)\n" for k, e in a1_vars.items()),
+            "uhn_featuresum_syn", params, clock))
+    objs.append(_connect_blocks(b2, memory, a2, N, 1, B, "".join(
+        f"{k}_post = {e} : 1 (summed)\n" for k, e in a2_vars.items()),
+        "uhn_total", params, clock))
+    idx_f = np.repeat(np.arange(B, dtype=np.int64), D)
+    idx_m = np.repeat(np.arange(B, dtype=np.int64), N)
+    for k, grp in feat_links.items():
+        setattr(feature, k, b2.linked_var(grp, k, index=idx_f))
+    for k in mem_links:
+        setattr(memory, k, b2.linked_var(a1, k, index=idx_m))
+    if spherical:
+        objs += [a0, _connect_blocks(b2, feature, a0, D, 1, B, "nv2_post = v_pre**2 : 1 (summed)",
+                                     "uhn_vnorm_syn", params, clock)]
+        feature.nv2 = b2.linked_var(a0, "nv2", index=idx_f)
+
+    # g_(-1) = g(v_0 - dt dv/dt(0)): gm of the first step is then second-order accurate too
+    dv0, _ = net.rhs(v0, net.similarity(net.L_v.grad(v0)), Iext)
+    feature.v = v0.ravel()
+    feature.g_prev = net.L_v.grad(v0 - dt * dv0).ravel()
+    if spherical:
+        feature.g = net.L_v.grad(v0).ravel()
+    feature.I_ext = Iext.ravel()
+    memory.h = h_start.ravel()
+    if spec.k0 is not None:
+        memory.k0 = np.tile(spec.k0, B)
+    if shift is not None:
+        memory.c = np.repeat(shift, N)
+    monitors = {"v": b2.StateMonitor(feature, "v", record=True, dt=rec_dt, when="start",
+                                     name="uhn_monitor_v"),
+                "h": b2.StateMonitor(memory, "h", record=True, dt=rec_dt, when="start",
+                                     name="uhn_monitor_h")}
+    objs += list(monitors.values())
+    return Brian2Model(network=b2.Network(*objs, name="uhn_network"), feature=feature,
+                       memory=memory, normaliser=a2, monitors=monitors, B=B, dt=float(dt),
+                       record_every=record_every, scheme="leapfrog", shift=shift,
+                       normalised=normalised,
+                       info={"method": "exact", "I": np.array(Iext), "midpoint": "extrapolated"})
+
+
 @contextmanager
 def _brian2_target(target: str, cache_dir: Optional[str], build_dir: Optional[str]):
     """Select the codegen target (runtime) or the cpp_standalone device for one run, then restore
@@ -327,10 +551,60 @@ def _brian2_target(target: str, cache_dir: Optional[str], build_dir: Optional[st
             tmp.cleanup()
 
 
-def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str = DEFAULT_TARGET,
+def error_norm(v_a, h_a, v_b, h_b) -> float:
+    """The distance between two runs that ``dt="auto"`` controls: max |v_a - v_b| + max |h_a - h_b|
+    / max(1, max |h_b|). v is compared absolutely; h, a similarity score that grows like |M|^2
+    (~100 on MNIST digits), relative to its own scale."""
+    return float(np.abs(v_a - v_b).max()
+                 + np.abs(h_a - h_b).max() / max(1.0, float(np.abs(h_b).max())))
+
+
+#: tolerance of ``dt="auto"`` (error_norm against the exact solution) and its safety factor
+DEFAULT_DT_TOL = 1e-3
+_DT_SAFETY = 0.8
+
+
+def auto_dt(net: Network, Q, t_end: float, tol: float = DEFAULT_DT_TOL, *, record_every: int = 1,
+            scheme: str = "leapfrog", input_mode: str = "initial", h0=None) -> tuple[float, dict]:
+    """A step dt for which the leapfrog run over [0, t_end] stays within ``tol`` of the exact
+    solution (in :func:`error_norm`), from the scheme's own error constant.
+
+    The leapfrog error is e(dt) = C dt^2 + O(dt^3). Two pilot runs (numpy target) over the first
+    T_p = min(t_end, 2 max(tau_v, tau_h)), where the transient that sets C happens, at
+    dt_0 = T_p / n_0 ~ min(tau_v, tau_h) / 5 and dt_0 / 2, differ by C dt_0^2 (1 - 1/4); hence
+    C = 4 |y_(dt_0) - y_(dt_0/2)| / (3 dt_0^2) (Richardson), and dt = 0.8 sqrt(tol / C), no larger
+    than min(tau_v, tau_h) / 2, shrunk to divide t_end into a multiple of ``record_every`` steps.
+    ("default" scheduling is first order: e = C dt, C = 2 |y_(dt_0) - y_(dt_0/2)| / dt_0.)
+
+    Returns (dt, info) with info = {"tol", "C", "order", "pilot_t", "pilot_dt", "pilot_s"}.
+    Cost: 3 n_0 pilot steps (n_0 ~ 10 max(tau)/min(tau)), about 1.5 s on MNIST (D = 784, N = 100).
+    """
+    tol = require_positive(tol, "dt_tol", "tolerance")
+    t_end = require_positive(t_end, "t_end", "time (ms)")
+    record_every = require_count(record_every, "record_every")
+    tau_min, tau_max = min(net.tau_v, net.tau_h), max(net.tau_v, net.tau_h)
+    t_p = min(t_end, 2.0 * tau_max)
+    n0 = max(2, int(np.ceil(t_p / (tau_min / 5.0))))
+    dt0 = t_p / n0
+    t0 = time.perf_counter()
+    kw = dict(target="numpy", scheme=scheme, input_mode=input_mode, h0=h0)
+    coarse = run_brian2(net, Q, t_p, dt0, **kw)
+    fine = run_brian2(net, Q, t_p, dt0 / 2, record_every=2, **kw)
+    diff = error_norm(coarse.v, coarse.h, fine.v, fine.h)
+    order = 2 if scheme == "leapfrog" else 1
+    C = diff / (1.0 - 2.0 ** -order) / dt0 ** order
+    dt = _DT_SAFETY * (tol / C) ** (1.0 / order) if C > 0 else np.inf
+    dt = min(dt, tau_min / 2.0, t_end / record_every)
+    n = record_every * int(np.ceil(t_end / (dt * record_every)))
+    info = {"tol": tol, "C": C, "order": order, "pilot_t": t_p, "pilot_dt": dt0,
+            "pilot_s": time.perf_counter() - t0}
+    return t_end / n, info
+
+
+def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAULT_TARGET,
                scheme: str = "leapfrog", record_every: int = 1, input_mode: str = "initial",
                h0=None, fixed_point_tol: float = 1e-8, cache_dir: Optional[str] = None,
-               build_dir: Optional[str] = None) -> Trajectory:
+               build_dir: Optional[str] = None, dt_tol: float = DEFAULT_DT_TOL) -> Trajectory:
     """Simulate tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I, tau_h dh/dt = S(g) - h in brian2.
 
     Parameters
@@ -338,7 +612,10 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
     net : the Network (dot or squared_euclidean similarity; see :func:`check_supported`).
     Q : (D,) or (B, D) queries, v(0) = q; a batch is B independent copies in one brian2 run.
     t_end : simulated time in ms (the network's time unit read as ms); a whole number of steps.
-    dt : time step in ms.
+    dt : time step in ms, or "auto" (default): the step :func:`auto_dt` chooses from two short
+        pilot runs so that the run stays within ``dt_tol`` of the exact solution (recorded in
+        ``params["dt_auto"]``). A fixed dt must divide t_end.
+    dt_tol : tolerance of ``dt="auto"`` in :func:`error_norm` (default 1e-3).
     target : "numpy" or "cython" (runtime code generation) or "cpp_standalone" (a C++ project
         built in ``build_dir``, default a temporary directory removed afterwards).
     scheme : "leapfrog" (second order, default) or "default" (brian2 scheduling, first order).
@@ -357,10 +634,17 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
     cpp_standalone the compiled binary's run).
     """
     t_end = require_positive(t_end, "t_end", "time (ms)")
-    dt = require_positive(dt, "dt", "time step (ms)")
     record_every = require_count(record_every, "record_every")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
+    dt_auto = None
+    if isinstance(dt, str):
+        if dt != "auto":
+            raise ValueError(f"dt must be a positive finite time step (ms) or 'auto', got {dt!r}")
+        check_supported(net)
+        dt, dt_auto = auto_dt(net, Q, t_end, dt_tol, record_every=record_every, scheme=scheme,
+                              input_mode=input_mode, h0=h0)
+    dt = require_positive(dt, "dt", "time step (ms)")
     n_steps = int(round(t_end / dt))
     if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
         raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
@@ -401,7 +685,7 @@ def run_brian2(net: Network, Q, t_end: float, dt: float = 0.01, *, target: str =
               "softmax_shift": None if model.shift is None else model.shift.tolist(),
               "input_mode": input_mode, "fixed_point_tol": fixed_point_tol,
               "build_s": t1 - t0, "run_s": t2 - t1,
-              "loop_s": run_time,
+              "loop_s": run_time, "dt_auto": dt_auto,
               "time_unit": "ms", **net.describe()}
     return Trajectory(t=t, v=v, h=h, E=E, dEdt=dE, I=np.array(Iv), converged=vel < fixed_point_tol,
                       method=f"{scheme}/{model.info['method']}", backend=f"brian2/{target}",

@@ -13,6 +13,7 @@ from dynamics.integrate import Trajectory, integrate
 from dynamics.lagrangians import (elementwise, exponential, log_cosh, log_sum_exp, quadratic,
                                   rectified_polynomial, signed_polynomial, softplus, spherical)
 from dynamics.network import Network
+from models.similarity import get_similarity
 
 D, N = 32, 8
 
@@ -51,6 +52,37 @@ def _net(case):
         M, Q = _patterns()
         return Network(M, "squared_euclidean", L_v=quadratic(), L_h=exponential(4.0),
                        tau_v=1.0, tau_h=0.1), Q
+    # the extrapolated-midpoint networks: couplings through norms, sums and per-pair terms
+    if case == "cosine-softmax":
+        # I holds |v| away from 0, where the cosine coupling ~ 1/|g| would grow without bound
+        M, Q = _patterns()
+        return Network(M, "cosine", L_v=quadratic(), L_h=log_sum_exp(10.0), tau_v=1.0, tau_h=0.1,
+                       I=0.5 * M[0]), Q
+    if case == "euclidean-softmax":
+        M, Q = _patterns()
+        return Network(M, get_similarity("euclidean", eps=0.1), L_v=quadratic(), L_h=log_sum_exp(10.0),
+                       tau_v=1.0, tau_h=0.1), Q
+    if case == "manhattan-softmax":
+        M, Q = _patterns()
+        return Network(M, get_similarity("manhattan", eps=0.1), L_v=quadratic(), L_h=log_sum_exp(2.0),
+                       tau_v=1.0, tau_h=0.1), Q
+    if case == "minkowski3-poly2-tanh":
+        M, Q = _patterns()
+        return Network(M, get_similarity("minkowski", p=3, eps=0.1), L_v=log_cosh(),
+                       L_h=rectified_polynomial(2), tau_v=1.0, tau_h=0.2), Q
+    if case in ("kl-softmax", "reverse_kl-softmax"):
+        rng = np.random.default_rng(2)
+        M = rng.random((N, D))
+        Q = np.clip(M[:2] + 0.2 * rng.standard_normal((2, D)), 0, 1)
+        return Network(M, case.split("-")[0], L_v=softplus(), L_h=log_sum_exp(10.0),
+                       tau_v=1.0, tau_h=0.1), Q
+    if case == "dot-spherical":
+        M, Q = _patterns()
+        return Network(M, "dot", L_v=spherical(), L_h=log_sum_exp(10.0), tau_v=1.0, tau_h=0.1), Q
+    if case == "sqeuclid-spherical":
+        M, Q = _patterns()
+        return Network(M, "squared_euclidean", L_v=spherical(), L_h=log_sum_exp(5.0),
+                       tau_v=2.0, tau_h=0.3), Q
     raise KeyError(case)
 
 
@@ -96,8 +128,10 @@ def _energy_roundoff(net, tr):
     return np.array(out)
 
 
+EXTRAPOLATED = ["cosine-softmax", "euclidean-softmax", "manhattan-softmax", "minkowski3-poly2-tanh",
+                "kl-softmax", "reverse_kl-softmax", "dot-spherical", "sqeuclid-spherical"]
 CASES = ["dot-softmax", "dot-poly3", "sqeuclid-softmax", "dot-identity-sigmoid", "dot-signedpoly3",
-         "dot-exp", "sqeuclid-exp"]
+         "dot-exp", "sqeuclid-exp"] + EXTRAPOLATED
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -230,22 +264,45 @@ def test_linear_network_matches_matrix_exponential(tau_v, tau_h):
 
 
 @pytest.mark.parametrize("similarity, L_v, L_h, words", [
-    ("cosine", quadratic(), log_sum_exp(1.0), ["cosine", "|g|"]),
-    ("euclidean", quadratic(), log_sum_exp(1.0), ["euclidean", "0/0 at a memory"]),
-    ("manhattan", quadratic(), log_sum_exp(1.0), ["manhattan", "discontinuous"]),
-    ("dot", spherical(), log_sum_exp(1.0), ["L_v = spherical", "|v|"]),
+    ("euclidean", quadratic(), log_sum_exp(1.0), ["euclidean", "0/0 at a memory", "eps > 0"]),
+    ("manhattan", quadratic(), log_sum_exp(1.0), ["manhattan", "discontinuous", "eps > 0"]),
+    (get_similarity("minkowski", p=3), quadratic(), log_sum_exp(1.0), ["minkowski(p=3)", "singular"]),
     ("dot", quadratic(), elementwise(lambda x: x ** 2 / 2, lambda x: x, lambda x: np.ones_like(x)),
      ["L_h = elementwise", "Python callable"]),
+    ("dot", elementwise(lambda x: x ** 2 / 2, lambda x: x, lambda x: np.ones_like(x)),
+     log_sum_exp(1.0), ["L_v = elementwise", "Python callable"]),
 ])
 def test_unsupported_networks_are_refused_with_the_reason(similarity, L_v, L_h, words):
     M, Q = _patterns()
-    net = Network(M, similarity, L_v=L_v, L_h=L_h)
+    net = Network(np.abs(M), similarity, L_v=L_v, L_h=L_h)
     with pytest.raises(Brian2UnsupportedError) as err:
         check_supported(net)
     for w in words:
         assert w in str(err.value)
     with pytest.raises(Brian2UnsupportedError):
-        run_brian2(net, Q, t_end=0.1, dt=0.01, target="numpy")
+        run_brian2(net, np.abs(Q), t_end=0.1, dt=0.01, target="numpy")
+
+
+def test_default_scheduling_is_refused_for_extrapolated_couplings():
+    net, Q = _net("cosine-softmax")
+    with pytest.raises(ValueError, match=r"scheme 'default' is offered for dot and squared_euclidean "
+                                         r"networks with elementwise rates only; cosine"):
+        run_brian2(net, Q, t_end=0.1, dt=0.01, target="numpy", scheme="default")
+
+
+@pytest.mark.parametrize("case", ["kl-softmax", "euclidean-softmax", "dot-spherical"])
+def test_extrapolated_fixed_point_equals_scipy_fixed_point(case):
+    """At a fixed point g_(k-1) = g_k, so the extrapolated midpoint is g itself and the frozen
+    coupling is the exact right-hand side: the fixed points agree far below the path error."""
+    net, Q = _net(case)
+    tr = run_brian2(net, Q, t_end=40.0, dt=0.05, target="numpy", record_every=100,
+                    fixed_point_tol=1e-10)
+    ref = integrate(net, Q, 200.0, rtol=1e-11, atol=1e-13, fixed_point_tol=1e-10)
+    assert tr.converged.all() and ref.converged.all()
+    # both at rest to 1e-10 per unit time; the fixed point is attracting with rates >= ~1 (tau_v = 1),
+    # so each is within ~1e-10 of the true one
+    assert np.abs(tr.v_final - ref.v_final).max() < 1e-8
+    assert np.abs(tr.h_final - ref.h_final).max() < 1e-8
 
 
 def test_softmax_shift_overflow_is_reported():
@@ -327,3 +384,51 @@ def test_cpp_standalone_matches_numpy_and_restores_the_runtime_device():
     assert isinstance(get_device(), RuntimeDevice)
     npy = run_brian2(net, Q, t_end=1.0, dt=0.01, target="numpy")
     assert _err(sa, npy) <= 100 * 8 * EPS * max(np.abs(npy.v).max(), np.abs(npy.h).max())  # as cython
+
+
+# ---------------------------------------------------------------------------------- dt = "auto"
+
+def test_auto_dt_keeps_an_mnist_run_within_the_tolerance_where_a_fixed_dt_does_not():
+    """MNIST, N = 100, softmax beta = 1, tau_h = 0.03 ms: the former fixed default dt = 0.01 ms
+    misses 1e-3 (error_norm 1.6e-3), dt = "auto" meets it. The pilot's Richardson estimate of C
+    has a relative error O(dt_0) (the O(dt^3) term), so the run aims at 0.8^2 tol = 0.64 tol and
+    lands within tol while the estimate is off by less than 1/0.64 = 1.56x."""
+    from dynamics.brian2_backend import DEFAULT_DT_TOL, error_norm
+    from models.data import load_dataset
+    ds = load_dataset("mnist", n=101, seed=0)
+    M = ds.X[:100]
+    q = np.clip(M[0] + 0.3 * np.random.default_rng(1).standard_normal(M.shape[1]), 0, 1)
+    net = Network(M, "dot", L_h=log_sum_exp(1.0), tau_v=1.0, tau_h=0.03)
+    t_end = 1.0
+    tr = run_brian2(net, q, t_end, target="numpy")                # dt = "auto" is the default
+    ref = _reference(net, q, tr.t)
+    info = tr.params["dt_auto"]
+    assert info["tol"] == DEFAULT_DT_TOL == 1e-3 and info["order"] == 2
+    err = error_norm(tr.v, tr.h, ref.v, ref.h)
+    assert err <= DEFAULT_DT_TOL, (tr.params["dt"], err)
+    assert err >= 0.64 * DEFAULT_DT_TOL / 4, err        # not wastefully small: dt within 2x of needed
+    old = run_brian2(net, q, t_end, dt=0.01, target="numpy")
+    assert error_norm(old.v, old.h, *(lambda r: (r.v, r.h))(_reference(net, q, old.t))) > DEFAULT_DT_TOL
+
+
+def test_auto_dt_divides_t_end_into_whole_records_and_is_recorded():
+    net, Q = _net("dot-softmax")
+    tr = run_brian2(net, Q, t_end=1.0, target="numpy", record_every=7, dt_tol=1e-6)
+    dt = tr.params["dt"]
+    n = round(1.0 / dt)
+    assert abs(n * dt - 1.0) < 1e-12 and n % 7 == 0 and tr.t[-1] == 1.0
+    info = tr.params["dt_auto"]
+    # dt = 0.8 sqrt(tol / C) rounded down to a divisor: within one step of it
+    assert dt <= 0.8 * np.sqrt(1e-6 / info["C"]) < dt * (1 + 7 * dt)
+    assert run_brian2(net, Q, t_end=1.0, dt=0.05, target="numpy").params["dt_auto"] is None
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(dt="fine"), ValueError, r"dt must be a positive finite time step \(ms\) or 'auto', got 'fine'"),
+    (dict(dt_tol=0.0), ValueError, r"dt_tol must be a positive finite tolerance, got 0.0"),
+    (dict(dt_tol=-1e-3), ValueError, r"dt_tol must be a positive finite tolerance, got -0.001"),
+])
+def test_auto_dt_bad_arguments(kw, exc, match):
+    net, Q = _net("dot-softmax")
+    with pytest.raises(exc, match=match):
+        run_brian2(net, Q, **dict(dict(t_end=1.0, target="numpy"), **kw))
