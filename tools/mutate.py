@@ -28,6 +28,8 @@ Usage (from the repository root, the project's venv active)::
     python tools/mutate.py --max-per-module 40 --seed 0 --timeout 120 --out mutation_results.json
     python tools/mutate.py --list                      # the mutants, without running anything
     python tools/mutate.py --only dynamics/dopri.py:17 # re-run chosen mutants (module:index)
+    python tools/mutate.py --only models/separation.py:12 --tests-from tests/models/test_x.py \
+        --tests tests/models/test_x.py --out /tmp/kill.json   # does a new, uncommitted test kill it?
 
 Results go to ``--out`` (JSON, rewritten atomically after every mutant, resumable: a rerun with the
 same commit, seed and sampling skips mutants already done). The summary table per module and the
@@ -307,6 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="module:index mutants to (re-)run, ignoring the sample")
     ap.add_argument("--tests-from", default=None,
                     help="copy these test files from the working tree into the copy (new tests not yet committed)")
+    ap.add_argument("--tests", nargs="*", default=None,
+                    help="run these test files instead of the module's mapped ones (to check new tests kill chosen mutants)")
     ap.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     args = ap.parse_args(argv)
     k = args.max_per_module or None
@@ -346,7 +350,7 @@ def main(argv=None) -> int:
     for module, (src, allm, chosen) in plan.items():
         info = data["modules"].setdefault(module, {"total_mutants": len(allm), "results": {}})
         info["total_mutants"] = len(allm)
-        files = test_files(args.scratch, module)
+        files = args.tests or test_files(args.scratch, module)
         info["tests"] = files
         path = os.path.join(args.scratch, module)
         if "baseline_s" not in info or only:

@@ -66,6 +66,8 @@ def test_heteroassociative_readout_closed_form():
 def test_lagrangian_defaults():
     assert L.log_sum_exp().beta == 1.0 and L.exponential().beta == 1.0
     assert L.rectified_polynomial().n == 2.0 and L.signed_polynomial().n == 3.0
+    assert L.RectifiedPolynomial().n == 2.0 and L.SignedPolynomial().n == 3.0
+    assert L.LogSumExp().beta == 1.0 and L.Exponential().beta == 1.0
 
 
 def test_log_cosh_value_size_closed_form():

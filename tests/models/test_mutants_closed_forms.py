@@ -42,6 +42,12 @@ def test_k_max_weights_are_one_over_k_on_the_top_k():
     np.testing.assert_array_equal(W, [[0.0, 0.0, 0.25, 0.25, 0.25, 0.25]])
 
 
+def test_top_k_names():
+    """k = 1 is the paper's "max"; larger k carry their k (result files are keyed by these names)."""
+    assert get_separation("max").name == "max" and get_separation("k_max", k=1).name == "max"
+    assert get_separation("k_max", k=2).name == "k_max(k=2)"
+
+
 def test_softmax_shifts_by_the_row_maximum():
     """exp(beta S) / sum exp(beta S) with the maximum shifted out: scores 1000 apart give the
     one-hot [1, 0] exactly (exp(-1000) underflows to 0); shifting by anything smaller would make
@@ -68,11 +74,13 @@ def test_distances_near_the_float64_maximum(name, score_err):
     s = 2.0**1023  # the power of two that the bound is computed at (exact rescaling)
     exact = -(1.5e308 - 1.4e308)
     assert abs(S[0, 0] - exact) <= s * score_err(name, "standard", M / s, Q / s)[0, 0]
-    # a large memory against a unit query: the rescaling must come from the larger of the two
-    M, Q = np.array([[1e300, 0.0]]), np.array([[1.0, 0.0]])
-    S = get_similarity(name)(M, Q)
+    # a large memory against a unit query and the reverse: the rescaling must come from the
+    # largest entry of either array
+    big, unit = np.array([[1e300, 0.0]]), np.array([[1.0, 0.0]])
     s = 2.0**996  # 1e300 = f 2^997, f in [1/2, 1)
-    assert abs(S[0, 0] - (-1e300)) <= s * score_err(name, "standard", M / s, Q / s)[0, 0]
+    for M, Q in ((big, unit), (unit, big)):
+        S = get_similarity(name)(M, Q)
+        assert abs(S[0, 0] - (-1e300)) <= s * score_err(name, "standard", M / s, Q / s)[0, 0]
 
 
 def test_euclidean_distance_of_tiny_vectors_does_not_underflow():
