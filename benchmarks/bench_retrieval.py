@@ -3,6 +3,16 @@
     python benchmarks/bench_retrieval.py            # N = 1000 memories, D = 784, B = 1000 queries
     python benchmarks/bench_retrieval.py --quick    # N = 200, D = 784, B = 200
     python benchmarks/bench_retrieval.py --threads 1   # pin BLAS threads (steadier on a busy machine)
+    python benchmarks/bench_retrieval.py --kernels-only --rounds 7 --numba-threads 2
+
+Second part (``models._kernels``, numba): manhattan + max and minkowski(p=3) + max through the
+compiled L1 / Lp kernels, float64 and float32, each against a GEMM Q @ M.T of the same dtype
+timed in the same round (rounds interleave every case, so load on a shared machine hits all of
+them alike; min / median / max of the per-round ratio, the verdict on the median), the current
+Similarity path beside it, peak extra memory, and one dynamics right-hand side (scores + gradient
+contraction) for manhattan eps = 0.05 at B = 64, N = 1000, D = 784 on MNIST against the dot RHS
+(Q @ M.T, then F @ M). Goals (issue "compiled L1 / Lp kernels"): manhattan <= 4x, minkowski <= 8x
+the GEMM of the same dtype with < 200 MB extra; the RHS <= 5x the dot RHS; float32 kept.
 
 Every retrieval is timed as a ratio to ``Q @ M.T`` measured in the same run (best of several
 repeats, time.perf_counter), so the numbers compare across machines. Targets (issue "Single-shot
@@ -54,6 +64,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per case (best is kept)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
+    ap.add_argument("--kernels-only", action="store_true", help="only the compiled-kernel part")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the kernel part")
+    ap.add_argument("--numba-threads", type=int, default=None,
+                    help="numba threads for the kernels (default: numba's, all cores)")
     args = ap.parse_args(argv)
     if args.threads is not None:
         from threadpoolctl import threadpool_limits
@@ -63,6 +77,13 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    failed = [] if args.kernels_only else run_similarity_paths(args)
+    failed += run_kernels(args)
+    print("all targets PASS" if not failed else f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def run_similarity_paths(args) -> list:
     from threadpoolctl import threadpool_info
     N, D, B = (200, 784, 200) if args.quick else (1000, 784, 1000)
     repeats = args.repeats or (5 if args.quick else 7)
@@ -106,9 +127,112 @@ def run(args) -> int:
         failed.append("manhattan memory")
     print(f"manhattan + max peak extra memory: {mb:.1f} MB  (< 200 MB  {'PASS' if ok else 'FAIL'}; "
           f"a (B, N, D) difference array would take {B * N * D * 8 / 2**20:.0f} MB)")
+    return failed
 
-    print("all targets PASS" if not failed else f"FAILED: {', '.join(failed)}")
-    return 1 if failed else 0
+
+def interleaved(cases: dict, rounds: int) -> dict:
+    """Per-round wall times of each zero-argument callable, rounds interleaving every case (one
+    warm-up call each first: numba compiles, or loads its cache, on the first call)."""
+    for fn in cases.values():
+        fn()
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: np.array(ts) for name, ts in times.items()}
+
+
+def ratio_line(label, t, t_ref, goal, failed):
+    """One printed line: the case's time and min / median / max of its per-round ratio."""
+    r = t / t_ref
+    med = float(np.median(r))
+    if goal is None:
+        verdict = "info"
+    else:
+        verdict = f"<= {goal:g}x  {'PASS' if med <= goal else 'FAIL'}"
+        if med > goal:
+            failed.append(label)
+    print(f"  {label:<44}{np.median(t) * 1e3:>9.2f}{r.min():>8.2f}{med:>8.2f}{r.max():>8.2f}  {verdict}")
+
+
+def run_kernels(args) -> list:
+    """Compiled L1 / Lp kernels (models._kernels) against a GEMM of the same dtype, and the RHS."""
+    from models import _kernels as K
+    from models.corruption import corrupt
+    from models.data import load_dataset
+    from models.similarity import get_similarity
+
+    if K.HAVE_NUMBA and args.numba_threads is not None:
+        import numba
+        numba.set_num_threads(args.numba_threads)
+    threads = (f"numba {K._nb.get_num_threads()} thread(s)" if K.HAVE_NUMBA
+               else "numba NOT installed: chunked-numpy fallback")
+    N, D, B = (200, 784, 200) if args.quick else (1000, 784, 1000)
+    rng = np.random.default_rng(args.seed)
+    failed = []
+    header = f"  {'case':<44}{'ms(med)':>9}{'min':>8}{'median':>8}{'max':>8}  goal (ratio to GEMM)"
+    print(f"\ncompiled kernels: N={N}, D={D}, B={B}, {threads}, {args.rounds} interleaved rounds")
+    for dtype in (np.float64, np.float32):
+        M = rng.random((N, D)).astype(dtype)
+        Q = rng.random((B, D)).astype(dtype)
+        mink3 = get_similarity("minkowski", p=3)
+        manh = get_similarity("manhattan")
+        cases = {
+            "gemm": lambda: Q @ M.T,
+            "manhattan + max, kernel": lambda: M[np.argmin(K.l1_scores(M, Q), axis=1)],
+            "minkowski(p=3) + max, kernel": lambda: M[np.argmin(K.lp_scores(M, Q, 3.0), axis=1)],
+            "manhattan + max, current Similarity path": lambda: M[np.argmax(manh(M, Q), axis=1)],
+        }
+        t = interleaved(cases, args.rounds)
+        # the current minkowski path (scipy cdist, one pow per element) takes seconds: one round
+        t_m = interleaved({"gemm": cases["gemm"],
+                           "mink": lambda: M[np.argmax(mink3(M, Q), axis=1)]}, 1)
+        print(f"{np.dtype(dtype).name}: GEMM Q @ M.T median {np.median(t['gemm']) * 1e3:.2f} ms")
+        print(header)
+        ratio_line("manhattan + max, kernel", t["manhattan + max, kernel"], t["gemm"], 4.0, failed)
+        ratio_line("minkowski(p=3) + max, kernel", t["minkowski(p=3) + max, kernel"], t["gemm"],
+                   8.0, failed)
+        ratio_line("manhattan + max, current path", t["manhattan + max, current Similarity path"],
+                   t["gemm"], None, failed)
+        ratio_line("minkowski(p=3) + max, current path (1 round)", t_m["mink"], t_m["gemm"], None,
+                   failed)
+        out_dtype = K.l1_scores(M, Q).dtype
+        ok = out_dtype == dtype
+        if not ok:
+            failed.append(f"{np.dtype(dtype).name} kept")
+        print(f"  kernel scores dtype: {out_dtype} ({'kept PASS' if ok else 'FAIL'}); current path "
+              f"returns {manh(M, Q).dtype}")
+        for label, fn in [("manhattan", lambda: K.l1_scores(M, Q)),
+                          ("minkowski(p=3)", lambda: K.lp_scores(M, Q, 3.0))]:
+            mb = peak_extra_mb(lambda: M[np.argmin(fn(), axis=1)])
+            ok = mb < 200.0
+            if not ok:
+                failed.append(f"{label} {np.dtype(dtype).name} memory")
+            print(f"  {label} + max kernel peak extra memory: {mb:.1f} MB (< 200 MB "
+                  f"{'PASS' if ok else 'FAIL'}; numpy allocations, the kernels allocate nothing)")
+
+    # dynamics: one right-hand side's similarity work, scores S(g) and contraction sum_mu F dS/dg
+    X = load_dataset("mnist", n=1064, seed=args.seed).X
+    Bd, eps = 64, 0.05
+    for dtype in (np.float64, np.float32):
+        M = X[:1000].astype(dtype)
+        G = corrupt(X[1000:1064], "gaussian", 0.3, (28, 28), seed=args.seed).astype(dtype)
+        F = rng.random((Bd, 1000)).astype(dtype)
+        sim = get_similarity("manhattan", eps=eps)
+        cases = {
+            "dot": lambda: (G @ M.T, F @ M),
+            "kernel": lambda: (K.l1_scores(M, G, eps=eps), K.l1_vjp(M, G, F, eps)),
+            "current": lambda: (sim.score(M, G), sim.vjp(M, G, F)),
+        }
+        t = interleaved(cases, args.rounds)
+        print(f"dynamics RHS, MNIST, B={Bd}, N=1000, D={D}, {np.dtype(dtype).name}: dot RHS "
+              f"(G @ M.T, F @ M) median {np.median(t['dot']) * 1e3:.2f} ms")
+        print(header.replace("GEMM", "dot RHS"))
+        ratio_line(f"manhattan(eps={eps:g}) RHS, kernel", t["kernel"], t["dot"], 5.0, failed)
+        ratio_line(f"manhattan(eps={eps:g}) RHS, current path", t["current"], t["dot"], None, failed)
+    return failed
 
 
 if __name__ == "__main__":
