@@ -268,12 +268,6 @@ def validate(point: AtlasPoint) -> None:
 # one measurement
 # ----------------------------------------------------------------------------------------------
 
-def _nearest(M, X):
-    """Index of the nearest memory (Euclidean) of each row of X; -1 for a non-finite row."""
-    from .fixed_points import _nearest as nearest
-    return nearest(M, X)
-
-
 def single_shot(net, Q) -> np.ndarray:
     """z = P^T f(S(M, q)) per query (B, O): the single-shot output with the network's own
     separation f = dL_h/dh, the similarity taken on the query itself."""
@@ -290,7 +284,7 @@ def evaluate(point: AtlasPoint) -> dict:
     stability (see the module docstring). Every value is a finite JSON number, a bool, a string
     or None (None: not defined, e.g. no converged query for the Jacobian)."""
     from .energy import verify_energy
-    from .fixed_points import stability
+    from .fixed_points import nearest, stability
     from .integrate import integrate
     t0 = time.perf_counter()
     net = network(point)
@@ -304,7 +298,7 @@ def evaluate(point: AtlasPoint) -> dict:
     y = v - traj.I if point.input_mode == "clamped" else v
     y_mem = net.readout(h)
     z = single_shot(net, Q)
-    near_fp, near_mem, near_shot = _nearest(M, y), _nearest(M, y_mem), _nearest(M, z)
+    near_fp, near_mem, near_shot = nearest(M, y), nearest(M, y_mem), nearest(M, z)
     conv = np.asarray(traj.converged, bool)
     t_final = np.asarray(traj.params["t_final_per_query"], float)
     lam = [stability(net, v[b], h[b], traj.I[b]).max_real for b in np.flatnonzero(conv)]

@@ -141,10 +141,13 @@ def stability(net: Network, v, h=None, I=None, *, adiabatic: bool = False, tol: 
 
 
 # ---------------------------------------------------------------------------------- comparison
-def _nearest(M, X):
+def nearest(M, X):
+    """Index of the nearest memory of each row of X (B, D) among the rows of M (N, D):
+    argmin_mu |x - m_mu|^2 = argmin_mu (|x|^2 - 2 x.m_mu + |m_mu|^2), by one GEMM; ties to the
+    lowest index; -1 for a row of X that is not finite."""
     if not np.all(np.isfinite(X)):
         ok = np.isfinite(X).all(1)
-        return np.where(ok, _nearest(M, np.where(ok[:, None], X, 0.0)), -1)
+        return np.where(ok, nearest(M, np.where(ok[:, None], X, 0.0)), -1)
     d2 = (X * X).sum(1)[:, None] - 2.0 * X @ M.T + (M * M).sum(1)[None, :]
     return np.argmin(d2, axis=1)
 
@@ -161,7 +164,7 @@ def _targets(M, targets, B):
     if t.shape != (B, M.shape[1]):
         raise ValueError(f"shape mismatch: targets must be {B} indices or a ({B}, {M.shape[1]}) array, "
                          f"got {t.shape}")
-    return _nearest(M, t)
+    return nearest(M, t)
 
 
 def _dist(a, b):
@@ -232,8 +235,8 @@ def compare(M, targets, queries, similarity="dot", separation="softmax", *, L_v=
         iter_conv, iter_steps, iter_error = np.zeros(B, bool), np.full(B, -1), str(err)
     T = mem.M[tidx]
     ym = net.readout(h_end)  # P^T f(h*): what the memory layer retrieves, whatever the similarity
-    near_dyn, near_shot, near_iter = _nearest(mem.M, y), _nearest(mem.M, z), _nearest(mem.M, zi)
-    near_mem = _nearest(mem.M, ym)
+    near_dyn, near_shot, near_iter = nearest(mem.M, y), nearest(mem.M, z), nearest(mem.M, zi)
+    near_mem = nearest(mem.M, ym)
     d_ms, d_mt = _dist(ym, z), _dist(ym, T)
     d_ds, d_di = _dist(y, z), _dist(y, zi)
     d_st, d_dt, d_it = _dist(z, T), _dist(y, T), _dist(zi, T)

@@ -22,7 +22,10 @@ the measurements:
 
 Both engines give the same rows, bit for bit, apart from the bookkeeping fields
 :data:`VOLATILE_FIELDS` (wall time and timestamp): a worker returns the measurement's floats, which
-pickle exactly. A point whose measurement raises one of ``errors`` (default :data:`POINT_ERRORS`),
+pickle exactly, and every measurement runs with the same number of BLAS threads (``blas_threads``,
+default 1, set by :func:`blas_threads` around each measurement wherever it runs: a multithreaded
+GEMM may sum in another order, and a dask worker's nanny starts it with OPENBLAS_NUM_THREADS=1
+where this process would use every core). A point whose measurement raises one of ``errors`` (default :data:`POINT_ERRORS`),
 or returns a non-finite number (strict JSON cannot hold it), is stored as a *failed* row
 (``failure(message)`` merged into the row, default ``{"error": message}``) and the sweep goes on;
 it is deterministic, so resuming does not retry it. Any other exception is a bug: the rows
@@ -34,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +47,6 @@ from .capacity import POINT_ERRORS, _dumps, _file_state, _locked, merge_results,
 
 #: row fields that differ between two runs of the same point (everything else is bit-identical)
 VOLATILE_FIELDS = ("seconds", "timestamp")
-
-ENGINES = ("local", "a distributed.Client")
-
 
 @dataclass(frozen=True)
 class Progress:
@@ -86,13 +87,56 @@ def default_failure(message: str) -> dict:
     return {"error": message}
 
 
-def measure(evaluate_fn: Callable, point, errors: tuple = POINT_ERRORS,
-            failure: Callable[[str], dict] = default_failure) -> dict:
-    """evaluate_fn(point) as a storable result; an ``errors`` exception (or a non-finite number in
-    the result, which strict JSON cannot hold) as ``failure("<Type>: <message>")``. This is what
-    a worker runs: the result is checked where it was made."""
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE = {"depth": 0, "limits": None, "threads": None}
+
+
+@contextlib.contextmanager
+def blas_threads(n: Optional[int]):
+    """Run the block with the BLAS libraries (OpenBLAS, MKL, ...) limited to ``n`` threads, and
+    restore their previous limits afterwards (threadpoolctl). None: leave them as they are.
+
+    The limit is process-wide, so concurrent blocks in one process (a dask worker with several
+    threads) share it: the first to enter sets it, the last to leave restores it; a block that
+    asks for another ``n`` while one is active is a ValueError (its rows could differ)."""
+    _check_blas_threads(n)
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+    with _BLAS_LOCK:
+        if _BLAS_STATE["depth"] == 0:
+            _BLAS_STATE["limits"] = threadpool_limits(limits=n, user_api="blas")
+            _BLAS_STATE["threads"] = n
+        elif _BLAS_STATE["threads"] != n:
+            raise ValueError(f"blas_threads = {n} while another measurement in this process runs "
+                             f"with {_BLAS_STATE['threads']}")
+        _BLAS_STATE["depth"] += 1
     try:
-        result = evaluate_fn(point)
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["depth"] -= 1
+            if _BLAS_STATE["depth"] == 0:
+                _BLAS_STATE["limits"].restore_original_limits()
+                _BLAS_STATE["limits"] = _BLAS_STATE["threads"] = None
+
+
+def _check_blas_threads(n) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"blas_threads must be a whole number >= 1 or None, got {n!r}")
+
+
+def measure(evaluate_fn: Callable, point, errors: tuple = POINT_ERRORS,
+            failure: Callable[[str], dict] = default_failure,
+            blas: Optional[int] = 1) -> dict:
+    """evaluate_fn(point) as a storable result, run under :func:`blas_threads` (``blas``); an
+    ``errors`` exception (or a non-finite number in the result, which strict JSON cannot hold) as
+    ``failure("<Type>: <message>")``. This is what a worker runs: the result is checked where it
+    was made."""
+    try:
+        with blas_threads(blas):
+            result = evaluate_fn(point)
         if not isinstance(result, dict):
             raise TypeError(f"evaluate_fn must return a dict, got {type(result).__name__}")
         _dumps(result)
@@ -119,7 +163,8 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
         resume: bool = True, progress: Optional[Callable[[Progress], None]] = None,
         flush_seconds: float = 1.0, errors: tuple = POINT_ERRORS,
         failure: Callable[[str], dict] = default_failure,
-        make_row: Callable[[Any, dict], dict] = default_row) -> list[dict]:
+        make_row: Callable[[Any, dict], dict] = default_row,
+        blas_threads: Optional[int] = 1) -> list[dict]:
     """Evaluate points into the results store at ``path``; return their rows, in point order.
 
     Parameters
@@ -139,10 +184,14 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
         most ``flush_seconds`` of finished rows).
     errors, failure : exceptions stored as failed points, and the fields a failed row gets.
     make_row : ``make_row(point, result) -> row`` (default :func:`default_row`).
+    blas_threads : BLAS threads of every measurement, in this process and on the workers alike
+        (:func:`blas_threads`; default 1, so that rows do not depend on where a point ran and a
+        worker per core does not oversubscribe it); None leaves them as they are.
 
     The store is read before anything runs: an unreadable row is a ValueError naming ``path:line``.
     """
     _check_engine(engine)
+    _check_blas_threads(blas_threads)
     if not (isinstance(flush_seconds, (int, float)) and math.isfinite(flush_seconds)
             and flush_seconds >= 0):
         raise ValueError(f"flush_seconds must be a finite number >= 0, got {flush_seconds!r}")
@@ -167,7 +216,7 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
                 if row is not None:
                     finished(k, row, False, 0)
                     continue
-                row = make_row(p, measure(evaluate_fn, p, errors, failure))
+                row = make_row(p, measure(evaluate_fn, p, errors, failure, blas_threads))
                 store.add(row)
                 finished(k, row, True, 0)
         else:
@@ -178,7 +227,8 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
                     todo.append((p, k))
                 else:
                     finished(k, row, False, 0)
-            _run_dask(engine, todo, evaluate_fn, errors, failure, make_row, store, finished)
+            _run_dask(engine, todo, evaluate_fn, errors, failure, make_row, store, finished,
+                      blas_threads)
     finally:
         store.flush()
     return [out[k] for k in keys]
@@ -219,7 +269,8 @@ class _Store:
         self.last = time.monotonic()
 
 
-def _run_dask(client, todo, evaluate_fn, errors, failure, make_row, store, finished) -> None:
+def _run_dask(client, todo, evaluate_fn, errors, failure, make_row, store, finished,
+              blas) -> None:
     """Submit every (point, key) of ``todo`` to the cluster; write each row as its result arrives.
 
     Each point is one task (``pure=False``: a resubmitted sweep measures again instead of reusing
@@ -230,7 +281,7 @@ def _run_dask(client, todo, evaluate_fn, errors, failure, make_row, store, finis
     if not todo:
         return
     threads = max(1, sum(client.nthreads().values()))
-    futures = {client.submit(measure, evaluate_fn, p, errors, failure, pure=False,
+    futures = {client.submit(measure, evaluate_fn, p, errors, failure, blas, pure=False,
                              key=f"sweep-point-{i}-{time.monotonic_ns()}"): (p, k)
                for i, (p, k) in enumerate(todo)}
     in_flight = len(futures)

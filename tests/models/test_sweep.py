@@ -36,6 +36,12 @@ def failing_on_cosine(point):
     return cap.evaluate(point)
 
 
+def blas_thread_count(point):
+    """The BLAS threads the measurement runs with (threadpoolctl), as a row."""
+    from threadpoolctl import threadpool_info
+    return {"blas": [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]}
+
+
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -108,7 +114,34 @@ def test_bad_arguments_are_named(tmp_path):
         assert engine == "local"
 
 
+def test_blas_threads_limit_is_set_for_the_measurement_and_restored(tmp_path):
+    """Every in-process measurement runs with 1 BLAS thread by default (as on a dask worker,
+    whose nanny sets OPENBLAS_NUM_THREADS=1); the process's own limit is restored afterwards."""
+    before = blas_thread_count(None)
+    rows = sweep.run(POINTS[:2], blas_thread_count)
+    assert [r["blas"] for r in rows] == [[1] * len(before["blas"])] * 2
+    assert blas_thread_count(None) == before
+    n = min(2, os.cpu_count())
+    assert sweep.run(POINTS[:1], blas_thread_count, blas_threads=n)[0]["blas"] == [n] * len(before["blas"])
+    assert sweep.run(POINTS[:1], blas_thread_count, blas_threads=None)[0]["blas"] == before["blas"]
+    with sweep.blas_threads(1):
+        with pytest.raises(ValueError, match="blas_threads = 2 while another measurement"):
+            with sweep.blas_threads(2):
+                pass
+        assert blas_thread_count(None)["blas"] == [1] * len(before["blas"])
+    assert blas_thread_count(None) == before
+    with pytest.raises(ValueError, match="blas_threads must be a whole number >= 1 or None, got 0"):
+        sweep.run(POINTS[:1], blas_thread_count, blas_threads=0)
+
+
 # ---------------------------------------------------------------------------------- dask
+
+def test_measurements_run_with_the_same_blas_threads_in_process_and_on_workers(client):
+    local = sweep.run(POINTS[:3], blas_thread_count)
+    remote = sweep.run(POINTS[:3], blas_thread_count, engine=client)
+    assert [r["blas"] for r in remote] == [r["blas"] for r in local]
+    assert {tuple(r["blas"]) for r in local} == {(1,) * len(local[0]["blas"])}
+
 
 def test_cluster_rows_equal_the_serial_rows_bit_for_bit(tmp_path, client, serial):
     path = tmp_path / "s.jsonl"
