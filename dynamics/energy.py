@@ -13,7 +13,7 @@ Checks, each reported with where it was worst (sample index, time, query):
 
        round-off   R = ROUNDOFF_ULPS eps64 size(E) / s        (size(E): sum of |each term| of E)
        truncation  T = |fd(s) - fd(2 s)| / 3                  (Richardson: fd(s) = E' + E''' s^2/6 + ...)
-       |analytic - fd(s)| <= FD_SAFETY (R + T + ROUNDOFF_ULPS eps64 size(analytic))
+       |analytic - fd(s)| <= FD_SAFETY (R + T + round-off of the analytic value)
 
    with s = (3 ROUNDOFF_ULPS eps64 size(E) / |E'''|)^(1/3), the step that balances the two (E'''
    from a pilot pair of differences); and, reported only, against np.gradient of the sampled E(t);
@@ -23,8 +23,11 @@ Checks, each reported with where it was worst (sample index, time, query):
    over windows and queries, and compared with the sample y(t_{k+1}) (:func:`_flow_deviation`
    derives the allowed deviation from the trajectory's integrator: tolerances and step count of an
    adaptive method, dt and order of a fixed-step one);
-5. the stored ``traj.E`` and ``traj.dEdt`` against the values recomputed from the states (round-off
-   of the same formula: ROUNDOFF_ULPS eps64 times the size of the terms).
+5. the stored ``traj.E`` and ``traj.dEdt`` against the values recomputed from the states: the same
+   formula on the same states differs only by round-off (FD_SAFETY times ROUNDOFF_ULPS eps64 size(E)
+   for E; for dE/dt, its round-off from :func:`_dEdt_and_size`, which counts the velocity's).
+
+No relative floor is added to any tolerance: each is an estimate of the error of what is compared.
 
 Checks 1-3 and 5 read only the sampled states and the network; check 4 is what catches a
 trajectory of the wrong system (a buggy backend) checked against the right network.
