@@ -122,7 +122,7 @@ def test_tampered_E_and_dEdt_are_seen():
     net = _net()
     tr = integrate(net, _Q(), 5.0, n_samples=21)
     rep = verify_energy(net, tr)
-    assert rep.passed and rep.stored_E_ratio == 0 and rep.stored_dEdt_ratio == 0   # same formula, same states
+    assert rep.passed and rep.stored_E_ratio <= 1 and rep.stored_dEdt_ratio <= 1   # same formula: round-off
     noisy = integrate(net, _Q(), 5.0, n_samples=21)
     noisy.E = noisy.E + 1e-9 * np.random.default_rng(0).standard_normal(noisy.E.shape)
     rep = verify_energy(net, noisy)
