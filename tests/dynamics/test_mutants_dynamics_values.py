@@ -92,3 +92,15 @@ def test_batched_rk45_counts_evaluations_steps_and_rejections():
     sol = solve_batched(F, np.full((2, 1), 1e3), 2.0, t_eval=np.linspace(0, 2, 5), rtol=1e-3, atol=1e-6)
     assert sol.n_rejected[1] > 0
     np.testing.assert_array_equal(sol.nfev, 2 + 6 * (sol.n_steps + sol.n_rejected))
+
+
+# ---------------------------------------------------------------------------------- integrate
+def test_integrate_defaults():
+    """integrate(net, q): t_end = 50, 101 evenly spaced samples, rtol = 1e-8, atol = 1e-10,
+    fixed_point_tol = 1e-8 (the documented signature), recorded in the trajectory's params; sample_times has the same 101."""
+    from dynamics.integrate import integrate, sample_times
+    traj = integrate(Network(np.eye(2)), np.array([1.0, 0.0]), stop_at_fixed_point=False)
+    np.testing.assert_array_equal(traj.t, np.linspace(0.0, 50.0, 101))
+    p = traj.params
+    assert (p["rtol"], p["atol"], p["t_end"], p["fixed_point_tol"]) == (1e-8, 1e-10, 50.0, 1e-8)
+    np.testing.assert_array_equal(sample_times(2.0), np.linspace(0.0, 2.0, 101))
