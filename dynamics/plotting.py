@@ -76,7 +76,8 @@ def violation_sample(report) -> Optional[tuple]:
     """(sample k, time t_k, query b) of the check that failed first in ``report``; None if passed.
 
     Order: an increase of E between samples, then a positive analytic dE/dt, then a mismatch of
-    dE/dt with the finite difference, then (convexity only) the largest increase.
+    dE/dt with the finite difference, then samples that do not solve the ODE (the start of the
+    worst window), then (convexity only) the largest increase.
     """
     if report is None or report.passed:
         return None
@@ -86,6 +87,8 @@ def violation_sample(report) -> Optional[tuple]:
         return tuple(report.dEdt_at)
     if report.fd_max_error > report.fd_tol:
         return tuple(report.fd_at)
+    if getattr(report, "flow_ratio", 0.0) > 1:
+        return tuple(report.flow_at)
     return tuple(report.increase_at)
 
 

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from dynamics import plotting as P  # noqa: E402
 from dynamics.energy import verify_energy  # noqa: E402
 from dynamics.integrate import integrate  # noqa: E402
+from dynamics import lagrangians as L  # noqa: E402
 from dynamics.lagrangians import log_sum_exp  # noqa: E402
 from dynamics.network import Network  # noqa: E402
 
@@ -219,3 +220,18 @@ def test_uhn_figures_calls_capacity(tmp_path, monkeypatch):
     monkeypatch.setattr(cap, "make_capacity_figures", fake)
     assert main(["figures", "--quick", "--out", str(tmp_path)]) == 0
     assert calls == [(tmp_path, True)]
+
+
+def test_violation_sample_points_at_the_trajectory_check_when_only_it_fails():
+    """A trajectory of the same network with a 3x slower memory layer: E still falls and dE/dt
+    matches its finite difference at every state (those checks use the correct vector field), so
+    only the trajectory check fails and the marker must sit at its worst window."""
+    from dynamics.energy import verify_energy
+    from dynamics.plotting import violation_sample
+    M = np.random.default_rng(0).uniform(0, 1, (4, 6))
+    make = lambda tau_h: Network(M, "dot", L.quadratic(), L.log_sum_exp(2.0), tau_v=1.0, tau_h=tau_h)  # noqa: E731
+    tr = integrate(make(0.3), M[:2] + 0.1, 5.0, n_samples=21)
+    rep = verify_energy(make(0.1), tr)
+    assert not rep.passed and rep.flow_ratio > 1
+    assert rep.max_increase <= rep.increase_tol and rep.fd_max_error <= rep.fd_tol
+    assert violation_sample(rep) == tuple(rep.flow_at)
