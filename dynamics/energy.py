@@ -389,8 +389,9 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     flow_safety : a sampled state may deviate from the re-integrated flow by at most flow_safety
         times the error the trajectory's integrator can have made over the window.
     max_windows : re-integrate at most this many sample windows (the first ones and a spread).
-    diverge_factor : a query whose |v| ends above diverge_factor * max(|v(0)|, 1) is reported as
-        diverging (E decreasing without bound is no evidence of retrieval).
+    diverge_factor : a query that did not converge and whose |v| ends above
+        diverge_factor * max(|v(0)|, 1) is reported as diverging (E decreasing without bound is no
+        evidence of retrieval). A non-finite energy at any sample is a violation.
     """
     for name, val in (("fd_safety", fd_safety), ("flow_safety", flow_safety)):
         if not (np.isfinite(val) and val >= 1):
@@ -403,6 +404,12 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     E = np.stack([p[0] for p in pairs])
     E_size = np.stack([p[1] for p in pairs])
     violations = []
+    if not np.all(np.isfinite(E)):
+        # every comparison below is False for NaN, so a NaN energy would otherwise pass silently
+        kn, bn = np.argwhere(~np.isfinite(E))[0]
+        violations.append(f"E is not finite ({E[kn, bn]}) at t={traj.t[kn]:.6g} (query {bn}), "
+                          f"{int((~np.isfinite(E)).sum())} samples: the state left the range where "
+                          f"the energy can be evaluated")
     rtol = float(traj.params.get("rtol", 1e-8))
     absE = np.maximum(np.abs(E), 1.0)
 
@@ -475,11 +482,14 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     # 6. boundedness (reported, not a failure of monotonicity): E may fall without bound while
     # the state runs away (e.g. dot + identity separation, whose linear dynamics grow like
     # exp((lambda_max(M^T M) - 1) t)); E then decreases but no attractor is reached
+    # (a query at a fixed point is no runaway, however large |v*| is: saturated tanh / sigmoid
+    # rates put genuine fixed points at |v*| ~ 1e3-1e6)
     n0 = np.linalg.norm(traj.v[0], axis=1)
     n1 = np.linalg.norm(traj.v[-1], axis=1)
+    grew = (n1 > diverge_factor * np.maximum(n0, 1.0)) & ~np.asarray(traj.converged, dtype=bool)
     diverging = ""
-    if np.any(n1 > diverge_factor * np.maximum(n0, 1.0)):
-        b = int(np.argmax(n1 / np.maximum(n0, 1.0)))
+    if np.any(grew):
+        b = int(np.argmax(np.where(grew, n1 / np.maximum(n0, 1.0), -np.inf)))
         diverging = (f"|v| grew from {n0[b]:.3g} to {n1[b]:.3g} by t={traj.t[-1]:.6g} (query {b}) while "
                      f"E fell to {E[-1, b]:.3g}: E is unbounded below along this run, no attractor")
 

@@ -227,3 +227,29 @@ def test_brian2_leapfrog_at_its_documented_dt_passes(sim, L_v, record_every):
     assert rep.passed, rep.summary()
     assert "fixed step dt = 0.01, order 2" in rep.summary()
     assert verify_energy(_net(sim=sim, L_v=L_v, tau_h=1.5 * TAU_H), tr).flow_ratio > 1
+
+
+def test_non_finite_energy_is_a_violation():
+    """NaN compares False with every tolerance: a state whose energy is NaN used to PASS."""
+    import dataclasses
+    M = np.random.default_rng(0).uniform(0, 0.5, (4, 6))
+    net = Network(M, "dot", L_v=L.quadratic(), L_h=L.log_sum_exp(2.0))
+    tr = integrate(net, M[:2] + 0.1, 5.0, n_samples=11)
+    v = tr.v.copy()
+    v[-1, 1, :] = 1e200     # |v|^2 / 2 overflows: E = inf - inf
+    with np.errstate(all="ignore"):
+        rep = verify_energy(net, dataclasses.replace(tr, v=v), check_convexity=False)
+    assert not rep.passed
+    assert any("E is not finite" in m and "at t=5 (query 1)" in m for m in rep.violations)
+
+
+def test_converged_large_state_is_not_flagged_diverging():
+    """Saturated tanh rates: a genuine fixed point far from the origin is no runaway."""
+    import dataclasses
+    M = np.random.default_rng(0).random((5, 8))   # lambda_max(M^T M) > 1: v grows like e^{ct}
+    net = Network(M, "dot", L_v=L.quadratic(), L_h=L.quadratic())
+    tr = integrate(net, M[:2], t_end=5.0)        # not converged: flagged
+    rep = verify_energy(net, tr)
+    assert "grew from" in rep.diverging
+    marked = dataclasses.replace(tr, converged=np.ones_like(tr.converged))
+    assert verify_energy(net, marked).diverging == ""
