@@ -20,26 +20,52 @@ y(t + theta h) = y + h K^T P [theta, theta^2, theta^3, theta^4].
 
 The module knows nothing of networks: it is plain array math (docs/theory.md section 6), so a GPU array
 library can later stand in for numpy.
+
+Cost. Per step the right-hand side runs 6 times; everything else is the stage sums
+Y + h sum_j A_ij k_j (5 of them plus y_new) and the error norm. These are memory-bound passes
+over (b, W) arrays, so they run as fused loops that read each stage once and write nothing but
+the result: compiled with numba when it is importable (``kernels="numba"``, one pass per stage
+sum, the scaled error estimate in one pass), else with in-place numpy operations into buffers
+allocated once (``kernels="numpy"``, the reference; a few passes each). Both compute the same
+expressions in the same order per element (numba without fastmath contracts nothing into fused
+multiply-adds) and share the error norm's sum of squares, so they agree bit for bit (tested).
+Every (B, W) buffer (the seven stages, the stage state, y_new, the samples) is allocated once;
+the running rows are the first b rows of each buffer, and rows that stop are compacted out in
+place.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 from scipy.integrate import RK45
 
+try:  # numba is optional: without it the numpy reference kernels below do the step arithmetic
+    import numba as _nb
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - the numpy path is tested with kernels="numpy"
+    _nb = None
+    HAVE_NUMBA = False
+
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0  # scipy.integrate._ivp.rk's controller constants
 _C, _A, _B, _E, _P = RK45.C, RK45.A, RK45.B, RK45.E, RK45.P
 _ORDER = RK45.error_estimator_order  # 4: the error exponent is -1/5
+_N_STAGES = _E.size                     # 7: six stages plus the first-same-as-last one
+_A_ROWS = [np.ascontiguousarray(_A[i, :i]) for i in range(_C.size)]
+_B_ROW = np.ascontiguousarray(_B)
+_E_ROW = np.ascontiguousarray(_E)
+KERNELS = ("auto", "numba", "numpy")
 
 
 @dataclass
 class BatchSolution:
     """Output of :func:`solve_batched`.
 
-    t : (T,) sample times, cut at the last row's end;  y : (T, B, W) samples; a row that ended
-    before a sample time holds its final state there.
+    t : (T,) sample times, cut at the last row's end (thinned by ``keep_every``: the times
+    :func:`kept_indices` picks);  y : (T, B, W) samples; a row that ended before a sample time
+    holds its final state there.
     t_final : (B,) time at which each row stopped;  y_final : (B, W) its state then.
     at_fixed_point : (B,) True where the row stopped because ``at_rest`` said so.
     velocity : (B,) max |dY/dt| at t_final.
@@ -81,6 +107,159 @@ def check_times(t_eval, t_end: float) -> np.ndarray:
     return t
 
 
+def check_keep_every(keep_every) -> Optional[int]:
+    """``keep_every`` as an int >= 1, or None (keep the first and the last sample only); else
+    TypeError / ValueError naming the parameter."""
+    if keep_every is None:
+        return None
+    if isinstance(keep_every, (bool, np.bool_)) or not isinstance(keep_every, (int, np.integer)):
+        raise TypeError(f"keep_every must be an integer >= 1 or None, got "
+                        f"{type(keep_every).__name__} {keep_every!r}")
+    if keep_every < 1:
+        raise ValueError(f"keep_every must be an integer >= 1 or None, got {keep_every}")
+    return int(keep_every)
+
+
+def kept_indices(count: int, keep_every: Optional[int]) -> np.ndarray:
+    """Indices into an output of ``count`` >= 1 samples that ``keep_every`` keeps: every k-th
+    sample 0, k, 2k, ... plus the last (count - 1); None keeps the first and the last. The one
+    rule for thinning samples: :func:`solve_batched` stores exactly these of its full output."""
+    stride = count if keep_every is None else keep_every
+    return np.union1d(np.arange(0, count, stride), [count - 1]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# step arithmetic: stage sums and the error norm, numpy reference and numba kernels
+# ----------------------------------------------------------------------------------------------
+
+def _stage_numpy(out, Y, K, slots, a, h, scratch):
+    """out = Y + h[:, None] * sum_j a_j K[slots[j]] on the b = len(Y) running rows, in place."""
+    b = len(Y)
+    np.multiply(K[slots[0], :b], a[0], out=out)
+    for j in range(1, len(a)):
+        np.multiply(K[slots[j], :b], a[j], out=scratch)
+        out += scratch
+    out *= h[:, None]
+    out += Y
+    return out
+
+
+def _error_numpy(out, Y, Y_new, K, slots, e, h, rtol, atol, scale):
+    """out = h sum_i e_i K_i / (atol + rtol max(|Y|, |Y_new|)) on the b = len(Y) running rows, the
+    scaled error estimate whose row-wise rms (:func:`_rms`) is the error norm."""
+    b = len(Y)
+    np.multiply(K[slots[0], :b], e[0], out=out)
+    for j in range(1, len(e)):
+        np.multiply(K[slots[j], :b], e[j], out=scale)
+        out += scale
+    out *= h[:, None]
+    np.abs(Y, out=scale)
+    np.maximum(scale, np.abs(Y_new), out=scale)
+    scale *= rtol
+    scale += atol
+    out /= scale
+    return out
+
+
+def _stage_loops(out, Y, K, slots, a, h, scratch):
+    """Compiled form of :func:`_stage_numpy`: per row, sum the stages into ``out`` (one pass over
+    each stage, the row stays in cache), then out = Y + h out."""
+    b, W = Y.shape
+    m = a.shape[0]
+    for r in range(b):
+        o = out[r]
+        k0 = K[slots[0], r]
+        for w in range(W):
+            o[w] = a[0] * k0[w]
+        for j in range(1, m):
+            aj = a[j]
+            kj = K[slots[j], r]
+            for w in range(W):
+                o[w] += aj * kj[w]
+        hr = h[r]
+        y = Y[r]
+        for w in range(W):
+            o[w] = y[w] + hr * o[w]
+    return out
+
+
+def _error_loops(out, Y, Y_new, K, slots, e, h, rtol, atol, scale):
+    """Compiled form of :func:`_error_numpy`: the weighted stage sum and its scaling in one pass
+    per row, no (b, W) temporary. The same operations per element in the same order, so the two
+    agree bit for bit (the sums of squares stay with numpy, :func:`_rms`)."""
+    b, W = Y.shape
+    m = e.shape[0]
+    for r in range(b):
+        o = out[r]
+        k0 = K[slots[0], r]
+        for w in range(W):
+            o[w] = e[0] * k0[w]
+        for j in range(1, m):
+            ej = e[j]
+            kj = K[slots[j], r]
+            for w in range(W):
+                o[w] += ej * kj[w]
+        hr = h[r]
+        y = Y[r]
+        yn = Y_new[r]
+        for w in range(W):
+            o[w] = (o[w] * hr) / (max(abs(y[w]), abs(yn[w])) * rtol + atol)
+    return out
+
+
+def _dense_numpy(out, Y, K, slots, weights, idx):
+    """out[r] = Y[idx[r]] + sum_s weights[s, r] K[slots[s], idx[r]]: the dense output of rows idx
+    (weights (7, m) = h sum_p P_sp theta^p), elementwise per row, so a row's sample does not
+    depend on which other rows are sampled with it."""
+    np.take(Y, idx, axis=0, out=out)
+    for s in range(len(weights)):
+        out += weights[s, :, None] * np.take(K[slots[s]], idx, axis=0)
+    return out
+
+
+def _dense_loops(out, Y, K, slots, weights, idx):
+    """Compiled form of :func:`_dense_numpy` (no gathered copies of the stages)."""
+    m, W = out.shape
+    for r in range(m):
+        i = idx[r]
+        o = out[r]
+        y = Y[i]
+        for w in range(W):
+            o[w] = y[w]
+        for s in range(weights.shape[0]):
+            c = weights[s, r]
+            k = K[slots[s], i]
+            for w in range(W):
+                o[w] += c * k[w]
+    return out
+
+
+def _jit(fn):
+    """numba.njit with an on-disk cache where one can be written, else in memory (with a warning)."""
+    try:
+        return _nb.njit(cache=True)(fn)
+    except RuntimeError as err:  # pragma: no cover - "no locator available": read-only install
+        warnings.warn(f"numba cannot cache {fn.__name__} on disk ({err}); compiling in memory",
+                      RuntimeWarning, stacklevel=2)
+        return _nb.njit(cache=False)(fn)
+
+
+if HAVE_NUMBA:
+    _stage_numba, _error_numba, _dense_numba = _jit(_stage_loops), _jit(_error_loops), _jit(_dense_loops)
+
+
+def _kernels(kernels: str):
+    """(stage, error, dense) functions for ``kernels`` = "auto" (numba if importable), "numba",
+    "numpy"."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels == "numba" and not HAVE_NUMBA:
+        raise ValueError("kernels='numba' needs numba, which is not installed; use 'auto' or 'numpy'")
+    if kernels == "numpy" or not HAVE_NUMBA:
+        return _stage_numpy, _error_numpy, _dense_numpy
+    return _stage_numba, _error_numba, _dense_numba
+
+
 def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
     """scipy's select_initial_step (Hairer, Norsett & Wanner II.4), one step size per row."""
     scale = atol + np.abs(Y0) * rtol
@@ -98,63 +277,93 @@ def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
 def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rtol: float = 1e-8,
                   atol: float = 1e-10, at_rest: Optional[Callable[..., np.ndarray]] = None,
                   max_step: float = np.inf, max_nfev: int = 100_000,
-                  on_stall: Callable[[int, float, str], Exception] = None) -> BatchSolution:
+                  on_stall: Callable[[int, float, str], Exception] = None,
+                  keep_every: Optional[int] = 1, kernels: str = "auto") -> BatchSolution:
     """Integrate dY_b/dt = F(t_b, Y_b) for every row b of Y0 (B, W) from t = 0 to t_end.
 
     F(t, Y, rows, out) gets the times t (b,), states Y (b, W) of the rows still running and their
     indices ``rows`` into Y0 (to pick per-row parameters such as an input current; the same array
-    object until the set of rows changes), writes dY/dt into ``out`` (b, W) and returns it.
+    object until the set of rows changes), writes dY/dt into ``out`` (b, W) and returns it. ``Y``
+    and ``out`` are views of buffers the integrator reuses: F must not keep them.
     ``t_eval`` (non-empty, strictly increasing, within [0, t_end]: :func:`check_times`) are the
     sample times. A row stops at t_end, or once
     ``at_rest(Y, dYdt, rows)`` (a (b,) boolean mask) is True for it. A row that needs more than
     ``max_nfev`` evaluations, or whose step size underflows, raises the exception built by
     ``on_stall(row, t, reason)`` (RuntimeError by default); a non-finite state or derivative
     raises FloatingPointError naming the row.
+
+    ``keep_every`` = k stores only every k-th sample and the last one (None: the first and the
+    last), exactly the samples :func:`kept_indices` picks from the k = 1 output, bit for bit, in
+    memory for those alone. ``kernels`` picks the step arithmetic (module docstring): "auto"
+    (numba when importable), "numba" or "numpy".
     """
+    stage, error, dense = _kernels(kernels)
+    keep_every = check_keep_every(keep_every)
     Y = np.array(Y0, dtype=np.float64, copy=True)
+    if Y.ndim != 2:
+        raise ValueError(f"Y0 must be a 2-D array (rows, width), got shape {Y.shape}")
     B, W = Y.shape
     t_eval = check_times(t_eval, t_end)
     if on_stall is None:
         def on_stall(row, t, reason):
             return RuntimeError(f"row {row} stopped at t={t:.6g} of {t_end}: {reason}")
     T = len(t_eval)
-    samples = np.empty((T + 1, B, W))           # + 1: room for the last row's stop time
+    stride = T if keep_every is None else keep_every    # t_eval index j is stored iff j % stride == 0
+    samples = np.empty((-(-T // stride) + 1, B, W))     # + 1: room for the last sample
+    latest = np.empty((B, W)) if stride > 1 else None   # each row's latest sample (the last one's source)
     t_final, y_final = np.full(B, float(t_end)), np.empty((B, W))
     at_fp, velocity = np.zeros(B, bool), np.full(B, np.nan)
     nfev, n_steps, n_rej = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
 
+    def store(j, r, y):
+        """Samples y (m, W) at t_eval indices j of batch rows r."""
+        if latest is not None:
+            latest[r] = y
+        kept = j % stride == 0
+        if kept.all():
+            samples[j // stride, r] = y
+        elif kept.any():
+            samples[j[kept] // stride, r[kept]] = y[kept]
+
+    # buffers, allocated once: the running rows are the first n rows of each
+    K = np.empty((_N_STAGES, B, W))     # stage i lives in K[slot[i]]; slot[0] <-> slot[6] is FSAL
+    slot = np.arange(_N_STAGES)
+    Y_new, Ys, scratch, scratch2, dense_out = (np.empty((B, W)) for _ in range(5))
+    n = B
     rows = np.arange(B)
     t = np.zeros(B)
     nxt = np.zeros(B, np.int64)                 # index of the next sample time per row
     nxt_final = np.zeros(B, np.int64)
-    while len(t_eval) and np.any(take := (nxt < T) & (t_eval[np.minimum(nxt, T - 1)] <= 0.0)):
-        samples[nxt[take], rows[take]] = Y[take]    # samples at t = 0
+    while np.any(take := (nxt < T) & (t_eval[np.minimum(nxt, T - 1)] <= 0.0)):
+        store(nxt[take], rows[take], Y[take])   # samples at t = 0
         nxt[take] += 1
-    K = np.empty((_E.size, B, W))
-    F(t, Y, rows, K[0])
+    F(t, Y, rows, K[slot[0]])
     nfev += 1
-    h = _initial_step(F, t, Y, K[0], rows, t_end, max_step, rtol, atol)
+    h = _initial_step(F, t, Y, K[slot[0]], rows, t_end, max_step, rtol, atol)
     nfev += 1
     rejected = np.zeros(B, bool)    # this step was rejected before (scipy's rule: no growth then)
 
     def retire(done):
-        """Record rows in mask ``done`` as finished and drop them from the active arrays."""
-        nonlocal rows, t, Y, K, h, nxt, rejected
+        """Record rows in mask ``done`` as finished; compact the others to the buffers' front."""
+        nonlocal rows, t, h, nxt, rejected, n
         r = rows[done]
-        t_final[r], y_final[r], nxt_final[r] = t[done], Y[done], nxt[done]
-        velocity[r] = np.abs(K[0][done]).max(axis=1)
-        keep = ~done
-        rows, t, Y, h = rows[keep], t[keep], Y[keep], h[keep]
-        nxt, rejected = nxt[keep], rejected[keep]
-        K = np.ascontiguousarray(K[:, keep])
+        K0 = K[slot[0], :n]
+        t_final[r], y_final[r], nxt_final[r] = t[done], Y[:n][done], nxt[done]
+        velocity[r] = np.abs(K0[done]).max(axis=1)
+        keep = np.flatnonzero(~done)
+        m = len(keep)
+        Y[:m] = Y[:n][keep]                     # the fancy index copies before the assignment
+        K[slot[0], :m] = K0[keep]
+        rows, t, h, nxt, rejected = rows[keep], t[keep], h[keep], nxt[keep], rejected[keep]
+        n = m
 
     if at_rest is not None:
-        done = at_rest(Y, K[0], rows)
+        done = at_rest(Y, K[slot[0]], rows)
         at_fp[rows[done]] = True
         if done.any():
             retire(done)
 
-    while len(rows):
+    while n:
         min_step = 10 * np.abs(np.nextafter(t, np.inf) - t)
         if np.any(small := rejected & (h < min_step)):
             b = int(np.flatnonzero(small)[0])
@@ -163,24 +372,14 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         h = np.minimum(np.where(rejected, h, np.maximum(h, min_step)), max_step)
         t_new = np.minimum(t + h, t_end)
         hs = t_new - t
-        hc = hs[:, None]
-        for i in range(1, _C.size):
-            Ys = np.tensordot(_A[i, :i], K[:i], axes=(0, 0))
-            Ys *= hc
-            Ys += Y                             # Y + h sum_j A_ij K_j
-            F(t + _C[i] * hs, Ys, rows, K[i])
-        Y_new = np.tensordot(_B, K[:-1], axes=(0, 0))
-        Y_new *= hc
-        Y_new += Y
-        F(t_new, Y_new, rows, K[-1])
+        Yr, Ysr, Ynr = Y[:n], Ys[:n], Y_new[:n]
+        for i in range(1, _C.size):             # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
+            stage(Ysr, Yr, K, slot[:i], _A_ROWS[i], hs, scratch[:n])
+            F(t + _C[i] * hs, Ysr, rows, K[slot[i], :n])
+        stage(Ynr, Yr, K, slot[:-1], _B_ROW, hs, scratch[:n])    # y_new = Y + h sum_i b_i k_i
+        F(t_new, Ynr, rows, K[slot[-1], :n])
         nfev[rows] += _C.size
-        scale = np.maximum(np.abs(Y), np.abs(Y_new))
-        scale *= rtol
-        scale += atol
-        err = np.tensordot(_E, K, axes=(0, 0))
-        err *= hc
-        err /= scale
-        err = _rms(err)
+        err = _rms(error(scratch[:n], Yr, Ynr, K, slot, _E_ROW, hs, rtol, atol, scratch2[:n]))
         if not np.all(np.isfinite(err)):
             b = int(np.flatnonzero(~np.isfinite(err))[0])
             raise FloatingPointError(f"row {int(rows[b])}: the state or its derivative became "
@@ -193,47 +392,68 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         h = hs * factor
         rejected = ~ok
         n_rej[rows[~ok]] += 1
+        all_ok = bool(ok.all())
         if ok.any():
             n_steps[rows[ok]] += 1
             # samples inside (t, t_new] from the dense output
             while np.any(take := ok & (nxt < T) & (t_eval[np.minimum(nxt, T - 1)] <= t_new)):
-                theta = (t_eval[nxt[take]] - t[take]) / hs[take]
-                powers = np.cumprod(np.repeat(theta[:, None], _P.shape[1], axis=1), axis=1)
-                weights = (_P @ powers.T) * hs[take]        # (stages, b): h sum_p P_sp theta^p
-                Kt = K[:, take]
-                y = Y[take]
-                for s in range(len(_P)):
-                    y += weights[s, :, None] * Kt[s]
-                samples[nxt[take], rows[take]] = y
-                nxt[take] += 1
+                idx = np.flatnonzero(take)
+                theta = (t_eval[nxt[idx]] - t[idx]) / hs[idx]
+                power, weights = theta.copy(), np.zeros((len(_P), len(idx)))
+                for p in range(_P.shape[1]):    # h sum_p P_sp theta^p, p = 1..4
+                    weights += _P[:, p, None] * power
+                    power = power * theta
+                weights *= hs[idx]
+                y = dense(dense_out[:len(idx)], Yr, K, slot, weights, idx)
+                store(nxt[idx], rows[idx], y)
+                nxt[idx] += 1
             t = np.where(ok, t_new, t)
-            if ok.all():
-                Y, K[0] = Y_new, K[-1]
+            if all_ok:                          # swap buffers instead of copying
+                Y, Y_new = Y_new, Y
+                slot[0], slot[-1] = slot[-1], slot[0]
             else:
-                Y[ok] = Y_new[ok]
-                K[0, ok] = K[-1, ok]
+                np.copyto(Yr, Ynr, where=ok[:, None])
+                np.copyto(K[slot[0], :n], K[slot[-1], :n], where=ok[:, None])
         if np.any(over := nfev[rows] > max_nfev):
             b = int(np.flatnonzero(over)[0])
             raise on_stall(int(rows[b]), float(t[b]),
                            f"more than {max_nfev} right-hand-side evaluations")
         done = ok & (t >= t_end)
         if at_rest is not None and ok.any():
+            K0 = K[slot[0], :n]
             fp = ok.copy()
-            fp[ok] = at_rest(Y, K[0], rows) if ok.all() else at_rest(Y[ok], K[0, ok], rows[ok])
+            fp[ok] = at_rest(Y[:n], K0, rows) if all_ok else at_rest(Y[:n][ok], K0[ok], rows[ok])
             at_fp[rows[fp]] = True
             done |= fp
         if done.any():
             retire(done)
 
+    return _assemble(t_eval, stride, samples, latest, t_final, y_final, nxt_final,
+                     BatchSolution(t=None, y=None, t_final=t_final, y_final=y_final,
+                                   at_fixed_point=at_fp, velocity=velocity, nfev=nfev,
+                                   n_steps=n_steps, n_rejected=n_rej))
+
+
+def _assemble(t_eval, stride, samples, latest, t_final, y_final, nxt_final, sol):
+    """Fill ``sol.t``, ``sol.y``: the stored samples (t_eval indices 0, stride, 2 stride, ... up
+    to the last row's stop time t_last), a row that had stopped holding its final state, and the
+    last sample of the full output (t_eval's last time <= t_last, or t_last itself) unless stored."""
+    B = len(t_final)
     t_last = float(t_final.max()) if B else 0.0
     n = int(np.searchsorted(t_eval, t_last, side="right"))  # samples at or before t_last
-    held = np.arange(n)[:, None] >= nxt_final[None, :]     # (n, B): after that row had stopped
-    samples[:n][held] = np.broadcast_to(y_final, (n, B, W))[held]
-    t_out = t_eval[:n]
-    if not n or t_out[-1] < t_last:             # end on the last row's stop time
-        t_out = np.append(t_out, t_last)
-        samples[n] = y_final
-        n += 1
-    y_out = samples[:n]
-    return BatchSolution(t=t_out, y=y_out, t_final=t_final, y_final=y_final, at_fixed_point=at_fp,
-                         velocity=velocity, nfev=nfev, n_steps=n_steps, n_rejected=n_rej)
+    js = np.arange(0, n, stride)                            # stored t_eval indices, slots 0, 1, ...
+    S = len(js)
+    held = js[:, None] >= nxt_final[None, :]                # (S, B): after that row had stopped
+    samples[:S][held] = np.broadcast_to(y_final, (S,) + y_final.shape)[held]
+    t_out = t_eval[js]
+    if n and t_eval[n - 1] >= t_last:           # the full output ends on the sample t_eval[n - 1]
+        if (n - 1) % stride:                    # not stored: from each row's latest sample
+            stopped = nxt_final <= n - 1
+            samples[S] = latest
+            samples[S, stopped] = y_final[stopped]
+            t_out, S = np.append(t_out, t_eval[n - 1]), S + 1
+    else:                                       # the full output ends on the last row's stop time
+        samples[S] = y_final
+        t_out, S = np.append(t_out, t_last), S + 1
+    sol.t, sol.y = t_out, samples[:S]
+    return sol

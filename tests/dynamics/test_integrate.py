@@ -278,3 +278,142 @@ def test_trajectory_save_load_methods(tmp_path):
     for name in ("t", "v", "h", "E", "dEdt", "I", "converged"):
         np.testing.assert_array_equal(getattr(back, name), getattr(tr, name))
     assert back.params == tr.params and back.method == tr.method
+
+
+# ------------------------------------------------------------------ keep, BLAS threads, energies
+
+@pytest.mark.parametrize("method", ["RK45", "RK45-batched"])
+@pytest.mark.parametrize("adiabatic", [False, True])
+def test_keep_returns_exactly_the_kept_samples(digits20, method, adiabatic):
+    """keep = k or "ends" returns the samples kept_indices picks from keep="all": times and
+    states bit for bit, the same convergence verdict, energies and dE/dt computed at the kept
+    samples only. Queries stop at their fixed points between sample times, so the last
+    sample is the stop time appended after the grid. The energies (and h = S(g) when adiabatic)
+    are recomputed from those states in other chunks and other memory alignments, so their sums
+    may run in another order (measured: 1 ulp of E): they agree within energy_reorder_bounds."""
+    from dynamics.dopri import kept_indices
+    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
+    Q = digits20[:3] + 0.3 * np.random.default_rng(4).standard_normal((3, 64))
+    kw = dict(method=method, adiabatic=adiabatic, n_samples=61, fixed_point_tol=1e-6)
+    full = integrate(net, Q, 30.0, **kw)
+    assert full.converged.all() and full.t[-1] < 30.0 and len(full.t) > 8
+    for keep, k in ((3, 3), (4, 4), ("ends", None)):
+        thin = integrate(net, Q, 30.0, keep=keep, **kw)
+        kept = kept_indices(len(full.t), k)
+        assert len(thin.t) == len(kept) >= 2 and thin.params["keep"] == keep
+        for name in ("t", "v") if adiabatic else ("t", "v", "h"):
+            np.testing.assert_array_equal(getattr(thin, name), getattr(full, name)[kept], err_msg=name)
+        np.testing.assert_array_equal(thin.converged, full.converged)
+        for j, i in enumerate(kept):
+            if adiabatic:   # h = S(g), recomputed by a GEMM
+                np.testing.assert_array_less(np.abs(thin.h[j] - full.h[i]), gemm_bound(full.v[i], net.M.T))
+            bE, bdE = energy_reorder_bounds(net, full.v[i], full.h[i], full.I, adiabatic)
+            np.testing.assert_array_less(np.abs(thin.E[j] - full.E[i]), bE)
+            np.testing.assert_array_less(np.abs(thin.dEdt[j] - full.dEdt[i]), bdE)
+
+
+@pytest.mark.parametrize("keep, exc, match", [
+    ("final", ValueError, r"keep must be 'all', 'ends' or an integer k >= 1 \(every k-th sample and the last\), got 'final'"),
+    (0, ValueError, "keep must be .* got int 0"),
+    (2.5, TypeError, "keep must be .* got float 2.5"),
+    (True, TypeError, "keep must be .* got bool True"),
+])
+def test_bad_keep_is_refused(keep, exc, match):
+    with pytest.raises(exc, match=match):
+        integrate(Network(np.eye(3)), np.ones(3), 1.0, keep=keep)
+
+
+def test_bad_blas_threads_is_refused():
+    with pytest.raises(ValueError, match="blas_threads must be an integer >= 1, got 0"):
+        integrate(Network(np.eye(3)), np.ones(3), 1.0, blas_threads=0)
+    with pytest.raises(TypeError, match="blas_threads must be an integer, got str 'one'"):
+        integrate(Network(np.eye(3)), np.ones(3), 1.0, blas_threads="one")
+
+
+@pytest.mark.parametrize("method", ["RK45", "RK45-batched"])
+def test_blas_threads_are_limited_while_integrating(monkeypatch, method):
+    """integrate runs its solver under threadpoolctl's BLAS limit (default BLAS_THREADS = 1),
+    blas_threads=None leaves the setting as it is, and the setting is restored afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    seen = []
+    name = "_solve_batched" if method == "RK45-batched" else "_solve_scipy"
+    real = getattr(integrate_module, name)
+
+    def spy(*args, **kw):
+        seen.append(max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
+        return real(*args, **kw)
+    monkeypatch.setattr(integrate_module, name, spy)
+    net = Network(np.eye(3))
+    with threadpool_limits(limits=2, user_api="blas"):
+        integrate(net, np.ones(3), 1.0, method=method)
+        integrate(net, np.ones(3), 1.0, method=method, blas_threads=None)
+        integrate(net, np.ones(3), 1.0, method=method, blas_threads=2)
+        after = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+    assert seen == [integrate_module.BLAS_THREADS, 2, 2] and integrate_module.BLAS_THREADS == 1
+    assert after == 2
+
+
+def gemm_bound(A, Bm):
+    """Elementwise bound on how much A @ Bm can change when its sums run in another order:
+    gamma_n |A| @ |Bm|, gamma_n = n eps / (1 - n eps), n the inner dimension (Higham, 3.5)."""
+    n = A.shape[1]
+    eps = np.finfo(float).eps
+    return n * eps / (1 - n * eps) * (np.abs(A) @ np.abs(Bm))
+
+
+def energy_reorder_bounds(net, v, h, I, adiabatic):
+    """(B,) bounds on how much E and dE/dt at states v (B, D), h (B, N) (h = S(g) when adiabatic)
+    can change when their GEMMs and row sums run in another order, for a dot-similarity network
+    with quadratic L_v and L_h = log_sum_exp(beta). The GEMMs S = g M^T and f M move by at most
+    dS = gemm_bound(g, M^T) and dFM = gemm_bound(f, M); E (its -f.S term, or -L_h(S) when
+    adiabatic) by at most f.dS; dE/dt = -tau_v |vdot|^2 - tau_h hdot'H_h hdot (H_h = beta (diag f
+    - ff'), norm <= beta) through vdot (error dFM / tau_v, plus |df| M when f = softmax(beta S)
+    moves with S: |df| <= 2 beta max(dS) f) and hdot (error dS / tau_h). The remaining row sums
+    (einsum over D + N terms) add gamma_{D+N} times the sum of their terms' sizes."""
+    beta = net.L_h.beta
+    eps = np.finfo(float).eps
+    f = net.L_h.grad(h)
+    dS = gemm_bound(v, net.M.T)
+    dFM = gemm_bound(f, net.M)
+    if adiabatic:
+        dFM = dFM + 2 * beta * dS.max(1, keepdims=True) * (f @ np.abs(net.M))
+    vdot, hdot = net.rhs(v, h, I)
+    dv, dh = dFM / net.tau_v, dS / net.tau_h
+    gam = (net.D + net.N) * eps / (1 - (net.D + net.N) * eps)
+    sizeE = np.abs(v * v).sum(1) + np.abs(I * v).sum(1) + np.abs(f * h).sum(1) + np.abs(h).max(1) + 1
+    bE = np.einsum("bn,bn->b", f, dS) + gam * sizeE
+    bdE = net.tau_v * np.einsum("bd,bd->b", 2 * np.abs(vdot) + dv, dv) + gam * net.tau_v * (vdot ** 2).sum(1)
+    if not adiabatic:
+        ndh = np.linalg.norm(dh, axis=1)
+        bdE += net.tau_h * beta * (2 * np.linalg.norm(hdot, axis=1) + ndh) * ndh \
+            + gam * net.tau_h * beta * (hdot ** 2).sum(1)
+    return bE, bdE
+
+
+@pytest.mark.parametrize("adiabatic", [False, True])
+def test_sample_energies_equal_one_sample_at_a_time(monkeypatch, digits20, adiabatic):
+    """sample_energies flattens the samples into chunks of whole samples (here 2 of 7 samples
+    per chunk, the last chunk short) with each row's own input current. Against Network.energy /
+    dEdt on each sample alone, the same expressions on the same rows, only the sums may run in
+    another order for another row count: within energy_reorder_bounds (and h = S(g) of the
+    adiabatic system within gemm_bound)."""
+    from dynamics.integrate import sample_energies
+    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
+    rng = np.random.default_rng(5)
+    T, B = 7, 3
+    v = digits20[:B][None] + 0.3 * rng.standard_normal((T, B, 64))
+    h = rng.standard_normal((T, B, 20))
+    I = rng.standard_normal((B, 64))
+    monkeypatch.setattr(integrate_module, "ENERGY_CHUNK_ROWS", 2 * B)
+    hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)
+    for k in range(T):
+        if adiabatic:
+            hk = net.similarity(v[k])
+            Ek, dEk = net.energy_adiabatic(v[k], I), net.dEdt_adiabatic(v[k], I)
+            np.testing.assert_array_less(np.abs(hs[k] - hk), gemm_bound(v[k], net.M.T) + 1e-300)
+        else:
+            hk = h[k]
+            Ek, dEk = net.energy(v[k], h[k], I), net.dEdt(v[k], h[k], I)
+        bE, bdE = energy_reorder_bounds(net, v[k], hk, I, adiabatic)
+        np.testing.assert_array_less(np.abs(E[k] - Ek), bE)
+        np.testing.assert_array_less(np.abs(dE[k] - dEk), bdE)
