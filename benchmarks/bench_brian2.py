@@ -2,6 +2,7 @@
 
     python benchmarks/bench_brian2.py            # D = 784, N = 100 and 1000, 5 ms at dt = 0.05 ms
     python benchmarks/bench_brian2.py --quick    # N = 100 only, 2 ms, no cpp_standalone
+    python benchmarks/bench_brian2.py --spiking  # the spiking network (dynamics.spiking) only
 
 Same network (dot similarity, softmax beta = 1, tau_v = 1 ms, tau_h = 0.1 ms), same query (an
 MNIST digit plus Gaussian noise; random data if models.data is unavailable), same simulated time.
@@ -76,13 +77,47 @@ def bench(N, t_end, dt, targets, cache_dir):
         print(f"{name:34s} {wall:9.3f} {wall / n_steps * 1e3:9.3f} {wall / t_scipy:8.1f} {e:>12s}  {note}")
 
 
+def bench_spiking(N=100, n=100, t_end=100.0, dt=0.1, targets=("numpy", "cpp_standalone")):
+    """dynamics.spiking on MNIST (D = 784, N memories, n Poisson neurons per unit, one query):
+    simulated time per wall second of the simulation loop, and ns per synapse event (each spike
+    delivered to its unit's count synapse, plus the 2 D N unit-to-unit summed synapses per step)."""
+    from dynamics.lagrangians import softplus
+    from dynamics.spiking import run_spiking
+    X, x, label = _memories(N)
+    Z = X - X.mean(1, keepdims=True)
+    M = 2 * Z / Z.std(1, keepdims=True)
+    zq = x - x.mean()
+    net = Network(M, "dot", L_v=softplus(), L_h=log_sum_exp(0.05), tau_v=10.0, tau_h=2.0)
+    neurons = (net.D + N) * n
+    print(f"\nspiking: D = {net.D}, N = {N} ({label}), n = {n} per unit = {neurons} Poisson neurons, "
+          f"{2 * net.D * N} unit synapses, {t_end:g} ms at dt = {dt:g} ms")
+    print(f"{'':28s} {'loop s':>8s} {'sim s/wall s':>13s} {'spikes':>9s} {'events':>10s} "
+          f"{'ns/event':>9s} {'ns/neuron-step':>15s}")
+    for target in targets:
+        t0 = time.perf_counter()
+        run = run_spiking(net, 2 * zq / zq.std(), t_end, dt=dt, n=n, r_max=0.2, target=target,
+                          record_every=int(round(t_end / dt)), record_spikes=False)
+        wall = time.perf_counter() - t0
+        p = run.traj.params
+        loop = p["loop_s"]
+        spikes = p["spikes_v"] + p["spikes_h"]
+        steps = int(round(t_end / dt)) + 1
+        print(f"{'brian2-spiking/' + target:28s} {loop:8.3f} {t_end * 1e-3 / loop:13.4f} "
+              f"{spikes:9.0f} {p['synapse_events']:10.3g} {loop / p['synapse_events'] * 1e9:9.2f} "
+              f"{loop / (neurons * steps) * 1e9:15.2f}   (total wall {wall:.1f} s)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="N = 100 only, 2 ms, no cpp_standalone")
+    p.add_argument("--spiking", action="store_true", help="only the spiking network benchmark")
     p.add_argument("--dt", type=float, default=0.05)
     p.add_argument("--cache-dir", default=None, help="cython cache (default $UHN_BRIAN2_CACHE or "
                    "~/.cache/uhn-brian2)")
     a = p.parse_args(argv)
+    if a.spiking:
+        bench_spiking()
+        return
     if a.quick:
         sizes, t_end, targets = [100], 2.0, ["numpy", "cython"]
     else:
