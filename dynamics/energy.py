@@ -58,7 +58,7 @@ ROUNDOFF_ULPS = 4.0
 FD_SAFETY = 10.0
 #: right-hand-side evaluations per step of scipy's explicit methods (RK45 and RK45-batched: 6 with
 #: first-same-as-last); an implicit method takes at least one evaluation per step
-_STAGES = {"RK45": 6, "RK45-batched": 6, "RK23": 3, "DOP853": 12}
+_STAGES = {"RK45": 6, "RK45-batched": 6, "reduced": 6, "RK23": 3, "DOP853": 12}
 #: order of the brian2 schemes (dynamics.brian2_backend): leapfrog is a midpoint split, second order;
 #: brian2's default scheduling holds the coupling over the step, first order
 _SCHEME_ORDER = {"leapfrog": 2, "default": 1}
@@ -357,8 +357,14 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
         else:
             nfev = np.full(rows, float(traj.params.get("nfev", 1)))
             n_norm = B * W
+        amp = 1.0
+        if method == "reduced":
+            # dynamics.reduced controls the error of (a, h, e), 2N + 1 numbers per query, and
+            # v = c + M^T a carries a's error amplified by at most max_i sum_mu |M_mu,i|
+            n_norm = 2 * net.N + 1
+            amp = max(1.0, float(np.abs(net.M).sum(axis=0).max()))
         n_steps = np.maximum(nfev / stages, 1.0)[:, None]
-        model_err = n_steps * np.sqrt(n_norm) * (atol + rtol * mag)
+        model_err = amp * n_steps * np.sqrt(n_norm) * (atol + rtol * mag)
         model = f"{method}, rtol {rtol:g}, atol {atol:g}, <= nfev / {stages} steps per window"
     allowed = safety * (model_err + ref_err)
     dev = np.abs(Yref - Y1)
