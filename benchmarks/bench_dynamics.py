@@ -1,31 +1,41 @@
-"""Batched vs one-query-at-a-time integration to the fixed point, and RHS cost vs its two matmuls.
+"""Batched vs one-query-at-a-time integration to the fixed point, RHS and integrator cost vs the
+two matmuls, BLAS threads, and the memory that integrate(keep=...) saves.
 
 B = 256 corrupted MNIST queries (gaussian 0.3), N = 100 memories, dot + softmax(beta=5),
 tau_v = 1, tau_h = 0.1, rtol 1e-8, atol 1e-10, each query integrated until it sits at a fixed point
 (integrate's criterion: every velocity below fixed_point_tol = 1e-5 + the integrator's resolution).
 
-Runs, all timed in this one process:
+Runs, timed in this one process, in ``--rounds`` interleaved rounds (every run once per round, so
+both sides of each ratio see the same load; ratios are taken within a round and reported as
+min / median / max over the rounds):
   batched        integrate(net, Q, method="RK45-batched"): Dormand-Prince, a step size per query,
                  each query leaves the batch at its own fixed point
   one at a time  integrate(net, q, method="RK45") per query: solve_ivp with the fixed-point event
                  (the same tableau, controller and stopping rule), mean over ``--single`` queries
   bare solve_ivp solve_ivp(RK45) per query with the same event and nothing else (no energy or
                  samples): the cheapest one-at-a-time baseline
-  one solve_ivp  integrate(net, Q, method="RK45"): the whole batch as one solve_ivp system
-                 (one step size for all, stops when the last query converges), here and on a
-                 mixed batch (192 queries near a memory, 64 halfway between two)
-Targets (issue 3): per-query speed-up of the batched call over one at a time >= 20x; one RHS
-<= 3x (g @ M.T + f @ M).
-    python benchmarks/bench_dynamics.py [--single 16] [--skip-one-system]
+  one RHS / matmuls  net.fun on the B = 256 batch, and its two products g @ M.T, f @ M alone
+Once, after the rounds: the whole batch as one solve_ivp system, on this batch and on a mixed
+batch (192 queries near a memory, 64 halfway between two); BLAS threads (1 vs 2) for the two
+products; peak memory (tracemalloc) of integrate at B = 256, N = 1000 with keep = "all", 10, "ends".
+
+Everything runs under integrate's BLAS policy (dynamics.integrate.BLAS_THREADS = 1 thread) except
+the BLAS-threads line. Wall-clock ratios are the goals; CPU-time ratios (time.process_time) are
+printed beside them because this machine has 2 cores shared with other processes.
+Targets (issue 3): batched per query-evaluation <= 2x its share of the two matmuls; per-query
+speed-up over bare solve_ivp one at a time >= 10x; one RHS <= 3x its two matmuls.
+    python benchmarks/bench_dynamics.py [--single 8] [--rounds 3] [--skip-one-system] [--skip-memory]
 """
 import argparse
 import time
+import tracemalloc
 
 import numpy as np
 from scipy.integrate import solve_ivp
+from threadpoolctl import threadpool_limits
 
 from dynamics import lagrangians as L
-from dynamics.integrate import NOISE_FACTOR, fixed_point_event, integrate
+from dynamics.integrate import BLAS_THREADS, NOISE_FACTOR, fixed_point_event, integrate
 from dynamics.network import Network
 from models.corruption import corrupt
 from models.data import load_dataset
@@ -43,9 +53,16 @@ def best(fn, repeat=5):
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process)."""
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def spread(xs, fmt="{:.2f}"):
+    """'median (min - max)' of a list of per-round values."""
+    xs = np.asarray(xs, dtype=float)
+    return f"{fmt.format(np.median(xs))} ({fmt.format(xs.min())} - {fmt.format(xs.max())})"
 
 
 def bare_solve_ivp(net, q):
@@ -65,19 +82,56 @@ def mixed_batch(M):
     for beta in (0.05, 1.0):
         net = Network(M, "dot", L_h=L.log_sum_exp(beta), tau_h=0.1)
         kw = dict(rtol=RTOL, atol=ATOL, fixed_point_tol=TOL)
-        one, t_one = timed(lambda: integrate(net, Q, 100.0, method="RK45", **kw))
-        bat, t_bat = timed(lambda: integrate(net, Q, 100.0, method="RK45-batched", **kw))
+        one, t_one, _ = timed(lambda: integrate(net, Q, 100.0, method="RK45", **kw))
+        bat, t_bat, _ = timed(lambda: integrate(net, Q, 100.0, method="RK45-batched", **kw))
         stops = np.array(bat.params["t_final_per_query"])
         print(f"mixed batch, softmax({beta:g}): one solve_ivp system {t_one:.2f} s (stops at "
               f"t = {one.t[-1]:.1f}), RK45-batched {t_bat:.2f} s (stops between t = {stops.min():.1f} "
               f"and {stops.max():.1f}): {t_one / t_bat:.1f}x")
 
 
+def blas_threads_line(g, f, M, rounds):
+    """The two products with 1 and with 2 BLAS threads, interleaved, wall and CPU time."""
+    res = {1: [], 2: []}
+    for _ in range(rounds):
+        for n in (1, 2):
+            with threadpool_limits(limits=n, user_api="blas"):
+                _, wall, cpu = timed(lambda: [(g @ M.T, f @ M) for _ in range(20)])
+            res[n].append((wall / 20, cpu / 20))
+    w1, w2 = (np.median([r[0] for r in res[n]]) for n in (1, 2))
+    c1, c2 = (np.median([r[1] for r in res[n]]) for n in (1, 2))
+    print(f"BLAS threads, g @ M.T + f @ M (B={len(g)}), median of {rounds}: 1 thread {w1 * 1e3:.2f} ms "
+          f"wall / {c1 * 1e3:.2f} ms CPU, 2 threads {w2 * 1e3:.2f} ms wall / {c2 * 1e3:.2f} ms CPU: "
+          f"1 thread {w2 / w1:.1f}x faster, {c2 / c1:.1f}x less CPU (integrate's default: "
+          f"BLAS_THREADS = {BLAS_THREADS})")
+
+
+def memory_line():
+    """Peak traced memory of integrate at B = 256, N = 1000 (101 samples over [0, 2], no early
+    stop, so every sample is filled) for keep = "all", 10, "ends"."""
+    ds = load_dataset("mnist", n=1000, seed=0)
+    B = 256
+    Q = corrupt(ds.X[np.arange(B)], "gaussian", 0.3, ds.image_shape, seed=1)
+    net = Network(ds.X, "dot", L_h=L.log_sum_exp(5.0), tau_h=0.1)
+    out = []
+    for keep in ("all", 10, "ends"):
+        tracemalloc.start()
+        tr = integrate(net, Q, 2.0, method="RK45-batched", stop_at_fixed_point=False, keep=keep,
+                       rtol=RTOL, atol=ATOL)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        out.append(f"keep={keep!r}: {len(tr.t)} samples, peak {peak / 1e6:.0f} MB")
+    print(f"memory, integrate(RK45-batched), B={B}, N=1000, D=784, t_end=2, 101 sample times: "
+          + "; ".join(out))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--single", type=int, default=16, help="queries timed one at a time")
+    ap.add_argument("--single", type=int, default=8, help="queries timed one at a time per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--skip-one-system", action="store_true",
                     help="skip the slow whole-batch solve_ivp runs")
+    ap.add_argument("--skip-memory", action="store_true", help="skip the N = 1000 memory line")
     args = ap.parse_args(argv)
 
     ds = load_dataset("mnist", n=100, seed=0)
@@ -86,56 +140,102 @@ def main(argv=None):
     Q = corrupt(M[np.arange(B) % 100], "gaussian", 0.3, ds.image_shape, seed=1)
     net = Network(M, "dot", L_h=L.log_sum_exp(5.0), tau_h=0.1)
     kw = dict(fixed_point_tol=TOL, rtol=RTOL, atol=ATOL)
-
-    tr, t_batch = timed(lambda: integrate(net, Q, T_END, method="RK45-batched", **kw))
-    nfev = np.array(tr.params["nfev_per_query"])
-    t_stop = np.array(tr.params["t_final_per_query"])
     n = args.single
-    singles, t_single = timed(lambda: [integrate(net, Q[b], T_END, method="RK45", **kw) for b in range(n)])
-    t_single /= n
-    bare, t_bare = timed(lambda: [bare_solve_ivp(net, Q[b]) for b in range(n)])
-    t_bare /= n
-    gap = max(np.abs(s.v_final[0] - tr.v_final[b]).max() for b, s in enumerate(singles))
-
-    per_query = t_batch / B
-    speedup, speedup_bare = t_single / per_query, t_bare / per_query
-    print(f"batched RK45-batched, B={B}: {t_batch:.2f} s = {per_query * 1e3:.2f} ms/query; "
-          f"{int(tr.converged.sum())}/{B} at a fixed point, stop time median {np.median(t_stop):.1f} "
-          f"(max {t_stop.max():.1f}), RHS evaluations per query median {int(np.median(nfev))}")
-    print(f"one at a time, integrate(method='RK45') (mean of {n}): {t_single * 1e3:.1f} ms/query, "
-          f"RHS evaluations {np.mean([s.params['nfev'] for s in singles]):.0f}; "
-          f"max |v* batched - v* alone| = {gap:.1e}")
-    print(f"one at a time, bare solve_ivp + event (mean of {n}): {t_bare * 1e3:.1f} ms/query, "
-          f"RHS evaluations {np.mean([s.nfev for s in bare]):.0f}")
-    print(f"per-query speed-up: {speedup:.1f}x over integrate one at a time, {speedup_bare:.1f}x over "
-          f"bare solve_ivp (target >= 20x) {'PASS' if speedup_bare >= 20 else 'FAIL'}")
-    if not args.skip_one_system:
-        one, t_one = timed(lambda: integrate(net, Q, T_END, method="RK45", **kw))
-        print(f"whole batch as one solve_ivp system: {t_one:.2f} s = {t_one / B * 1e3:.2f} ms/query "
-              f"({t_one / t_batch:.1f}x the batched integrator), {one.params['nfev']} RHS calls, "
-              f"{int(one.converged.sum())}/{B} at a fixed point, stopped at t = {one.t[-1]:.1f}")
-
-    if not args.skip_one_system:
-        mixed_batch(M)
-
     v, h = net.initial_state(Q)
     g, f = net.L_v.grad(v), net.L_h.grad(h)
     y = net.pack(v, h)
     fun = net.fun()
-    t_rhs = best(lambda: fun(0.0, y), 20)
-    t_mm = best(lambda: (g @ M.T, f @ M), 20)
-    ratio = t_rhs / t_mm
-    print(f"one RHS (B={B}): {t_rhs * 1e3:.3f} ms; g @ M.T + f @ M: {t_mm * 1e3:.3f} ms; "
-          f"ratio {ratio:.2f}x (target <= 3x) {'PASS' if ratio <= 3 else 'FAIL'}")
+    integrate(net, Q[:2], T_END, method="RK45-batched", **kw)     # compile the numba kernels
+
+    rounds = []
+    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        for r in range(args.rounds):
+            tr, w_batch, c_batch = timed(lambda: integrate(net, Q, T_END, method="RK45-batched", **kw))
+            qs = Q[(r * n + np.arange(n)) % B]
+            singles, w_single, c_single = timed(lambda: [integrate(net, q, T_END, method="RK45", **kw)
+                                                          for q in qs])
+            bare, w_bare, c_bare = timed(lambda: [bare_solve_ivp(net, q) for q in qs])
+            _, w_rhs, c_rhs = timed(lambda: [fun(0.0, y) for _ in range(20)])
+            _, w_mm, c_mm = timed(lambda: [(g @ M.T, f @ M) for _ in range(20)])
+            nfev = np.array(tr.params["nfev_per_query"])
+            bare_nfev = np.mean([s.nfev for s in bare])
+            rounds.append(dict(
+                tr=tr, singles=singles, qs=(r * n + np.arange(n)) % B, nfev=nfev, bare_nfev=bare_nfev,
+                per_query=(w_batch / B, c_batch / B), single=(w_single / n, c_single / n),
+                bare=(w_bare / n, c_bare / n), rhs=(w_rhs / 20, c_rhs / 20), mm=(w_mm / 20, c_mm / 20),
+                per_eval=(w_batch / nfev.sum(), c_batch / nfev.sum()),
+                single_eval=(w_bare / n / bare_nfev, c_bare / n / bare_nfev)))
+
+    def col(key, i):
+        return [rd[key][i] for rd in rounds]
+
+    def ratio(a, b, i):
+        return [rd[a][i] / rd[b][i] for rd in rounds]
+
+    tr, nfev = rounds[-1]["tr"], rounds[-1]["nfev"]
+    t_stop = np.array(tr.params["t_final_per_query"])
+    gap = max(np.abs(s.v_final[0] - tr.v_final[b]).max()
+              for rd in rounds for b, s in zip(rd["qs"], rd["singles"]))
+    R = len(rounds)
+    print(f"# {R} interleaved rounds, median (min - max); wall time [CPU time]; BLAS threads = "
+          f"{BLAS_THREADS}; 2-core machine shared with other processes")
+    print(f"batched RK45-batched, B={B}: {spread([x * 1e3 for x in col('per_query', 0)])} ms/query "
+          f"[{spread([x * 1e3 for x in col('per_query', 1)])}]; {int(tr.converged.sum())}/{B} at a "
+          f"fixed point, stop time median {np.median(t_stop):.1f} (max {t_stop.max():.1f}), RHS "
+          f"evaluations per query median {int(np.median(nfev))}")
+    print(f"one at a time, integrate(method='RK45') ({n} queries per round): "
+          f"{spread([x * 1e3 for x in col('single', 0)], '{:.1f}')} ms/query "
+          f"[{spread([x * 1e3 for x in col('single', 1)], '{:.1f}')}], RHS evaluations "
+          f"{np.mean([s.params['nfev'] for rd in rounds for s in rd['singles']]):.0f}; "
+          f"max |v* batched - v* alone| = {gap:.1e}")
+    print(f"one at a time, bare solve_ivp + event: {spread([x * 1e3 for x in col('bare', 0)], '{:.1f}')} "
+          f"ms/query [{spread([x * 1e3 for x in col('bare', 1)], '{:.1f}')}], RHS evaluations "
+          f"{np.mean([rd['bare_nfev'] for rd in rounds]):.0f}")
+    sp_int, sp_bare = ratio("single", "per_query", 0), ratio("bare", "per_query", 0)
+    sp_bare_cpu = ratio("bare", "per_query", 1)
+    print(f"per-query speed-up: {spread(sp_int, '{:.1f}')}x over integrate one at a time, "
+          f"{spread(sp_bare, '{:.1f}')}x over bare solve_ivp [{spread(sp_bare_cpu, '{:.1f}')}x] "
+          f"(target >= 10x) {'PASS' if np.median(sp_bare) >= 10 else 'FAIL'}")
+    if not args.skip_one_system:
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            one, t_one, _ = timed(lambda: integrate(net, Q, T_END, method="RK45", **kw))
+        t_batch = rounds[-1]["per_query"][0] * B
+        print(f"whole batch as one solve_ivp system: {t_one:.2f} s = {t_one / B * 1e3:.2f} ms/query "
+              f"({t_one / t_batch:.1f}x the batched integrator), {one.params['nfev']} RHS calls, "
+              f"{int(one.converged.sum())}/{B} at a fixed point, stopped at t = {one.t[-1]:.1f}")
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            mixed_batch(M)
+
+    rhs_ratio = ratio("rhs", "mm", 0)
+    print(f"one RHS (B={B}): {spread([x * 1e3 for x in col('rhs', 0)], '{:.3f}')} ms; g @ M.T + f @ M: "
+          f"{spread([x * 1e3 for x in col('mm', 0)], '{:.3f}')} ms; ratio {spread(rhs_ratio)}x "
+          f"[{spread(ratio('rhs', 'mm', 1))}x] (target <= 3x) {'PASS' if np.median(rhs_ratio) <= 3 else 'FAIL'}")
+    # the batched integrator's whole cost (steps, fixed-point tests, samples, energies) per
+    # query-evaluation against that query's share of the two products of one B-row RHS
+    share = [rd["mm"][0] / B for rd in rounds]
+    share_cpu = [rd["mm"][1] / B for rd in rounds]
+    ev_ratio = [rd["per_eval"][0] / (rd["mm"][0] / B) for rd in rounds]
+    ev_ratio_cpu = [rd["per_eval"][1] / (rd["mm"][1] / B) for rd in rounds]
+    print(f"per query-evaluation vs its matmul share: batched {spread([x * 1e6 for x in col('per_eval', 0)], '{:.1f}')} us "
+          f"[{spread([x * 1e6 for x in col('per_eval', 1)], '{:.1f}')}] per query-evaluation (all in: "
+          f"steps, fixed-point tests, samples, energies) against {spread([x * 1e6 for x in share])} us "
+          f"[{spread([x * 1e6 for x in share_cpu])}] for its share of the two matmuls: "
+          f"{spread(ev_ratio)}x [{spread(ev_ratio_cpu)}x] (target <= 2x) "
+          f"{'PASS' if np.median(ev_ratio) <= 2 else 'FAIL'}")
     # both ways take the same RHS evaluations per query, so the speed-up cannot exceed the cost of
     # one query's RHS evaluation inside solve_ivp (its step overhead and the event included) over
     # one query's share of a B-row RHS call, even with no other cost in the batched integrator
-    per_eval_single = t_bare / np.mean([s.nfev for s in bare])
-    per_eval_batch = t_rhs / B
-    print(f"ceiling at equal RHS counts: {per_eval_single * 1e6:.0f} us per evaluation one at a time "
-          f"/ {per_eval_batch * 1e6:.1f} us per query in a B={B} RHS = {per_eval_single / per_eval_batch:.1f}x; "
-          f"the batched integrator spends {per_query / np.median(nfev) * 1e6:.1f} us per query-evaluation")
-    return 0 if speedup_bare >= 20 and ratio <= 3 else 1
+    ceiling = [rd["single_eval"][0] / (rd["rhs"][0] / B) for rd in rounds]
+    ceiling_mm = [rd["single_eval"][0] / (rd["mm"][0] / B) for rd in rounds]
+    print(f"ceiling at equal RHS counts: {spread([x * 1e6 for x in col('single_eval', 0)], '{:.0f}')} us per "
+          f"evaluation one at a time [{spread([x * 1e6 for x in col('single_eval', 1)], '{:.0f}')}] / "
+          f"{spread([rd['rhs'][0] / B * 1e6 for rd in rounds], '{:.1f}')} us per query in a B={B} RHS = "
+          f"{spread(ceiling, '{:.1f}')}x ({spread(ceiling_mm, '{:.1f}')}x against the matmul share alone)")
+
+    blas_threads_line(g, f, M, max(3, R))
+    if not args.skip_memory:
+        memory_line()
+    return 0 if np.median(sp_bare) >= 10 and np.median(rhs_ratio) <= 3 and np.median(ev_ratio) <= 2 else 1
 
 
 if __name__ == "__main__":
