@@ -1,19 +1,32 @@
-"""Input checks shared by every public entry point: clear errors, never a silent NaN."""
+"""Input checks shared by every public entry point: clear errors, never a silent NaN.
+
+The checks run in the namespace of their input (numpy, torch, CuPy, array-api-strict, ...; see
+models/_array_api.py): ``xp=`` is the namespace the public entry point found, ``None`` finds it.
+"""
 from __future__ import annotations
 
 from typing import Union
 
 import numpy as np
 
+from ._array_api import as_namespace, float_dtype, is_numpy_namespace, namespace, to_numpy
+
 #: what every seeded function accepts: an int seed or a numpy Generator
 Seed = Union[int, np.integer, np.random.Generator]
 
 
-def as_matrix(x, name: str, *, ndim_ok=(1, 2)) -> tuple[np.ndarray, bool]:
-    """Return ``x`` as a float64 2-D array and whether it was a single vector.
+def as_matrix(x, name: str, *, ndim_ok=(1, 2), xp=None) -> tuple:
+    """Return ``x`` as a floating 2-D array and whether it was a single vector.
 
-    Raises ValueError naming ``name`` for wrong rank, empty arrays, NaN or inf.
+    numpy (and lists): float64, as always. Other namespaces keep a floating dtype (float32 stays
+    float32) and their device; integer and bool arrays become float64. Raises TypeError for
+    non-numeric or complex data and ValueError naming ``name`` for wrong rank, empty arrays, NaN
+    or inf.
     """
+    if xp is None:
+        xp = namespace(x)
+    if not is_numpy_namespace(xp):
+        return _as_matrix_xp(x, name, ndim_ok, xp)
     a = np.asarray(x)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
@@ -29,25 +42,64 @@ def as_matrix(x, name: str, *, ndim_ok=(1, 2)) -> tuple[np.ndarray, bool]:
     return a, single
 
 
-def check_finite(a: np.ndarray, name: str) -> None:
+def _as_matrix_xp(x, name, ndim_ok, xp):
+    """as_matrix in a non-numpy namespace: the same checks through the array API standard."""
+    a = as_namespace(x, xp)  # lists become arrays of xp; the caller found xp from x's library
+    if xp.isdtype(a.dtype, "complex floating"):
+        raise TypeError(f"{name} must be real, got dtype {a.dtype}")
+    if not (xp.isdtype(a.dtype, "numeric") or a.dtype == xp.bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if a.ndim not in ndim_ok:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim_ok))} dimensions, got shape "
+                         f"{tuple(a.shape)}")
+    single = a.ndim == 1
+    if single:
+        a = a[None, :]
+    dtype = float_dtype(xp, a.dtype)
+    if a.dtype != dtype:
+        a = xp.astype(a, dtype)
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(a.shape)})")
+    check_finite(a, name, xp=xp)
+    return a, single
+
+
+def check_finite(a, name: str, *, xp=None) -> None:
     """Raise ValueError if ``a`` holds NaN or inf, saying how many and where the first is."""
-    bad = ~np.isfinite(a)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {first}")
+    if xp is None:
+        xp = namespace(a)
+    if is_numpy_namespace(xp):
+        bad = ~np.isfinite(a)
+        if not bad.any():
+            return
+    elif bool(xp.all(xp.isfinite(a))):
+        return
+    else:
+        bad = ~np.isfinite(to_numpy(a))  # the error path only: locate the first bad entry on the host
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {first}")
 
 
-def check_scores(S: np.ndarray, who: str) -> None:
+def check_scores(S, who: str, *, xp=None) -> None:
     """Raise ValueError if a (B, N) score matrix handed to ``who`` holds NaN (or inf).
 
     One isfinite over the scores: O(B N), never a (B, N, D) pass. A separation fed NaN would
     otherwise return a plausible one-hot (argmax stops at the NaN) or pass the NaN through.
     """
-    bad = ~np.isfinite(S)
-    if bad.any():
-        b, mu = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{who} got {int(bad.sum())} NaN/inf similarity score(s), first for query {b}, "
-                         f"memory {mu} (value {S[b, mu]}); check the similarity and its parameters")
+    if xp is None:
+        xp = namespace(S)
+    if is_numpy_namespace(xp):
+        bad = ~np.isfinite(S)
+        if not bad.any():
+            return
+    elif bool(xp.all(xp.isfinite(S))):
+        return
+    else:
+        S = to_numpy(S)
+        bad = ~np.isfinite(S)
+    b, mu = (int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{who} got {int(bad.sum())} NaN/inf similarity score(s), first for query {b}, "
+                     f"memory {mu} (value {S[b, mu]}); check the similarity and its parameters")
 
 
 def real_param(value, name: str, *, low: float | None = None, low_open: bool = False,
@@ -82,19 +134,21 @@ def int_param(value, name: str, *, low: int) -> int:
     return v
 
 
-def check_same_width(M: np.ndarray, Q: np.ndarray, mname="memories", qname="queries") -> None:
+def check_same_width(M, Q, mname="memories", qname="queries") -> None:
     """Raise ValueError unless memories (N, D) and queries (B, D) share D."""
     if M.shape[1] != Q.shape[1]:
         raise ValueError(
             f"shape mismatch: {qname} have {Q.shape[1]} features but {mname} have {M.shape[1]} "
-            f"({qname} shape {Q.shape}, {mname} shape {M.shape})")
+            f"({qname} shape {tuple(Q.shape)}, {mname} shape {tuple(M.shape)})")
 
 
-def binary_coding(a: np.ndarray) -> str | None:
+def binary_coding(a, *, xp=None) -> str | None:
     """Return 'binary' for {0,1} data, 'bipolar' for {-1,1} data, else None."""
-    if np.all((a == 0) | (a == 1)):
+    if xp is None:
+        xp = namespace(a)
+    if bool(xp.all((a == 0) | (a == 1))):
         return "binary"
-    if np.all((a == -1) | (a == 1)):
+    if bool(xp.all((a == -1) | (a == 1))):
         return "bipolar"
     return None
 

@@ -8,40 +8,58 @@ gives exactly what looping over its rows gives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from ._array_api import (CHUNK_BYTES, as_namespace, device, is_numpy_namespace, library_name, namespace,
+                         rows_per_chunk, to_numpy)
 from ._validate import as_matrix, check_same_width, int_param, real_param
 from .separation import Separation, get_separation, top_k_indices
-from .similarity import CONVENTIONS, Similarity, check_binary, get_similarity
+from .similarity import CONVENTIONS, Similarity, check_binary, common_float, get_similarity
 
 
-def sign(x: np.ndarray) -> np.ndarray:
-    """Bipolar sign with sign(0) = +1, so outputs stay in {-1, 1}."""
-    return np.where(x >= 0, 1.0, -1.0)
+def sign(x, *, xp=None):
+    """Bipolar sign with sign(0) = +1, so outputs stay in {-1, 1} (in the namespace of x)."""
+    if xp is None:
+        xp = namespace(x)
+    if is_numpy_namespace(xp):
+        return np.where(x >= 0, 1.0, -1.0)
+    return xp.astype(x >= 0, x.dtype) * 2.0 - 1.0
 
 
-OUTPUTS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    # each takes (z, W): the projected output and the separation weights that produced it
-    "sign": lambda z, W: sign(z),
-    # sparse distributed memory on {0,1} data: bit on where more than half the selected memories vote on
-    "majority": lambda z, W: (z > 0.5 * W.sum(1, keepdims=True)).astype(np.float64),
+def _majority(z, W, xp=None):
+    """Sparse distributed memory on {0,1} data: bit on where more than half the selected memories
+    vote on, z > sum(W) / 2."""
+    if xp is None:
+        xp = namespace(z, W)
+    return xp.astype(z > 0.5 * xp.sum(W, axis=1, keepdims=True), z.dtype)
+
+
+OUTPUTS: dict[str, Callable[..., Any]] = {
+    # each takes (z, W, xp=None): the projected output and the separation weights that produced it
+    "sign": lambda z, W, xp=None: sign(z, xp=xp),
+    "majority": _majority,
 }
 
 
 @dataclass(frozen=True)
 class IterationResult:
     """Outcome of iterating z_{t+1} = retrieve(z_t) from a batch of queries (for a single 1-D
-    query: states (D,), and steps and converged as scalars)."""
+    query: states (D,), and steps and converged as scalars). Arrays of the queries' namespace."""
 
-    states: np.ndarray      #: (B, D) final states
-    steps: np.ndarray       #: (B,) iterations each query took to stop changing
-    converged: np.ndarray   #: (B,) bool, True where the state reached a fixed point
+    states: Any      #: (B, D) final states
+    steps: Any       #: (B,) iterations each query took to stop changing
+    converged: Any   #: (B,) bool, True where the state reached a fixed point
 
 
 class Memory:
     """Universal Hopfield network z = P^T sep(sim(M, q)) (Millidge et al. 2022, eq. 1).
+
+    Computes in the array namespace and on the device of ``memories`` (numpy, torch, CuPy, ...;
+    see docs/gpu.md): M and P are stored as arrays of that library, queries must be arrays of the
+    same library (or lists), and results come back as such arrays. numpy stores float64; other
+    libraries keep a floating dtype (float32 stays float32).
 
     Parameters
     ----------
@@ -52,35 +70,45 @@ class Memory:
     output : None, ``"sign"``, ``"majority"`` or a callable ``f(z, W)`` applied to P^T w.
     convention : ``"standard"`` or ``"paper_code"``. The latter reproduces the official code:
         reciprocal-distance similarities, scores normalised to sum 1 before the separation and the
-        weights normalised to sum 1 after it.
+        weights normalised to sum 1 after it (numpy only).
+    chunk_bytes : :meth:`retrieve` handles large query batches in chunks whose (b, N) score and
+        weight matrices stay below this many bytes (the result is the same as in one piece).
     """
 
     def __init__(self, memories, values=None, similarity: Union[str, Similarity] = "dot",
                  separation: Union[str, Separation] = "identity",
-                 output: Union[None, str, Callable] = None, convention: str = "standard"):
+                 output: Union[None, str, Callable] = None, convention: str = "standard",
+                 chunk_bytes: int = 4 * CHUNK_BYTES):
         if convention not in CONVENTIONS:
             raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
-        self.M, _ = as_matrix(memories, "memories", ndim_ok=(2,))
+        self.chunk_bytes = int_param(chunk_bytes, "Memory chunk_bytes", low=1)
+        xp = self.xp = namespace(memories, values, names=("memories", "values"))
+        self.M, _ = as_matrix(memories, "memories", ndim_ok=(2,), xp=xp)
         if values is None:
             self.P = self.M
         else:
-            self.P, _ = as_matrix(values, "values", ndim_ok=(2,))
+            self.P, _ = as_matrix(values, "values", ndim_ok=(2,), xp=xp)
             if self.P.shape[0] != self.M.shape[0]:
                 raise ValueError(f"shape mismatch: {self.M.shape[0]} memories but {self.P.shape[0]} "
                                  f"values; heteroassociative storage pairs row mu of each")
+            self.M, self.P = common_float(xp, self.M, self.P)
+        self.device = device(self.M)
         self.convention = convention
         self.similarity = get_similarity(similarity, convention=convention)
         self.separation = get_separation(separation)
+        self.similarity.namespace(self.M)   # numpy-only similarities / separations refuse other
+        self.separation.namespace(self.M)   # namespaces here, not at the first query
         if isinstance(output, str):
             if output not in OUTPUTS:
                 raise ValueError(f"unknown output {output!r}; choose one of {sorted(OUTPUTS)} or a callable")
-            self._output = OUTPUTS[output]
+            builtin = OUTPUTS[output]
+            self._output = lambda z, W: builtin(z, W, xp=xp)
         else:
             self._output = output
         self.output = output
         if self.similarity.binary_only:
             # fail at construction, not at the first query (queries are checked by the score itself)
-            check_binary(self.M, self.M[:1], self.similarity.name)
+            check_binary(self.M, self.M[:1, :], self.similarity.name, xp=xp)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -93,61 +121,108 @@ class Memory:
 
     def __repr__(self) -> str:
         kind = "auto" if self.autoassociative else "hetero"
+        where = "" if is_numpy_namespace(self.xp) else f", {library_name(self.xp)} on {self.device}"
         return (f"Memory(N={self.M.shape[0]}, D={self.M.shape[1]}, O={self.P.shape[1]}, {kind}, "
                 f"similarity={self.similarity.name}, separation={self.separation.name}, "
-                f"output={self.output!r}, convention={self.convention!r})")
+                f"output={self.output!r}, convention={self.convention!r}{where})")
 
     # ------------------------------------------------------------------ pipeline
     def _queries(self, Q):
-        Q, single = as_matrix(Q, "queries")
+        """Validated (B, D) queries in this memory's namespace and dtype, and whether Q was 1-D.
+        An array of another library raises TypeError, one on another device ValueError."""
+        xp = self.xp
+        if namespace(Q) is not xp and hasattr(Q, "shape"):
+            raise TypeError(f"queries are {library_name(namespace(Q))} arrays but this Memory stores "
+                            f"{library_name(xp)} arrays; convert the queries (or build the Memory "
+                            f"from {library_name(namespace(Q))} memories)")
+        if not is_numpy_namespace(xp):
+            if not hasattr(Q, "shape"):
+                Q = xp.asarray(Q, device=self.device)
+            elif device(Q) != self.device:
+                raise ValueError(f"queries are on device {device(Q)} but the memories on {self.device}; "
+                                 f"move them to one device")
+        Q, single = as_matrix(Q, "queries", xp=xp)
         check_same_width(self.M, Q)
+        if Q.dtype != self.M.dtype:
+            Q = xp.astype(Q, xp.result_type(Q, self.M))
         return Q, single
 
-    def _scores(self, Q: np.ndarray) -> np.ndarray:
-        S = self.similarity.checked_score(self.M, Q)  # finite, or OverflowError naming the similarity
+    def _MP(self, dtype):
+        """(M, P) in ``dtype``: as stored, or promoted for a query of a wider float dtype."""
+        if self.M.dtype == dtype:
+            return self.M, self.P
+        M = self.xp.astype(self.M, dtype)
+        return M, (M if self.autoassociative else self.xp.astype(self.P, dtype))
+
+    def _scores(self, Q):
+        M, _ = self._MP(Q.dtype)
+        S = self.similarity.checked_score(M, Q, xp=self.xp)  # finite, or OverflowError naming it
         if self.convention == "paper_code":
-            S = _normalise_sum(S, "similarity scores")
+            S = _normalise_sum(S, "similarity scores", self.xp)
         return S
 
-    def similarities(self, Q) -> np.ndarray:
+    def similarities(self, Q):
         """S = sim(M, q): (N,) for one query, (B, N) for a batch."""
         Q, single = self._queries(Q)
         S = self._scores(Q)
-        return S[0] if single else S
+        return S[0, ...] if single else S
 
-    def _weights(self, S: np.ndarray) -> np.ndarray:
-        W = self.separation(S)  # NaN/inf scores raise ValueError naming the separation
+    def _weights(self, S):
+        xp = self.xp
+        W = self.separation.checked(S, xp=xp)  # NaN/inf scores raise ValueError naming the separation
         if self.convention == "paper_code":
-            W = _normalise_sum(W, "separated scores")
-        if not np.all(np.isfinite(W)):
+            W = _normalise_sum(W, "separated scores", xp)
+        if not bool(xp.all(xp.isfinite(W))):
             raise FloatingPointError(f"separation {self.separation.name} produced NaN/inf weights")
         return W
 
-    def weights(self, Q) -> np.ndarray:
+    def weights(self, Q):
         """w = sep(sim(M, q)): (N,) or (B, N)."""
         Q, single = self._queries(Q)
         W = self._weights(self._scores(Q))
-        return W[0] if single else W
+        return W[0, ...] if single else W
 
-    def retrieve(self, Q) -> np.ndarray:
-        """z = P^T sep(sim(M, q)), then the output function: (O,) for one query, (B, O) for a batch."""
+    def retrieve(self, Q):
+        """z = P^T sep(sim(M, q)), then the output function: (O,) for one query, (B, O) for a batch.
+
+        A batch whose (B, N) scores would exceed ``chunk_bytes`` runs in chunks of rows (each row
+        is computed on its own either way, so chunking does not change the result)."""
         Q, single = self._queries(Q)
+        B = Q.shape[0]
+        step = rows_per_chunk(3 * self.M.shape[0] * 8, self.chunk_bytes)  # S, W and a temporary
+        if B <= step:
+            z = self._retrieve(Q)
+        else:
+            parts = [self._retrieve(Q[s:min(s + step, B), :]) for s in range(0, B, step)]
+            z = np.concatenate(parts) if is_numpy_namespace(self.xp) else self.xp.concat(parts, axis=0)
+        return z[0, ...] if single else z
+
+    def _retrieve(self, Q):
+        """z = output(P^T sep(sim(M, q))) for validated (b, D) queries."""
+        xp = self.xp
         S = self._scores(Q)
+        _, P = self._MP(Q.dtype)
         k = self.separation.top_k
         if k is not None and self.convention == "standard":
             # one-hot / uniform top-k weights: gather k rows of P instead of a dense (B,N)x(N,O) product;
             # top_k_indices refuses k > N as the dense path does
-            idx = top_k_indices(S, k)
-            z = self.P[idx[:, 0]] if k == 1 else self.P[idx].mean(axis=1)  # fancy indexing copies
+            idx = top_k_indices(S, k, xp=xp)
+            if is_numpy_namespace(xp):
+                z = P[idx[:, 0]] if k == 1 else P[idx].mean(axis=1)  # fancy indexing copies
+            elif k == 1:
+                z = xp.take(P, idx[:, 0], axis=0)
+            else:
+                rows = xp.take(P, xp.reshape(idx, (-1,)), axis=0)
+                z = xp.mean(xp.reshape(rows, (idx.shape[0], k, P.shape[1])), axis=1)
             W = None
         else:
             W = self._weights(S)
-            z = W @ self.P
+            z = W @ P
         if self._output is not None:
             if W is None:
                 W = self._weights(S)
             z = self._output(z, W)
-        return z[0] if single else z
+        return z
 
     __call__ = retrieve
 
@@ -164,6 +239,15 @@ class Memory:
             raise ValueError("iterate needs outputs in the query space (O == D); this memory maps "
                              f"{self.M.shape[1]} features to {self.P.shape[1]}")
         Z, single = self._queries(Q)
+        if is_numpy_namespace(self.xp):
+            Z, steps, converged = self._iterate_numpy(Z, max_steps, tol)
+        else:
+            Z, steps, converged = self._iterate_xp(Z, max_steps, tol)
+        if single:
+            return IterationResult(Z[0, ...], steps[0], converged[0])
+        return IterationResult(Z, steps, converged)
+
+    def _iterate_numpy(self, Z, max_steps, tol):
         Z = Z.copy()  # never write into the caller's array
         steps = np.zeros(Z.shape[0], dtype=int)
         active = np.ones(Z.shape[0], dtype=bool)
@@ -176,15 +260,34 @@ class Memory:
             idx = np.flatnonzero(active)
             steps[idx] += 1
             active[idx[~moved]] = False
-        res = IterationResult(Z, steps, ~active)
-        if single:
-            return IterationResult(Z[0], steps[0], res.converged[0])
-        return res
+        return Z, steps, ~active
+
+    def _iterate_xp(self, Z, max_steps, tol):
+        """The same loop in the array API: the still-moving rows are gathered (take), retrieved and
+        merged back (where over an index map), so converged rows stay frozen."""
+        xp, dev = self.xp, self.device
+        B = Z.shape[0]
+        steps = xp.zeros(B, dtype=xp.int64, device=dev)
+        active = xp.ones(B, dtype=xp.bool, device=dev)
+        for _ in range(max_steps):
+            idx = xp.nonzero(active)[0]
+            if idx.shape[0] == 0:
+                break
+            old = xp.take(Z, idx, axis=0)
+            new = self._retrieve(old)
+            moved = xp.max(xp.abs(new - old), axis=1) > tol
+            # slot[b] = position of row b among the active rows (any value where inactive)
+            slot = xp.cumulative_sum(xp.astype(active, xp.int64)) - 1
+            slot = xp.where(active, slot, 0)
+            Z = xp.where(active[:, None], xp.take(new, slot, axis=0), Z)
+            steps = steps + xp.astype(active, xp.int64)
+            active = xp.where(active, xp.take(moved, slot, axis=0), active)
+        return Z, steps, ~active
 
 
-def _normalise_sum(A: np.ndarray, what: str) -> np.ndarray:
-    s = A.sum(axis=1, keepdims=True)
-    if np.any(s == 0) or not np.all(np.isfinite(s)):
+def _normalise_sum(A, what: str, xp):
+    s = xp.sum(A, axis=1, keepdims=True)
+    if bool(xp.any(s == 0)) or not bool(xp.all(xp.isfinite(s))):
         raise FloatingPointError(f"paper_code convention: {what} sum to 0 or inf for some query, so "
                                  f"normalising them by their sum is undefined")
     return A / s
@@ -198,14 +301,19 @@ class ClassicalHopfield(Memory):
 
     def __init__(self, memories, zero_diagonal: bool = True):
         super().__init__(memories, similarity="dot", separation="identity", output="sign")
-        if not np.all(np.abs(self.M) == 1.0):
-            bad = np.argwhere(np.abs(self.M) != 1.0)[0]
+        xp = self.xp
+        if not bool(xp.all(xp.abs(self.M) == 1.0)):
+            M = to_numpy(self.M)
+            bad = np.argwhere(np.abs(M) != 1.0)[0]
             raise ValueError(f"classical_hopfield needs bipolar {{-1, 1}} memories, but memories"
-                             f"[{bad[0]}, {bad[1]}] = {self.M[bad[0], bad[1]]:g}; map {{0, 1}} data "
+                             f"[{bad[0]}, {bad[1]}] = {M[bad[0], bad[1]]:g}; map {{0, 1}} data "
                              f"with 2 x - 1")
         W = self.M.T @ self.M
         if zero_diagonal:
-            np.fill_diagonal(W, 0.0)
+            if is_numpy_namespace(xp):
+                np.fill_diagonal(W, 0.0)
+            else:
+                W = xp.where(xp.eye(W.shape[0], dtype=W.dtype, device=self.device) == 1, 0.0, W)
         self.W = W
 
     def update(self, Q, max_sweeps: int = 50, mode: str = "async",
@@ -218,26 +326,27 @@ class ClassicalHopfield(Memory):
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         max_sweeps = int_param(max_sweeps, "update max_sweeps", low=1)
+        xp = self.xp
         S, single = self._queries(Q)
-        S = sign(S)
+        S = sign(S, xp=xp)
         rng = np.random.default_rng(seed)
         B, D = S.shape
-        steps = np.zeros(B, dtype=int)
-        converged = np.zeros(B, dtype=bool)
+        steps = xp.zeros(B, dtype=xp.int64, device=self.device)
+        converged = xp.zeros(B, dtype=xp.bool, device=self.device)
         for sweep in range(max_sweeps):
-            before = S.copy()
+            before = xp.asarray(S, copy=True)
             if mode == "sync":
-                S = sign(S @ self.W)
+                S = sign(S @ self.W, xp=xp)
             else:
-                for i in rng.permutation(D):  # vectorised over the batch, sequential over neurons
-                    S[:, i] = sign(S @ self.W[:, i])
-            changed = np.any(S != before, axis=1)
-            steps[~converged] += 1
-            converged |= ~changed
-            if converged.all():
+                for i in rng.permutation(D).tolist():  # vectorised over the batch, sequential over neurons
+                    S[:, i] = sign(S @ self.W[:, i], xp=xp)
+            changed = xp.any(S != before, axis=1)
+            steps = steps + xp.astype(~converged, xp.int64)
+            converged = converged | ~changed
+            if bool(xp.all(converged)):
                 break
         res = IterationResult(S, steps, converged)
-        return IterationResult(S[0], steps[0], converged[0]) if single else res
+        return IterationResult(S[0, ...], steps[0], converged[0]) if single else res
 
 
 def classical_hopfield(memories, zero_diagonal: bool = True) -> ClassicalHopfield:
@@ -251,8 +360,9 @@ def sparse_distributed_memory(memories, values=None, radius: float = 0.0) -> Mem
     or the sign ({-1,1} data). ``radius`` must be finite and >= 0."""
     radius = real_param(radius, "sparse_distributed_memory radius", low=0.0)
     # the output function acts on the retrieved values, so their coding picks it (not the keys')
-    V = np.asarray(memories if values is None else values)
-    bipolar = np.any(V < 0)
+    V = memories if values is None else values
+    xp = namespace(V)
+    bipolar = bool(xp.any(as_namespace(V, xp) < 0))
     return Memory(memories, values, similarity="hamming",
                   separation=get_separation("threshold", theta=-radius),
                   output="sign" if bipolar else "majority")

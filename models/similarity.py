@@ -22,12 +22,15 @@ Two conventions:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from ._array_api import (CHUNK_BYTES, errstate, is_numpy_namespace, library_name, namespace,
+                         rows_per_chunk, to_numpy)
 from ._validate import as_matrix, binary_coding, check_same_width, from_registry, real_param
 
 #: small constant that keeps logarithms of zero-valued pixels finite in the KL similarities
@@ -41,64 +44,99 @@ class Similarity:
     Attributes
     ----------
     name : registry name, with parameters, e.g. ``"minkowski(p=3)"``.
-    score : ``score(M, Q) -> (B, N)`` on validated float64 arrays.
+    score : ``score(M, Q) -> (B, N)`` on validated floating arrays.
     vjp : ``vjp(M, G, F) -> (B, D)`` = sum_mu F_mu dS_mu/dg, or None when S has no gradient.
         Both return a fresh array the caller may overwrite (the dynamics do, in place).
     smooth : False where the gradient is a subgradient (a kink at a memory or at zero).
     binary_only : True for hamming, which is defined on {0,1} or {-1,1} data only.
     nonnegative_only : True for kl / reverse_kl, which read their inputs as distributions after
         sum-normalisation: the dynamics need non-negative feature rates g = dL_v/dv for them.
+    array_api : True when ``score`` and ``vjp`` take an ``xp=`` keyword (the array namespace,
+        found from the inputs when omitted) and compute in any array-API namespace (numpy, torch,
+        CuPy, ...; see models/_array_api.py). False (paper_code similarities, custom ones): numpy
+        arrays only, and other namespaces are refused with a TypeError.
     """
 
     name: str
-    score: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    vjp: Optional[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = None
+    score: Callable[..., Any]
+    vjp: Optional[Callable[..., Any]] = None
     smooth: bool = True
     binary_only: bool = False
     nonnegative_only: bool = False
     params: dict = field(default_factory=dict)
+    array_api: bool = False
 
     @property
     def differentiable(self) -> bool:
         return self.vjp is not None
 
-    def __call__(self, M, Q) -> np.ndarray:
-        """S[b, mu] = sim(M_mu, Q_b); a 1-D query gives a 1-D (N,) result."""
-        M, _ = as_matrix(M, "memories", ndim_ok=(2,))
-        Q, single = as_matrix(Q, "queries")
-        check_same_width(M, Q)
-        S = self.checked_score(M, Q)
-        return S[0] if single else S
+    def namespace(self, *arrays, names=("memories", "queries")):
+        """The array namespace of the inputs; TypeError for a mix of libraries, or for a non-numpy
+        namespace when this similarity computes in numpy only."""
+        xp = namespace(*arrays, names=names)
+        if not (self.array_api or is_numpy_namespace(xp)):
+            raise TypeError(f"similarity {self.name!r} computes in numpy only, got {library_name(xp)} "
+                            f"arrays; convert them to numpy (or use a convention='standard' similarity, "
+                            f"which computes in any array-API namespace)")
+        return xp
 
-    def checked_score(self, M: np.ndarray, Q: np.ndarray) -> np.ndarray:
-        """``score(M, Q)`` on validated float64 arrays, refusing a non-finite result.
+    def __call__(self, M, Q):
+        """S[b, mu] = sim(M_mu, Q_b); a 1-D query gives a 1-D (N,) result, in the inputs' namespace."""
+        xp = self.namespace(M, Q)
+        M, _ = as_matrix(M, "memories", ndim_ok=(2,), xp=xp)
+        Q, single = as_matrix(Q, "queries", xp=xp)
+        check_same_width(M, Q)
+        M, Q = common_float(xp, M, Q)
+        S = self.checked_score(M, Q, xp=xp)
+        return S[0, ...] if single else S
+
+    def checked_score(self, M, Q, *, xp=None):
+        """``score(M, Q)`` on validated floating arrays, refusing a non-finite result.
 
         Finite inputs can still give inf/NaN scores when an intermediate overflows (a dot product
         of 1e200-sized vectors); that raises OverflowError naming the similarity instead of letting
         max "retrieve" memory 0. One isfinite over the (B, N) scores; binary-only scores (hamming)
         validate their inputs themselves."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            S = self.score(M, Q)
-        bad = ~np.isfinite(S)
-        if bad.any():
+        if xp is None:
+            xp = self.namespace(M, Q)
+        with errstate(xp, over="ignore", invalid="ignore"):
+            S = self.score(M, Q, xp=xp) if self.array_api else self.score(M, Q)
+        if not bool(xp.all(xp.isfinite(S))):
             raise OverflowError(
-                f"similarity {self.name!r} gave {int(bad.sum())} NaN/inf score(s) for finite inputs, an "
-                f"overflow of float64 (max |memories| = {np.abs(M).max():.3g}, max |queries| = "
-                f"{np.abs(Q).max():.3g}); rescale the data")
+                f"similarity {self.name!r} gave {int(np.sum(~np.isfinite(to_numpy(S))))} NaN/inf score(s) "
+                f"for finite inputs, an overflow of {M.dtype} (max |memories| = "
+                f"{float(xp.max(xp.abs(M))):.3g}, max |queries| = {float(xp.max(xp.abs(Q))):.3g}); "
+                f"rescale the data")
         return S
 
-    def grad_contract(self, M, G, F) -> np.ndarray:
+    def grad_contract(self, M, G, F):
         """sum_mu F[b, mu] dS_mu/dg evaluated at G[b]: the (B, D) term of the feature dynamics."""
         if self.vjp is None:
             raise ValueError(
                 f"similarity {self.name!r} has no gradient, so it cannot drive the continuous-time "
                 f"dynamics; use a differentiable similarity (see models.similarity.differentiable_names())")
-        return self.vjp(np.asarray(M, float), np.atleast_2d(G), np.atleast_2d(F))
+        xp = self.namespace(M, G, F, names=("memories", "states", "weights"))
+        if is_numpy_namespace(xp):
+            return self.vjp(np.asarray(M, float), np.atleast_2d(G), np.atleast_2d(F))
+        G = G if G.ndim == 2 else G[None, :]
+        F = F if F.ndim == 2 else F[None, :]
+        return self.vjp(M, G, F, xp=xp) if self.array_api else self.vjp(M, G, F)
 
 
-def check_binary(M: np.ndarray, Q: np.ndarray, name: str) -> str:
+def common_float(xp, *arrays):
+    """The arrays cast to their common floating dtype (numpy's path is float64 already; torch
+    refuses a float32 @ float64 product, so other namespaces promote explicitly)."""
+    if is_numpy_namespace(xp) or len({a.dtype for a in arrays}) == 1:
+        return arrays
+    dtype = xp.result_type(*arrays)
+    return tuple(a if a.dtype == dtype else xp.astype(a, dtype) for a in arrays)
+
+
+def check_binary(M, Q, name: str, *, xp=None) -> str:
     """Raise ValueError unless M and Q are both {0,1} or both {-1,1}; return the coding."""
-    cm, cq = binary_coding(M), binary_coding(Q)
+    if xp is None:
+        xp = namespace(M, Q)
+    cm, cq = binary_coding(M, xp=xp), binary_coding(Q, xp=xp)
     if cm is None or cq is None:
         which = "memories" if cm is None else "queries"
         raise ValueError(f"{name} similarity needs binary {{0,1}} or bipolar {{-1,1}} data, "
@@ -106,55 +144,70 @@ def check_binary(M: np.ndarray, Q: np.ndarray, name: str) -> str:
     if cm != cq:
         # an all-ones array is both binary and bipolar (binary_coding says "binary"): the other
         # array decides the coding, else the binary formula would score bipolar data
-        if np.all(M == 1):
+        if bool(xp.all(M == 1)):
             return cq
-        if np.all(Q == 1):
+        if bool(xp.all(Q == 1)):
             return cm
         raise ValueError(f"{name} similarity: memories are {cm} but queries are {cq}; use one coding")
     return cm
 
 
 # ----------------------------------------------------------------------------------------------
-# standard convention
+# standard convention: every score / vjp takes xp= (found from the inputs when None)
 # ----------------------------------------------------------------------------------------------
 
-def _power_of_two_scale(M, Q) -> float:
+def _xp(xp, *arrays):
+    """The namespace handed down, or (a direct call without one) the inputs' namespace."""
+    return namespace(*arrays) if xp is None else xp
+
+
+def _power_of_two_scale(M, Q, xp) -> float:
     """2^(e-1) with max |entry| of M and Q = f 2^e, 1/2 <= f < 1: dividing by it is exact and brings
-    every entry into [-2, 2] (2^e itself would overflow for entries near the float64 maximum)."""
-    big = max(float(np.abs(M).max()), float(np.abs(Q).max()))
-    return float(np.ldexp(1.0, int(np.frexp(big)[1]) - 1)) if big > 0 else 1.0
+    every entry into [-2, 2] (2^e itself would overflow for entries near the float maximum)."""
+    big = max(float(xp.max(xp.abs(M))), float(xp.max(xp.abs(Q))))
+    return math.ldexp(1.0, math.frexp(big)[1] - 1) if big > 0 else 1.0
 
 
-def _overflow_safe(raw, M, Q, eps, name):
+def _underflow_scale(xp, dtype) -> float:
+    """Entries below this may have had their squares (or p-th powers) underflow: 2^-300 in float64,
+    the same fraction 300/1022 of the exponent range in other float dtypes (2^-37 in float32)."""
+    min_exp = math.frexp(float(xp.finfo(dtype).smallest_normal))[1] - 1   # -1022 for float64
+    return math.ldexp(1.0, round(min_exp * 300 / 1022))
+
+
+def _overflow_safe(raw, M, Q, eps, name, xp):
     """raw(M, Q, eps) for a distance score homogeneous of degree 1 in (M, Q, eps), i.e.
     raw(M, Q, eps) = s raw(M/s, Q/s, eps/s). Computed directly; only where that overflows (squares
     or p-th powers of entries ~1e155 and up) or may have underflowed (a zero score with every
     entry below 2^-300, where squares of 1e-200 vanish) again on inputs divided by a power of two s
     (exact), then multiplied back. The checks are O(B N) on the scores; the O((N + B) D) scale only
-    runs when they fire. A distance beyond float64's range itself raises OverflowError."""
-    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+    runs when they fire. A distance beyond the dtype's range itself raises OverflowError."""
+    with errstate(xp, over="ignore", invalid="ignore", under="ignore"):
         S = raw(M, Q, eps)
-    if np.isfinite(S).all():
-        if not (S >= 0).any():  # a distance score is <= 0, and 0 only at a match or on underflow
+    if bool(xp.all(xp.isfinite(S))):
+        if not bool(xp.any(S >= 0)):  # a distance score is <= 0, and 0 only at a match or on underflow
             return S
-        s = _power_of_two_scale(M, Q)
-        if s >= 2.0 ** -300:
+        s = _power_of_two_scale(M, Q, xp)
+        if s >= _underflow_scale(xp, S.dtype):
             return S  # exact matches, not underflow
     else:
-        s = _power_of_two_scale(M, Q)
-    with np.errstate(over="ignore", invalid="ignore"):
+        s = _power_of_two_scale(M, Q, xp)
+    with errstate(xp, over="ignore", invalid="ignore"):
         S = raw(M / s, Q / s, eps / s)
         S *= s
-    if not np.isfinite(S).all():
-        raise OverflowError(f"{name} distance between some query and memory exceeds the float64 range "
+    if not bool(xp.all(xp.isfinite(S))):
+        raise OverflowError(f"{name} distance between some query and memory exceeds the {S.dtype} range "
                             f"(entries up to {s:.3g}); rescale the data")
     return S
 
 
-def _sq_dist(M, Q):
+def _sq_dist(M, Q, xp):
     """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off.
 
-    Built in place in the GEMM's output: one (B, N) array, no temporaries of that size."""
+    numpy: built in place in the GEMM's output, one (B, N) array, no temporaries of that size."""
+    if not is_numpy_namespace(xp):
+        d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * (Q @ M.T)) + xp.sum(M * M, axis=1)[None, :]
+        return xp.clip(d2, min=0.0)
     d2 = Q @ M.T
     d2 *= -2.0
     d2 += np.einsum("ij,ij->i", Q, Q)[:, None]
@@ -162,19 +215,33 @@ def _sq_dist(M, Q):
     return np.maximum(d2, 0.0, out=d2)
 
 
-def _negate(d):
-    """-d computed in place (d is a fresh array owned by the caller)."""
-    return np.negative(d, out=d)
+def _negate(d, xp):
+    """-d (numpy: in place; d is a fresh array owned by the caller)."""
+    return np.negative(d, out=d) if is_numpy_namespace(xp) else -d
+
+
+def _standard(name, score, vjp=None, **kw) -> Similarity:
+    """A standard-convention Similarity: score(M, Q, xp=None) and vjp(M, G, F, xp=None)."""
+    return Similarity(name, score, vjp, array_api=True, **kw)
 
 
 def _dot():
     """S_mu = M_mu . q;  dS_mu/dg = M_mu."""
-    return Similarity("dot", lambda M, Q: Q @ M.T, lambda M, G, F: F @ M)
+    return _standard("dot", lambda M, Q, xp=None: Q @ M.T, lambda M, G, F, xp=None: F @ M)
 
 
-def _unit_rows(A, name):
+def _unit_rows(A, name, xp):
     """(A_i / |A_i|, |A_i|). A row whose squares overflow (entries ~1e155 and up) or underflow
-    (~1e-155 and below) is first divided by its largest |entry|, so its direction stays exact."""
+    (~1e-155 and below) is first divided by its largest |entry|, so its direction stays exact.
+    Other namespaces than numpy always take that route (one more O(n D) pass, no boolean scatter)."""
+    if not is_numpy_namespace(xp):
+        a = xp.max(xp.abs(A), axis=1, keepdims=True)
+        if not bool(xp.all(a > 0)):
+            zero = np.flatnonzero(to_numpy(a)[:, 0] == 0)
+            raise ValueError(f"cosine similarity is undefined for all-zero {name} (rows {zero[:5].tolist()})")
+        Ao = A / a
+        no = xp.linalg.vector_norm(Ao, axis=1, keepdims=True)
+        return Ao / no, a * no
     with np.errstate(over="ignore", under="ignore"):
         n = np.linalg.norm(A, axis=1, keepdims=True)
     odd = ~((n[:, 0] > 1e-150) & np.isfinite(n[:, 0]))
@@ -196,22 +263,32 @@ def _unit_rows(A, name):
 def _cosine():
     """S_mu = M_mu . q / (|M_mu| |q|);  dS_mu/dg = M^_mu/|g| - S_mu g/|g|^2."""
 
-    def score(M, Q):
-        return _unit_rows(Q, "queries")[0] @ _unit_rows(M, "memories")[0].T
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        return _unit_rows(Q, "queries", xp)[0] @ _unit_rows(M, "memories", xp)[0].T
 
-    def vjp(M, G, F):
-        Mh, _ = _unit_rows(M, "memories")
-        Gh, gn = _unit_rows(G, "states")
+    def vjp(M, G, F, xp=None):
+        xp = _xp(xp, M, G, F)
+        Mh, _ = _unit_rows(M, "memories", xp)
+        Gh, gn = _unit_rows(G, "states", xp)
         S = Gh @ Mh.T
-        return (F @ Mh) / gn - (F * S).sum(1, keepdims=True) * Gh / gn
+        return (F @ Mh) / gn - xp.sum(F * S, axis=1, keepdims=True) * Gh / gn
 
-    return Similarity("cosine", score, vjp)
+    return _standard("cosine", score, vjp)
 
 
 def _squared_euclidean():
     """S_mu = -|M_mu - q|^2;  dS_mu/dg = 2 (M_mu - g)."""
-    return Similarity("squared_euclidean", lambda M, Q: _negate(_sq_dist(M, Q)),
-                      lambda M, G, F: 2.0 * (F @ M - F.sum(1, keepdims=True) * G))
+
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        return _negate(_sq_dist(M, Q, xp), xp)
+
+    def vjp(M, G, F, xp=None):
+        xp = _xp(xp, M, G, F)
+        return 2.0 * (F @ M - xp.sum(F, axis=1, keepdims=True) * G)
+
+    return _standard("squared_euclidean", score, vjp)
 
 
 def _euclidean(eps: float = 0.0):
@@ -219,38 +296,72 @@ def _euclidean(eps: float = 0.0):
     dS_mu/dg = (M_mu - g) / sqrt(|M_mu - g|^2 + eps^2), taken as 0 at a memory when eps = 0."""
     eps = real_param(eps, "euclidean smoothing eps", low=0.0)
 
-    def raw(M, Q, e):
-        d = _sq_dist(M, Q)  # fresh (B, N) array: finish in place
-        if e:
-            d += e * e
-        np.sqrt(d, out=d)
-        d = _negate(d)
-        if e:
-            d += e
-        return d
+    def raw_of(xp):
+        def raw(M, Q, e):
+            d = _sq_dist(M, Q, xp)  # fresh (B, N) array: numpy finishes in place
+            if not is_numpy_namespace(xp):
+                return (e - xp.sqrt(d + e * e)) if e else -xp.sqrt(d)
+            if e:
+                d += e * e
+            np.sqrt(d, out=d)
+            d = _negate(d, xp)
+            if e:
+                d += e
+            return d
+        return raw
 
-    def score(M, Q):
-        return _overflow_safe(raw, M, Q, eps, "euclidean")
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        return _overflow_safe(raw_of(xp), M, Q, eps, "euclidean", xp)
 
-    def vjp(M, G, F):
-        r = np.sqrt(_sq_dist(M, G) + eps * eps)
-        W = np.divide(F, r, out=np.zeros_like(F), where=r > 0)
-        return W @ M - W.sum(1, keepdims=True) * G
+    def vjp(M, G, F, xp=None):
+        xp = _xp(xp, M, G, F)
+        r = xp.sqrt(_sq_dist(M, G, xp) + eps * eps)
+        if is_numpy_namespace(xp):
+            W = np.divide(F, r, out=np.zeros_like(F), where=r > 0)
+        else:
+            W = xp.where(r > 0, F / xp.where(r > 0, r, 1.0), 0.0)
+        return W @ M - xp.sum(W, axis=1, keepdims=True) * G
 
     name = "euclidean" if eps == 0 else f"euclidean(eps={eps:g})"
-    return Similarity(name, score, vjp, smooth=eps > 0, params={"eps": eps})
+    return _standard(name, score, vjp, smooth=eps > 0, params={"eps": eps})
 
 
-def _chunked_pairwise_vjp(M, G, F, elementwise, chunk_bytes=64 * 2**20):
+def _chunked_pairwise_vjp(M, G, F, elementwise, xp, chunk_bytes=CHUNK_BYTES):
     """sum_mu F[b, mu] * elementwise(G[b] - M_mu) over chunks of queries (memory-bounded)."""
     B, D = G.shape
     N = M.shape[0]
+    step = rows_per_chunk(8 * N * D, chunk_bytes)
+    if not is_numpy_namespace(xp):
+        parts = []
+        for s in range(0, B, step):
+            e = min(s + step, B)  # the standard leaves out-of-bounds slice stops unspecified
+            E = elementwise(G[s:e, None, :] - M[None, :, :], s, step)              # (b, N, D)
+            parts.append((F[s:e, None, :] @ E)[:, 0, :])                           # batched GEMV
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
     out = np.empty((B, D))
-    step = max(1, int(chunk_bytes // (8 * N * D)))
     for s in range(0, B, step):
         diff = G[s:s + step, None, :] - M[None, :, :]
         out[s:s + step] = np.einsum("bn,bnd->bd", F[s:s + step], elementwise(diff, s, step))
     return out
+
+
+def _pairwise_power_sums(M, Q, absx, p, xp, chunk_bytes=CHUNK_BYTES):
+    """-(sum_i absx(Q_b,i - M_mu,i)^p)^(1/p) (B, N) (p = inf: -max_i) in the spec-only form, over
+    chunks of queries so no (B, N, D) array is built (each chunk's (b, N, D) below chunk_bytes)."""
+    B, D = Q.shape
+    N = M.shape[0]
+    step = rows_per_chunk(8 * N * D, chunk_bytes)
+    parts = []
+    for s in range(0, B, step):
+        A = absx(Q[s:min(s + step, B), None, :] - M[None, :, :])
+        if math.isinf(p):
+            parts.append(-xp.max(A, axis=2))
+        elif p == 1:
+            parts.append(-xp.sum(A, axis=2))
+        else:
+            parts.append(-(xp.sum(A ** p, axis=2) ** (1.0 / p)))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
@@ -264,40 +375,54 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
     if np.isinf(p) and eps:
         raise ValueError("minkowski p=inf (the max norm) has no smoothed form here; use eps=0")
 
-    def absx(x, e=eps):
-        return np.sqrt(x * x + e * e) - e if e else np.abs(x)
+    def absx_of(xp, e=eps):
+        if e:
+            return lambda x: xp.sqrt(x * x + e * e) - e
+        return xp.abs
 
-    def dabsx(x):
-        return x / np.sqrt(x * x + eps * eps) if eps else np.sign(x)
+    def dabsx_of(xp):
+        return (lambda x: x / xp.sqrt(x * x + eps * eps)) if eps else xp.sign
 
-    def raw(M, Q, e):
-        if e == 0:
-            return _negate(cdist(Q, M, "cityblock" if p == 1 else "minkowski", **({} if p == 1 else {"p": p})))
-        out = np.empty((Q.shape[0], M.shape[0]))
-        for b in range(Q.shape[0]):  # smoothed form: one (N, D) block per query
-            s = absx(Q[b] - M, e).__pow__(p).sum(1)
-            out[b] = -s ** (1.0 / p)
-        return out
+    def raw_of(xp):
+        def raw(M, Q, e):
+            if not is_numpy_namespace(xp):
+                return _pairwise_power_sums(M, Q, absx_of(xp, e), p, xp)
+            if e == 0:
+                return _negate(cdist(Q, M, "cityblock" if p == 1 else "minkowski",
+                                     **({} if p == 1 else {"p": p})), xp)
+            absx = absx_of(xp, e)
+            out = np.empty((Q.shape[0], M.shape[0]))
+            for b in range(Q.shape[0]):  # smoothed form: one (N, D) block per query
+                s = absx(Q[b] - M).__pow__(p).sum(1)
+                out[b] = -s ** (1.0 / p)
+            return out
+        return raw
 
-    def score(M, Q):
-        return _overflow_safe(raw, M, Q, eps, name_)
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        return _overflow_safe(raw_of(xp), M, Q, eps, name_, xp)
 
-    def vjp(M, G, F):
+    def vjp(M, G, F, xp=None):
+        xp = _xp(xp, M, G, F)
+        absx, dabsx = absx_of(xp), dabsx_of(xp)
         if p == 1:
-            return -_chunked_pairwise_vjp(M, G, F, lambda d, s, k: dabsx(d))
-        dist = -score(M, G)  # (B, N)
-        scale = np.divide(1.0, dist ** (p - 1), out=np.zeros_like(dist), where=dist > 0)
+            return -_chunked_pairwise_vjp(M, G, F, lambda d, s, k: dabsx(d), xp)
+        dist = -score(M, G, xp)  # (B, N)
+        if is_numpy_namespace(xp):
+            scale = np.divide(1.0, dist ** (p - 1), out=np.zeros_like(dist), where=dist > 0)
+        else:
+            scale = xp.where(dist > 0, 1.0 / xp.where(dist > 0, dist, 1.0) ** (p - 1), 0.0)
         Fs = F * scale
         return -_chunked_pairwise_vjp(
-            M, G, Fs, lambda d, s, k: absx(d) ** (p - 1) * dabsx(d))
+            M, G, Fs, lambda d, s, k: absx(d) ** (p - 1) * dabsx(d), xp)
 
     if name is None:
         name = f"minkowski(p={p:g})"
     if eps:
         name = f"{name}(eps={eps:g})" if "(" not in name else name[:-1] + f", eps={eps:g})"
     # p = inf (max norm): the p-power gradient formula is inf/inf, so offer no gradient rather than NaN
-    return Similarity(name, score, vjp if np.isfinite(p) else None, smooth=eps > 0,
-                      params={"p": p, "eps": eps})
+    return _standard(name, score, vjp if np.isfinite(p) else None, smooth=eps > 0,
+                     params={"p": p, "eps": eps})
 
 
 def _manhattan(eps: float = 0.0):
@@ -312,21 +437,23 @@ def _hamming():
     Computed by GEMM: bipolar d = (D - M.q)/2, binary d = |m| + |q| - 2 m.q. No gradient.
     """
 
-    def score(M, Q):
-        coding = check_binary(M, Q, "hamming")
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        coding = check_binary(M, Q, "hamming", xp=xp)
         if coding == "bipolar":
             return -(M.shape[1] - Q @ M.T) / 2.0
-        return -(Q.sum(1)[:, None] + M.sum(1)[None, :] - 2.0 * (Q @ M.T))
+        return -(xp.sum(Q, axis=1)[:, None] + xp.sum(M, axis=1)[None, :] - 2.0 * (Q @ M.T))
 
-    return Similarity("hamming", score, None, smooth=False, binary_only=True)
+    return _standard("hamming", score, None, smooth=False, binary_only=True)
 
 
-def _normalise_rows(A, name, eps):
-    if np.any(A < 0):
+def _normalise_rows(A, name, eps, xp):
+    """((A + eps) / sum(A + eps) per row, sum(A + eps)); refuses negative entries."""
+    if bool(xp.any(A < 0)):
         raise ValueError(f"KL similarities need non-negative {name} (they are read as "
-                         f"distributions after sum-normalisation); got min {A.min():.3g}")
+                         f"distributions after sum-normalisation); got min {float(xp.min(A)):.3g}")
     A = A + eps
-    s = A.sum(1, keepdims=True)
+    s = xp.sum(A, axis=1, keepdims=True)
     return A / s, s
 
 
@@ -334,37 +461,41 @@ def _kl(eps: float = KL_EPS):
     """S_mu = -KL(m^ || q^) = sum_i m^_i (log q^_i - log m^_i), x^ = (x + eps)/sum(x + eps);
     dS_mu/dg_j = m^_mu,j/(g_j + eps) - 1/sum(g + eps)."""
 
-    def score(M, Q):
-        Mh, _ = _normalise_rows(M, "memories", eps)
-        Qh, _ = _normalise_rows(Q, "queries", eps)
-        return np.log(Qh) @ Mh.T - (Mh * np.log(Mh)).sum(1)[None, :]
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        Mh, _ = _normalise_rows(M, "memories", eps, xp)
+        Qh, _ = _normalise_rows(Q, "queries", eps, xp)
+        return xp.log(Qh) @ Mh.T - xp.sum(Mh * xp.log(Mh), axis=1)[None, :]
 
-    def vjp(M, G, F):
-        Mh, _ = _normalise_rows(M, "memories", eps)
-        _normalise_rows(G, "states", eps)  # refuses negative rates (use a positive L_v, e.g. softplus)
+    def vjp(M, G, F, xp=None):
+        xp = _xp(xp, M, G, F)
+        Mh, _ = _normalise_rows(M, "memories", eps, xp)
+        _normalise_rows(G, "states", eps, xp)  # refuses negative rates (use a positive L_v, e.g. softplus)
         Gp = G + eps
-        return (F @ Mh) / Gp - F.sum(1, keepdims=True) / Gp.sum(1, keepdims=True)
+        return (F @ Mh) / Gp - xp.sum(F, axis=1, keepdims=True) / xp.sum(Gp, axis=1, keepdims=True)
 
-    return Similarity("kl", score, vjp, nonnegative_only=True, params={"eps": eps})
+    return _standard("kl", score, vjp, nonnegative_only=True, params={"eps": eps})
 
 
 def _reverse_kl(eps: float = KL_EPS):
     """S_mu = -KL(q^ || m^) = sum_i q^_i (log m^_i - log q^_i);
     dS_mu/dg_j = (log m^_mu,j - log q^_j - S_mu) / sum(g + eps)."""
 
-    def score(M, Q):
-        Mh, _ = _normalise_rows(M, "memories", eps)
-        Qh, _ = _normalise_rows(Q, "queries", eps)
-        return Qh @ np.log(Mh).T - (Qh * np.log(Qh)).sum(1)[:, None]
+    def score(M, Q, xp=None):
+        xp = _xp(xp, M, Q)
+        Mh, _ = _normalise_rows(M, "memories", eps, xp)
+        Qh, _ = _normalise_rows(Q, "queries", eps, xp)
+        return Qh @ xp.log(Mh).T - xp.sum(Qh * xp.log(Qh), axis=1)[:, None]
 
-    def vjp(M, G, F):
-        Mh, _ = _normalise_rows(M, "memories", eps)
-        Gh, s = _normalise_rows(G, "states", eps)
-        S = Gh @ np.log(Mh).T - (Gh * np.log(Gh)).sum(1)[:, None]
-        return (F @ np.log(Mh) - F.sum(1, keepdims=True) * np.log(Gh)
-                - (F * S).sum(1, keepdims=True)) / s
+    def vjp(M, G, F, xp=None):
+        xp = _xp(xp, M, G, F)
+        Mh, _ = _normalise_rows(M, "memories", eps, xp)
+        Gh, s = _normalise_rows(G, "states", eps, xp)
+        S = Gh @ xp.log(Mh).T - xp.sum(Gh * xp.log(Gh), axis=1)[:, None]
+        return (F @ xp.log(Mh) - xp.sum(F, axis=1, keepdims=True) * xp.log(Gh)
+                - xp.sum(F * S, axis=1, keepdims=True)) / s
 
-    return Similarity("reverse_kl", score, vjp, nonnegative_only=True, params={"eps": eps})
+    return _standard("reverse_kl", score, vjp, nonnegative_only=True, params={"eps": eps})
 
 
 # ----------------------------------------------------------------------------------------------
