@@ -10,7 +10,7 @@ compiled L1 / Lp kernels, float64 and float32, each against a GEMM Q @ M.T of th
 timed in the same round (rounds interleave every case, so load on a shared machine hits all of
 them alike; min / median / max of the per-round ratio, the verdict on the median), the current
 Similarity path beside it, peak extra memory, and one dynamics right-hand side (scores + gradient
-contraction) for manhattan eps = 0.05 at B = 64, N = 1000, D = 784 on MNIST against the dot RHS
+contraction, fused: models._kernels.l1_scores_vjp) for manhattan eps = 0.05 at B = 64, N = 1000, D = 784 on MNIST against the dot RHS
 (Q @ M.T, then F @ M). Goals (issue "compiled L1 / Lp kernels"): manhattan <= 4x, minkowski <= 8x
 the GEMM of the same dtype with < 200 MB extra; the RHS <= 5x the dot RHS; float32 kept.
 
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
     ap.add_argument("--kernels-only", action="store_true", help="only the compiled-kernel part")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the kernel part")
+    ap.add_argument("--no-current", action="store_true",
+                    help="kernel part: skip the current Similarity path (its minkowski takes seconds)")
     ap.add_argument("--numba-threads", type=int, default=None,
                     help="numba threads for the kernels (default: numba's, all cores)")
     args = ap.parse_args(argv)
@@ -183,21 +185,23 @@ def run_kernels(args) -> list:
             "gemm": lambda: Q @ M.T,
             "manhattan + max, kernel": lambda: M[np.argmin(K.l1_scores(M, Q), axis=1)],
             "minkowski(p=3) + max, kernel": lambda: M[np.argmin(K.lp_scores(M, Q, 3.0), axis=1)],
-            "manhattan + max, current Similarity path": lambda: M[np.argmax(manh(M, Q), axis=1)],
         }
+        if not args.no_current:
+            cases["manhattan + max, current Similarity path"] = lambda: M[np.argmax(manh(M, Q), axis=1)]
         t = interleaved(cases, args.rounds)
-        # the current minkowski path (scipy cdist, one pow per element) takes seconds: one round
-        t_m = interleaved({"gemm": cases["gemm"],
-                           "mink": lambda: M[np.argmax(mink3(M, Q), axis=1)]}, 1)
         print(f"{np.dtype(dtype).name}: GEMM Q @ M.T median {np.median(t['gemm']) * 1e3:.2f} ms")
         print(header)
         ratio_line("manhattan + max, kernel", t["manhattan + max, kernel"], t["gemm"], 4.0, failed)
         ratio_line("minkowski(p=3) + max, kernel", t["minkowski(p=3) + max, kernel"], t["gemm"],
                    8.0, failed)
-        ratio_line("manhattan + max, current path", t["manhattan + max, current Similarity path"],
-                   t["gemm"], None, failed)
-        ratio_line("minkowski(p=3) + max, current path (1 round)", t_m["mink"], t_m["gemm"], None,
-                   failed)
+        if not args.no_current:
+            ratio_line("manhattan + max, current path", t["manhattan + max, current Similarity path"],
+                       t["gemm"], None, failed)
+            # the current minkowski path (scipy cdist, one pow per element) takes seconds: one round
+            t_m = interleaved({"gemm": cases["gemm"],
+                               "mink": lambda: M[np.argmax(mink3(M, Q), axis=1)]}, 1)
+            ratio_line("minkowski(p=3) + max, current path (1 round)", t_m["mink"], t_m["gemm"],
+                       None, failed)
         out_dtype = K.l1_scores(M, Q).dtype
         ok = out_dtype == dtype
         if not ok:
@@ -223,15 +227,21 @@ def run_kernels(args) -> list:
         sim = get_similarity("manhattan", eps=eps)
         cases = {
             "dot": lambda: (G @ M.T, F @ M),
+            "fused": lambda: K.l1_scores_vjp(M, G, F, eps),
             "kernel": lambda: (K.l1_scores(M, G, eps=eps), K.l1_vjp(M, G, F, eps)),
-            "current": lambda: (sim.score(M, G), sim.vjp(M, G, F)),
         }
+        if not args.no_current:
+            cases["current"] = lambda: (sim.score(M, G), sim.vjp(M, G, F))
         t = interleaved(cases, args.rounds)
         print(f"dynamics RHS, MNIST, B={Bd}, N=1000, D={D}, {np.dtype(dtype).name}: dot RHS "
               f"(G @ M.T, F @ M) median {np.median(t['dot']) * 1e3:.2f} ms")
         print(header.replace("GEMM", "dot RHS"))
-        ratio_line(f"manhattan(eps={eps:g}) RHS, kernel", t["kernel"], t["dot"], 5.0, failed)
-        ratio_line(f"manhattan(eps={eps:g}) RHS, current path", t["current"], t["dot"], None, failed)
+        ratio_line(f"manhattan(eps={eps:g}) RHS, fused kernel", t["fused"], t["dot"], 5.0, failed)
+        ratio_line(f"manhattan(eps={eps:g}) RHS, score + vjp kernels", t["kernel"], t["dot"], None,
+                   failed)
+        if not args.no_current:
+            ratio_line(f"manhattan(eps={eps:g}) RHS, current path", t["current"], t["dot"], None,
+                       failed)
     return failed
 
 

@@ -362,6 +362,44 @@ if HAVE_NUMBA:
                         _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 7)
 
 
+    @_jit(inline="always")
+    def _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, smooth):
+        """S[b, mu] = sum_i absx(x_i) and V[b] += sum_mu W[b, mu] dabsx(x), x = G[b] - M[mu]:
+        one pass, and for eps > 0 one sqrt per element serves both (absx = r - eps, dabsx = x / r)."""
+        D = G.shape[1]
+        for b in range(b0, b1):
+            for mu in range(m0, m1):
+                w = W[b, mu]
+                s = zero
+                for i in range(D):
+                    x = G[b, i] - M[mu, i]
+                    if smooth:
+                        r = math.sqrt(x * x + eps * eps)
+                        s += r - eps
+                        V[b, i] += w * (x / r)
+                    else:
+                        s += abs(x)
+                        V[b, i] += w * ((x > 0) * one - (x < 0) * one)
+                S[b, mu] = s
+
+    @_jit(parallel=True, fastmath={"reassoc", "contract"})
+    def _fused_l1_kernel(M, G, W, S, V, eps, zero, one, smooth, qb, nb):
+        B = G.shape[0]
+        N = M.shape[0]
+        nblocks = (B + qb - 1) // qb
+        for k in _nb.prange(nblocks):
+            b0 = k * qb
+            b1 = min(B, b0 + qb)
+            for b in range(b0, b1):
+                V[b, :] = 0
+            for m0 in range(0, N, nb):
+                m1 = min(N, m0 + nb)
+                if smooth:
+                    _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, True)
+                else:
+                    _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, False)
+
+
 #: exponent codes with a compiled closed form, per smoothing (others take the general pow)
 _SUM_CODES = {False: {_E1, _E2, _E3, _E4, _E1HALF}, True: {_E1, _E2, _E3}}
 _VJP_CODES = {False: {_E0, _E1, _E2, _E3, _EHALF}, True: {_E0, _E1, _E2}}
@@ -478,3 +516,23 @@ def lp_vjp(M, G, F, p, eps=0.0, dist=None, out=None):
     np.power(dist, dtype.type(1.0 - p), out=scale, where=dist > 0)
     scale *= F
     return _weighted_terms(M, G, scale, p - 1.0, eps, out)
+
+
+def l1_scores_vjp(M, G, F, eps=0.0):
+    """(l1_scores(M, G, eps=eps), l1_vjp(M, G, F, eps)) in one pass over the (B, N, D) pairs.
+
+    What one right-hand side of the manhattan dynamics needs (S(g) for the memory neurons and
+    sum_mu F_mu dS_mu/dg for the feature neurons); for eps > 0 the sqrt(x^2 + eps^2) behind both
+    is computed once per element, which is most of the cost."""
+    eps = _check_eps(eps)
+    dtype = _float_dtype(np.asarray(M), np.asarray(G), np.asarray(F))
+    M, G = _pair(M, G, "states", dtype)
+    F = _weights(F, G.shape[0], M.shape[0], dtype)
+    S = np.empty((G.shape[0], M.shape[0]), dtype)
+    V = np.empty(G.shape, dtype)
+    if not _use_numba():
+        return _np_power_sums(M, G, 1.0, eps, S), _np_weighted_terms(M, G, F, 0.0, eps, V)
+    t = dtype.type
+    qb, nb = _blocking(G.shape[0], *M.shape, M.itemsize)
+    _fused_l1_kernel(M, G, F, S, V, t(eps), t(0), t(1), eps > 0.0, qb, nb)
+    return S, V

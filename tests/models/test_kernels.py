@@ -262,3 +262,32 @@ def test_unwritable_cache_compiles_in_memory_with_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="numba cannot cache f on disk .*compiling in memory"):
         g = K._jit()(f)
     assert g(3.0) == 6.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(shape=shapes, eps=st.sampled_from([0.0, 0.05]), seed=st.integers(0, 2**31))
+def test_fused_l1_scores_and_vjp(dtype, shape, eps, seed):
+    """One pass gives both halves of a manhattan RHS, each within the reference bounds."""
+    B, N, D = shape
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(N, D)).astype(dtype)
+    G = rng.normal(size=(B, D)).astype(dtype)
+    G[0, : D // 2] = M[0, : D // 2]
+    F = rng.normal(size=(B, N)).astype(dtype)
+    S, V = K.l1_scores_vjp(M, G, F, eps)
+    assert S.dtype == V.dtype == dtype
+    _close(S, *ref_scores(M, G, 1.0, eps), dtype)
+    _close(V, *ref_vjp(M, G, F, 1.0, eps), dtype)
+
+
+def test_fused_l1_fallback_and_mnist(monkeypatch):
+    from models.data import load_dataset
+    X = load_dataset("mnist", n=40, seed=0).X
+    M, G = X[:30], X[25:40]
+    F = np.random.default_rng(9).random((15, 30))
+    got = K.l1_scores_vjp(M, G, F, 0.05)
+    monkeypatch.setattr(K, "HAVE_NUMBA", False)
+    ref = K.l1_scores_vjp(M, G, F, 0.05)
+    for g, r, (want, bound) in zip(got, ref, [ref_scores(M, G, 1.0, 0.05), ref_vjp(M, G, F, 1.0, 0.05)]):
+        _close(g, want, bound, np.float64)
+        _close(r, want, bound, np.float64)
