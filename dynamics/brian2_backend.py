@@ -32,7 +32,18 @@ nonlinear). The memory state is started half a step back, h(-dt/2), by the close
 with S frozen at S(g(v_0)), and recorded h is interpolated to whole steps (mean of the two half
 steps) before E and dE/dt are computed with the Network's own formulas.
 
-A batch of B queries is simulated as B independent copies of the three groups in one brian2
+Other similarities (cosine, euclidean / manhattan / minkowski with eps > 0, kl, reverse_kl) and the
+spherical L_v (g = v/|v|) couple the features through g-dependent reductions that brian2 refreshes
+once per step; for them the coupling sum_mu f_mu dS_mu/dg is frozen at the midpoint
+(f(h_(k+1/2)), gm = 1.5 g_k - 0.5 g_(k-1)) and tau_v dv/dt = c - v + I is integrated exactly,
+again second order; the reductions are summed variables of one-neuron-per-copy groups
+(:func:`_coupling_spec`, :func:`_build_extrapolated`).
+
+The step: ``dt="auto"`` (default of run_brian2) measures the scheme's error constant C in
+e = C dt^2 from two short pilot runs (Richardson) and takes dt = 0.8 sqrt(dt_tol / C)
+(:func:`auto_dt`).
+
+A batch of B queries is simulated as B independent copies of the groups in one brian2
 network (block-diagonal synapses), one run for the whole batch.
 """
 from __future__ import annotations
@@ -258,7 +269,7 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
 
     Parameters
     ----------
-    net : the Network (similarity dot or squared_euclidean, see :func:`check_supported`).
+    net : the Network (see :func:`check_supported`).
     Q : (D,) or (B, D) queries; B copies of the network are built.
     dt : time step in ms (the network's time unit read as ms).
     scheme : "leapfrog" (memory group first, h at half steps; second order) or "default"
@@ -609,7 +620,8 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
 
     Parameters
     ----------
-    net : the Network (dot or squared_euclidean similarity; see :func:`check_supported`).
+    net : the Network (any differentiable similarity but eps = 0 distances; see
+        :func:`check_supported`).
     Q : (D,) or (B, D) queries, v(0) = q; a batch is B independent copies in one brian2 run.
     t_end : simulated time in ms (the network's time unit read as ms); a whole number of steps.
     dt : time step in ms, or "auto" (default): the step :func:`auto_dt` chooses from two short
