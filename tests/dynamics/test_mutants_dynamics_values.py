@@ -62,6 +62,35 @@ def test_heteroassociative_readout_closed_form():
     np.testing.assert_allclose(z, [[1.0, 3.0, 8.0]], rtol=0, atol=128 * EPS)
 
 
+@pytest.fixture
+def linear_net():
+    """M = I_2, dot similarity, quadratic L_v and L_h (g = v, f = h), tau_v = 2, tau_h = 1/2:
+    dv/dt = (h M - v) / 2, dh/dt = (M v - h) / (1/2), exact in floating point for small integers."""
+    return Network(np.eye(2), similarity="dot", L_h=L.quadratic(), tau_v=2.0, tau_h=0.5)
+
+
+def test_residual_and_flat_rhs_closed_form(linear_net):
+    """At v = [2, 0], h = [0, 3]: dv/dt = ([0, 3] - [2, 0]) / 2 = [-1, 3/2] and
+    dh/dt = ([2, 0] - [0, 3]) / (1/2) = [4, -6], so the residual max_i |dy_i/dt| is 6; the flat
+    solve_ivp interface fun(t, y) on the pack() layout returns the same numbers."""
+    v, h = np.array([[2.0, 0.0], [0.0, 0.0]]), np.array([[0.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(linear_net.residual(v, h), [6.0, 0.0])
+    dy = linear_net.fun()(0.0, linear_net.pack(v, h))
+    np.testing.assert_array_equal(dy, [-1.0, 1.5, 4.0, -6.0, 0.0, 0.0, 0.0, 0.0])
+    # adiabatic: h = S(g) = M v, so dv/dt = (M^T M v - v) / 2 = 0 for M = I: a line of fixed points
+    np.testing.assert_array_equal(linear_net.residual(v, adiabatic=True), [0.0, 0.0])
+
+
+def test_pack_unpack_layout(linear_net):
+    """pack(v, h) = [v_0, h_0, v_1, h_1, ...] and unpack is its inverse."""
+    v, h = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[10.0, 11.0], [12.0, 13.0]])
+    y = linear_net.pack(v, h)
+    np.testing.assert_array_equal(y, [1, 2, 10, 11, 3, 4, 12, 13])
+    v2, h2 = linear_net.unpack(y)
+    np.testing.assert_array_equal(v2, v)
+    np.testing.assert_array_equal(h2, h)
+
+
 # ---------------------------------------------------------------------------------- lagrangians
 def test_lagrangian_defaults():
     assert L.log_sum_exp().beta == 1.0 and L.exponential().beta == 1.0
