@@ -25,7 +25,7 @@ Cost. Per step the right-hand side runs 6 times; everything else is the stage su
 Y + h sum_j A_ij k_j (5 of them plus y_new) and the error norm. These are memory-bound passes
 over (b, W) arrays, so they run as fused loops that read each stage once and write nothing but
 the result: compiled with numba when it is importable (``kernels="numba"``, one pass per stage
-sum, the scaled error estimate in one pass), else with in-place numpy operations into buffers
+sum, y_new and the error estimate's stage sum in one pass, the scaled error in one more), else with in-place numpy operations into buffers
 allocated once (``kernels="numpy"``, the reference; a few passes each). Both compute the same
 expressions in the same order per element (numba without fastmath contracts nothing into fused
 multiply-adds) and share the error norm's sum of squares, so they agree bit for bit (tested).
@@ -144,21 +144,36 @@ def _stage_numpy(out, Y, K, slots, a, h, scratch):
     return out
 
 
-def _error_numpy(out, Y, Y_new, K, slots, e, h, rtol, atol, scale):
-    """out = h sum_i e_i K_i / (atol + rtol max(|Y|, |Y_new|)) on the b = len(Y) running rows, the
-    scaled error estimate whose row-wise rms (:func:`_rms`) is the error norm."""
+def _last_stage_numpy(out, err, Y, K, slots, a, e, h, scratch):
+    """out = Y + h sum_{j<6} b_j K_j (y_new, a = b) and, from the same stages, the partial error
+    sum err = sum_{j<6} e_j K_j (:func:`_error_numpy` adds the last stage)."""
     b = len(Y)
-    np.multiply(K[slots[0], :b], e[0], out=out)
-    for j in range(1, len(e)):
-        np.multiply(K[slots[j], :b], e[j], out=scale)
-        out += scale
+    np.multiply(K[slots[0], :b], a[0], out=out)
+    np.multiply(K[slots[0], :b], e[0], out=err)
+    for j in range(1, len(a)):
+        np.multiply(K[slots[j], :b], a[j], out=scratch)
+        out += scratch
+        np.multiply(K[slots[j], :b], e[j], out=scratch)
+        err += scratch
     out *= h[:, None]
+    out += Y
+    return out
+
+
+def _error_numpy(err, Y, Y_new, K, last, e_last, h, rtol, atol, scale):
+    """err = h (err + e_7 K[last]) / (atol + rtol max(|Y|, |Y_new|)) in place on the b = len(Y)
+    running rows: with err = sum_{j<6} e_j K_j from :func:`_last_stage_numpy`, the scaled error
+    estimate h sum_i e_i K_i / scale whose row-wise rms (:func:`_rms`) is the error norm."""
+    b = len(Y)
+    np.multiply(K[last, :b], e_last, out=scale)
+    err += scale
+    err *= h[:, None]
     np.abs(Y, out=scale)
     np.maximum(scale, np.abs(Y_new), out=scale)
     scale *= rtol
     scale += atol
-    out /= scale
-    return out
+    err /= scale
+    return err
 
 
 def _stage_loops(out, Y, K, slots, a, h, scratch):
@@ -183,28 +198,46 @@ def _stage_loops(out, Y, K, slots, a, h, scratch):
     return out
 
 
-def _error_loops(out, Y, Y_new, K, slots, e, h, rtol, atol, scale):
-    """Compiled form of :func:`_error_numpy`: the weighted stage sum and its scaling in one pass
-    per row, no (b, W) temporary. The same operations per element in the same order, so the two
-    agree bit for bit (the sums of squares stay with numpy, :func:`_rms`)."""
+def _last_stage_loops(out, err, Y, K, slots, a, e, h, scratch):
+    """Compiled form of :func:`_last_stage_numpy`: y_new and the partial error sum in one pass
+    over the six stages."""
     b, W = Y.shape
-    m = e.shape[0]
+    m = a.shape[0]
     for r in range(b):
         o = out[r]
+        x = err[r]
         k0 = K[slots[0], r]
         for w in range(W):
-            o[w] = e[0] * k0[w]
+            o[w] = a[0] * k0[w]
+            x[w] = e[0] * k0[w]
         for j in range(1, m):
+            aj = a[j]
             ej = e[j]
             kj = K[slots[j], r]
             for w in range(W):
-                o[w] += ej * kj[w]
+                o[w] += aj * kj[w]
+                x[w] += ej * kj[w]
+        hr = h[r]
+        y = Y[r]
+        for w in range(W):
+            o[w] = y[w] + hr * o[w]
+    return out
+
+
+def _error_loops(err, Y, Y_new, K, last, e_last, h, rtol, atol, scale):
+    """Compiled form of :func:`_error_numpy`: the last stage, the step size and the scaling in
+    one pass. The same operations per element in the same order, so the two agree bit for bit
+    (the sums of squares stay with numpy, :func:`_rms`)."""
+    b, W = Y.shape
+    for r in range(b):
+        x = err[r]
+        k = K[last, r]
         hr = h[r]
         y = Y[r]
         yn = Y_new[r]
         for w in range(W):
-            o[w] = (o[w] * hr) / (max(abs(y[w]), abs(yn[w])) * rtol + atol)
-    return out
+            x[w] = ((x[w] + e_last * k[w]) * hr) / (max(abs(y[w]), abs(yn[w])) * rtol + atol)
+    return err
 
 
 def _dense_numpy(out, Y, K, slots, weights, idx):
@@ -234,6 +267,29 @@ def _dense_loops(out, Y, K, slots, weights, idx):
     return out
 
 
+def _within_numpy(dY, Y, base, slope, out):
+    """out[r] = all_i |dY[r, i]| <= base_i + slope_i |Y[r, i]| (False where dY is NaN)."""
+    floor = np.abs(Y)
+    floor *= slope
+    floor += base
+    np.all(np.abs(dY) <= floor, axis=1, out=out)
+    return out
+
+
+def _within_loops(dY, Y, base, slope, out):
+    """Compiled form of :func:`_within_numpy`, leaving a row at its first component outside
+    (most rows, most steps: a row far from rest costs a few components)."""
+    b, W = Y.shape
+    for r in range(b):
+        ok = True
+        for w in range(W):
+            if not abs(dY[r, w]) <= base[w] + slope[w] * abs(Y[r, w]):
+                ok = False
+                break
+        out[r] = ok
+    return out
+
+
 def _jit(fn):
     """numba.njit with an on-disk cache where one can be written, else in memory (with a warning)."""
     try:
@@ -245,19 +301,32 @@ def _jit(fn):
 
 
 if HAVE_NUMBA:
-    _stage_numba, _error_numba, _dense_numba = _jit(_stage_loops), _jit(_error_loops), _jit(_dense_loops)
+    _stage_numba, _last_stage_numba = _jit(_stage_loops), _jit(_last_stage_loops)
+    _error_numba, _dense_numba = _jit(_error_loops), _jit(_dense_loops)
+    _within_numba = _jit(_within_loops)
 
 
 def _kernels(kernels: str):
-    """(stage, error, dense) functions for ``kernels`` = "auto" (numba if importable), "numba",
-    "numpy"."""
+    """(stage, last stage, error, dense) functions for ``kernels`` = "auto" (numba if importable),
+    "numba", "numpy"."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     if kernels == "numba" and not HAVE_NUMBA:
         raise ValueError("kernels='numba' needs numba, which is not installed; use 'auto' or 'numpy'")
     if kernels == "numpy" or not HAVE_NUMBA:
-        return _stage_numpy, _error_numpy, _dense_numpy
-    return _stage_numba, _error_numba, _dense_numba
+        return _stage_numpy, _last_stage_numpy, _error_numpy, _dense_numpy
+    return _stage_numba, _last_stage_numba, _error_numba, _dense_numba
+
+
+def rows_within(dY, Y, base, slope, kernels: str = "auto") -> np.ndarray:
+    """(b,) boolean: for each row r of dY, Y (b, W), every |dY[r, i]| <= base_i + slope_i |Y[r, i]|
+    (base, slope (W,)); False for a row with a NaN. A rest test for ``at_rest``: with
+    base_i = tol + noise atol / tau_i and slope_i = noise rtol / tau_i it is integrate's
+    fixed-point test. Compiled with an early exit per row when numba is importable."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    fn = _within_numba if HAVE_NUMBA and kernels != "numpy" else _within_numpy
+    return fn(dY, Y, base, slope, np.empty(len(Y), dtype=bool))
 
 
 def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
@@ -297,7 +366,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     memory for those alone. ``kernels`` picks the step arithmetic (module docstring): "auto"
     (numba when importable), "numba" or "numpy".
     """
-    stage, error, dense = _kernels(kernels)
+    stage, last_stage, error, dense = _kernels(kernels)
     keep_every = check_keep_every(keep_every)
     Y = np.array(Y0, dtype=np.float64, copy=True)
     if Y.ndim != 2:
@@ -328,7 +397,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     # buffers, allocated once: the running rows are the first n rows of each
     K = np.empty((_N_STAGES, B, W))     # stage i lives in K[slot[i]]; slot[0] <-> slot[6] is FSAL
     slot = np.arange(_N_STAGES)
-    Y_new, Ys, scratch, scratch2, dense_out = (np.empty((B, W)) for _ in range(5))
+    Y_new, Ys, scratch, err_buf, dense_out = (np.empty((B, W)) for _ in range(5))
     n = B
     rows = np.arange(B)
     t = np.zeros(B)
@@ -376,10 +445,11 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         for i in range(1, _C.size):             # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
             stage(Ysr, Yr, K, slot[:i], _A_ROWS[i], hs, scratch[:n])
             F(t + _C[i] * hs, Ysr, rows, K[slot[i], :n])
-        stage(Ynr, Yr, K, slot[:-1], _B_ROW, hs, scratch[:n])    # y_new = Y + h sum_i b_i k_i
+        # y_new = Y + h sum_i b_i k_i, and the error estimate's sum over the same six stages
+        last_stage(Ynr, err_buf[:n], Yr, K, slot[:-1], _B_ROW, _E_ROW, hs, scratch[:n])
         F(t_new, Ynr, rows, K[slot[-1], :n])
         nfev[rows] += _C.size
-        err = _rms(error(scratch[:n], Yr, Ynr, K, slot, _E_ROW, hs, rtol, atol, scratch2[:n]))
+        err = _rms(error(err_buf[:n], Yr, Ynr, K, slot[-1], _E_ROW[-1], hs, rtol, atol, scratch[:n]))
         if not np.all(np.isfinite(err)):
             b = int(np.flatnonzero(~np.isfinite(err))[0])
             raise FloatingPointError(f"row {int(rows[b])}: the state or its derivative became "

@@ -22,7 +22,7 @@ from scipy.sparse import csr_matrix
 
 from threadpoolctl import threadpool_limits
 
-from .dopri import check_keep_every, check_times, kept_indices, solve_batched
+from .dopri import check_keep_every, check_times, kept_indices, rows_within, solve_batched
 from .network import Network, require_count, require_positive
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -114,22 +114,27 @@ class Trajectory:
                           self.adiabatic, dict(self.params))
 
 
+def rest_floor(net: Network, width: int, tol, noise, rtol, atol):
+    """(base, slope), each (width,): component i of a state y is at rest when
+    |dy_i/dt| <= base_i + slope_i |y_i| = tol + noise (atol + rtol |y_i|) / tau_i, with
+    base_i = tol + noise atol / tau_i and slope_i = noise rtol / tau_i; tau_i = tau_v for the D
+    feature neurons, tau_h for the N memory neurons after them (width D: the adiabatic rows)."""
+    tau = np.full(width, net.tau_v)
+    tau[net.D:] = net.tau_h
+    return tol + noise * atol / tau, noise * rtol / tau
+
+
 def rest_ratio(net: Network, Y, dY, tol, noise, rtol, atol, adiabatic):
-    """(b,) max_i |dy_i/dt| / (tol + noise (atol + rtol |y_i|) / tau_i) per row of states Y (b, W).
+    """(b,) max_i |dy_i/dt| / (tol + noise (atol + rtol |y_i|) / tau_i) per row of states Y (b, W)
+    (the threshold from :func:`rest_floor`; ``adiabatic``: rows of v alone, every tau_i = tau_v).
 
     A query sits at a fixed point when this is <= 1. The second term is the velocity the
     integrator cannot resolve: an explicit method on a stiff layer (tau_h << tau_v) keeps that
     layer jittering at its error tolerance, |dh/dt| ~ (atol + rtol |h|) / tau_h, forever."""
+    base, slope = rest_floor(net, net.D if adiabatic else net.D + net.N, tol, noise, rtol, atol)
     floor = np.abs(Y)
-    floor *= rtol
-    floor += atol
-    floor *= noise
-    if adiabatic:
-        floor /= net.tau_v
-    else:
-        floor[:, :net.D] /= net.tau_v
-        floor[:, net.D:] /= net.tau_h
-    floor += tol
+    floor *= slope
+    floor += base
     return (np.abs(dY) / floor).max(axis=1)
 
 
@@ -373,8 +378,11 @@ def _solve_batched(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise,
             current["rows"], current["I"] = rows, I[rows]
         return net.velocity(Y, None if zero_input else current["I"], adiabatic, out)
 
+    if tol is not None:       # rest_ratio <= 1 without the division, stopping at a row's first miss
+        base, slope = rest_floor(net, Y0.shape[1], tol, noise, rtol, atol)
+
     def at_rest(Y, dY, rows):
-        return rest_ratio(net, Y, dY, tol, noise, rtol, atol, adiabatic) <= 1.0
+        return rows_within(dY, Y, base, slope)
 
     def stall(row, t, reason):
         return RuntimeError(_stall_message(net, t, t_end, f"query {row}: {reason}"))

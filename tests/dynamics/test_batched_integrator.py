@@ -286,3 +286,27 @@ def test_keep_every_stores_exactly_the_kept_samples(stop, keep_every):
         np.testing.assert_array_equal(getattr(thin, name), getattr(full, name))
     stride = 26 if keep_every is None else keep_every
     assert thin.y.base.shape == (-(-26 // stride) + 1, 4, 2)    # the one samples buffer
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_rows_within_is_the_fixed_point_test(digits20, kernels):
+    """rows_within(dY, Y, base, slope) with integrate's rest_floor is rest_ratio <= 1: checked on
+    rows whose velocities sit at 0.5, 0.999, 1.001 and 2 times the threshold in one component
+    (away from the rounding of the ratio's division, ~1e-16); a NaN velocity is never at rest."""
+    from dynamics.integrate import rest_floor, rest_ratio
+    net = Network(digits20, "dot", tau_v=2.0, tau_h=0.1)
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((8, 84))
+    base, slope = rest_floor(net, 84, 1e-6, 30.0, 1e-8, 1e-10)
+    floor = base + slope * np.abs(Y)
+    dY = 0.1 * floor * rng.uniform(-1, 1, Y.shape)
+    for r, f in enumerate([0.5, 0.999, 1.001, 2.0, 0.5, 0.999, 1.001, 2.0]):
+        i = 10 if r < 4 else 70                 # a feature or a memory component
+        dY[r, i] = -f * floor[r, i]
+    within = dopri.rows_within(dY, Y, base, slope, kernels=kernels)
+    np.testing.assert_array_equal(within, [True, True, False, False] * 2)
+    np.testing.assert_array_equal(within, rest_ratio(net, Y, dY, 1e-6, 30.0, 1e-8, 1e-10, False) <= 1)
+    dY[1, 40] = np.nan
+    assert not dopri.rows_within(dY, Y, base, slope, kernels=kernels)[1]
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        dopri.rows_within(dY, Y, base, slope, kernels="gpu")
