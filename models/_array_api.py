@@ -13,18 +13,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import array_api_compat as _compat
+
+try:
+    import array_api_compat as _compat
+except ImportError:  # a numpy-only install: numpy inputs work, other libraries are refused by namespace()
+    _compat = None
 
 #: numpy's namespace: numpy itself from 2.1 on (it follows the standard: astype, isdtype, clip(min=),
 #: argsort(stable=)), array-api-compat's wrapper of it before that
-NUMPY = np if np.lib.NumpyVersion(np.__version__) >= "2.1.0" else _compat.array_namespace(np.empty(0))
+NUMPY = (np if _compat is None or np.lib.NumpyVersion(np.__version__) >= "2.1.0"
+         else _compat.array_namespace(np.empty(0)))
 
 #: temporaries of the chunked pairwise (B, N, D) computations stay below this many bytes
 CHUNK_BYTES = 64 * 2**20
 
 
 def _is_array(x) -> bool:
-    return _compat.is_array_api_obj(x) and not isinstance(x, (np.generic, bool, int, float, complex))
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, (np.generic, bool, int, float, complex)):
+        return False
+    return hasattr(x, "__array_namespace__") if _compat is None else _compat.is_array_api_obj(x)
 
 
 def namespace(*arrays, names: tuple[str, ...] | None = None):
@@ -47,6 +56,9 @@ def namespace(*arrays, names: tuple[str, ...] | None = None):
                         f"library (and device) first")
     if isinstance(found[0][1], np.ndarray):
         return NUMPY
+    if _compat is None:
+        raise TypeError(f"{_library(found[0][1])} arrays need the array-api-compat package "
+                        f"(pip install array-api-compat); without it models/ computes in numpy only")
     return _compat.array_namespace(*(x for _, x in found))
 
 
@@ -57,12 +69,12 @@ def _library(x) -> str:
 
 def is_numpy_namespace(xp) -> bool:
     """True for numpy itself and for array-api-compat's numpy wrapper: the fast paths apply."""
-    return xp is np or _compat.is_numpy_namespace(xp)
+    return xp is np or (_compat is not None and _compat.is_numpy_namespace(xp))
 
 
 def device(x):
     """The device an array lives on ('cpu' for numpy)."""
-    return _compat.device(x)
+    return "cpu" if _compat is None else _compat.device(x)
 
 
 def library_name(xp) -> str:
@@ -93,8 +105,8 @@ def to_numpy(x) -> np.ndarray:
 
     torch: ``detach().cpu().numpy()``; CuPy: ``get()``; anything else through DLPack or
     ``np.asarray``."""
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, np.ndarray) or _compat is None:
+        return np.asarray(x)
     if _compat.is_torch_array(x):
         return x.detach().cpu().numpy()
     if _compat.is_cupy_array(x):

@@ -16,16 +16,15 @@ Seed = Union[int, np.integer, np.random.Generator]
 
 
 def as_matrix(x, name: str, *, ndim_ok=(1, 2), xp=None) -> tuple:
-    """Return ``x`` as a floating 2-D array and whether it was a single vector.
+    """Return ``x`` as a floating 2-D array of namespace ``xp`` and whether it was a single vector.
 
-    numpy (and lists): float64, as always. Other namespaces keep a floating dtype (float32 stays
-    float32) and their device; integer and bool arrays become float64. Raises TypeError for
-    non-numeric or complex data and ValueError naming ``name`` for wrong rank, empty arrays, NaN
-    or inf.
+    ``xp`` is the namespace the public entry point found from its inputs. numpy (also the default,
+    ``xp=None``, for callers that compute in numpy only: ``x`` is converted with ``np.asarray``):
+    float64, as always. Other namespaces keep a floating dtype (float32 stays float32) and the
+    device; integer and bool arrays become float64. Raises TypeError for non-numeric or complex
+    data and ValueError naming ``name`` for wrong rank, empty arrays, NaN or inf.
     """
-    if xp is None:
-        xp = namespace(x)
-    if not is_numpy_namespace(xp):
+    if xp is not None and not is_numpy_namespace(xp):
         return _as_matrix_xp(x, name, ndim_ok, xp)
     a = np.asarray(x)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):

@@ -379,3 +379,16 @@ def test_torch_cpu_matches_numpy():
         # float32 round-off: the same derivation with eps32
         eps32 = float(np.finfo(np.float32).eps)
         assert np.all(np.abs(to_numpy(z32) - a) <= 2 * (4 * D + N + 8) * 4 * D * eps32 * np.abs(a).max())
+
+
+def test_as_matrix_without_a_namespace_converts_to_numpy():
+    """Callers that compute in numpy only (dynamics/, corruption) call as_matrix without xp= and
+    keep getting numpy float64, whatever array they were handed; with xp= the library is kept."""
+    from models._validate import as_matrix
+    torch = pytest.importorskip("torch")
+    a, single = as_matrix(torch.ones(3, dtype=torch.float32), "x")
+    assert isinstance(a, np.ndarray) and a.dtype == np.float64 and a.shape == (1, 3) and single
+    from models._array_api import namespace as ns
+    t = torch.ones((2, 3), dtype=torch.float32)
+    b, _ = as_matrix(t, "x", xp=ns(t))
+    assert isinstance(b, torch.Tensor) and b.dtype == torch.float32
