@@ -3,7 +3,7 @@
 Each :class:`Separation` acts row-wise on S (one row per query). The record ``lagrangian`` names
 the convex Lagrangian L_h whose gradient is the separation (so it may serve as the memory-neuron
 activation f = dL_h/dh of the continuous-time dynamics), or is None with ``no_energy`` saying why
-no valid energy exists (DESIGN.md section 2; STYLE.md: "log, sqrt and max do not").
+no valid energy exists (docs/theory.md sections 2 and 3; log and max have none).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each :class:`Similarity` maps memories ``M`` (N, D) and queries ``Q`` (B, D) to a score matrix
 (B, N) without building a (B, N, D) array. Differentiable ones also provide the contraction the
-continuous-time dynamics needs (DESIGN.md section 2),
+continuous-time dynamics needs (docs/theory.md section 2),
 
     vjp(M, G, F)[b] = sum_mu F[b, mu] * dS_mu/dg (G[b])        (B, D),
 
@@ -12,7 +12,7 @@ their similarities from :func:`get_similarity`.
 
 Two conventions:
 
-* ``"standard"`` (default): the clean negative-distance forms of DESIGN.md section 1.
+* ``"standard"`` (default): the clean negative-distance forms of docs/theory.md section 1.
 * ``"paper_code"``: what the official code of Millidge et al. computes, kept so published curves
   can be matched: reciprocal distances 1/sum|q-m| and 1/sum (q-m)^2 (squared, not the euclidean
   norm), 1/KL in the official form (below), and a "dot" that is the dot product of sum-normalised
