@@ -453,3 +453,18 @@ def test_property_strict_and_chunked_retrieval_agree_with_numpy(seed, n, d, b, r
     z = _memory(sim, sep, strict(M), chunk_bytes=rows * 3 * n * 8).retrieve(strict(Q))
     assert_strict(z)
     assert np.all(np.abs(to_numpy(z) - mem.retrieve(Q)) <= retrieve_tolerance(sim, sep, M, Q, M, mem))
+
+
+def test_softmax_and_logsumexp_are_max_shifted_in_any_namespace():
+    """Closed forms at arguments whose exp overflows float64 (e^1000): logsumexp(c, c, c - log 3)
+    = c + log(2 + 1/3), softmax = (3, 3, 1)/7; each within a few ulps (a sum of three terms, one
+    log, one exp: 8 eps relative)."""
+    from models._array_api import logsumexp, softmax
+    c = 1000.0
+    X = [[c, c, c - np.log(3.0)], [-c, -c, -c - np.log(3.0)]]
+    for xp, A in ((np, np.asarray(X)), (xps, strict(X))):
+        lse = to_numpy(logsumexp(A, xp))
+        want = np.array([c, -c]) + np.log(7.0 / 3.0)
+        assert np.all(np.abs(lse - want) <= 8 * EPS * np.abs(want))
+        W = to_numpy(softmax(A, xp))
+        assert np.all(np.abs(W - np.array([3, 3, 1]) / 7.0) <= 8 * EPS)
