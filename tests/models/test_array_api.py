@@ -456,15 +456,16 @@ def test_property_strict_and_chunked_retrieval_agree_with_numpy(seed, n, d, b, r
 
 
 def test_softmax_and_logsumexp_are_max_shifted_in_any_namespace():
-    """Closed forms at arguments whose exp overflows float64 (e^1000): logsumexp(c, c, c - log 3)
-    = c + log(2 + 1/3), softmax = (3, 3, 1)/7; each within a few ulps (a sum of three terms, one
-    log, one exp: 8 eps relative)."""
+    """Closed forms at arguments whose exp overflows float64 (e^1000): for rows (c, c, x) with
+    r = e^(x - c) (x - c is exact: Sterbenz), logsumexp = c + log(2 + r) and softmax =
+    (1, 1, r) / (2 + r); each within a few ulps (a sum of three terms, one log, one exp, one
+    division: 8 eps relative)."""
     from models._array_api import logsumexp, softmax
     c = 1000.0
-    X = [[c, c, c - np.log(3.0)], [-c, -c, -c - np.log(3.0)]]
-    for xp, A in ((np, np.asarray(X)), (xps, strict(X))):
-        lse = to_numpy(logsumexp(A, xp))
-        want = np.array([c, -c]) + np.log(7.0 / 3.0)
-        assert np.all(np.abs(lse - want) <= 8 * EPS * np.abs(want))
-        W = to_numpy(softmax(A, xp))
-        assert np.all(np.abs(W - np.array([3, 3, 1]) / 7.0) <= 8 * EPS)
+    X = np.array([[c, c, c - np.log(3.0)], [-c, -c, -c - np.log(3.0)]])
+    r = np.exp(X[:, 2] - X[:, 0])
+    want_lse = X[:, 0] + np.log(2 + r)
+    want_W = np.stack([np.ones(2), np.ones(2), r], axis=1) / (2 + r)[:, None]
+    for xp, A in ((np, X), (xps, strict(X))):
+        assert np.all(np.abs(to_numpy(logsumexp(A, xp)) - want_lse) <= 8 * EPS * np.abs(want_lse))
+        assert np.all(np.abs(to_numpy(softmax(A, xp)) - want_W) <= 8 * EPS * want_W)
