@@ -133,3 +133,20 @@ def test_integrate_defaults():
     p = traj.params
     assert (p["rtol"], p["atol"], p["t_end"], p["fixed_point_tol"]) == (1e-8, 1e-10, 50.0, 1e-8)
     np.testing.assert_array_equal(sample_times(2.0), np.linspace(0.0, 2.0, 101))
+
+
+# ---------------------------------------------------------------------------------- energy
+def test_energy_increase_tolerance_uses_max_abs_E_and_one(linear_net):
+    """The monotonicity check allows an increase of rtol_factor * rtol * max(|E|, 1) + atol_floor
+    between samples. On the linear network E = |v - h|^2 / 2 (quadratic L_v and L_h, M = I), from
+    v = [1/10, 0], h = 0 it is at most 1/200 < 1, so the allowance is 10 * 1e-8 * 1 + 1e-12 (to
+    the rounding of those two products and the sum: 3 eps relative) and the reported relative
+    increase is the increase itself (divided by 1)."""
+    from dynamics.energy import verify_energy
+    from dynamics.integrate import integrate
+    traj = integrate(linear_net, np.array([0.1, 0.0]), t_end=5.0, h0=np.zeros((1, 2)))
+    assert np.abs(traj.E).max() <= 0.005 * (1 + 4 * EPS)
+    rep = verify_energy(linear_net, traj)
+    assert rep.passed, rep.summary()
+    assert abs(rep.increase_tol - (10 * 1e-8 + 1e-12)) <= 3 * EPS * 1e-7
+    assert rep.max_increase_relative == rep.max_increase
