@@ -43,8 +43,16 @@ import numpy as np
 
 from . import lagrangians as lag
 
-#: revision of the measurement in :func:`evaluate`; part of every key (bump when its meaning changes)
-PROTOCOL = 1
+#: revision of the measurement in :func:`evaluate`; part of every key (bump when its meaning changes).
+#: 2: rows gain ``nfev_max_query``; max_nfev 10000 (was 20000); the flow check re-integrates
+#: FLOW_WINDOWS = 4 sample windows (was 8)
+PROTOCOL = 2
+
+#: sample windows per query that verify_energy's trajectory check re-integrates (the first two and
+#: two spread over the rest). Its reference solution (DOP853 at rtol / 1000) was 70-90 % of a
+#: smoothed-manhattan point's time with 8 windows (12 of 14 s; its cost is linear in the windows),
+#: and the worst deviation found in the full digits grid was ~1e-4 of the allowed one.
+FLOW_WINDOWS = 4
 
 #: feature Lagrangians by name: g = v, tanh v, sigmoid v
 FEATURE_LAGRANGIANS = {"quadratic": lag.quadratic, "log_cosh": lag.log_cosh,
@@ -86,7 +94,13 @@ class AtlasPoint:
     tau_ratio : tau_h / tau_v (tau_v = 1).
     input_mode : "initial" (v(0) = q, I = 0) or "clamped" (v(0) = q and I = q held on).
     corruption, level : models.corruption kind and level of the queries.
-    t_end, rtol, atol, max_nfev : integration limits (dynamics.integrate).
+    t_end, rtol, atol, max_nfev : integration limits (dynamics.integrate). A query that needs more
+        than ``max_nfev`` right-hand-side evaluations before it is at rest or at t_end is a stall
+        (a stiff or kinked flow for the explicit integrator): the point is stored as failed with
+        the integrator's message. 10000 is above the most any query of the full digits grid
+        needs when its point finishes (8270: euclidean with quadratic L_v and L_h at beta 1,
+        running to t_end; kl with quadratic L_h 5942-6170): the grid fails at the same 37 points
+        as with the earlier 20000, and 5000 would lose 11 measured points (docs/sweeps.md).
     seed : dataset shuffle and corruption seed.
     """
 
@@ -106,7 +120,7 @@ class AtlasPoint:
     t_end: float = 100.0
     rtol: float = 1e-6
     atol: float = 1e-9
-    max_nfev: int = 20_000
+    max_nfev: int = 10_000
     seed: int = 0
 
     def __post_init__(self):
@@ -293,7 +307,7 @@ def evaluate(point: AtlasPoint) -> dict:
     targets = np.arange(B)
     traj = integrate(net, Q, point.t_end, method="RK45-batched", rtol=point.rtol,
                      atol=point.atol, input_mode=point.input_mode, max_nfev=point.max_nfev)
-    report = verify_energy(net, traj, max_windows=8)
+    report = verify_energy(net, traj, max_windows=FLOW_WINDOWS)
     v, h = traj.v_final, traj.h_final
     y = v - traj.I if point.input_mode == "clamped" else v
     y_mem = net.readout(h)
@@ -321,6 +335,7 @@ def evaluate(point: AtlasPoint) -> dict:
         "t_converge_median": float(np.median(t_final[conv])) if conv.any() else None,
         "t_converge_max": float(t_final[conv].max()) if conv.any() else None,
         "nfev": int(traj.params["nfev"]),
+        "nfev_max_query": int(max(traj.params["nfev_per_query"])),
         "shot_accuracy": _fraction(near_shot == targets),
         "fixed_point_accuracy": _fraction(near_fp == targets),
         "memory_accuracy": _fraction(near_mem == targets),
@@ -412,10 +427,27 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def failure_kind(error: str) -> str:
+    """Short reason of a failed row's ``error``: "diverged" (FloatingPointError / OverflowError:
+    the state overflowed), "stalled" (more than max_nfev right-hand-side evaluations: a stiff or
+    kinked flow), "step underflow" (the step size fell below the spacing of floating-point
+    times: a blow-up in finite time, or a flow too stiff for the explicit method), "invalid"
+    (ValueError) or "failed" (anything else)."""
+    kind = error.split(":", 1)[0]
+    if kind == "RuntimeError":
+        if "right-hand-side evaluations" in error:
+            return "stalled"
+        if "step size fell below" in error:
+            return "step underflow"
+    return {"FloatingPointError": "diverged", "OverflowError": "diverged",
+            "ValueError": "invalid"}.get(kind, "failed")
+
+
 def plot(rows: Sequence[dict], value: str = "fixed_point_accuracy"):
     """The atlas figure: one panel per (similarity, L_v) row and L_h column, each a heat map over
-    beta (rows) x tau_h/tau_v (columns) of ``value``; every cell is marked with the energy verdict
-    (E: passed, x: failed, ! failed point) and the fraction of queries converged."""
+    beta (rows) x tau_h/tau_v (columns) of ``value``; a measured cell is marked with the energy
+    verdict (E: passed, x: failed) and the fraction of queries converged, a failed point is a
+    hatched grey cell naming its :func:`failure_kind`."""
     import matplotlib.pyplot as plt
     ok = list(rows)
     if not ok:
@@ -425,39 +457,53 @@ def plot(rows: Sequence[dict], value: str = "fixed_point_accuracy"):
     col_keys = list(dict.fromkeys(p.L_h_label for p in pts))
     betas = sorted({p.beta for p in pts})
     taus = sorted({p.tau_ratio for p in pts})
-    fig, axes = plt.subplots(len(row_keys), len(col_keys), squeeze=False,
-                             figsize=(2.1 * len(col_keys) + 1.5, 1.25 * len(row_keys) + 1.0))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    n_failed = sum(bool(r.get("error")) for r in ok)
+    n_passed = sum(bool(r.get("energy_passed")) for r in ok if not r.get("error"))
+    fig, axes = plt.subplots(len(row_keys), len(col_keys), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained",
+                             figsize=(1.9 * len(col_keys) + 2.2, 0.95 * len(row_keys) + 1.4))
+    cmap = plt.get_cmap("viridis")
     image = None
     for i, rk in enumerate(row_keys):
         for j, ck in enumerate(col_keys):
             ax = axes[i, j]
             grid_v = np.full((len(betas), len(taus)), np.nan)
-            marks = {}
+            marks, failed = {}, []
             for p, r in zip(pts, ok):
                 if (p.similarity_label, p.L_v) != rk or p.L_h_label != ck:
                     continue
                 a, b = betas.index(p.beta), taus.index(p.tau_ratio)
                 if r.get("error"):
-                    marks[a, b] = "!"
+                    failed.append((a, b))
+                    marks[a, b] = failure_kind(r["error"]).replace(" ", "\n")
                     continue
                 grid_v[a, b] = r[value]
                 marks[a, b] = f"{'E' if r['energy_passed'] else 'x'} {r['converged']:.2f}"
             image = ax.imshow(np.ma.masked_invalid(grid_v), cmap=cmap, vmin=0, vmax=1,
                               aspect="auto", origin="lower")
+            ax.set_facecolor("white")
+            for a, b in failed:
+                ax.add_patch(plt.Rectangle((b - 0.5, a - 0.5), 1, 1, facecolor="0.82",
+                                           hatch="////", edgecolor="0.55", linewidth=0))
             for (a, b), text in marks.items():
-                ax.text(b, a, text, ha="center", va="center", fontsize=6,
-                        color="w" if not (grid_v[a, b] > 0.6) else "k")
-            ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus], fontsize=6)
-            ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas], fontsize=6)
+                dark = (a, b) in failed or grid_v[a, b] > 0.6
+                ax.text(b, a, text, ha="center", va="center", fontsize=6.5,
+                        color="k" if dark else "w",
+                        fontweight="bold" if (a, b) in failed else "normal")
+            ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus], fontsize=6.5)
+            ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas], fontsize=6.5)
+            ax.tick_params(length=2, pad=1)
             if i == 0:
-                ax.set_title(ck, fontsize=7)
+                ax.set_title(f"L_h = {ck}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"{rk[0]}\nL_v={rk[1]}\nbeta", fontsize=6)
+                sim = rk[0].replace("(", "\n(").replace(" [", "\n[")
+                ax.set_ylabel(f"{sim}\nL_v={rk[1]}\nbeta", fontsize=6.5)
             if i == len(row_keys) - 1:
-                ax.set_xlabel("tau_h / tau_v", fontsize=6)
-    fig.suptitle(f"dynamics atlas: {value.replace('_', ' ')} (colour); E = energy check passed, "
-                 f"x = failed; number = fraction converged; ! = point failed", fontsize=7)
-    fig.colorbar(image, ax=axes, shrink=0.6, label=value.replace("_", " "))
+                ax.set_xlabel("tau_h / tau_v", fontsize=7)
+    fig.suptitle(f"Dynamics atlas: {value.replace('_', ' ')} (colour) of {len(ok)} points\n"
+                 f"cell text: E = energy check passed / x = failed, then fraction of queries "
+                 f"converged;\nhatched = point failed (diverged / stalled / step underflow): {n_failed} points; "
+                 f"energy check passed at {n_passed} of {len(ok) - n_failed} measured", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.35, aspect=25, pad=0.02,
+                 label=value.replace("_", " "))
     return fig

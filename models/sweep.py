@@ -132,8 +132,9 @@ def measure(evaluate_fn: Callable, point, errors: tuple = POINT_ERRORS,
             blas: Optional[int] = 1) -> dict:
     """evaluate_fn(point) as a storable result, run under :func:`blas_threads` (``blas``); an
     ``errors`` exception (or a non-finite number in the result, which strict JSON cannot hold) as
-    ``failure("<Type>: <message>")``. This is what a worker runs: the result is checked where it
-    was made."""
+    ``failure("<Type>: <message>")`` plus ``seconds``, the time the failed measurement took. This
+    is what a worker runs: the result is checked where it was made."""
+    t0 = time.perf_counter()
     try:
         with blas_threads(blas):
             result = evaluate_fn(point)
@@ -141,7 +142,8 @@ def measure(evaluate_fn: Callable, point, errors: tuple = POINT_ERRORS,
             raise TypeError(f"evaluate_fn must return a dict, got {type(result).__name__}")
         _dumps(result)
     except errors as err:
-        return failure(f"{type(err).__name__}: {err}")
+        # what the failure cost is worth knowing (a stalled integration runs to its limit)
+        return {**failure(f"{type(err).__name__}: {err}"), "seconds": time.perf_counter() - t0}
     return result
 
 

@@ -83,11 +83,66 @@ def test_gain_above_one_diverges_and_is_a_failed_point_not_a_crash():
     FloatingPointError naming the network, which atlas.run stores with the error."""
     p0 = AtlasPoint(similarity="dot", L_h="quadratic", n_memories=6, n_queries=3)
     M, _ = atlas.problem(p0)
-    p = AtlasPoint(**{**p0.params(), "beta": 50 / np.linalg.norm(M, 2) ** 2})
+    # max_nfev well above the default: the growing state takes ever smaller steps, and the
+    # default limit would end it as a stall before it overflows
+    p = AtlasPoint(**{**p0.params(), "beta": 50 / np.linalg.norm(M, 2) ** 2, "max_nfev": 100_000})
     with pytest.raises(FloatingPointError, match="floating-point error"):
         atlas.evaluate(p)
     row, = atlas.run([p])
     assert row["error"].startswith("FloatingPointError: integration of Network(")
+
+
+def test_a_stalled_integration_is_a_failed_row_with_its_reason_and_cost():
+    """An integration that needs more than max_nfev evaluations per query (here 50: the digits
+    network at rtol 1e-6 takes hundreds of steps of 6 evaluations to reach rest) is stored as a
+    failed row whose error names the limit, classified "stalled", with the time it took."""
+    p = AtlasPoint(similarity="squared_euclidean", n_memories=10, n_queries=2, max_nfev=50)
+    row, = atlas.run([p])
+    assert row["error"].startswith("RuntimeError: integration stopped at t=")
+    assert "more than 50 right-hand-side evaluations" in row["error"]
+    assert atlas.failure_kind(row["error"]) == "stalled"
+    assert row["seconds"] > 0 and "converged" not in row
+
+
+@pytest.mark.parametrize("error, kind", [
+    ("FloatingPointError: integration of Network(...) hit a floating-point error", "diverged"),
+    ("OverflowError: exp overflow", "diverged"),
+    ("RuntimeError: integration stopped at t=0.004 of 100.0: query 7: the step size fell below "
+     "the spacing of floating-point times; the system is stiff", "step underflow"),
+    ("RuntimeError: integration stopped at t=5.3 of 100.0: query 0: more than 10000 "
+     "right-hand-side evaluations; the system is stiff", "stalled"),
+    ("ValueError: bad", "invalid"),
+    ("KeyError: x", "failed"),
+])
+def test_failure_kind_names_the_reason(error, kind):
+    assert atlas.failure_kind(error) == kind
+
+
+def test_figure_marks_failed_cells_with_their_reason(tmp_path):
+    """Two measured cells and two failed ones (a stall, a divergence): the failed cells are
+    hatched and say why, the measured ones show the energy verdict and convergence."""
+    import matplotlib.pyplot as plt
+    pts = atlas.grid([{"similarity": "squared_euclidean"}], L_v=("quadratic",),
+                     L_h=("log_sum_exp",), betas=(1.0, 5.0), tau_ratios=(0.1, 1.0),
+                     n_memories=10, n_queries=2)
+    rows = atlas.run(pts[:2])
+    rows.append({**pts[2].params(), "key": pts[2].key(),
+                 "error": "RuntimeError: integration stopped at t=1 of 100.0: query 0: more "
+                          "than 10000 right-hand-side evaluations"})
+    rows.append({**pts[3].params(), "key": pts[3].key(),
+                 "error": "FloatingPointError: integration of Network() overflowed"})
+    fig = atlas.plot(rows)
+    try:
+        ax = fig.axes[0]
+        texts = sorted(t.get_text() for t in ax.texts)
+        assert texts == sorted(["diverged", "stalled"] + [
+            f"{'E' if r['energy_passed'] else 'x'} {r['converged']:.2f}" for r in rows[:2]])
+        hatched = [p for p in ax.patches if p.get_hatch()]
+        assert len(hatched) == 2
+        assert "2 points" in fig._suptitle.get_text()
+        assert len(fig.axes) == 2  # the panel and its colour bar
+    finally:
+        plt.close(fig)
 
 
 def test_row_holds_every_parameter_and_value_as_strict_json(tmp_path):
@@ -100,8 +155,11 @@ def test_row_holds_every_parameter_and_value_as_strict_json(tmp_path):
     for name in ("energy_passed", "energy_monotone", "energy_sign_ok", "energy_fd_ok",
                  "energy_flow_ok", "converged", "t_converge_median", "t_converge_max",
                  "shot_accuracy", "fixed_point_accuracy", "memory_accuracy",
-                 "fixed_point_agrees_shot", "dist_fixed_point_shot", "jacobian_max_real", "nfev"):
+                 "fixed_point_agrees_shot", "dist_fixed_point_shot", "jacobian_max_real", "nfev",
+                 "nfev_max_query"):
         assert row[name] is not None, name
+    # the batch's evaluations are the sum over its 4 queries of each one's count
+    assert row["nfev_max_query"] <= row["nfev"] <= 4 * row["nfev_max_query"]
     # a passed verdict is the conjunction of the checks recorded beside it
     assert row["energy_passed"] <= (row["energy_monotone"] and row["energy_sign_ok"]
                                     and row["energy_fd_ok"] and row["energy_flow_ok"])

@@ -81,6 +81,19 @@ def test_local_rows_are_the_capacity_rows_and_failures_do_not_stop_the_sweep(tmp
     assert load_results(tmp_path / "s.jsonl") == rows
 
 
+def test_a_failed_row_records_how_long_the_failed_measurement_took():
+    """A stalled integration costs its whole limit: the failed row says how long (a volatile
+    field, like a measured row's seconds)."""
+    def stalls(point):
+        time.sleep(0.2)
+        raise FloatingPointError("stalled")
+
+    row, = sweep.run(POINTS[:1], stalls)
+    assert row["error"] == "FloatingPointError: stalled"
+    assert 0.2 <= row["seconds"] < 10  # perf_counter around a 0.2 s sleep (never shorter)
+    assert "seconds" in sweep.VOLATILE_FIELDS
+
+
 def test_a_bug_in_evaluate_stops_the_sweep_and_keeps_finished_rows(tmp_path):
     def buggy(point):
         if point.block == 2:
