@@ -3,11 +3,15 @@
     uhn capacity --experiment similarity_vs_n --dataset mnist --figure figures/sim.png
     uhn capacity --experiment separation_vs_n --n-memories 10 100 1000 --blocks 5
     uhn capacity --all --quick --figures-dir figures/quick
+    uhn capacity --all --workers 2                      on a dask LocalCluster of 2 processes
+    uhn capacity --all --scheduler tcp://HOST:8786      on a running dask cluster
 
 Results go to a JSON-lines file (default results/capacity.jsonl): as points finish, they are
 merged into it under a lock (<file>.lock) and it is rewritten atomically, so several runs may
 share one file at once; rerunning the same command resumes (stored points are not recomputed).
-Ctrl-C keeps every finished point. A summary table (mean fraction correct over blocks) is printed
+Ctrl-C keeps every finished point. With --workers or --scheduler the points are measured on a dask
+cluster (models.sweep): the workers only measure, this process alone writes the results file, and
+the rows are the same, bit for bit, as an in-process run's. A summary table (mean fraction correct over blocks) is printed
 at the end of each experiment, and points whose measurement failed are counted on stderr. A bad
 value (or an unreadable results file) stops the command before anything runs, with one
 "error:" line and exit status 2.
@@ -20,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import fail, finite_float, nonnegative_int, positive_int
+from . import fail, finite_float, nonnegative_int, note, positive_int
 
 DEFAULT_OUT = Path("results") / "capacity.jsonl"
 
@@ -82,6 +86,11 @@ def register(sub) -> None:
     p.add_argument("--figures-dir", type=Path, default=None,
                    help="write capacity_<experiment>_<dataset>.png here for every experiment run")
     p.add_argument("--pdf", action="store_true", help="also write PDF figures")
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--workers", type=positive_int, default=None,
+                        help="measure on a dask LocalCluster of this many worker processes")
+    engine.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="measure on the dask cluster of this running scheduler")
     p.set_defaults(func=run_cmd)
 
 
@@ -116,25 +125,23 @@ def figure_stem(name: str, dataset: str) -> str:
     return f"capacity_{name}_{dataset}"
 
 
-def _progress_bar(desc: str):
-    """A progress(done, total, row, computed) callback drawing a tqdm bar; returns (cb, close)."""
-    from tqdm import tqdm
-    state = {"bar": None}
+def _describe(row: dict) -> str:
+    """Short description of a finished capacity row for the progress bar."""
+    frac = row.get("fraction_correct")
+    return f"N={row['n_memories']} {row['similarity']} {'failed' if frac is None else f'{frac:.2f}'}"
+
+
+def _progress_bar(desc: str, threads: int = 1):
+    """models.sweep.progress_bar (points done, failed, running) as the
+    ``progress(done, total, row, computed)`` callback of models.capacity.run; returns (cb, close).
+    ``threads``: the engine's worker threads; running = min(points left, threads)."""
+    from models import sweep
+    draw, close = sweep.progress_bar(desc, _describe)
+    failed = [0]
 
     def cb(done, total, row, computed):
-        if state["bar"] is None:
-            state["bar"] = tqdm(total=total, desc=desc, unit="pt", leave=False, file=sys.stderr)
-        bar = state["bar"]
-        bar.update(1)
-        if computed:
-            frac = row.get("fraction_correct")
-            result = "failed" if frac is None else f"{frac:.2f}"
-            bar.set_postfix_str(f"N={row['n_memories']} {row['similarity']} {result}",
-                                refresh=False)
-
-    def close():
-        if state["bar"] is not None:
-            state["bar"].close()
+        failed[0] += sweep.is_failed(row)
+        draw(sweep.Progress(done, total, failed[0], min(total - done, threads), row, computed))
 
     return cb, close
 
@@ -153,11 +160,12 @@ def format_table(summaries, name: str) -> str:
 
 
 def run_experiment(name: str, kwargs: dict, out: Path, resume: bool = True, progress=None,
-                   figure: Path | None = None, pdf: bool = False):
-    """Points of one experiment -> stored rows -> optional figure. Returns (rows, figure paths)."""
+                   figure: Path | None = None, pdf: bool = False, engine="local"):
+    """Points of one experiment -> stored rows -> optional figure. Returns (rows, figure paths).
+    ``engine``: "local" or a distributed.Client (models.sweep.connect)."""
     from models.capacity import experiment, run
     points = experiment(name, **kwargs)
-    rows = run(points, out, resume=resume, progress=progress)
+    rows = run(points, out, resume=resume, progress=progress, engine=engine)
     written = []
     if figure is not None:
         import matplotlib.pyplot as plt
@@ -218,7 +226,7 @@ def failure_report(rows) -> str | None:
 
 
 def run_cmd(args) -> int:
-    from models.capacity import EXPERIMENTS, summarise
+    from models.capacity import EXPERIMENTS
     names = list(EXPERIMENTS) if args.all else list(dict.fromkeys(args.experiment))
     if args.figure is not None and len(names) > 1:
         return fail("capacity", "--figure takes one experiment; use --figures-dir for several")
@@ -232,17 +240,30 @@ def run_cmd(args) -> int:
         check_plan(names, kwargs, args.out)
     except ValueError as err:
         return fail("capacity", str(err))
+    from models import sweep
+    with sweep.connect(args.workers, args.scheduler) as engine:
+        local = isinstance(engine, str)
+        threads = 1 if local else max(1, sum(engine.nthreads().values()))
+        if not local:
+            note(f"uhn capacity: measuring on {threads} dask worker threads "
+                 f"({'LocalCluster' if args.workers else args.scheduler})")
+        rc = _run_experiments(args, names, kwargs, engine, threads)
+    return rc
+
+
+def _run_experiments(args, names, kwargs, engine, threads) -> int:
+    from models.capacity import summarise
     t_all = time.perf_counter()
     for name in names:
         kw = kwargs[name]
         figure = args.figure
         if figure is None and args.figures_dir is not None:
             figure = args.figures_dir / f"{figure_stem(name, args.dataset)}.png"
-        cb, close = _progress_bar(name)
+        cb, close = _progress_bar(name, threads)
         t0 = time.perf_counter()
         try:
             rows, written = run_experiment(name, kw, args.out, resume=args.resume, progress=cb,
-                                           figure=figure, pdf=args.pdf)
+                                           figure=figure, pdf=args.pdf, engine=engine)
         except KeyboardInterrupt:
             close()
             from models.capacity import load_results

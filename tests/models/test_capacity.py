@@ -377,3 +377,60 @@ def test_cli_reports_failed_points_instead_of_crashing(tmp_path, capsys, monkeyp
     assert len(rows) == 36 and sum(r["fraction_correct"] is None for r in rows) == 6
     assert _exit_code(argv) == 0  # resumed: the failure is reported again, nothing re-measured
     assert "6 of 36 points failed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- uhn capacity on dask
+
+def _comparable_rows(path):
+    from models.sweep import comparable
+    return {r["key"]: comparable(r) for r in load_results(path)}
+
+
+def test_cli_on_a_local_cluster_and_a_running_scheduler_gives_the_serial_rows(tmp_path, capsys,
+                                                                              monkeypatch):
+    """uhn capacity --workers 2 (a LocalCluster of 2 processes) and --scheduler ADDRESS (an
+    already running cluster) store the in-process rows bit for bit (timestamps aside), print the
+    same table, and draw a bar of done / failed / running points."""
+    distributed = pytest.importorskip("distributed")
+    from dynamics.cli import main
+    from models import sweep
+    seen = []
+    real_bar = sweep.progress_bar
+
+    def recording_bar(desc, describe=None):
+        draw, close = real_bar(desc, describe)
+        return (lambda p: (seen.append(p), draw(p))), close
+    monkeypatch.setattr(sweep, "progress_bar", recording_bar)
+    argv = ["capacity", "--experiment", "noise", "--quick", "--dataset", "digits",
+            "--similarities", "manhattan", "cosine"]
+    assert main([*argv, "--out", str(tmp_path / "serial.jsonl")]) == 0
+    serial_out = capsys.readouterr().out
+    serial = _comparable_rows(tmp_path / "serial.jsonl")
+    assert len(serial) == 3 * 2 * 2  # 3 levels x 2 similarities x 2 blocks
+    assert [p.done for p in seen] == list(range(1, 13)) and {p.running for p in seen[:-1]} == {1}
+    seen.clear()
+    assert main([*argv, "--workers", "2", "--out", str(tmp_path / "workers.jsonl")]) == 0
+    text = capsys.readouterr()
+    assert "measuring on 2 dask worker threads" in text.err
+    assert _comparable_rows(tmp_path / "workers.jsonl") == serial
+    assert text.out.split("points (")[1].split("\n", 1)[1] == serial_out.split("points (")[1].split("\n", 1)[1]
+    assert [p.done for p in seen] == list(range(1, 13)) and seen[-1].failed == 0
+    assert all(p.running == min(2, 12 - p.done) for p in seen)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        assert main([*argv, "--scheduler", cluster.scheduler_address,
+                     "--out", str(tmp_path / "scheduler.jsonl")]) == 0
+    assert _comparable_rows(tmp_path / "scheduler.jsonl") == serial
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2", "--scheduler", "tcp://h:8786"], "not allowed with argument"),
+    (["--workers", "0"], "argument --workers: expected a positive integer, got '0'"),
+    (["--scheduler", "localhost"], "scheduler must be an address such as tcp://HOST:8786"),
+])
+def test_cli_engine_options_are_checked(tmp_path, capsys, args, message):
+    out = tmp_path / "x.jsonl"
+    assert _exit_code(["capacity", "--experiment", "noise", "--quick", "--dataset", "digits",
+                       *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
