@@ -150,3 +150,16 @@ def test_energy_increase_tolerance_uses_max_abs_E_and_one(linear_net):
     assert rep.passed, rep.summary()
     assert abs(rep.increase_tol - (10 * 1e-8 + 1e-12)) <= 3 * EPS * 1e-7
     assert rep.max_increase_relative == rep.max_increase
+
+
+def test_trajectory_query_is_that_query_alone(linear_net):
+    """traj.query(b) holds exactly column b of every per-query array, as a batch of one."""
+    from dynamics.integrate import integrate
+    traj = integrate(linear_net, np.array([[0.1, 0.0], [0.0, 0.2], [0.3, 0.3]]), t_end=1.0,
+                     stop_at_fixed_point=False)
+    for b in range(3):
+        q = traj.query(b)
+        np.testing.assert_array_equal(q.v, traj.v[:, b:b + 1])
+        np.testing.assert_array_equal(q.h, traj.h[:, b:b + 1])
+        np.testing.assert_array_equal(q.E, traj.E[:, b:b + 1])
+        np.testing.assert_array_equal(q.I, traj.I[b:b + 1])
