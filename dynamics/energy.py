@@ -168,8 +168,11 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     size = tau_v sum_i |vdot_i| hvp_size(v, vdot)_i + the same for h: the terms the quadratic forms
     vdot^T H vdot add before they cancel (:meth:`Lagrangian.hvp_size`; e.g. the spherical Hessian
     (u - g (g.u)) / |v| along the radial flow, where dE/dt = 0 exactly).
-    Round-off: ROUNDOFF_ULPS eps64 size, plus what the velocity's own round-off dF contributes,
-    2 tau hvp_size . |dF|. dF is a few ulps of what the right-hand side adds,
+    Round-off: ROUNDOFF_ULPS eps64 size, plus what the velocity's own round-off dF contributes to
+    the quadratic form, (F + dF)^T H (F + dF) - F^T H F = 2 F^T H dF + dF^T H dF, bounded by
+    2 tau hvp_size(F) . |dF| + tau hvp_size(dF) . |dF| (the second term is what remains at a fixed
+    point, where F may come out exactly 0 in one evaluation and a few ulps in another). dF is a few
+    ulps of what the right-hand side adds,
     tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I and tau_h dh/dt = S - h, whose terms are bounded by
     |f| |M| + |f|_1 |g| (the vjp of dot / squared_euclidean-type similarities) and |S| + (|m| + |g|)^2:
     near a fixed point they cancel to a velocity many orders below them."""
@@ -185,7 +188,7 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     err_v = ROUNDOFF_ULPS * _EPS64 * (drive + np.abs(v) + I_abs) / net.tau_v
     Hv = net.L_v.hvp_size(v, dv)
     size = net.tau_v * _rowabs(dv, Hv)
-    prop = 2 * net.tau_v * _rowabs(Hv, err_v)
+    prop = net.tau_v * (2 * _rowabs(Hv, err_v) + _rowabs(net.L_v.hvp_size(v, err_v), err_v))
     if adiabatic:
         an = net.dEdt_adiabatic(v, I)
     else:
@@ -195,7 +198,7 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
         err_h = ROUNDOFF_ULPS * _EPS64 * (np.abs(S) + span + np.abs(h)) / net.tau_h
         Hh = net.L_h.hvp_size(h, dh)
         size += net.tau_h * _rowabs(dh, Hh)
-        prop += 2 * net.tau_h * _rowabs(Hh, err_h)
+        prop += net.tau_h * (2 * _rowabs(Hh, err_h) + _rowabs(net.L_h.hvp_size(h, err_h), err_h))
     return an, size, ROUNDOFF_ULPS * _EPS64 * size + prop
 
 

@@ -191,3 +191,26 @@ def test_runaway_state_is_flagged_even_though_energy_decreases():
     assert rep.passed and "grew from" in rep.diverging and "diverging" in rep.summary()
     mchn = Network(M, "dot", L.quadratic(), L.log_sum_exp(5.0), tau_v=1.0, tau_h=0.1)
     assert verify_energy(mchn, integrate(mchn, M[:2], t_end=5.0)).diverging == ""
+
+
+def test_dEdt_roundoff_at_an_exact_fixed_point_is_not_zero():
+    """At h = S(g) the memory velocity comes out exactly 0 here, but a few ulps in an evaluation with
+    another summation order (a batch of another size, another BLAS kernel): dE/dt is then
+    -tau_h dh^T H_h dh with dh of the size of that round-off, not 0. The allowance must cover that
+    second-order term; it was 2 hvp(dh) . |dh err|, which is 0 at dh = 0, so an honest stored dE/dt
+    of -5e-25 against a recomputed -0 failed the energy check (notebook 02, kl + signed_polynomial(3)
+    on a fresh machine)."""
+    from dynamics.energy import _EPS64, _dEdt_and_size
+    M = np.random.default_rng(0).uniform(0, 1, (4, 6))
+    net = Network(M, "kl", L_v=L.softplus(), L_h=L.signed_polynomial(3.0), tau_v=2.5, tau_h=0.3)
+    v = np.full((1, 6), 1e6)                       # sigmoid(1e6) == 1: H_v = 0 exactly
+    h = net.similarity(net.L_v.grad(v))            # dh/dt = (S - h) / tau_h == 0 exactly
+    Y = np.concatenate([v, h], axis=1)
+    F = net.velocity(Y)
+    assert np.all(F[:, 6:] == 0)
+    an, _, roundoff = _dEdt_and_size(net, Y, F, None, False)
+    assert an[0] == 0 and roundoff[0] > 0
+    # the velocity one ulp-scale round-off away: dh of ROUNDOFF_ULPS eps64 (|S| + |h|) / tau_h
+    dh = ROUNDOFF_ULPS * _EPS64 * (np.abs(h) + np.abs(h)) / net.tau_h
+    perturbed = -net.tau_h * net.L_h.curvature(h, dh)
+    assert 0 < abs(perturbed[0]) <= roundoff[0]
