@@ -1,4 +1,4 @@
-"""The paper's capacity experiments (Millidge et al. 2022, section 5; DESIGN.md section 4).
+"""The paper's capacity experiments (Millidge et al. 2022, section 5; docs/theory.md section 10).
 
 Protocol of one measurement (:func:`evaluate`, one :class:`Point`):
 

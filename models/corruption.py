@@ -1,4 +1,4 @@
-"""Query corruptions of the paper's capacity protocol (DESIGN.md section 4).
+"""Query corruptions of the paper's capacity protocol (docs/theory.md section 10).
 
 Each function takes flattened images X (B, D) or one image (D,), with ``image_shape`` (H, W) or
 (H, W, C) (channels last, D = H*W*C), and returns a new float64 array of the same shape; the input

@@ -1,4 +1,4 @@
-"""Offline image datasets for the capacity experiments (DESIGN.md sections 4 and 5).
+"""Offline image datasets for the capacity experiments (docs/theory.md section 10).
 
 Nothing is downloaded: every dataset ships inside an installed wheel.
 

@@ -328,22 +328,17 @@ def _euclidean(eps: float = 0.0):
 
 
 def _chunked_pairwise_vjp(M, G, F, elementwise, xp, chunk_bytes=CHUNK_BYTES):
-    """sum_mu F[b, mu] * elementwise(G[b] - M_mu) over chunks of queries (memory-bounded)."""
+    """sum_mu F[b, mu] * elementwise(G[b] - M_mu) over chunks of queries (memory-bounded), in the
+    spec-only form (numpy arrays go to the compiled kernels of :mod:`models._kernels`)."""
     B, D = G.shape
     N = M.shape[0]
     step = rows_per_chunk(8 * N * D, chunk_bytes)
-    if not is_numpy_namespace(xp):
-        parts = []
-        for s in range(0, B, step):
-            e = min(s + step, B)  # the standard leaves out-of-bounds slice stops unspecified
-            E = elementwise(G[s:e, None, :] - M[None, :, :], s, step)              # (b, N, D)
-            parts.append((F[s:e, None, :] @ E)[:, 0, :])                           # batched GEMV
-        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-    out = np.empty((B, D))
+    parts = []
     for s in range(0, B, step):
-        diff = G[s:s + step, None, :] - M[None, :, :]
-        out[s:s + step] = np.einsum("bn,bnd->bd", F[s:s + step], elementwise(diff, s, step))
-    return out
+        e = min(s + step, B)  # the standard leaves out-of-bounds slice stops unspecified
+        E = elementwise(G[s:e, None, :] - M[None, :, :], s, step)              # (b, N, D)
+        parts.append((F[s:e, None, :] @ E)[:, 0, :])                           # batched GEMV
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def _pairwise_power_sums(M, Q, absx, p, xp, chunk_bytes=CHUNK_BYTES):
@@ -387,15 +382,11 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         def raw(M, Q, e):
             if not is_numpy_namespace(xp):
                 return _pairwise_power_sums(M, Q, absx_of(xp, e), p, xp)
-            if e == 0:
-                return _negate(cdist(Q, M, "cityblock" if p == 1 else "minkowski",
-                                     **({} if p == 1 else {"p": p})), xp)
-            absx = absx_of(xp, e)
-            out = np.empty((Q.shape[0], M.shape[0]))
-            for b in range(Q.shape[0]):  # smoothed form: one (N, D) block per query
-                s = absx(Q[b] - M).__pow__(p).sum(1)
-                out[b] = -s ** (1.0 / p)
-            return out
+            if math.isinf(p):
+                return _negate(cdist(Q, M, "chebyshev"), xp)
+            # compiled L1/Lp kernel (numba, both cores; its chunked-numpy reference without numba)
+            from . import _kernels
+            return _negate(_kernels.lp_scores(M, Q, p, eps=e), xp)
         return raw
 
     def score(M, Q, xp=None):
@@ -404,6 +395,11 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
 
     def vjp(M, G, F, xp=None):
         xp = _xp(xp, M, G, F)
+        if is_numpy_namespace(xp):
+            from . import _kernels
+            if p == 1:
+                return _negate(_kernels.l1_vjp(M, G, F, eps), xp)
+            return _negate(_kernels.lp_vjp(M, G, F, p, eps, dist=-score(M, G, xp)), xp)
         absx, dabsx = absx_of(xp), dabsx_of(xp)
         if p == 1:
             return -_chunked_pairwise_vjp(M, G, F, lambda d, s, k: dabsx(d), xp)

@@ -291,3 +291,28 @@ def test_fused_l1_fallback_and_mnist(monkeypatch):
     for g, r, (want, bound) in zip(got, ref, [ref_scores(M, G, 1.0, 0.05), ref_vjp(M, G, F, 1.0, 0.05)]):
         _close(g, want, bound, np.float64)
         _close(r, want, bound, np.float64)
+
+
+@pytest.mark.parametrize("numba_on", [True, False])
+@pytest.mark.parametrize("name,params,p", [("manhattan", {}, 1.0), ("manhattan", {"eps": 0.05}, 1.0),
+                                           ("minkowski", {"p": 3.0}, 3.0)])
+def test_similarity_registry_runs_on_these_kernels(monkeypatch, numba_on, name, params, p):
+    """get_similarity's manhattan / minkowski scores and gradient contraction (what Memory and
+    Network call) are these kernels, compiled or their numpy reference: the call reaches the
+    kernel, and the result is -dist / -vjp within the reference bounds."""
+    if numba_on and not K.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    from models.similarity import get_similarity
+    monkeypatch.setattr(K, "HAVE_NUMBA", numba_on)
+    calls = []
+    real = K._power_sums
+    monkeypatch.setattr(K, "_power_sums", lambda *a: calls.append(a[2]) or real(*a))
+    rng = np.random.default_rng(7)
+    M, Q, F = rng.random((12, 40)), rng.random((5, 40)), rng.normal(size=(5, 12))
+    sim = get_similarity(name, **params)
+    eps = params.get("eps", 0.0)
+    dist, bound = ref_scores(M, Q, p, eps)
+    _close(-sim.score(M, Q), dist, bound, np.float64)
+    assert calls == [p]
+    V, vbound = ref_vjp(M, Q, F, p, eps)
+    _close(-sim.grad_contract(M, Q, F), V, vbound, np.float64)

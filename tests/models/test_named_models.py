@@ -1,5 +1,5 @@
 """The named instances behave as the literature says: HN capacity ~0.14 D, DAM beyond it, MCHN in
-one step, SDM within its radius (DESIGN.md section 1)."""
+one step, SDM within its radius (docs/theory.md sections 1 and 5)."""
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal

@@ -73,7 +73,7 @@ def test_minkowski_generalises_manhattan_and_euclidean(rng):
     assert_allclose(get_similarity("minkowski", p=1)(A, Q), get_similarity("manhattan")(A, Q),
                     rtol=2 * (9 + 2) * EPS)
     S2, Se = get_similarity("minkowski", p=2)(A, Q), get_similarity("euclidean")(A, Q)
-    # minkowski (cdist) is accurate to (D + 2) eps; euclidean is the GEMM form (module docstring)
+    # minkowski (a direct sum of D terms, models._kernels) is accurate to (D + 2) eps; euclidean is the GEMM form (module docstring)
     assert_allclose(S2, Se, rtol=2 * (9 + 2) * EPS, atol=_dist_err(_gemm_sq_err(A, Q), -Se).max())
 
 
