@@ -1,1 +1,1 @@
-"""Continuous-time Krotov-Hopfield networks for any differentiable similarity (DESIGN.md section 2)."""
+"""Continuous-time Krotov-Hopfield networks for any differentiable similarity (docs/theory.md section 2)."""
