@@ -193,8 +193,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     max_nfev = require_count(max_nfev, "max_nfev")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
-    if not (rtol > 0 and atol >= 0):
-        raise ValueError(f"tolerances must be rtol > 0 and atol >= 0, got rtol={rtol}, atol={atol}")
+    if not (np.isfinite(rtol) and np.isfinite(atol) and rtol > 0 and atol >= 0):
+        raise ValueError(f"tolerances must be finite with rtol > 0 and atol >= 0, got rtol={rtol}, "
+                         f"atol={atol}")
     if not (fixed_point_tol >= 0 and noise_factor >= 0 and fixed_point_tol + noise_factor * atol > 0):
         raise ValueError(f"the fixed-point test needs fixed_point_tol >= 0 and noise_factor >= 0, "
                          f"not both giving a zero threshold (got fixed_point_tol={fixed_point_tol}, "

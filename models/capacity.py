@@ -32,6 +32,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ._validate import int_param
+
 #: revision of the protocol implemented by :func:`evaluate`; part of every key, so rows measured
 #: under an older protocol are never mistaken for current ones (bump when evaluate's meaning changes)
 PROTOCOL = 1
@@ -96,9 +98,10 @@ class Point:
 
     def __post_init__(self):
         # normalise numeric types so equal points have equal keys (1 vs 1.0, numpy scalars)
-        object.__setattr__(self, "n_memories", int(self.n_memories))
-        object.__setattr__(self, "block", int(self.block))
-        object.__setattr__(self, "seed", int(self.seed))
+        # integral values only: 10.7 memories is a typo, not 10 (int() would truncate it silently)
+        object.__setattr__(self, "n_memories", int_param(self.n_memories, "n_memories", low=1))
+        object.__setattr__(self, "block", int_param(self.block, "block", low=0))
+        object.__setattr__(self, "seed", int_param(self.seed, "seed", low=0))
         object.__setattr__(self, "level", float(self.level))
         object.__setattr__(self, "threshold", float(self.threshold))
         if self.sep_param is not None:
@@ -342,14 +345,22 @@ AXES = {
 
 
 def _ns(dataset: str, n_memories, blocks: int) -> list[int]:
-    """The N list capped by what ``blocks`` disjoint blocks of the dataset allow (never empty)."""
+    """The N list: the paper's N values up to what ``blocks`` disjoint blocks of the dataset allow
+    (never empty), or the given ones, refused (naming the cap) if any does not fit."""
     cap = max_n(dataset, blocks)
     if cap < 1:
         raise ValueError(f"dataset {dataset!r} has {available_images(dataset)} images: not enough "
                          f"for {blocks} blocks")
-    ns = sorted({int(n) for n in (PAPER_N if n_memories is None else n_memories)})
-    kept = [n for n in ns if n <= cap]
-    return kept or [cap]
+    if n_memories is None:
+        kept = [n for n in sorted(PAPER_N) if n <= cap]
+        return kept or [cap]
+    ns = sorted({int_param(n, "n_memories", low=1) for n in n_memories})
+    too_many = [n for n in ns if n > cap]
+    if too_many:
+        raise ValueError(f"n_memories {too_many} do not fit: {blocks} disjoint blocks of dataset "
+                         f"{dataset!r} ({available_images(dataset)} images) allow at most {cap} "
+                         f"memories each; use fewer blocks or N <= {cap}")
+    return ns
 
 
 def _grid(base: Point, blocks: int, **axes) -> list[Point]:

@@ -165,6 +165,9 @@ def test_errors():
     (dict(t_eval=[]), ValueError, "t_eval must be a non-empty 1-D array"),
     (dict(t_eval=[[0.0, 0.5]]), ValueError, r"t_eval must be a non-empty 1-D array of times, got shape \(1, 2\)"),
     (dict(max_nfev=0), ValueError, "max_nfev must be an integer >= 1, got 0"),
+    (dict(rtol=np.inf), ValueError, "tolerances must be finite with rtol > 0 and atol >= 0, got rtol=inf"),
+    (dict(atol=np.nan), ValueError, "tolerances must be finite .* atol=nan"),
+    (dict(rtol=0.0), ValueError, "tolerances must be finite with rtol > 0"),
     (dict(max_step=0.0), ValueError, "max_step must be a positive step size"),
     (dict(max_step=np.nan), ValueError, "max_step must be a positive step size"),
 ])

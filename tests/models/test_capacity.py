@@ -127,6 +127,25 @@ def test_sweeps_cap_n_and_cover_blocks():
             cap.validate(p)
 
 
+def test_requested_n_that_does_not_fit_is_refused_not_dropped():
+    """The paper's default N list is capped by what the blocks allow; an N the user asked for is
+    never silently dropped (it was: 2000 with 3 blocks of MNIST's 5000 images vanished, and 5000
+    alone silently became 1666)."""
+    with pytest.raises(ValueError, match=r"n_memories \[2000\] do not fit: 3 disjoint blocks of "
+                                         r"dataset 'mnist' \(5000 images\) allow at most 1666"):
+        cap.similarity_vs_n(dataset="mnist", n_memories=[10, 2000], blocks=3)
+    pts = cap.similarity_vs_n(dataset="mnist", n_memories=[10, 1666], blocks=3, similarities=["dot"])
+    assert sorted({p.n_memories for p in pts}) == [10, 1666]
+
+
+@pytest.mark.parametrize("field,value", [("n_memories", 10.7), ("block", 1.9), ("seed", 2.5)])
+def test_point_refuses_fractional_integers(field, value):
+    """int() truncated them silently (10.7 memories measured as 10)."""
+    with pytest.raises(TypeError, match=rf"{field} must be an integer, got float {value}"):
+        Point(**{field: value})
+    assert getattr(Point(**{field: float(int(value))}), field) == int(value)   # 10.0 is 10
+
+
 def test_run_validates_before_measuring(tmp_path):
     with pytest.raises(ValueError, match="unknown similarity"):
         run([tiny(), tiny(similarity="nope")], tmp_path / "r.jsonl")
