@@ -615,7 +615,8 @@ def auto_dt(net: Network, Q, t_end: float, tol: float = DEFAULT_DT_TOL, *, recor
 def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAULT_TARGET,
                scheme: str = "leapfrog", record_every: int = 1, input_mode: str = "initial",
                h0=None, fixed_point_tol: float = 1e-8, cache_dir: Optional[str] = None,
-               build_dir: Optional[str] = None, dt_tol: float = DEFAULT_DT_TOL) -> Trajectory:
+               build_dir: Optional[str] = None, dt_tol: float = DEFAULT_DT_TOL,
+               progress: bool = False) -> Trajectory:
     """Simulate tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I, tau_h dh/dt = S(g) - h in brian2.
 
     Parameters
@@ -636,6 +637,8 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
     h0 : initial memory state (default S(g(q))).
     fixed_point_tol : ``converged`` where max |dv/dt|, |dh/dt| at the last sample is below it.
     cache_dir : cython cache directory (default :func:`default_cache_dir`).
+    progress : report the simulated time reached on stderr every 2 s of wall time (brian2's
+        ``report="stderr"``).
 
     Returns
     -------
@@ -672,7 +675,8 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
         model = to_brian2(net, Qm, dt, scheme=scheme, record_every=record_every, I=I, h0=h0)
         t1 = time.perf_counter()
         # one extra step so that the start-of-step monitors see the state at t_end
-        model.network.run((n_steps + 1) * dt * b2.ms)
+        model.network.run((n_steps + 1) * dt * b2.ms, report="stderr" if progress else None,
+                          report_period=2 * b2.second)
         t2 = time.perf_counter()
         mon = model.monitors
         v = np.asarray(mon["v"].v).T

@@ -351,7 +351,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
                   atol: float = 1e-10, at_rest: Optional[Callable[..., np.ndarray]] = None,
                   max_step: float = np.inf, max_nfev: int = 100_000,
                   on_stall: Callable[[int, float, str], Exception] = None,
-                  keep_every: Optional[int] = 1, kernels: str = "auto") -> BatchSolution:
+                  keep_every: Optional[int] = 1, kernels: str = "auto",
+                  progress: Optional[Callable[[float, int], None]] = None) -> BatchSolution:
     """Integrate dY_b/dt = F(t_b, Y_b) for every row b of Y0 (B, W) from t = 0 to t_end.
 
     F(t, Y, rows, out) gets the times t (b,), states Y (b, W) of the rows still running and their
@@ -368,7 +369,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     ``keep_every`` = k stores only every k-th sample and the last one (None: the first and the
     last), exactly the samples :func:`kept_indices` picks from the k = 1 output, bit for bit, in
     memory for those alone. ``kernels`` picks the step arithmetic (module docstring): "auto"
-    (numba when importable), "numba" or "numpy".
+    (numba when importable), "numba" or "numpy". ``progress(t, n)``, if given, is called after
+    every step with the earliest time t of the n rows still running (and (t_end, 0) at the end).
     """
     stage, last_stage, error, dense = _kernels(kernels)
     keep_every = check_keep_every(keep_every)
@@ -501,7 +503,11 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             done |= fp
         if done.any():
             retire(done)
+        if progress is not None:
+            progress(float(t.min()) if n else float(t_end), n)
 
+    if progress is not None:
+        progress(float(t_end), 0)
     return _assemble(t_eval, stride, samples, latest, t_final, y_final, nxt_final,
                      BatchSolution(t=None, y=None, t_final=t_final, y_final=y_final,
                                    at_fixed_point=at_fp, velocity=velocity, nfev=nfev,

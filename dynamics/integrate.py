@@ -15,7 +15,10 @@ Two integrators, same result form:
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field
+
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.sparse import csr_matrix
@@ -149,7 +152,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
               stop_at_fixed_point: bool = True, fixed_point_tol: float = 1e-8,
               noise_factor: float = NOISE_FACTOR, adiabatic: bool = False, input_mode: str = "initial", h0=None,
               max_step: float = np.inf, max_nfev: int = 100_000, keep="all",
-              blas_threads=BLAS_THREADS) -> Trajectory:
+              blas_threads=BLAS_THREADS, progress=False) -> Trajectory:
     """Integrate tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I, tau_h dh/dt = S(g) - h from queries Q.
 
     Parameters
@@ -185,6 +188,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         solving. The energies are computed at the kept samples only.
     blas_threads : BLAS threads while integrating (threadpoolctl), default ``BLAS_THREADS`` = 1
         (measured faster for these products, see its comment); None leaves BLAS as it is.
+    progress : True: a progress bar on stderr in simulated time, with the number of queries still
+        running (RK45-batched retires them at their fixed points); a callable ``report(t, n)`` is
+        called instead (after every step, or every right-hand-side call for solve_ivp methods).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -215,10 +221,11 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     with threadpool_limits(limits=blas_threads, user_api="blas"):
         try:
             with np.errstate(over="raise", invalid="raise", divide="raise"):
-                ts, Y, info = solver(net, Y0, I, t_end, method=method, t_eval=t_eval, rtol=rtol,
-                                     atol=atol, tol=fixed_point_tol if stop_at_fixed_point else None,
-                                     noise=noise_factor, adiabatic=adiabatic, max_step=max_step,
-                                     max_nfev=max_nfev, keep_every=keep_every)
+                with _time_bar(progress, t_end, B) as report:
+                    ts, Y, info = solver(net, Y0, I, t_end, method=method, t_eval=t_eval, rtol=rtol,
+                                         atol=atol, tol=fixed_point_tol if stop_at_fixed_point else None,
+                                         noise=noise_factor, adiabatic=adiabatic, max_step=max_step,
+                                         max_nfev=max_nfev, keep_every=keep_every, progress=report)
         except FloatingPointError as err:
             raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
                                      f"the state left the range this network can represent") from None
@@ -333,8 +340,38 @@ def fixed_point_event(net: Network, I, tol, noise, rtol, atol, adiabatic):
     return at_fixed_point
 
 
+@contextlib.contextmanager
+def _time_bar(progress, t_end: float, B: int):
+    """The ``progress`` option of :func:`integrate` as a callback ``report(t, running)``: None
+    (False), the user's callable, or (True) a tqdm bar on stderr in simulated time 0..t_end with
+    the number of queries still running."""
+    if not progress:
+        yield None
+        return
+    if callable(progress):
+        yield progress
+        return
+    from tqdm import tqdm
+    bar = tqdm(total=float(t_end), desc="integrating", unit="t", leave=False, file=sys.stderr,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.3g} of {total:g} {postfix}")
+    state = {"t": 0.0, "running": B}
+
+    def report(t, running):
+        t = min(float(t), float(t_end))
+        if t > state["t"] or running != state["running"]:
+            bar.update(max(t - state["t"], 0.0))
+            state["t"] = max(t, state["t"])
+            if running != state["running"]:
+                state["running"] = running
+                bar.set_postfix_str(f"({running} of {B} queries running)", refresh=False)
+    try:
+        yield report
+    finally:
+        bar.close()
+
+
 def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, adiabatic, max_step,
-                 max_nfev, keep_every):
+                 max_nfev, keep_every, progress=None):
     """One solve_ivp call on the flattened batch, its samples thinned by ``keep_every``
     (dynamics.dopri.kept_indices). Returns (t, Y (T, B*width), info)."""
     B, width = Y0.shape
@@ -345,6 +382,8 @@ def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, a
         calls[0] += 1
         if calls[0] > max_nfev:
             raise RuntimeError(_stall_message(net, t, t_end, f"more than {max_nfev} right-hand-side calls"))
+        if progress is not None:
+            progress(t, B)
         return rhs(t, y)
 
     events = None if tol is None else fixed_point_event(net, I, tol, noise, rtol, atol, adiabatic)
@@ -369,7 +408,7 @@ def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, a
 
 
 def _solve_batched(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, adiabatic, max_step,
-                   max_nfev, keep_every):
+                   max_nfev, keep_every, progress=None):
     """dynamics.dopri.solve_batched on the (B, width) batch. Returns (t, Y (T, B*width), info)."""
     current = {"rows": None, "I": None}     # I of the running queries, redone when the set shrinks
     zero_input = not I.any()
@@ -391,7 +430,7 @@ def _solve_batched(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise,
     sol = solve_batched(F, Y0, t_end, t_eval=t_eval, rtol=rtol, atol=atol,
                         at_rest=None if tol is None else at_rest,
                         max_step=max_step, max_nfev=max_nfev, on_stall=stall,
-                        keep_every=keep_every)
+                        keep_every=keep_every, progress=progress)
     n_fp = int(sol.at_fixed_point.sum())
     message = (f"{n_fp} of {len(Y0)} queries reached a fixed point" if tol is not None
                else "reached t_end")

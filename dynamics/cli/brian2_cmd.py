@@ -14,6 +14,7 @@ Exit status: 0, 1 if an energy increases between samples, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
              f"cache {default_cache_dir()}), then simulating {args.t_end:g} ms ({n_steps} steps) ...")
     t0 = time.perf_counter()
     tr = run_brian2(net, q, args.t_end, args.dt, target=target, scheme=args.scheme,
-                    record_every=args.record_every, input_mode=mode)
+                    record_every=args.record_every, input_mode=mode, progress=sys.stderr.isatty())
     t1 = time.perf_counter()
     note("scipy: the same network with solve_ivp (rtol 1e-10) on brian2's sample times, then on to "
          "its fixed point ...")

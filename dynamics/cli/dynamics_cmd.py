@@ -14,6 +14,7 @@ Exit status: 0, 1 if the energy check fails, 2 on bad input or an integration th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         traj = integrate(net, Q, args.t_end, method=args.method, adiabatic=args.adiabatic,
-                         input_mode=mode, max_nfev=args.max_nfev)
+                         input_mode=mode, max_nfev=args.max_nfev, progress=sys.stderr.isatty())
     except RuntimeError as err:
         return fail("dynamics", f"integration failed: {err}")
     per_query = traj.params.get("nfev_per_query")

@@ -310,3 +310,38 @@ def test_rows_within_is_the_fixed_point_test(digits20, kernels):
     assert not dopri.rows_within(dY, Y, base, slope, kernels=kernels)[1]
     with pytest.raises(ValueError, match="kernels must be one of"):
         dopri.rows_within(dY, Y, base, slope, kernels="gpu")
+
+
+def test_progress_reports_simulated_time_and_running_rows():
+    """progress(t, n) after every step: t the earliest running row's time, never decreasing; n
+    the rows still running, falling as rows stop (a row is at rest once |Y| < 1e-3, at
+    t = log(1000) / k, reached after a different number of steps per row); the last call is
+    (t_end, 0). Reporting changes nothing in the solution."""
+    calls = []
+    Y0 = np.ones((4, 2))
+    at_rest = lambda Y, dY, rows: np.abs(Y).max(1) < 1e-3
+    sol = solve_batched(decay, Y0, 20.0, t_eval=np.linspace(0, 20, 5), at_rest=at_rest,
+                        progress=lambda t, n: calls.append((t, n)))
+    ts, ns = np.array([c[0] for c in calls]), np.array([c[1] for c in calls])
+    assert np.all(np.diff(ts) >= 0) and np.all(np.diff(ns) <= 0) and calls[-1] == (20.0, 0)
+    assert ns[0] == 4 and len(set(ns)) >= 3 and sol.at_fixed_point.all()
+    # every report's t is at most the stop time of each row still running after it
+    assert max(t for t, n in calls if n == 4) <= sol.t_final.min() + 1e-12
+    plain = solve_batched(decay, Y0, 20.0, t_eval=np.linspace(0, 20, 5), at_rest=at_rest)
+    assert np.array_equal(sol.y, plain.y) and np.array_equal(sol.t_final, plain.t_final)
+
+
+@pytest.mark.parametrize("method", ["RK45-batched", "RK45"])
+def test_integrate_progress_option(digits20, method, capsys):
+    """integrate(progress=callable) sees times in [0, t_end]; progress=True draws a bar on stderr
+    in simulated time; the trajectory is the one without progress."""
+    net = Network(digits20, "dot", L_h=L.log_sum_exp(1.0), tau_v=2.5, tau_h=0.3)
+    Q = digits20[:3] + 0.05
+    seen = []
+    tr = integrate(net, Q, 5.0, method=method, progress=lambda t, n: seen.append((float(t), n)))
+    assert seen and all(0.0 <= t <= 5.0 for t, _ in seen) and max(t for t, _ in seen) == tr.t[-1]
+    bar = integrate(net, Q, 5.0, method=method, progress=True)
+    err = capsys.readouterr().err
+    assert "integrating" in err and "of 5" in err
+    plain = integrate(net, Q, 5.0, method=method)
+    assert np.array_equal(tr.v, plain.v) and np.array_equal(bar.v, plain.v)

@@ -432,3 +432,15 @@ def test_auto_dt_bad_arguments(kw, exc, match):
     net, Q = _net("dot-softmax")
     with pytest.raises(exc, match=match):
         run_brian2(net, Q, **dict(dict(t_end=1.0, target="numpy"), **kw))
+
+
+def test_progress_reports_simulated_time_on_stderr(capfd):
+    """run_brian2(progress=True) passes report='stderr' to brian2, which prints the simulated time
+    reached ("... s (100%) simulated ..."); without it nothing is printed, and the run is the same."""
+    net, Q = _net("dot-softmax")
+    quiet = run_brian2(net, Q[0], t_end=0.5, dt=0.05, target="numpy")
+    assert "simulated" not in capfd.readouterr().err
+    loud = run_brian2(net, Q[0], t_end=0.5, dt=0.05, target="numpy", progress=True)
+    err = capfd.readouterr().err
+    assert "simulated" in err and "100%" in err
+    assert np.array_equal(quiet.v, loud.v) and np.array_equal(quiet.h, loud.h)
