@@ -56,12 +56,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: module -> the test files that check it (globs of this repository's own tests, relative to the root)
 TESTS = {
+    # the array-API tests exercise the spec-only branches of these modules (a mutant there is
+    # killed only by them); test_kernels.py the L1/Lp path numpy similarities now run on
     "models/similarity.py": ["tests/models/test_similarity.py", "tests/models/test_memory.py",
+                             "tests/models/test_kernels.py", "tests/models/test_array_api.py",
                              "tests/models/test_mutants_*.py"],
     "models/separation.py": ["tests/models/test_separation.py", "tests/models/test_memory.py",
-                             "tests/models/test_mutants_*.py"],
+                             "tests/models/test_array_api.py", "tests/models/test_mutants_*.py"],
     "models/memory.py": ["tests/models/test_memory.py", "tests/models/test_named_models.py",
-                         "tests/models/test_mutants_*.py"],
+                         "tests/models/test_array_api.py", "tests/models/test_mutants_*.py"],
     "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/test_energy.py",
                                 "tests/dynamics/test_mutants_*.py"],
     "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/test_energy.py",
