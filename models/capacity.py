@@ -23,7 +23,6 @@ import glob
 import json
 import math
 import os
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, fields, replace
@@ -32,6 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ._atomic import atomic_path
 from ._validate import int_param
 
 #: revision of the protocol implemented by :func:`evaluate`; part of every key, so rows measured
@@ -692,31 +692,15 @@ def _clean_tmp(path: Path, stale_seconds: float = STALE_TMP_SECONDS) -> list[Pat
     return removed
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _replace_file(lines: Sequence[str], path: Path) -> None:
-    """Write lines atomically: ``.<name>.<pid>.<random>.tmp`` in the same folder, fsync,
-    os.replace. Callers hold the store's lock."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                               dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    """Write lines atomically (:func:`models._atomic.atomic_path`): ``.<name>.<pid>.<random>.tmp``
+    in the same folder, fsync, os.replace. Callers hold the store's lock."""
+    with atomic_path(path, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp") as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_results(rows: Sequence[dict], path) -> None:
