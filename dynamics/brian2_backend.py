@@ -381,16 +381,21 @@ c : 1 (constant)
     if shift is not None:
         memory.c = np.repeat(shift, N)
 
+    return _assemble(b2, objs, feature, memory, normaliser, rec_dt, B=B, dt=float(dt),
+                     record_every=record_every, scheme=scheme, shift=shift, normalised=normalised,
+                     info={"method": method, "I": np.array(Iext)})
+
+
+def _assemble(b2, objs, feature, memory, normaliser, rec_dt, **fields) -> Brian2Model:
+    """The model: start-of-step monitors of v and h every rec_dt, and the brian2 Network of all
+    objects (fixed names, so the cython cache is hit by later runs of any shape)."""
     monitors = {"v": b2.StateMonitor(feature, "v", record=True, dt=rec_dt, when="start",
                                      name="uhn_monitor_v"),
                 "h": b2.StateMonitor(memory, "h", record=True, dt=rec_dt, when="start",
                                      name="uhn_monitor_h")}
-    objs += list(monitors.values())
-    network = b2.Network(*objs, name="uhn_network")
+    network = b2.Network(*objs, *monitors.values(), name="uhn_network")
     return Brian2Model(network=network, feature=feature, memory=memory, normaliser=normaliser,
-                       monitors=monitors, B=B, dt=float(dt), record_every=record_every,
-                       scheme=scheme, shift=shift, normalised=normalised,
-                       info={"method": method, "I": np.array(Iext)})
+                       monitors=monitors, **fields)
 
 
 def _connect_blocks(b2, pre, post, n_pre, n_post, B, eqs, name, params, clock, weights=None):
@@ -512,16 +517,10 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
         memory.k0 = np.tile(spec.k0, B)
     if shift is not None:
         memory.c = np.repeat(shift, N)
-    monitors = {"v": b2.StateMonitor(feature, "v", record=True, dt=rec_dt, when="start",
-                                     name="uhn_monitor_v"),
-                "h": b2.StateMonitor(memory, "h", record=True, dt=rec_dt, when="start",
-                                     name="uhn_monitor_h")}
-    objs += list(monitors.values())
-    return Brian2Model(network=b2.Network(*objs, name="uhn_network"), feature=feature,
-                       memory=memory, normaliser=a2, monitors=monitors, B=B, dt=float(dt),
-                       record_every=record_every, scheme="leapfrog", shift=shift,
-                       normalised=normalised,
-                       info={"method": "exact", "I": np.array(Iext), "midpoint": "extrapolated"})
+    return _assemble(b2, objs, feature, memory, a2, rec_dt, B=B, dt=float(dt),
+                     record_every=record_every, scheme="leapfrog", shift=shift,
+                     normalised=normalised,
+                     info={"method": "exact", "I": np.array(Iext), "midpoint": "extrapolated"})
 
 
 @contextmanager
