@@ -120,6 +120,18 @@ def plot_capacity(rows: Sequence[dict], experiment: str, ax=None, title: Optiona
 FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
+def figure_path(path) -> Path:
+    """``path`` with .png added when it has no suffix; ValueError naming the path if its suffix is
+    not one of :data:`FIGURE_FORMATS` (callers check this before long work, not after it)."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix[1:].lower() not in FIGURE_FORMATS:
+        raise ValueError(f"cannot write a figure to {str(path)!r}: unknown image suffix "
+                         f"{path.suffix!r}; use one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
+    return path
+
+
 def save_figure(fig, path, pdf: bool = False, dpi: int = 120) -> list[Path]:
     """Write fig in the format its suffix names (PNG when there is none; and a PDF beside it when
     ``pdf``) atomically; return the paths written.
@@ -128,13 +140,8 @@ def save_figure(fig, path, pdf: bool = False, dpi: int = 120) -> list[Path]:
     os.replace, so a reader never sees a half-written image. A suffix that is not one of
     :data:`FIGURE_FORMATS` is refused (ValueError) rather than written with the wrong bytes.
     """
-    path = Path(path)
-    if not path.suffix:
-        path = path.with_suffix(".png")
+    path = figure_path(path)
     fmt = path.suffix[1:].lower()
-    if fmt not in FIGURE_FORMATS:
-        raise ValueError(f"cannot write a figure to {str(path)!r}: unknown image suffix "
-                         f"{path.suffix!r}; use one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     targets = [(path, "jpeg" if fmt == "jpg" else fmt)]
     if pdf and fmt != "pdf":

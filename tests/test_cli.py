@@ -58,6 +58,11 @@ def test_version_and_help_with_defaults(capsys):
     (["demo", "--n-memories", "0"], "argument --n-memories: expected a positive integer, got '0'"),
     (["demo", "--level", "nan"], "argument --level: expected a finite number >= 0, got 'nan'"),
     (["demo", "--out", "picture.jpg"], "--out must name a .png file, got 'picture.jpg'"),
+    (["demo", "--threshold", "-1"], "argument --threshold: expected a finite number >= 0, got '-1'"),
+    (["capacity", "--experiment", "noise", "--figure", "curve.jpgg"],
+     "unknown image suffix '.jpgg'"),     # refused before the sweep, not after it
+    (["capacity", "--experiment", "similarity_vs_n", "--n-memories", "5000", "--blocks", "3"],
+     "n_memories [5000] do not fit"),
     (["dynamics", "--similarity", "foo"], "unknown similarity 'foo'"),
     (["dynamics", "--beta", "inf"], "argument --beta: expected a finite number, got 'inf'"),
     (["dynamics", "--t-end", "-1"], "argument --t-end: expected a positive finite number, got '-1'"),

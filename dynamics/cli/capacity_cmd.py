@@ -74,11 +74,13 @@ def register(sub) -> None:
                    help="probe of the N / threshold sweeps (default: the experiment's)")
     p.add_argument("--level", type=finite_float, default=None, help="level of --corruption")
     p.add_argument("--threshold", type=finite_float, default=None, help="correctness threshold (default 50)")
-    p.add_argument("--threshold-scaling", choices=THRESHOLD_SCALINGS, default=None)
+    p.add_argument("--threshold-scaling", choices=THRESHOLD_SCALINGS, default=None,
+                   help="how the threshold scales with the image size (default per_value)")
     p.add_argument("--convention", choices=("standard", "paper_code"), default=None,
                    help="similarity convention (default: the experiment's; separation_vs_n and "
                         "hetero default to paper_code)")
-    p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=None,
+                   help="seed of the dataset shuffle and the corruptions (default 0)")
     p.add_argument("--quick", action="store_true",
                    help=f"small grids for a smoke run ({QUICK['blocks']} blocks, N in "
                         f"{QUICK['n_memories']}, 3 levels)")
@@ -230,6 +232,12 @@ def run_cmd(args) -> int:
     names = list(EXPERIMENTS) if args.all else list(dict.fromkeys(args.experiment))
     if args.figure is not None and len(names) > 1:
         return fail("capacity", "--figure takes one experiment; use --figures-dir for several")
+    if args.figure is not None:
+        from models.plotting import figure_path
+        try:
+            figure_path(args.figure)        # a bad suffix is refused now, not after the sweep
+        except ValueError as err:
+            return fail("capacity", str(err))
     overrides = dict(dataset=args.dataset, blocks=args.blocks, n_memories=args.n_memories,
                      levels=args.levels, thresholds=args.thresholds,
                      similarities=args.similarities, corruption=args.corruption, level=args.level,

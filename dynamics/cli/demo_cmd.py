@@ -20,7 +20,7 @@ FORMATS = (".png",)
 
 
 def register(sub) -> None:
-    from . import finite_float, nonnegative_float, nonnegative_int, positive_int
+    from . import nonnegative_float, nonnegative_int, positive_int
     p = sub.add_parser("demo", help="retrieve corrupted MNIST digits with every similarity; write a picture",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="mnist", help="models.data dataset: mnist, digits, natural or lfw")
@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--corruption", default="gaussian", help="models.corruption kind of the queries")
     p.add_argument("--level", type=nonnegative_float, default=0.5, help="corruption level")
     p.add_argument("--separation", default="max", help="any separation name with default parameters")
-    p.add_argument("--threshold", type=finite_float, default=50.0,
+    p.add_argument("--threshold", type=nonnegative_float, default=50.0,
                    help="squared-error criterion on 784 pixels (scaled by D / 784)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="dataset subset and corruption seed")
     p.add_argument("--out", type=Path, default=Path("figures") / "demo_retrieval.png",
