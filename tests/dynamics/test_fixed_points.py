@@ -21,9 +21,18 @@ def test_analytic_jacobian_matches_fd(lv, digits):
     net = Network(digits, "dot", L_v=lv, L_h=L.log_sum_exp(2.0), tau_h=0.3)
     rng = np.random.default_rng(0)
     v, h = rng.uniform(0, 1, 64), rng.standard_normal(20)
-    Ja, Jf = jacobian(net, v, h, method="analytic"), jacobian(net, v, h, method="fd")
+    eps = 1e-6
+    Ja, Jf = jacobian(net, v, h, method="analytic"), jacobian(net, v, h, eps=eps, method="fd")
     assert Ja.shape == (84, 84)
-    np.testing.assert_allclose(Ja, Jf, atol=1e-7 * np.abs(Ja).max())
+    # central difference: truncation ~ |Jf(eps) - Jf(2 eps)| / 3 (Richardson, O(eps^2)), round-off
+    # ~ a few ulps of the right-hand side's terms (|f| |M| + |v| for v, |S| + |h| for h) over the step
+    Jf2 = jacobian(net, v, h, eps=2 * eps, method="fd")
+    g, f = net.L_v.grad(v[None]), net.L_h.grad(h[None])
+    terms = max((np.abs(f) @ np.abs(net.M)).max() + np.abs(v).max(),
+                np.abs(net.similarity(g)).max() + np.abs(h).max())
+    step = eps * max(1.0, np.abs(np.concatenate([v, h])).max())
+    roundoff = 8 * np.finfo(float).eps * terms / step
+    assert np.all(np.abs(Ja - Jf) <= 2 * (np.abs(Jf - Jf2) / 3 + roundoff))
 
 
 def test_fd_jacobian_matches_directional_derivative():
@@ -32,11 +41,23 @@ def test_fd_jacobian_matches_directional_derivative():
     rng = np.random.default_rng(1)
     v, h, u = rng.uniform(0, 1, 6), rng.standard_normal(5), rng.standard_normal(11)
     J = jacobian(net, v, h)
-    eps = 1e-6
-    p = net.rhs((v + eps * u[:6])[None], (h + eps * u[6:])[None])
-    m = net.rhs((v - eps * u[:6])[None], (h - eps * u[6:])[None])
-    fd = np.concatenate([(p[0] - m[0])[0], (p[1] - m[1])[0]]) / (2 * eps)
-    np.testing.assert_allclose(J @ u, fd, rtol=1e-5, atol=1e-8)
+
+    def directional(eps):
+        p = net.rhs((v + eps * u[:6])[None], (h + eps * u[6:])[None])
+        m = net.rhs((v - eps * u[:6])[None], (h - eps * u[6:])[None])
+        return np.concatenate([(p[0] - m[0])[0], (p[1] - m[1])[0]]) / (2 * eps)
+
+    # both are central differences (J's columns at steps 1e-6 max(1, |x_j|), the directional one
+    # at 1e-5 along u): each carries truncation O(eps^2) (Richardson estimate from a doubled step)
+    # and round-off ~ ulps of the RHS terms over its step; J @ u sums 11 columns' errors
+    eps = 1e-5
+    fd, fd2 = directional(eps), directional(2 * eps)
+    J2 = jacobian(net, v, h, eps=2e-6)
+    terms = np.abs(np.concatenate(net.rhs(v[None], h[None]), axis=1)).max() + np.abs(np.r_[v, h]).max()
+    u_abs = np.abs(u)
+    roundoff = 8 * np.finfo(float).eps * terms * (1 / eps + u_abs.sum() / 1e-6)
+    truncation = np.abs(fd - fd2) / 3 + np.abs(J - J2) @ u_abs / 3
+    assert np.all(np.abs(J @ u - fd) <= 2 * (truncation + roundoff))
 
 
 def test_retrieved_fixed_point_is_stable(digits):
