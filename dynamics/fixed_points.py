@@ -140,6 +140,18 @@ def stability(net: Network, v, h=None, I=None, *, adiabatic: bool = False, tol: 
     return Stability(eigenvalues=lam, max_real=mr, stable=mr < -tol, tol=tol, residual=res)
 
 
+def distance_bound(net: Network, v, h, I=None, method: str = "auto") -> float:
+    """Linearised distance of the state y = (v, h) from the exact fixed point y* near it:
+    y - y* = J^{-1} ydot + O(|ydot|^2), so |y - y*|_2 <= |ydot|_2 / sigma_min(J), J the Jacobian
+    at y. An integrator stops where |ydot| is below its threshold, not at 0: this is how far its
+    final state may lie from the fixed point (to first order)."""
+    v, h = _one_state(net, v, h)
+    I_row = _I_row(net, I)
+    ydot = np.concatenate(net.rhs(v[None], h[None], None if I_row is None else I_row[None]), axis=1)[0]
+    sigma_min = np.linalg.svd(jacobian(net, v, h, I, method=method), compute_uv=False)[-1]
+    return float(np.linalg.norm(ydot) / sigma_min)
+
+
 # ---------------------------------------------------------------------------------- comparison
 def nearest(M, X):
     """Index of the nearest memory of each row of X (B, D) among the rows of M (N, D):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from dynamics import lagrangians as L
-from dynamics.fixed_points import compare, compare_table, format_table, jacobian, stability
+from dynamics.fixed_points import (compare, compare_table, distance_bound, format_table, jacobian,
+                                   stability)
 from dynamics.integrate import integrate
 from dynamics.network import Network
 from models.data import load_dataset
@@ -189,3 +190,19 @@ def test_compare_errors(digits):
         compare(B, np.arange(2), B[:2], "hamming", "softmax")
     with pytest.raises(L.NonConvexLagrangianError, match="has no energy"):
         compare(digits, np.arange(2), digits[:2], "dot", "threshold")
+
+
+def test_distance_bound_of_a_perturbed_fixed_point():
+    """A state a known small offset d from an accurate fixed point: ydot = J d + O(|d|^2), so
+    distance_bound = |J d| / sigma_min(J) lies between |d| (it is an upper bound of the true
+    distance) and cond(J) |d|, up to O(|d|^2); at the fixed point itself it is ~0."""
+    M = np.random.default_rng(0).uniform(0, 0.5, (4, 6))
+    net = Network(M, "dot", L_h=L.log_sum_exp(2.0), tau_v=2.5, tau_h=0.3)
+    tr = integrate(net, M[:1] + 0.05, 200.0, rtol=1e-12, atol=1e-14, fixed_point_tol=1e-13)
+    v, h = tr.v_final[0], tr.h_final[0]
+    at_fp = distance_bound(net, v, h)
+    d = 1e-6 * np.random.default_rng(1).standard_normal(net.D + net.N)
+    off = distance_bound(net, v + d[:net.D], h + d[net.D:])
+    assert at_fp < 1e-3 * np.linalg.norm(d)
+    cond = np.linalg.cond(jacobian(net, v, h))
+    assert 0.999 * np.linalg.norm(d) <= off <= 1.001 * cond * np.linalg.norm(d)
