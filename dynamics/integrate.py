@@ -30,7 +30,9 @@ from .network import Network, require_count, require_positive
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 BATCHED = "RK45-batched"
-METHODS = SCIPY_METHODS + (BATCHED,)
+#: the exact reduced solver of dynamics.reduced (dot similarity, quadratic L_v)
+REDUCED = "reduced"
+METHODS = SCIPY_METHODS + (BATCHED, REDUCED)
 NOISE_FACTOR = 30.0
 #: most nonzeros of the block-diagonal Jacobian sparsity that Radau / BDF may be given: B blocks of
 #: width^2 (width = D + N, or D when adiabatic). The pattern alone costs 12 bytes per nonzero
@@ -147,6 +149,25 @@ def _stall_message(net: Network, t, t_end, reason):
             f"(eps > 0), a stiff method (Radau/BDF) or raise max_nfev")
 
 
+def check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor, input_mode, max_step,
+                    max_nfev):
+    """The checks every integrator makes of its common arguments; returns (t_end, max_step,
+    max_nfev) as numbers, or raises an error naming the bad one."""
+    t_end = require_positive(t_end, "t_end", "time")
+    max_step = require_positive(max_step, "max_step", "step size (np.inf for no limit)", finite=False)
+    max_nfev = require_count(max_nfev, "max_nfev")
+    if input_mode not in ("initial", "clamped"):
+        raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
+    if not (np.isfinite(rtol) and np.isfinite(atol) and rtol > 0 and atol >= 0):
+        raise ValueError(f"tolerances must be finite with rtol > 0 and atol >= 0, got rtol={rtol}, "
+                         f"atol={atol}")
+    if not (fixed_point_tol >= 0 and noise_factor >= 0 and fixed_point_tol + noise_factor * atol > 0):
+        raise ValueError(f"the fixed-point test needs fixed_point_tol >= 0 and noise_factor >= 0, "
+                         f"not both giving a zero threshold (got fixed_point_tol={fixed_point_tol}, "
+                         f"noise_factor={noise_factor}, atol={atol})")
+    return t_end, max_step, max_nfev
+
+
 def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rtol: float = 1e-8,
               atol: float = 1e-10, t_eval=None, n_samples: int = 101,
               stop_at_fixed_point: bool = True, fixed_point_tol: float = 1e-8,
@@ -163,7 +184,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     t_end : integrate over [0, t_end] unless every query converges first.
     method : any solve_ivp method (Radau / BDF, for tau_h << tau_v, get the block-diagonal
         Jacobian sparsity of the batch), or "RK45-batched": Dormand-Prince with a step size per
-        query, each query stopping at its own fixed point (dynamics.dopri; much faster for B > 1).
+        query, each query stopping at its own fixed point (dynamics.dopri; much faster for B > 1),
+        or "reduced": the exact reduced solver for dot similarity with quadratic L_v
+        (:func:`dynamics.reduced.integrate_reduced`, N x N products instead of N x D).
     t_eval : sample times; default ``n_samples`` (>= 2) evenly spaced over [0, t_end], cut where the last
         query stops. With "RK45-batched", a query that stopped earlier holds its final state.
     stop_at_fixed_point : stop at a fixed point (solve_ivp: once every query is at one;
@@ -194,18 +217,19 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    t_end = require_positive(t_end, "t_end", "time")
-    max_step = require_positive(max_step, "max_step", "step size (np.inf for no limit)", finite=False)
-    max_nfev = require_count(max_nfev, "max_nfev")
-    if input_mode not in ("initial", "clamped"):
-        raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
-    if not (np.isfinite(rtol) and np.isfinite(atol) and rtol > 0 and atol >= 0):
-        raise ValueError(f"tolerances must be finite with rtol > 0 and atol >= 0, got rtol={rtol}, "
-                         f"atol={atol}")
-    if not (fixed_point_tol >= 0 and noise_factor >= 0 and fixed_point_tol + noise_factor * atol > 0):
-        raise ValueError(f"the fixed-point test needs fixed_point_tol >= 0 and noise_factor >= 0, "
-                         f"not both giving a zero threshold (got fixed_point_tol={fixed_point_tol}, "
-                         f"noise_factor={noise_factor}, atol={atol})")
+    if method == REDUCED:
+        if keep != "all":
+            raise ValueError(f"method='reduced' keeps every sample (it rebuilds v from them); "
+                             f"got keep={keep!r}, use keep='all'")
+        from .reduced import integrate_reduced
+        with _time_bar(progress, t_end, len(np.atleast_2d(Q))) as report:
+            return integrate_reduced(net, Q, t_end, rtol=rtol, atol=atol, t_eval=t_eval,
+                                     n_samples=n_samples, stop_at_fixed_point=stop_at_fixed_point,
+                                     fixed_point_tol=fixed_point_tol, noise_factor=noise_factor,
+                                     adiabatic=adiabatic, input_mode=input_mode, h0=h0,
+                                     max_step=max_step, max_nfev=max_nfev, progress=report)
+    t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
+                                                input_mode, max_step, max_nfev)
     keep_every = _keep_every(keep)
     if blas_threads is not None:
         blas_threads = require_count(blas_threads, "blas_threads")

@@ -68,9 +68,10 @@ from __future__ import annotations
 import numpy as np
 
 from .dopri import solve_batched
-from .integrate import NOISE_FACTOR, Trajectory, _stall_message, rest_ratio, sample_times
+from .integrate import (NOISE_FACTOR, Trajectory, _stall_message, check_arguments, rest_ratio,
+                        sample_times)
 from .lagrangians import Quadratic
-from .network import Network, require_count, require_positive
+from .network import Network
 
 METHOD = "reduced"
 
@@ -233,7 +234,7 @@ def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-
                       stop_at_fixed_point: bool = True, fixed_point_tol: float = 1e-8,
                       noise_factor: float = NOISE_FACTOR, adiabatic: bool = False,
                       input_mode: str = "initial", h0=None, max_step: float = np.inf,
-                      max_nfev: int = 100_000, I=None) -> Trajectory:
+                      max_nfev: int = 100_000, I=None, progress=None) -> Trajectory:
     """Integrate tau_v dv/dt = M^T f(h) - v + I, tau_h dh/dt = M v - h (dot similarity, g = v)
     through the reduced state v = c(t) + M^T a (module docstring), each query with its own step
     size and stopping at its own fixed point.
@@ -243,20 +244,11 @@ def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-
     replaces the one ``input_mode`` would choose. Returns the same :class:`Trajectory` as
     ``integrate(method="RK45-batched")`` with ``method="reduced"``.
     Refuses (ValueError) a network that is not dot similarity with quadratic L_v, and a
-    time-varying (callable) input.
+    time-varying (callable) input. ``progress(t, n)``: as for :func:`dynamics.dopri.solve_batched`.
     """
     check_reducible(net)
-    t_end = require_positive(t_end, "t_end", "time")
-    max_step = require_positive(max_step, "max_step", "step size (np.inf for no limit)", finite=False)
-    max_nfev = require_count(max_nfev, "max_nfev")
-    if input_mode not in ("initial", "clamped"):
-        raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
-    if not (rtol > 0 and atol >= 0):
-        raise ValueError(f"tolerances must be rtol > 0 and atol >= 0, got rtol={rtol}, atol={atol}")
-    if not (fixed_point_tol >= 0 and noise_factor >= 0 and fixed_point_tol + noise_factor * atol > 0):
-        raise ValueError(f"the fixed-point test needs fixed_point_tol >= 0 and noise_factor >= 0, "
-                         f"not both giving a zero threshold (got fixed_point_tol={fixed_point_tol}, "
-                         f"noise_factor={noise_factor}, atol={atol})")
+    t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
+                                                input_mode, max_step, max_nfev)
     v0, h0 = net.initial_state(Q, h0)
     B = len(v0)
     I = _input_current(net, v0, input_mode, I)
@@ -271,7 +263,8 @@ def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-
         try:
             sol = solve_batched(red.F, red.initial_rows(h0), t_end, t_eval=t_eval, rtol=rtol,
                                 atol=atol, max_step=max_step, max_nfev=max_nfev, on_stall=stall,
-                                at_rest=None if tol is None else red.rest_test(tol, noise_factor, rtol, atol))
+                                at_rest=None if tol is None else red.rest_test(tol, noise_factor, rtol, atol),
+                                progress=progress)
         except FloatingPointError as err:
             raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
                                      f"the state left the range this network can represent") from None

@@ -320,3 +320,24 @@ def test_refuses_bad_arguments(kwargs, exc, match):
     net = Network(M, "dot", L_h=L.log_sum_exp(1.0))
     with pytest.raises(exc, match=match):
         integrate_reduced(net, queries(M), **kwargs)
+
+
+def test_integrate_method_reduced_is_integrate_reduced():
+    """integrate(net, Q, method="reduced") dispatches to the exact reduced solver: the same
+    trajectory bit for bit, and the same refusals (a network it cannot reduce, a keep option it
+    does not offer, a NaN tolerance)."""
+    M = np.random.default_rng(0).uniform(0, 0.5, (4, 6))
+    net = Network(M, "dot", L_h=L.log_sum_exp(2.0), tau_v=2.5, tau_h=0.3)
+    Q = M[:2] + 0.05
+    a = integrate(net, Q, 20.0, method="reduced")
+    b = integrate_reduced(net, Q, 20.0)
+    assert a.method == "reduced" and np.array_equal(a.v, b.v) and np.array_equal(a.h, b.h)
+    with pytest.raises(ValueError, match="keeps every sample"):
+        integrate(net, Q, 20.0, method="reduced", keep="ends")
+    seen = []
+    c = integrate(net, Q, 20.0, method="reduced", progress=lambda t, n: seen.append((t, n)))
+    assert np.array_equal(c.v, a.v) and seen[-1] == (20.0, 0)
+    with pytest.raises(ValueError, match="tolerances must be finite"):
+        integrate(net, Q, 20.0, method="reduced", rtol=np.nan)
+    with pytest.raises(ValueError):
+        integrate(Network(M, "squared_euclidean"), Q, 20.0, method="reduced")
