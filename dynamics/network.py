@@ -92,6 +92,14 @@ class Network:
                              f"{', '.join(differentiable_names())}")
         if self.sim.binary_only:
             raise ValueError(f"similarity {self.sim.name!r} needs binary states; the dynamics are continuous")
+        if self.sim.prepare is not None:
+            # per-memory work (normalised rows, logarithms) done once instead of in every RHS
+            # call, on a private read-only copy of the memories (models.similarity.Similarity.bind)
+            autoassociative = self.P is self.M
+            self.M = np.array(self.M, copy=True)
+            self.M.flags.writeable = False
+            self.P = self.M if autoassociative else self.P
+            self.sim = self.sim.bind(self.M)
         self.L_v = quadratic() if L_v is None else L_v
         self.L_h = LogSumExp(1.0) if L_h is None else L_h
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):

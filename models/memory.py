@@ -53,6 +53,16 @@ class IterationResult:
     converged: Any   #: (B,) bool, True where the state reached a fixed point
 
 
+def _private(M, xp, P=None):
+    """(M, P) with M a read-only copy (numpy; other libraries copy only); P follows M when it is
+    M (autoassociative)."""
+    same = P is M
+    M = xp.asarray(M, copy=True) if not is_numpy_namespace(xp) else np.array(M, copy=True)
+    if is_numpy_namespace(xp):
+        M.flags.writeable = False
+    return M, (M if same else P)
+
+
 class Memory:
     """Universal Hopfield network z = P^T sep(sim(M, q)) (Millidge et al. 2022, eq. 1).
 
@@ -98,6 +108,11 @@ class Memory:
         self.separation = get_separation(separation)
         self.similarity.namespace(self.M)   # numpy-only similarities / separations refuse other
         self.separation.namespace(self.M)   # namespaces here, not at the first query
+        if self.similarity.prepare is not None:
+            # per-memory work (normalised rows, logarithms) done once, on a private read-only
+            # copy, so changing the caller's array later cannot leave it stale
+            self.M, self.P = _private(self.M, xp, self.P)
+            self.similarity = self.similarity.bind(self.M, xp)
         if isinstance(output, str):
             if output not in OUTPUTS:
                 raise ValueError(f"unknown output {output!r}; choose one of {sorted(OUTPUTS)} or a callable")

@@ -23,7 +23,7 @@ Two conventions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -55,6 +55,9 @@ class Similarity:
         found from the inputs when omitted) and compute in any array-API namespace (numpy, torch,
         CuPy, ...; see models/_array_api.py). False (paper_code similarities, custom ones): numpy
         arrays only, and other namespaces are refused with a TypeError.
+    prepare : ``prepare(M, xp) -> memo`` for similarities whose score redoes per-memory work on
+        every call (normalised rows, their logarithms, norms); ``score`` and ``vjp`` then take a
+        ``prep=memo`` keyword. :meth:`bind` uses it.
     """
 
     name: str
@@ -65,10 +68,31 @@ class Similarity:
     nonnegative_only: bool = False
     params: dict = field(default_factory=dict)
     array_api: bool = False
+    prepare: Optional[Callable[..., Any]] = None
 
     @property
     def differentiable(self) -> bool:
         return self.vjp is not None
+
+    def bind(self, M, xp=None) -> "Similarity":
+        """This similarity with its per-memory quantities computed once for the memories ``M``:
+        called with that same array object, score and vjp reuse them (one query against N = 5000
+        memories then costs about one GEMV, as dot does); called with any other array they use
+        the general formula. ``M`` must not change in place afterwards (Memory and Network keep a
+        read-only copy). Similarities without per-memory work are returned as they are."""
+        if self.prepare is None:
+            return self
+        memo = self.prepare(M, self.namespace(M) if xp is None else xp)
+        score, vjp = self.score, self.vjp
+
+        def bound_score(M_, Q, xp=None):
+            return score(M_, Q, xp=xp, prep=memo if M_ is M else None)
+
+        def bound_vjp(M_, G, F, xp=None):
+            return vjp(M_, G, F, xp=xp, prep=memo if M_ is M else None)
+
+        return replace(self, score=bound_score, vjp=None if vjp is None else bound_vjp,
+                       prepare=None)
 
     def namespace(self, *arrays, names=("memories", "queries")):
         """The array namespace of the inputs; TypeError for a mix of libraries, or for a non-numpy
@@ -201,17 +225,24 @@ def _overflow_safe(raw, M, Q, eps, name, xp):
     return S
 
 
-def _sq_dist(M, Q, xp):
-    """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off.
+def _row_sq_norms(A, xp):
+    """|A_i|^2 per row, (n,)."""
+    return np.einsum("ij,ij->i", A, A) if is_numpy_namespace(xp) else xp.sum(A * A, axis=1)
+
+
+def _sq_dist(M, Q, xp, m2=None):
+    """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off; ``m2`` = the
+    memories' |M_mu|^2 when already at hand (:meth:`Similarity.bind`).
 
     numpy: built in place in the GEMM's output, one (B, N) array, no temporaries of that size."""
+    m2 = _row_sq_norms(M, xp) if m2 is None else m2
     if not is_numpy_namespace(xp):
-        d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * (Q @ M.T)) + xp.sum(M * M, axis=1)[None, :]
+        d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * (Q @ M.T)) + m2[None, :]
         return xp.clip(d2, min=0.0)
     d2 = Q @ M.T
     d2 *= -2.0
     d2 += np.einsum("ij,ij->i", Q, Q)[:, None]
-    d2 += np.einsum("ij,ij->i", M, M)[None, :]
+    d2 += m2[None, :]
     return np.maximum(d2, 0.0, out=d2)
 
 
@@ -263,32 +294,36 @@ def _unit_rows(A, name, xp):
 def _cosine():
     """S_mu = M_mu . q / (|M_mu| |q|);  dS_mu/dg = M^_mu/|g| - S_mu g/|g|^2."""
 
-    def score(M, Q, xp=None):
-        xp = _xp(xp, M, Q)
-        return _unit_rows(Q, "queries", xp)[0] @ _unit_rows(M, "memories", xp)[0].T
+    def prepare(M, xp):
+        return _unit_rows(M, "memories", xp)[0]
 
-    def vjp(M, G, F, xp=None):
+    def score(M, Q, xp=None, prep=None):
+        xp = _xp(xp, M, Q)
+        Mh = prepare(M, xp) if prep is None else prep
+        return _unit_rows(Q, "queries", xp)[0] @ Mh.T
+
+    def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
-        Mh, _ = _unit_rows(M, "memories", xp)
+        Mh = prepare(M, xp) if prep is None else prep
         Gh, gn = _unit_rows(G, "states", xp)
         S = Gh @ Mh.T
         return (F @ Mh) / gn - xp.sum(F * S, axis=1, keepdims=True) * Gh / gn
 
-    return _standard("cosine", score, vjp)
+    return _standard("cosine", score, vjp, prepare=prepare)
 
 
 def _squared_euclidean():
     """S_mu = -|M_mu - q|^2;  dS_mu/dg = 2 (M_mu - g)."""
 
-    def score(M, Q, xp=None):
+    def score(M, Q, xp=None, prep=None):
         xp = _xp(xp, M, Q)
-        return _negate(_sq_dist(M, Q, xp), xp)
+        return _negate(_sq_dist(M, Q, xp, prep), xp)
 
-    def vjp(M, G, F, xp=None):
+    def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
         return 2.0 * (F @ M - xp.sum(F, axis=1, keepdims=True) * G)
 
-    return _standard("squared_euclidean", score, vjp)
+    return _standard("squared_euclidean", score, vjp, prepare=_row_sq_norms)
 
 
 def _euclidean(eps: float = 0.0):
@@ -296,9 +331,10 @@ def _euclidean(eps: float = 0.0):
     dS_mu/dg = (M_mu - g) / sqrt(|M_mu - g|^2 + eps^2), taken as 0 at a memory when eps = 0."""
     eps = real_param(eps, "euclidean smoothing eps", low=0.0)
 
-    def raw_of(xp):
+    def raw_of(xp, M0=None, m2=None):
         def raw(M, Q, e):
-            d = _sq_dist(M, Q, xp)  # fresh (B, N) array: numpy finishes in place
+            # |M_mu|^2 from the memo only for the bound memories themselves (not a rescaled M / s)
+            d = _sq_dist(M, Q, xp, m2 if M is M0 else None)  # fresh (B, N): numpy finishes in place
             if not is_numpy_namespace(xp):
                 return (e - xp.sqrt(d + e * e)) if e else -xp.sqrt(d)
             if e:
@@ -310,13 +346,13 @@ def _euclidean(eps: float = 0.0):
             return d
         return raw
 
-    def score(M, Q, xp=None):
+    def score(M, Q, xp=None, prep=None):
         xp = _xp(xp, M, Q)
-        return _overflow_safe(raw_of(xp), M, Q, eps, "euclidean", xp)
+        return _overflow_safe(raw_of(xp, M, prep), M, Q, eps, "euclidean", xp)
 
-    def vjp(M, G, F, xp=None):
+    def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
-        r = xp.sqrt(_sq_dist(M, G, xp) + eps * eps)
+        r = xp.sqrt(_sq_dist(M, G, xp, prep) + eps * eps)
         if is_numpy_namespace(xp):
             W = np.divide(F, r, out=np.zeros_like(F), where=r > 0)
         else:
@@ -324,7 +360,7 @@ def _euclidean(eps: float = 0.0):
         return W @ M - xp.sum(W, axis=1, keepdims=True) * G
 
     name = "euclidean" if eps == 0 else f"euclidean(eps={eps:g})"
-    return _standard(name, score, vjp, smooth=eps > 0, params={"eps": eps})
+    return _standard(name, score, vjp, smooth=eps > 0, params={"eps": eps}, prepare=_row_sq_norms)
 
 
 def _chunked_pairwise_vjp(M, G, F, elementwise, xp, chunk_bytes=CHUNK_BYTES):
@@ -457,41 +493,51 @@ def _kl(eps: float = KL_EPS):
     """S_mu = -KL(m^ || q^) = sum_i m^_i (log q^_i - log m^_i), x^ = (x + eps)/sum(x + eps);
     dS_mu/dg_j = m^_mu,j/(g_j + eps) - 1/sum(g + eps)."""
 
-    def score(M, Q, xp=None):
-        xp = _xp(xp, M, Q)
+    def prepare(M, xp):
+        """m^ and the negative entropy term sum_i m^_i log m^_i per memory."""
         Mh, _ = _normalise_rows(M, "memories", eps, xp)
-        Qh, _ = _normalise_rows(Q, "queries", eps, xp)
-        return xp.log(Qh) @ Mh.T - xp.sum(Mh * xp.log(Mh), axis=1)[None, :]
+        return Mh, xp.sum(Mh * xp.log(Mh), axis=1)
 
-    def vjp(M, G, F, xp=None):
+    def score(M, Q, xp=None, prep=None):
+        xp = _xp(xp, M, Q)
+        Mh, neg_entropy = prepare(M, xp) if prep is None else prep
+        Qh, _ = _normalise_rows(Q, "queries", eps, xp)
+        return xp.log(Qh) @ Mh.T - neg_entropy[None, :]
+
+    def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
-        Mh, _ = _normalise_rows(M, "memories", eps, xp)
+        Mh = _normalise_rows(M, "memories", eps, xp)[0] if prep is None else prep[0]
         _normalise_rows(G, "states", eps, xp)  # refuses negative rates (use a positive L_v, e.g. softplus)
         Gp = G + eps
         return (F @ Mh) / Gp - xp.sum(F, axis=1, keepdims=True) / xp.sum(Gp, axis=1, keepdims=True)
 
-    return _standard("kl", score, vjp, nonnegative_only=True, params={"eps": eps})
+    return _standard("kl", score, vjp, nonnegative_only=True, params={"eps": eps}, prepare=prepare)
 
 
 def _reverse_kl(eps: float = KL_EPS):
     """S_mu = -KL(q^ || m^) = sum_i q^_i (log m^_i - log q^_i);
     dS_mu/dg_j = (log m^_mu,j - log q^_j - S_mu) / sum(g + eps)."""
 
-    def score(M, Q, xp=None):
-        xp = _xp(xp, M, Q)
-        Mh, _ = _normalise_rows(M, "memories", eps, xp)
-        Qh, _ = _normalise_rows(Q, "queries", eps, xp)
-        return Qh @ xp.log(Mh).T - xp.sum(Qh * xp.log(Qh), axis=1)[:, None]
+    def prepare(M, xp):
+        """log m^ per memory."""
+        return xp.log(_normalise_rows(M, "memories", eps, xp)[0])
 
-    def vjp(M, G, F, xp=None):
+    def score(M, Q, xp=None, prep=None):
+        xp = _xp(xp, M, Q)
+        logMh = prepare(M, xp) if prep is None else prep
+        Qh, _ = _normalise_rows(Q, "queries", eps, xp)
+        return Qh @ logMh.T - xp.sum(Qh * xp.log(Qh), axis=1)[:, None]
+
+    def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
-        Mh, _ = _normalise_rows(M, "memories", eps, xp)
+        logMh = prepare(M, xp) if prep is None else prep
         Gh, s = _normalise_rows(G, "states", eps, xp)
-        S = Gh @ xp.log(Mh).T - xp.sum(Gh * xp.log(Gh), axis=1)[:, None]
-        return (F @ xp.log(Mh) - xp.sum(F, axis=1, keepdims=True) * xp.log(Gh)
+        S = Gh @ logMh.T - xp.sum(Gh * xp.log(Gh), axis=1)[:, None]
+        return (F @ logMh - xp.sum(F, axis=1, keepdims=True) * xp.log(Gh)
                 - xp.sum(F * S, axis=1, keepdims=True)) / s
 
-    return _standard("reverse_kl", score, vjp, nonnegative_only=True, params={"eps": eps})
+    return _standard("reverse_kl", score, vjp, nonnegative_only=True, params={"eps": eps},
+                     prepare=prepare)
 
 
 # ----------------------------------------------------------------------------------------------

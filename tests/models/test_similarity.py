@@ -499,3 +499,47 @@ def test_minkowski_p_must_be_a_number_at_least_one():
     for bad in (np.nan, 0.5, -np.inf):
         with pytest.raises(ValueError, match=r"minkowski p must be"):
             get_similarity("minkowski", p=bad)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "cosine", "euclidean", "squared_euclidean"])
+def test_bind_reuses_per_memory_work_and_changes_no_value(name, monkeypatch):
+    """Similarity.bind(M) computes the memories' normalised rows / logarithms / unit rows once:
+    score and vjp with that M give bit for bit what the unbound similarity gives, the per-memory
+    normalisation is not redone per call, and another M array falls back to the general formula."""
+    import models.similarity as msim
+    rng = np.random.default_rng(3)
+    M, Q, F = rng.random((7, 12)), rng.random((4, 12)), rng.random((4, 7))
+    sim = get_similarity(name)
+    bound = sim.bind(M)
+    assert bound.prepare is None and sim.prepare is not None
+    assert np.array_equal(bound.score(M, Q), sim.score(M, Q))
+    assert np.array_equal(bound.vjp(M, Q, F), sim.vjp(M, Q, F))
+    helper, per_call = {"cosine": ("_unit_rows", ["queries"]), "kl": ("_normalise_rows", ["queries"]),
+                        "reverse_kl": ("_normalise_rows", ["queries"])}.get(name, ("_row_sq_norms", []))
+    calls = []
+    real = getattr(msim, helper)
+    monkeypatch.setattr(msim, helper, lambda A, *a: calls.append(a[0] if a else "") or real(A, *a))
+    bound.score(M, Q)
+    assert calls == per_call                         # the memories' rows came from the memo
+    other = M[::-1].copy()
+    assert np.array_equal(bound.score(other, Q), sim.score(other, Q))   # not the bound array
+
+
+@pytest.mark.parametrize("name", ["kl", "cosine"])
+def test_memory_keeps_a_private_copy_for_bound_similarities(name):
+    """Memory / Network bind such similarities to a read-only copy of the memories: changing the
+    caller's array afterwards cannot leave the precomputed rows stale."""
+    from dynamics.lagrangians import softplus
+    from dynamics.network import Network
+    from models import Memory
+    rng = np.random.default_rng(4)
+    X, Q = rng.random((6, 10)), rng.random((3, 10))
+    mem = Memory(X, similarity=name, separation="max")
+    net = Network(X, name, L_v=softplus())
+    before, h_before = mem.similarities(Q), net.similarity(Q)
+    X[:] = rng.random(X.shape)                       # the caller reuses its array
+    assert np.array_equal(mem.similarities(Q), before) and np.array_equal(net.similarity(Q), h_before)
+    with pytest.raises(ValueError, match="read-only"):
+        mem.M[0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        net.M[0, 0] = 1.0
