@@ -23,7 +23,7 @@ import numpy as np
 
 from models import Memory
 from models._validate import as_matrix, check_finite, check_same_width
-from models.similarity import Similarity, differentiable_names, get_similarity
+from models.similarity import Similarity, bind_private, differentiable_names, get_similarity
 
 from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
 
@@ -92,14 +92,9 @@ class Network:
                              f"{', '.join(differentiable_names())}")
         if self.sim.binary_only:
             raise ValueError(f"similarity {self.sim.name!r} needs binary states; the dynamics are continuous")
-        if self.sim.prepare is not None:
-            # per-memory work (normalised rows, logarithms) done once instead of in every RHS
-            # call, on a private read-only copy of the memories (models.similarity.Similarity.bind)
-            autoassociative = self.P is self.M
-            self.M = np.array(self.M, copy=True)
-            self.M.flags.writeable = False
-            self.P = self.M if autoassociative else self.P
-            self.sim = self.sim.bind(self.M)
+        # per-memory work (normalised rows, logarithms, norms) done once instead of in every RHS
+        # call, on a private copy of the memories
+        self.sim, self.M, self.P = bind_private(self.sim, self.M, self.P)
         self.L_v = quadratic() if L_v is None else L_v
         self.L_h = LogSumExp(1.0) if L_h is None else L_h
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):

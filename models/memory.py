@@ -16,7 +16,8 @@ from ._array_api import (CHUNK_BYTES, as_namespace, device, is_numpy_namespace, 
                          rows_per_chunk, to_numpy)
 from ._validate import as_matrix, check_same_width, int_param, real_param
 from .separation import Separation, get_separation, top_k_indices
-from .similarity import CONVENTIONS, Similarity, check_binary, common_float, get_similarity
+from .similarity import (CONVENTIONS, Similarity, bind_private, check_binary, common_float,
+                         get_similarity)
 
 
 def sign(x, *, xp=None):
@@ -51,16 +52,6 @@ class IterationResult:
     states: Any      #: (B, D) final states
     steps: Any       #: (B,) iterations each query took to stop changing
     converged: Any   #: (B,) bool, True where the state reached a fixed point
-
-
-def _private(M, xp, P=None):
-    """(M, P) with M a read-only copy (numpy; other libraries copy only); P follows M when it is
-    M (autoassociative)."""
-    same = P is M
-    M = xp.asarray(M, copy=True) if not is_numpy_namespace(xp) else np.array(M, copy=True)
-    if is_numpy_namespace(xp):
-        M.flags.writeable = False
-    return M, (M if same else P)
 
 
 class Memory:
@@ -108,11 +99,8 @@ class Memory:
         self.separation = get_separation(separation)
         self.similarity.namespace(self.M)   # numpy-only similarities / separations refuse other
         self.separation.namespace(self.M)   # namespaces here, not at the first query
-        if self.similarity.prepare is not None:
-            # per-memory work (normalised rows, logarithms) done once, on a private read-only
-            # copy, so changing the caller's array later cannot leave it stale
-            self.M, self.P = _private(self.M, xp, self.P)
-            self.similarity = self.similarity.bind(self.M, xp)
+        # per-memory work (normalised rows, logarithms, norms) done once, on a private copy
+        self.similarity, self.M, self.P = bind_private(self.similarity, self.M, self.P, xp)
         if isinstance(output, str):
             if output not in OUTPUTS:
                 raise ValueError(f"unknown output {output!r}; choose one of {sorted(OUTPUTS)} or a callable")

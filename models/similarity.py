@@ -78,8 +78,8 @@ class Similarity:
         """This similarity with its per-memory quantities computed once for the memories ``M``:
         called with that same array object, score and vjp reuse them (one query against N = 5000
         memories then costs about one GEMV, as dot does); called with any other array they use
-        the general formula. ``M`` must not change in place afterwards (Memory and Network keep a
-        read-only copy). Similarities without per-memory work are returned as they are."""
+        the general formula. ``M`` must not change in place afterwards (:func:`bind_private`, which
+        Memory and Network use, binds to a read-only copy). Similarities without per-memory work are returned as they are."""
         if self.prepare is None:
             return self
         memo = self.prepare(M, self.namespace(M) if xp is None else xp)
@@ -145,6 +145,23 @@ class Similarity:
         G = G if G.ndim == 2 else G[None, :]
         F = F if F.ndim == 2 else F[None, :]
         return self.vjp(M, G, F, xp=xp) if self.array_api else self.vjp(M, G, F)
+
+
+def bind_private(sim: Similarity, M, P=None, xp=None):
+    """(bound similarity, M, P) for a holder of memories (Memory, Network): where ``sim`` has
+    per-memory work, M becomes a private copy (read-only in numpy, so changing the caller's array
+    later cannot leave the memo stale), P follows it when P is M, and the similarity is bound to
+    the copy (:meth:`Similarity.bind`); otherwise all three are returned as they are."""
+    if sim.prepare is None:
+        return sim, M, P
+    xp = sim.namespace(M) if xp is None else xp
+    same = P is M
+    if is_numpy_namespace(xp):
+        M = np.array(M, copy=True)
+        M.flags.writeable = False
+    else:
+        M = xp.asarray(M, copy=True)
+    return sim.bind(M, xp), M, (M if same else P)
 
 
 def common_float(xp, *arrays):
