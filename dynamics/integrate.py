@@ -217,6 +217,8 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
+                                                input_mode, max_step, max_nfev)
     if method == REDUCED:
         if keep != "all":
             raise ValueError(f"method='reduced' keeps every sample (it rebuilds v from them); "
@@ -228,8 +230,6 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
                                      fixed_point_tol=fixed_point_tol, noise_factor=noise_factor,
                                      adiabatic=adiabatic, input_mode=input_mode, h0=h0,
                                      max_step=max_step, max_nfev=max_nfev, progress=report)
-    t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
-                                                input_mode, max_step, max_nfev)
     keep_every = _keep_every(keep)
     if blas_threads is not None:
         blas_threads = require_count(blas_threads, "blas_threads")
