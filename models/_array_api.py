@@ -88,6 +88,14 @@ def float_dtype(xp, dtype):
     return dtype if xp.isdtype(dtype, "real floating") else xp.float64
 
 
+def numpy_float(a) -> np.ndarray:
+    """``a`` as a numpy array of the dtype models/ computes in: float32 stays float32 (end to end,
+    at half the memory traffic), every other dtype (integers, bools, float16, longdouble) becomes
+    float64. No copy when ``a`` already is float32 or float64."""
+    a = np.asarray(a)
+    return a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
+
+
 def exp_max(xp, dtype) -> float:
     """The largest argument exp takes without overflowing ``dtype``: log(finfo(dtype).max)."""
     return math.log(float(xp.finfo(dtype).max))

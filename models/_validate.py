@@ -9,7 +9,7 @@ from typing import Union
 
 import numpy as np
 
-from ._array_api import as_namespace, float_dtype, is_numpy_namespace, namespace, to_numpy
+from ._array_api import as_namespace, float_dtype, is_numpy_namespace, namespace, numpy_float, to_numpy
 
 #: what every seeded function accepts: an int seed or a numpy Generator
 Seed = Union[int, np.integer, np.random.Generator]
@@ -18,10 +18,10 @@ Seed = Union[int, np.integer, np.random.Generator]
 def as_matrix(x, name: str, *, ndim_ok=(1, 2), xp=None) -> tuple:
     """Return ``x`` as a floating 2-D array of namespace ``xp`` and whether it was a single vector.
 
-    ``xp`` is the namespace the public entry point found from its inputs. numpy (also the default,
-    ``xp=None``, for callers that compute in numpy only: ``x`` is converted with ``np.asarray``):
-    float64, as always. Other namespaces keep a floating dtype (float32 stays float32) and the
-    device; integer and bool arrays become float64. Raises TypeError for non-numeric or complex
+    ``xp`` is the namespace the public entry point found from its inputs (``xp=None``: numpy, for
+    callers that compute in numpy only; ``x`` is converted with ``np.asarray``). float32 stays
+    float32 and float64 float64, in every namespace (other namespaces also keep the device);
+    integer, bool and other float arrays (float16, longdouble) become float64. Raises TypeError for non-numeric or complex
     data and ValueError naming ``name`` for wrong rank, empty arrays, NaN or inf.
     """
     if xp is not None and not is_numpy_namespace(xp):
@@ -34,7 +34,7 @@ def as_matrix(x, name: str, *, ndim_ok=(1, 2), xp=None) -> tuple:
     if a.ndim not in ndim_ok:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim_ok))} dimensions, got shape {a.shape}")
     single = a.ndim == 1
-    a = np.atleast_2d(a).astype(np.float64, copy=False)
+    a = numpy_float(np.atleast_2d(a))
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
     check_finite(a, name)

@@ -59,8 +59,10 @@ class Memory:
 
     Computes in the array namespace and on the device of ``memories`` (numpy, torch, CuPy, ...;
     see docs/gpu.md): M and P are stored as arrays of that library, queries must be arrays of the
-    same library (or lists), and results come back as such arrays. numpy stores float64; other
-    libraries keep a floating dtype (float32 stays float32).
+    same library (or lists), and results come back as such arrays. float32 memories are stored,
+    and retrieved, in float32 (half the memory traffic; about 1e-7 relative error per operation);
+    every other dtype is stored as float64. A query of a wider dtype than the memories computes in
+    the wider one.
 
     Parameters
     ----------

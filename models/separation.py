@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._array_api import exp_max, float_dtype, is_numpy_namespace, library_name, namespace, softmax
+from ._array_api import exp_max, float_dtype, is_numpy_namespace, library_name, namespace, numpy_float, softmax
 from ._validate import check_scores, from_registry, int_param, real_param
 
 #: exp overflows float64 above this argument (other dtypes: models._array_api.exp_max)
@@ -57,7 +57,7 @@ class Separation:
         one-hot at the NaN, identity and polynomial pass it through)."""
         xp = self.namespace(S)
         if is_numpy_namespace(xp):
-            S = np.asarray(S, dtype=np.float64)
+            S = numpy_float(S)
         elif S.dtype != float_dtype(xp, S.dtype):
             S = xp.astype(S, xp.float64)
         single = S.ndim == 1

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 from ._array_api import (CHUNK_BYTES, errstate, is_numpy_namespace, library_name, namespace,
-                         rows_per_chunk, to_numpy)
+                         numpy_float, rows_per_chunk, to_numpy)
 from ._validate import as_matrix, binary_coding, check_same_width, from_registry, real_param
 
 #: small constant that keeps logarithms of zero-valued pixels finite in the KL similarities
@@ -141,7 +141,7 @@ class Similarity:
                 f"dynamics; use a differentiable similarity (see models.similarity.differentiable_names())")
         xp = self.namespace(M, G, F, names=("memories", "states", "weights"))
         if is_numpy_namespace(xp):
-            return self.vjp(np.asarray(M, float), np.atleast_2d(G), np.atleast_2d(F))
+            return self.vjp(numpy_float(M), np.atleast_2d(numpy_float(G)), np.atleast_2d(numpy_float(F)))
         G = G if G.ndim == 2 else G[None, :]
         F = F if F.ndim == 2 else F[None, :]
         return self.vjp(M, G, F, xp=xp) if self.array_api else self.vjp(M, G, F)
@@ -165,8 +165,8 @@ def bind_private(sim: Similarity, M, P=None, xp=None):
 
 
 def common_float(xp, *arrays):
-    """The arrays cast to their common floating dtype (numpy's path is float64 already; torch
-    refuses a float32 @ float64 product, so other namespaces promote explicitly)."""
+    """The arrays cast to their common floating dtype (numpy promotes a float32 @ float64 product
+    itself; torch refuses one, so other namespaces promote explicitly)."""
     if is_numpy_namespace(xp) or len({a.dtype for a in arrays}) == 1:
         return arrays
     dtype = xp.result_type(*arrays)
