@@ -46,6 +46,8 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.integrate import RK45
 
+from models._array_api import numpy_float
+
 try:  # numba is optional: without it the numpy reference kernels below do the step arithmetic
     import numba as _nb
     HAVE_NUMBA = True
@@ -88,8 +90,33 @@ class BatchSolution:
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
-    """Row-wise root mean square of a (b, W) array."""
-    return np.sqrt(np.einsum("bw,bw->b", x, x) / x.shape[1])
+    """Row-wise root mean square of a (b, W) array, accumulated and returned in float64 (the
+    step-size control stays float64 for float32 states)."""
+    return np.sqrt(np.einsum("bw,bw->b", x, x, dtype=np.float64) / x.shape[1])
+
+
+#: default relative tolerance per state dtype: float64 as scipy's solvers are used here; float32
+#: ~840 eps32, comfortably above the floor below
+DEFAULT_RTOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-4}
+
+
+def resolved_rtol(rtol, dtype) -> float:
+    """``rtol`` checked against what states of ``dtype`` resolve, or the dtype's default for None.
+
+    The error estimate h sum_i e_i k_i of a step is a difference of stage sums that each carry
+    round-off of a few eps |y|, so a relative tolerance near eps cannot be met honestly (the
+    controller would chase round-off, shrinking h until the step underflows). Like scipy (which
+    silently raises rtol to 100 eps), the floor is 100 eps of the dtype (2.2e-14 in float64,
+    1.2e-5 in float32); below it this raises ValueError naming the dtype instead."""
+    dtype = np.dtype(dtype)
+    if rtol is None:
+        return DEFAULT_RTOL[dtype]
+    floor = 100 * float(np.finfo(dtype).eps)
+    if not rtol >= floor:
+        raise ValueError(f"rtol={rtol:g} is below what {dtype} states resolve (100 eps = {floor:.2g}); "
+                         f"use rtol >= {floor:.2g}" + (" or float64 queries and memories"
+                                                       if dtype == np.float32 else ""))
+    return float(rtol)
 
 
 def check_times(t_eval, t_end: float) -> np.ndarray:
@@ -339,7 +366,7 @@ def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
     d0, d1 = _rms(Y0 / scale), _rms(F0 / scale)
     h0 = np.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / np.maximum(d1, 1e-300))
     h0 = np.minimum(h0, t_end - t0)
-    F1 = F(t0 + h0, Y0 + h0[:, None] * F0, rows, np.empty_like(Y0))
+    F1 = F(t0 + h0, (Y0 + h0[:, None] * F0).astype(Y0.dtype, copy=False), rows, np.empty_like(Y0))
     d2 = _rms((F1 - F0) / scale) / h0
     dmax = np.maximum(d1, d2)
     h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
@@ -347,7 +374,7 @@ def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
     return np.minimum(np.minimum(100 * h0, h1), min(t_end - t0.max(), max_step))
 
 
-def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rtol: float = 1e-8,
+def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rtol: Optional[float] = None,
                   atol: float = 1e-10, at_rest: Optional[Callable[..., np.ndarray]] = None,
                   max_step: float = np.inf, max_nfev: int = 100_000,
                   on_stall: Callable[[int, float, str], Exception] = None,
@@ -360,7 +387,9 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     object until the set of rows changes), writes dY/dt into ``out`` (b, W) and returns it. ``Y``
     and ``out`` are views of buffers the integrator reuses: F must not keep them.
     ``t_eval`` (non-empty, strictly increasing, within [0, t_end]: :func:`check_times`) are the
-    sample times. A row stops at t_end, or once
+    sample times. float32 Y0 is integrated in float32 (every state, stage and sample; times, step
+    sizes and the error norm stay float64), anything else in float64; ``rtol`` defaults to
+    :data:`DEFAULT_RTOL` of that dtype and is refused below what it resolves (:func:`resolved_rtol`). A row stops at t_end, or once
     ``at_rest(Y, dYdt, rows)`` (a (b,) boolean mask) is True for it. A row that needs more than
     ``max_nfev`` evaluations, or whose step size underflows, raises the exception built by
     ``on_stall(row, t, reason)`` (RuntimeError by default); a non-finite state or derivative
@@ -374,9 +403,12 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     """
     stage, last_stage, error, dense = _kernels(kernels)
     keep_every = check_keep_every(keep_every)
-    Y = np.array(Y0, dtype=np.float64, copy=True)
+    Y0 = numpy_float(Y0)
+    Y = np.array(Y0, copy=True)
     if Y.ndim != 2:
         raise ValueError(f"Y0 must be a 2-D array (rows, width), got shape {Y.shape}")
+    dtype = Y.dtype
+    rtol = resolved_rtol(rtol, dtype)
     B, W = Y.shape
     t_eval = check_times(t_eval, t_end)
     if on_stall is None:
@@ -384,9 +416,9 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             return RuntimeError(f"row {row} stopped at t={t:.6g} of {t_end}: {reason}")
     T = len(t_eval)
     stride = T if keep_every is None else keep_every    # t_eval index j is stored iff j % stride == 0
-    samples = np.empty((-(-T // stride) + 1, B, W))     # + 1: room for the last sample
-    latest = np.empty((B, W)) if stride > 1 else None   # each row's latest sample (the last one's source)
-    t_final, y_final = np.full(B, float(t_end)), np.empty((B, W))
+    samples = np.empty((-(-T // stride) + 1, B, W), dtype)      # + 1: room for the last sample
+    latest = np.empty((B, W), dtype) if stride > 1 else None    # each row's latest sample (the last one's source)
+    t_final, y_final = np.full(B, float(t_end)), np.empty((B, W), dtype)
     at_fp, velocity = np.zeros(B, bool), np.full(B, np.nan)
     nfev, n_steps, n_rej = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
 
@@ -401,9 +433,9 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             samples[j[kept] // stride, r[kept]] = y[kept]
 
     # buffers, allocated once: the running rows are the first n rows of each
-    K = np.empty((_N_STAGES, B, W))     # stage i lives in K[slot[i]]; slot[0] <-> slot[6] is FSAL
+    K = np.empty((_N_STAGES, B, W), dtype)  # stage i lives in K[slot[i]]; slot[0] <-> slot[6] is FSAL
     slot = np.arange(_N_STAGES)
-    Y_new, Ys, scratch, err_buf, dense_out = (np.empty((B, W)) for _ in range(5))
+    Y_new, Ys, scratch, err_buf, dense_out = (np.empty((B, W), dtype) for _ in range(5))
     n = B
     rows = np.arange(B)
     t = np.zeros(B)

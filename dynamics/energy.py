@@ -128,8 +128,10 @@ def _rowabs(a, b):
 
 
 def _states(net: Network, traj: Trajectory) -> np.ndarray:
-    """Packed samples (T, B, W): [v, h] per query, or v alone for an adiabatic trajectory."""
-    return traj.v if traj.adiabatic else np.concatenate([traj.v, traj.h], axis=2)
+    """Packed samples (T, B, W) in float64: [v, h] per query, or v alone for an adiabatic
+    trajectory (float32 samples are exact float64 values; every check computes in float64)."""
+    Y = traj.v if traj.adiabatic else np.concatenate([traj.v, traj.h], axis=2)
+    return np.asarray(Y, dtype=np.float64)
 
 
 def _energy_and_size(net: Network, Y, I, adiabatic: bool):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -25,7 +26,8 @@ from scipy.sparse import csr_matrix
 
 from threadpoolctl import threadpool_limits
 
-from .dopri import check_keep_every, check_times, kept_indices, rows_within, solve_batched
+from .dopri import (check_keep_every, check_times, kept_indices, resolved_rtol, rows_within,
+                    solve_batched)
 from .network import Network, require_count, require_positive
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -158,7 +160,10 @@ def check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor, input_mode
     max_nfev = require_count(max_nfev, "max_nfev")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
-    if not (np.isfinite(rtol) and np.isfinite(atol) and rtol > 0 and atol >= 0):
+    if rtol is not None and not (np.isfinite(rtol) and rtol > 0):
+        raise ValueError(f"tolerances must be finite with rtol > 0 and atol >= 0, got rtol={rtol}, "
+                         f"atol={atol}")
+    if not (np.isfinite(atol) and atol >= 0):
         raise ValueError(f"tolerances must be finite with rtol > 0 and atol >= 0, got rtol={rtol}, "
                          f"atol={atol}")
     if not (fixed_point_tol >= 0 and noise_factor >= 0 and fixed_point_tol + noise_factor * atol > 0):
@@ -168,7 +173,7 @@ def check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor, input_mode
     return t_end, max_step, max_nfev
 
 
-def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rtol: float = 1e-8,
+def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rtol: Optional[float] = None,
               atol: float = 1e-10, t_eval=None, n_samples: int = 101,
               stop_at_fixed_point: bool = True, fixed_point_tol: float = 1e-8,
               noise_factor: float = NOISE_FACTOR, adiabatic: bool = False, input_mode: str = "initial", h0=None,
@@ -187,6 +192,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         query, each query stopping at its own fixed point (dynamics.dopri; much faster for B > 1),
         or "reduced": the exact reduced solver for dot similarity with quadratic L_v
         (:func:`dynamics.reduced.integrate_reduced`, N x N products instead of N x D).
+    rtol, atol : the solver's tolerances. ``rtol`` defaults to 1e-8 for float64 states and 1e-4
+        for float32 ones (dynamics.dopri.DEFAULT_RTOL) and is refused below 100 eps of the state
+        dtype (dynamics.dopri.resolved_rtol): float32 cannot resolve more.
     t_eval : sample times; default ``n_samples`` (>= 2) evenly spaced over [0, t_end], cut where the last
         query stops. With "RK45-batched", a query that stopped earlier holds its final state.
     stop_at_fixed_point : stop at a fixed point (solve_ivp: once every query is at one;
@@ -225,7 +233,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
                              f"got keep={keep!r}, use keep='all'")
         from .reduced import integrate_reduced
         with _time_bar(progress, t_end, len(np.atleast_2d(Q))) as report:
-            return integrate_reduced(net, Q, t_end, rtol=rtol, atol=atol, t_eval=t_eval,
+            return integrate_reduced(net, Q, t_end, rtol=resolved_rtol(rtol, np.float64), atol=atol, t_eval=t_eval,
                                      n_samples=n_samples, stop_at_fixed_point=stop_at_fixed_point,
                                      fixed_point_tol=fixed_point_tol, noise_factor=noise_factor,
                                      adiabatic=adiabatic, input_mode=input_mode, h0=h0,
@@ -234,8 +242,9 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     if blas_threads is not None:
         blas_threads = require_count(blas_threads, "blas_threads")
     v0, h0 = net.initial_state(Q, h0)
+    rtol = resolved_rtol(rtol, v0.dtype)   # float32 states: float32 samples, whatever the solver
     B = v0.shape[0]
-    I = v0.copy() if input_mode == "clamped" else net._I(None, B).copy()
+    I = v0.copy() if input_mode == "clamped" else net._I(None, B, v0.dtype).copy()
     width = net.D if adiabatic else net.D + net.N
     Y0 = v0 if adiabatic else np.concatenate([v0, h0], axis=1)
     t_eval = sample_times(t_end, t_eval, n_samples)
@@ -254,7 +263,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
             raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
                                      f"the state left the range this network can represent") from None
         T = len(ts)
-        Yb = Y.reshape(T, B, width)
+        Yb = Y.reshape(T, B, width).astype(v0.dtype, copy=False)  # solve_ivp computes in float64
         v = Yb[:, :, :net.D]
         h = None if adiabatic else Yb[:, :, net.D:]
         h, E, dE = sample_energies(net, v, h, I)
@@ -300,7 +309,7 @@ def sample_energies(net: Network, v, h, I):
     row with the input current I (B, D) of its query."""
     T, B, D = v.shape
     per = max(1, ENERGY_CHUNK_ROWS // max(B, 1))    # samples per chunk
-    hs = np.empty((T, B, net.N)) if h is None else h
+    hs = np.empty((T, B, net.N), v.dtype) if h is None else h
     E, dE = np.empty((T, B)), np.empty((T, B))
     for k in range(0, T, per):
         c = min(per, T - k)

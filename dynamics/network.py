@@ -12,7 +12,10 @@ similarity S_mu(g) = sim(M_mu, g) from models.similarity:
 In the adiabatic limit tau_h -> 0, h = S(g) and only v evolves; then E = (v - I).g - L_v(v) -
 L_h(S(g)) and dE/dt = -tau_v vdot^T Hess(L_v) vdot.
 
-Every method is batched: v (B, D), h (B, N), I (D,) or (B, D).
+Every method is batched: v (B, D), h (B, N), I (D,) or (B, D). float32 memories and states stay
+float32 in the dynamics (the right-hand side, the integrators' states); energies and their time
+derivatives are always computed in float64 (on a float64 twin of the memories), because the energy
+check compares differences of E that float32 could not resolve.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Optional, Union
 import numpy as np
 
 from models import Memory
+from models._array_api import numpy_float
 from models._validate import as_matrix, check_finite, check_same_width
 from models.similarity import Similarity, bind_private, differentiable_names, get_similarity
 
@@ -30,6 +34,10 @@ from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
 
 def _rowdot(a, b):
     return np.einsum("bk,bk->b", a, b)
+
+
+def _f64(x):
+    return np.atleast_2d(np.asarray(x, dtype=np.float64))
 
 
 def require_positive(value, name: str, what: str, *, finite: bool = True) -> float:
@@ -94,7 +102,9 @@ class Network:
             raise ValueError(f"similarity {self.sim.name!r} needs binary states; the dynamics are continuous")
         # per-memory work (normalised rows, logarithms, norms) done once instead of in every RHS
         # call, on a private copy of the memories
+        self._unbound_sim = self.sim
         self.sim, self.M, self.P = bind_private(self.sim, self.M, self.P)
+        self._sim64 = None      # the float64 twin for energies of a float32 network (_bound)
         self.L_v = quadratic() if L_v is None else L_v
         self.L_h = LogSumExp(1.0) if L_h is None else L_h
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):
@@ -127,6 +137,12 @@ class Network:
     def N(self) -> int:
         return self.M.shape[0]
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype the right-hand side computes in for states of this dtype or narrower:
+        float32 for float32 memories, else float64."""
+        return self.M.dtype
+
     def __repr__(self) -> str:
         return (f"Network(N={self.N}, D={self.D}, similarity={self.sim.name}, L_v={self.L_v.name}, "
                 f"L_h={self.L_h.name}, tau_v={self.tau_v:g}, tau_h={self.tau_h:g})")
@@ -138,35 +154,51 @@ class Network:
                 "input_current": self.I is not None}
 
     # ------------------------------------------------------------------ helpers
-    def _I(self, I, B):
+    def _I(self, I, B, dtype=np.float64):
         if I is None:
             I = self.I
         if I is None:
-            return np.zeros((B, self.D))
+            return np.zeros((B, self.D), dtype=dtype)
         return np.broadcast_to(I, (B, self.D))
 
     def _check_state(self, v, h=None):
-        v = np.atleast_2d(np.asarray(v, dtype=np.float64))
+        """(v, h) as 2-D arrays of the network's computing dtype (float32 only when both the
+        memories and the state are float32)."""
+        dtype = np.result_type(numpy_float(v), self.M)
+        v = np.atleast_2d(np.asarray(v, dtype=dtype))
         if v.shape[1] != self.D:
             raise ValueError(f"shape mismatch: feature state has {v.shape[1]} entries, network has D={self.D}")
         check_finite(v, "feature state v")
         if h is None:
             return v
-        h = np.atleast_2d(np.asarray(h, dtype=np.float64))
+        h = np.atleast_2d(np.asarray(h, dtype=dtype))
         if h.shape != (v.shape[0], self.N):
             raise ValueError(f"shape mismatch: memory state h has shape {h.shape}, expected {(v.shape[0], self.N)}")
         check_finite(h, "memory state h")
         return v, h
 
     def similarity(self, g: np.ndarray) -> np.ndarray:
-        """S(g) = sim(M, g), (B, N)."""
-        return self.sim.score(self.M, g)
+        """S(g) = sim(M, g), (B, N), in the dtype of g (float64 g: float64 memories)."""
+        sim, M = self._bound(g.dtype)
+        return sim.score(M, g)
+
+    def _bound(self, dtype):
+        """(similarity, memories) for states of ``dtype``: as stored, except float64 states on a
+        float32 network, which get a float64 twin of the memories (bound once; exact, since
+        float32 values are float64 values), so energies and solve_ivp's float64 states carry
+        float64 round-off in every term, per-memory ones such as |M_mu|^2 included."""
+        if dtype != np.float64 or self.M.dtype == np.float64:
+            return self.sim, self.M
+        if self._sim64 is None:
+            self._sim64 = bind_private(self._unbound_sim, self.M.astype(np.float64))[:2]
+        return self._sim64
 
     def initial_state(self, Q, h0=None):
-        """v(0) = q and h(0) = S(g(v(0))) unless h0 is given. Returns (v0, h0), each 2-D."""
+        """v(0) = q and h(0) = S(g(v(0))) unless h0 is given. Returns (v0, h0), each 2-D, in the
+        common dtype of Q and the memories (float32 if both are)."""
         Q, _ = as_matrix(Q, "queries")
         check_same_width(self.M, Q)
-        v0 = Q.copy()
+        v0 = Q.astype(np.result_type(Q, self.M))
         if h0 is None:
             h0 = self.similarity(self.L_v.grad(v0))
         v0, h0 = self._check_state(v0, h0)
@@ -176,7 +208,8 @@ class Network:
     def _drive(self, g, f, v, I, out):
         """(sum_mu f_mu dS_mu/dg - v + I) / tau_v into ``out``; vjp returns a fresh array, so the
         sum is built in place (this runs once per stage of every integrator step)."""
-        np.subtract(self.sim.vjp(self.M, g, f), v, out=out)
+        sim, M = self._bound(g.dtype)
+        np.subtract(sim.vjp(M, g, f), v, out=out)
         I = self.I if I is None else I
         if I is not None:
             out += I
@@ -190,7 +223,7 @@ class Network:
         ``out``: optional (B, D + N) array to write [dv/dt, dh/dt] into (the returned pair are
         views of it)."""
         if out is None:
-            out = np.empty((v.shape[0], self.D + self.N))
+            out = np.empty((v.shape[0], self.D + self.N), dtype=np.result_type(v, h, self.M))
         dv, dh = out[:, :self.D], out[:, self.D:]
         g = self.L_v.grad(v)
         self._drive(g, self.L_h.grad(h), v, I, dv)
@@ -217,12 +250,13 @@ class Network:
 
     def residual(self, v, h=None, I=None, adiabatic: bool = False) -> np.ndarray:
         """(B,) max_i |dy_i/dt| at (v, h), or at v with h = S(g) when ``adiabatic``: 0 at a fixed point."""
-        v = np.atleast_2d(np.asarray(v, dtype=np.float64))
-        Y = v if adiabatic else np.concatenate([v, np.atleast_2d(np.asarray(h, dtype=np.float64))], axis=1)
+        v = np.atleast_2d(numpy_float(v))
+        Y = v if adiabatic else np.concatenate([v, np.atleast_2d(numpy_float(h))], axis=1)
         return np.abs(self.velocity(Y, I, adiabatic)).max(axis=1)
 
     def energy(self, v, h, I=None):
-        """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,)."""
+        """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,), in float64."""
+        v, h = _f64(v), _f64(h)
         g = self.L_v.grad(v)
         f = self.L_h.grad(h)
         Iv = self._I(I, v.shape[0])
@@ -230,17 +264,21 @@ class Network:
                 - _rowdot(f, self.similarity(g)))
 
     def energy_adiabatic(self, v, I=None):
-        """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g)."""
+        """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g), in float64."""
+        v = _f64(v)
         g = self.L_v.grad(v)
-        return self.L_v.legendre(v) - _rowdot(self._I(I, v.shape[0]), g) - self.L_h.value(self.similarity(g))
+        return (self.L_v.legendre(v) - _rowdot(self._I(I, v.shape[0]), g)
+                - self.L_h.value(self.similarity(g)))
 
     def dEdt(self, v, h, I=None):
-        """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,)."""
+        """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,), in float64."""
+        v, h = _f64(v), _f64(h)
         dv, dh = self.rhs(v, h, I)
         return -self.tau_v * self.L_v.curvature(v, dv) - self.tau_h * self.L_h.curvature(h, dh)
 
     def dEdt_adiabatic(self, v, I=None):
-        """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow, (B,)."""
+        """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow, (B,), in float64."""
+        v = _f64(v)
         dv = self.rhs_adiabatic(v, I)
         return -self.tau_v * self.L_v.curvature(v, dv)
 
