@@ -227,20 +227,25 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
                                                 input_mode, max_step, max_nfev)
+    if blas_threads is not None:
+        blas_threads = require_count(blas_threads, "blas_threads")
     if method == REDUCED:
         if keep != "all":
             raise ValueError(f"method='reduced' keeps every sample (it rebuilds v from them); "
                              f"got keep={keep!r}, use keep='all'")
         from .reduced import integrate_reduced
-        with _time_bar(progress, t_end, len(np.atleast_2d(Q))) as report:
-            return integrate_reduced(net, Q, t_end, rtol=resolved_rtol(rtol, np.float64), atol=atol, t_eval=t_eval,
-                                     n_samples=n_samples, stop_at_fixed_point=stop_at_fixed_point,
+        with threadpool_limits(limits=blas_threads, user_api="blas"), \
+                _time_bar(progress, t_end, len(np.atleast_2d(Q))) as report:
+            # the reduced rows are float64 whatever the queries' dtype (N-sized, cheap)
+            traj = integrate_reduced(net, Q, t_end, rtol=resolved_rtol(rtol, np.float64), atol=atol,
+                                     t_eval=t_eval, n_samples=n_samples,
+                                     stop_at_fixed_point=stop_at_fixed_point,
                                      fixed_point_tol=fixed_point_tol, noise_factor=noise_factor,
                                      adiabatic=adiabatic, input_mode=input_mode, h0=h0,
                                      max_step=max_step, max_nfev=max_nfev, progress=report)
+        traj.params["blas_threads"] = blas_threads
+        return traj
     keep_every = _keep_every(keep)
-    if blas_threads is not None:
-        blas_threads = require_count(blas_threads, "blas_threads")
     v0, h0 = net.initial_state(Q, h0)
     rtol = resolved_rtol(rtol, v0.dtype)   # float32 states: float32 samples, whatever the solver
     B = v0.shape[0]

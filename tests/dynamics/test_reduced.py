@@ -341,3 +341,21 @@ def test_integrate_method_reduced_is_integrate_reduced():
         integrate(net, Q, 20.0, method="reduced", rtol=np.nan)
     with pytest.raises(ValueError):
         integrate(Network(M, "squared_euclidean"), Q, 20.0, method="reduced")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_integrate_method_reduced_applies_the_blas_policy(threads):
+    """integrate(method="reduced") runs under integrate's BLAS-threads policy (it had ignored
+    blas_threads): the BLAS pools seen from inside the integration have that many threads."""
+    from threadpoolctl import threadpool_info
+    M = np.random.default_rng(0).uniform(0, 0.5, (4, 6))
+    net = Network(M, "dot", L_h=L.log_sum_exp(2.0))
+    seen = set()
+
+    def report(t, n):
+        seen.update(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    tr = integrate(net, M[:2] + 0.05, 5.0, method="reduced", blas_threads=threads, progress=report)
+    assert seen == {threads} and tr.params["blas_threads"] == threads
+    with pytest.raises(ValueError, match="blas_threads"):
+        integrate(net, M[:2], 5.0, method="reduced", blas_threads=0)
