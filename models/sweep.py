@@ -122,6 +122,10 @@ def blas_threads(n: Optional[int]):
                 _BLAS_STATE["limits"] = _BLAS_STATE["threads"] = None
 
 
+#: :func:`blas_threads` under another name, for :func:`run`, whose parameter of that name hides it
+_blas_block = blas_threads
+
+
 def _check_blas_threads(n) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"blas_threads must be a whole number >= 1 or None, got {n!r}")
@@ -213,14 +217,18 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
 
     try:
         if isinstance(engine, str):  # "local"
-            for p, k in zip(unique, keys):
-                row = store.lookup(k) if resume else None
-                if row is not None:
-                    finished(k, row, False, 0)
-                    continue
-                row = make_row(p, measure(evaluate_fn, p, errors, failure, blas_threads))
-                store.add(row)
-                finished(k, row, True, 0)
+            # one BLAS limit around the whole loop: each measurement's own blas_threads() then
+            # nests inside it instead of rescanning the loaded libraries (1.8 ms a point, 0.6 s
+            # of the 330-point MNIST curve)
+            with _blas_block(blas_threads):
+                for p, k in zip(unique, keys):
+                    row = store.lookup(k) if resume else None
+                    if row is not None:
+                        finished(k, row, False, 0)
+                        continue
+                    row = make_row(p, measure(evaluate_fn, p, errors, failure, blas_threads))
+                    store.add(row)
+                    finished(k, row, True, 0)
         else:
             todo = []
             for p, k in zip(unique, keys):

@@ -147,6 +147,24 @@ def test_blas_threads_limit_is_set_for_the_measurement_and_restored(tmp_path):
         sweep.run(POINTS[:1], blas_thread_count, blas_threads=0)
 
 
+def test_an_in_process_sweep_sets_the_blas_limit_once(monkeypatch):
+    """threadpoolctl rescans the loaded libraries every time a limit is set (1.8 ms); an
+    in-process sweep sets it once around all its points, each measurement nesting inside."""
+    import threadpoolctl
+    calls = []
+    real = threadpoolctl.threadpool_limits
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("limits"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", counting)
+    rows = sweep.run(POINTS[:4], blas_thread_count)
+    assert calls == [1]
+    before = blas_thread_count(None)["blas"]
+    assert [r["blas"] for r in rows] == [[1] * len(before)] * 4
+
+
 # ---------------------------------------------------------------------------------- dask
 
 def test_measurements_run_with_the_same_blas_threads_in_process_and_on_workers(client):
