@@ -238,33 +238,50 @@ def validate(point: Point) -> None:
                          f"has {n}")
 
 
-def _corruption_seed(point: Point) -> np.random.SeedSequence:
+def _corruption_seed(seed: int, block: int, n_memories: int, corruption: str):
     """Seed of the random corruptions of one block: independent across seed, block and N."""
-    tag = zlib.crc32(point.corruption.encode())
-    return np.random.SeedSequence([point.seed, point.block, point.n_memories, tag])
+    tag = zlib.crc32(corruption.encode())
+    return np.random.SeedSequence([seed, block, n_memories, tag])
+
+
+def _problem_key(point: Point) -> tuple:
+    """The parameters :func:`problem` depends on (not the similarity, separation or convention:
+    every line of a curve shares the problems of its (N, block) points)."""
+    return (point.dataset, point.seed, point.block, point.n_memories, point.corruption,
+            point.level, point.associative)
 
 
 def problem(point: Point):
     """The arrays of one measurement: (keys M, values P or None, queries Q, targets T, image_shape).
 
     Keys are block ``point.block`` of N images of the shuffled dataset; queries the corrupted keys;
-    targets the values each query should retrieve.
+    targets the values each query should retrieve. The arrays are read-only: the last two problems
+    are kept (:func:`_problem`), so points that differ only in the similarity, separation or
+    convention (run consecutively by :func:`run`) draw the corruption once.
     """
+    return _problem(_problem_key(point))
+
+
+@functools.lru_cache(maxsize=2)
+def _problem(key: tuple):
     from .corruption import corrupt, mask_rows
-    ds = _dataset(point.dataset, point.seed)
-    N, b = point.n_memories, point.block
+    dataset, seed, b, N, corruption, level, associative = key
+    ds = _dataset(dataset, seed)
     if (b + 1) * N > ds.n:
         raise ValueError(f"block {b} of {N} images needs {(b + 1) * N} images; dataset "
-                         f"{point.dataset!r} has {ds.n} (at most {ds.n // N} blocks of {N})")
+                         f"{dataset!r} has {ds.n} (at most {ds.n // N} blocks of {N})")
     M = np.array(ds.X[b * N:(b + 1) * N])
-    rng = np.random.default_rng(_corruption_seed(point))
-    Q = corrupt(M, point.corruption, point.level, ds.image_shape, seed=rng)
-    if point.associative == "auto":
+    rng = np.random.default_rng(_corruption_seed(seed, b, N, corruption))
+    Q = corrupt(M, corruption, level, ds.image_shape, seed=rng)
+    if associative == "auto":
         P = None
-    elif point.associative == "hetero":
+    elif associative == "hetero":
         P = mask_rows(M, 0.5, ds.image_shape, side="top")  # the bottom halves, as the official code
     else:
         P = np.roll(M, -1, axis=0)  # key mu -> image mu + 1 (mod N)
+    for a in (M, P, Q):
+        if a is not None:
+            a.setflags(write=False)
     T = M if P is None else P
     return M, P, Q, T, ds.image_shape
 
@@ -805,9 +822,17 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
     if progress is not None:
         def cb(state: "sweep.Progress"):
             progress(state.done, state.total, state.row, state.computed)
-    return sweep.run(unique, evaluate_fn, path, engine=engine, resume=resume, progress=cb,
-                     flush_seconds=flush_seconds, errors=POINT_ERRORS, failure=_failure,
-                     make_row=_row)
+    # measured grouped by problem (stable sort: first appearance), so the lines of one (N, block)
+    # share one corruption draw (problem's cache); the rows come back in point order
+    first = {}
+    for p in unique:
+        first.setdefault(_problem_key(p), len(first))
+    order = sorted(range(len(unique)), key=lambda i: first[_problem_key(unique[i])])
+    rows = sweep.run([unique[i] for i in order], evaluate_fn, path, engine=engine, resume=resume,
+                     progress=cb, flush_seconds=flush_seconds, errors=POINT_ERRORS,
+                     failure=_failure, make_row=_row)
+    by_key = {r["key"]: r for r in rows}
+    return [by_key[p.key()] for p in unique]
 
 
 def select(rows: Iterable[dict], points: Iterable[Point]) -> list[dict]:

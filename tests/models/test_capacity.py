@@ -453,3 +453,31 @@ def test_cli_engine_options_are_checked(tmp_path, capsys, args, message):
                        *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_lines_of_one_point_share_one_read_only_problem():
+    """Points that differ only in the similarity (or separation, convention) get the very same
+    read-only arrays: the corruption is drawn once per (N, block), not once per line."""
+    a = cap.problem(tiny(similarity="dot", corruption="gaussian", level=0.3))
+    b = cap.problem(tiny(similarity="manhattan", convention="paper_code", corruption="gaussian", level=0.3))
+    assert all(x is y for x, y in zip(a[:4], b[:4]))
+    M, _, Q, _, _ = a
+    assert not M.flags.writeable and not Q.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        Q[0, 0] = 0.0
+    # another block is another problem, with other noise
+    c = cap.problem(tiny(similarity="dot", corruption="gaussian", level=0.3, block=1))
+    assert not np.array_equal(c[2], Q)
+
+
+def test_run_measures_grouped_by_problem_and_returns_rows_in_point_order():
+    order = []
+
+    def fake(point):
+        order.append((point.n_memories, point.similarity))
+        return {"fraction_correct": 1.0}
+
+    points = [tiny(n_memories=n, similarity=s) for s in ("dot", "euclidean") for n in (10, 20)]
+    rows = run(points, evaluate_fn=fake)
+    assert order == [(10, "dot"), (10, "euclidean"), (20, "dot"), (20, "euclidean")]
+    assert [(r["n_memories"], r["similarity"]) for r in rows] == [(p.n_memories, p.similarity) for p in points]
