@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.special import expit, logsumexp, softmax
+from scipy.special import expit, logsumexp
 
+from models._array_api import softmax as stable_softmax
 from models.separation import EXP_MAX, Separation, get_separation
 
 
@@ -164,12 +165,29 @@ class SignedPolynomial(_Polynomial):
         return 1.0
 
 
+def _overflow(beta: float, x: np.ndarray, who: str) -> OverflowError:
+    return OverflowError(f"{who}: beta * x overflows {x.dtype} (beta={beta:g}, max |x|="
+                         f"{np.nanmax(np.abs(x)):.3g}); lower beta")
+
+
 def _check_beta_x(beta: float, x: np.ndarray, who: str) -> np.ndarray:
     bx = beta * x
     if not np.all(np.isfinite(bx)):
-        raise OverflowError(f"{who}: beta * x overflows float64 (beta={beta:g}, max |x|="
-                            f"{np.nanmax(np.abs(x)):.3g}); lower beta")
+        raise _overflow(beta, x, who)
     return bx
+
+
+def _softmax_beta(beta: float, x: np.ndarray, who: str) -> np.ndarray:
+    """softmax(beta x) row-wise (models._array_api.softmax: max-shifted, in place on the one
+    fresh array beta x; this runs at every right-hand-side call). Overflow is read off the row
+    maxima (a pass over (B, N) instead of isfinite over every entry): +inf or NaN anywhere in a row
+    makes its maximum non-finite, and so does a row that is -inf throughout; a lone -inf beside a
+    finite maximum is the exact weight 0."""
+    with np.errstate(over="ignore"):    # judged below, also under integrate's errstate(raise)
+        X = beta * x
+    if not np.all(np.isfinite(X.max(axis=1))):
+        raise _overflow(beta, x, who)
+    return stable_softmax(X, np, overwrite=True)
 
 
 class LogSumExp(Lagrangian):
@@ -194,7 +212,7 @@ class LogSumExp(Lagrangian):
         return np.abs(m) + np.abs(self.value(x) - m)
 
     def grad(self, x):
-        return softmax(_check_beta_x(self.beta, x, self.name), axis=1)
+        return _softmax_beta(self.beta, x, self.name)
 
     def hvp(self, x, u):
         f = self.grad(x)

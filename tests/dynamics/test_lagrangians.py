@@ -230,3 +230,17 @@ def test_hvp_size_bounds_the_cancellation(lag, u_of_x):
 def test_hvp_size_covers_hvp(lag):
     x, u = _points(5)
     assert np.all(lag.hvp_size(x, u) >= np.abs(lag.hvp(x, u)) * (1 - ULPS * EPS))
+
+
+def test_log_sum_exp_gradient_names_an_overflowing_beta():
+    """softmax(beta x) refuses beta x = inf (or a row that is -inf throughout) with an error naming
+    beta, never NaN weights; a lone -inf beside a finite maximum is the exact weight 0."""
+    from dynamics.lagrangians import LogSumExp
+    with pytest.raises(OverflowError, match=r"beta \* x overflows float64 \(beta=1e\+308"):
+        LogSumExp(1e308).grad(np.array([[10.0, 0.0]]))
+    with pytest.raises(OverflowError, match="overflows float32"):
+        LogSumExp(1e38).grad(np.array([[-10.0, -20.0]], dtype=np.float32))
+    with pytest.raises(OverflowError, match="overflows"):
+        LogSumExp(1.0).grad(np.array([[np.nan, 0.0]]))
+    f = LogSumExp(1e308).grad(np.array([[1e-300, -10.0], [0.0, 0.0]]))
+    assert np.array_equal(f, [[1.0, 0.0], [0.5, 0.5]])   # exact: exp(0) = 1, exp(-inf) = 0
