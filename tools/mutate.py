@@ -305,7 +305,9 @@ def main(argv=None) -> int:
     ap.add_argument("--commit", default="HEAD", help="committed tree to mutate (default HEAD)")
     ap.add_argument("--max-per-module", type=int, default=40, help="random sample size per module (0: all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant run; over it counts as killed")
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds per mutant run (at least twice the module's unmutated test run); "
+                         "over it counts as killed")
     ap.add_argument("--guards", action="store_true", help="also mutate validation-only if tests")
     ap.add_argument("--scratch", default="/tmp/mut/tree", help="scratch copy of the tree (recreated)")
     ap.add_argument("--out", default="mutation_results.json")
@@ -373,7 +375,10 @@ def main(argv=None) -> int:
                 with open(path, "w") as fh:
                     fh.write(mutated_source(src, m.index, args.guards))
                 _clear_pyc(args.scratch)
-                status, secs, tail = run_tests(args.scratch, files, args.timeout)
+                # a survivor runs the whole suite: never less than twice the unmutated run, so a
+                # slow (loaded) machine cannot turn survivors into "timeouts"
+                status, secs, tail = run_tests(args.scratch, files,
+                                               max(args.timeout, 2 * info["baseline_s"]))
             finally:
                 with open(path, "w") as fh:
                     fh.write(src)
