@@ -3,10 +3,10 @@
 models/ computes in the namespace and on the device of its inputs: numpy (the default, with its
 compiled fast paths: the numba L1 / Lp kernels, np.einsum, in-place ``out=`` arithmetic), torch
 (CPU or CUDA), CuPy, or any array-API-conforming library (array-api-strict in the tests). The
-namespace is found once, at a public entry point (:func:`namespace`), and handed down as ``xp=`` so helpers never
-re-inspect their arguments; numpy-only calls sit behind ``if is_numpy_namespace(xp): ...`` with a
-spec-only version beside them. Conversion to numpy (error messages, bookkeeping) goes through
-:func:`to_numpy` only. See docs/gpu.md.
+namespace is found once, at a public entry point (:func:`namespace`), and handed down as ``xp=`` so
+helpers never re-inspect their arguments; numpy-only calls sit behind ``if is_numpy_namespace(xp):
+...`` with a spec-only version beside them. Conversion to numpy (error messages, bookkeeping) goes
+through :func:`to_numpy` only. See docs/gpu.md.
 """
 from __future__ import annotations
 
