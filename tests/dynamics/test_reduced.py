@@ -339,7 +339,7 @@ def test_integrate_method_reduced_is_integrate_reduced():
     assert np.array_equal(c.v, a.v) and seen[-1] == (20.0, 0)
     with pytest.raises(ValueError, match="tolerances must be finite"):
         integrate(net, Q, 20.0, method="reduced", rtol=np.nan)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reduced solver needs dot similarity.*'squared_euclidean'"):
         integrate(Network(M, "squared_euclidean"), Q, 20.0, method="reduced")
 
 

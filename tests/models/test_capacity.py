@@ -108,7 +108,7 @@ def test_point_keys():
     assert len({Point(threshold=t).key() for t in (50, 60)}) == 2
     assert Point.from_row({**a.params(), "fraction_correct": 1.0}) == a
     assert Point(separation="softmax", sep_param=100).separation_label == "softmax(beta=100)"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"associative must be one of \('auto', 'hetero', 'hetero_pairs'\), got 'other'"):
         Point(associative="other")
 
 
@@ -218,8 +218,8 @@ def test_failed_points_are_stored_not_retried(tmp_path, monkeypatch):
 def test_unstorable_rows_leave_the_file_as_it_was(tmp_path):
     path = tmp_path / "r.jsonl"
     write_results([{"a": 1}], path)
-    with pytest.raises(TypeError):
-        write_results([{"a": 2}, {"b": object()}], path)  # not JSON
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_results([{"a": 2}, {"b": object()}], path)
     assert load_results(path) == [{"a": 1}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.lock"]
     path.unlink()
