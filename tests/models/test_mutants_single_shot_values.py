@@ -111,3 +111,29 @@ def test_sdm_majority_output_needs_more_than_half_the_votes():
     M = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0]], dtype=float)
     z = sparse_distributed_memory(M, radius=4.0).retrieve(np.zeros(4))
     np.testing.assert_array_equal(z, [1.0, 0.0, 0.0, 0.0])
+
+
+def test_paper_kl_is_floored_exactly_within_its_round_off_bound():
+    """paper_code KL floors a divergence within its GEMM round-off, (D + 2) eps64 (|sum p log p| +
+    |sum p log r|) (2.3e-12 for uniform D = 784), at RECIPROCAL_FLOOR = 1e-12: a KL of 1.6e-12
+    (between the floor and the bound) gives 1/RECIPROCAL_FLOOR, one of 6.5e-12 (above the bound)
+    gives 1/KL to within bound/KL."""
+    from models.similarity import KL_EPS, RECIPROCAL_FLOOR
+    D = 784
+    m = np.ones(D)
+    P = m / D
+    self_term = float((P * np.log(P + KL_EPS)).sum())
+    bound = (D + 2) * EPS * 2 * abs(self_term)          # |cross| = |self| up to O(KL)
+    sim = get_similarity("kl", convention="paper_code")
+    for d, inside in ((3.7e-5, True), (7.4e-5, False)):
+        q = m.copy()
+        q[0] += d
+        q[1] -= d
+        R = q / q.sum()
+        kl = float((P * (np.log(P + KL_EPS) - np.log(R + KL_EPS))).sum())
+        assert (RECIPROCAL_FLOOR < kl <= bound) == inside and kl > RECIPROCAL_FLOOR
+        s = float(sim(m[None], q[None])[0, 0])
+        if inside:
+            assert s == 1.0 / RECIPROCAL_FLOOR
+        else:
+            assert abs(s - 1.0 / kl) <= (1.0 / kl) * bound / kl
