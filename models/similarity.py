@@ -247,20 +247,19 @@ def _row_sq_norms(A, xp):
     return np.einsum("ij,ij->i", A, A) if is_numpy_namespace(xp) else xp.sum(A * A, axis=1)
 
 
-def _sq_dist(M, Q, xp, m2=None):
+def _sq_dist(M, Q, xp, m2=None, eps: float = 0.0, root: bool = False):
     """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off; ``m2`` = the
-    memories' |M_mu|^2 when already at hand (:meth:`Similarity.bind`).
+    memories' |M_mu|^2 when already at hand (:meth:`Similarity.bind`). With ``root`` (numpy
+    only): the euclidean score eps - sqrt(|M_mu - Q_b|^2 + eps^2) instead.
 
-    numpy: built in place in the GEMM's output, one (B, N) array, no temporaries of that size."""
+    numpy: finished in place in the GEMM's output by one fused compiled pass
+    (models._kernels.finish_sq_dist), one (B, N) array, no temporaries of that size."""
     m2 = _row_sq_norms(M, xp) if m2 is None else m2
     if not is_numpy_namespace(xp):
         d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * (Q @ M.T)) + m2[None, :]
         return xp.clip(d2, min=0.0)
-    d2 = Q @ M.T
-    d2 *= -2.0
-    d2 += np.einsum("ij,ij->i", Q, Q)[:, None]
-    d2 += m2[None, :]
-    return np.maximum(d2, 0.0, out=d2)
+    from . import _kernels
+    return _kernels.finish_sq_dist(Q @ M.T, np.einsum("ij,ij->i", Q, Q), m2, eps, root)
 
 
 def _negate(d, xp):
@@ -351,16 +350,11 @@ def _euclidean(eps: float = 0.0):
     def raw_of(xp, M0=None, m2=None):
         def raw(M, Q, e):
             # |M_mu|^2 from the memo only for the bound memories themselves (not a rescaled M / s)
-            d = _sq_dist(M, Q, xp, m2 if M is M0 else None)  # fresh (B, N): numpy finishes in place
-            if not is_numpy_namespace(xp):
-                return (e - xp.sqrt(d + e * e)) if e else -xp.sqrt(d)
-            if e:
-                d += e * e
-            np.sqrt(d, out=d)
-            d = _negate(d, xp)
-            if e:
-                d += e
-            return d
+            m2_ = m2 if M is M0 else None
+            if is_numpy_namespace(xp):     # the whole score in the GEMM's output, one pass
+                return _sq_dist(M, Q, xp, m2_, eps=e, root=True)
+            d = _sq_dist(M, Q, xp, m2_)
+            return (e - xp.sqrt(d + e * e)) if e else -xp.sqrt(d)
         return raw
 
     def score(M, Q, xp=None, prep=None):
