@@ -6,15 +6,21 @@ each layer's Legendre term x . dL/dx - L(x), and the Lyapunov argument needs eac
 positive semidefinite on the states visited; :meth:`Lagrangian.check_convex` verifies that and
 :class:`NonConvexLagrangianError` refuses a Lagrangian that fails.
 
-All methods act row-wise on a batch x (B, K).
+All methods act row-wise on a batch x (B, K) and compute in the array namespace and on the device
+of x (numpy, torch, CuPy, any array-API library: models/_array_api.py); numpy keeps its fused
+paths (np.einsum, scipy's logsumexp and expit, in-place softmax). :class:`Elementwise` runs the
+user's functions on whatever arrays it is given.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 from scipy.special import expit, logsumexp
 
+from models._array_api import array_namespace, errstate, is_numpy_namespace, rowdot, to_numpy
+from models._array_api import logsumexp as xp_logsumexp
 from models._array_api import softmax as stable_softmax
 from models.separation import EXP_MAX, Separation, get_separation
 
@@ -55,25 +61,26 @@ class Lagrangian:
         """(B,) the sum of |each term| that :meth:`value` adds up to L(x): its round-off is a few
         ulps of this (not of |L(x)|, which can be far smaller when the terms cancel). Default
         |L(x)|, right for a sum of non-negative terms each computed to a few ulps."""
-        return np.abs(self.value(x))
+        return array_namespace(x).abs(self.value(x))
 
     def hvp_size(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """(B, K) the size of the terms each entry of :meth:`hvp` adds up: its round-off is a few
         ulps of this. Default |hvp(x, u)|, right for a diagonal Hessian (one product per entry)."""
-        return np.abs(self.hvp(x, u))
+        return array_namespace(x).abs(self.hvp(x, u))
 
     def legendre(self, x: np.ndarray) -> np.ndarray:
         """Energy term of the layer, x . dL/dx - L(x), (B,)."""
-        return np.einsum("bk,bk->b", x, self.grad(x)) - self.value(x)
+        return rowdot(x, self.grad(x), array_namespace(x)) - self.value(x)
 
     def curvature(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """u^T Hess(L)(x) u per row, (B,): must be >= 0 for the Lyapunov argument."""
-        return np.einsum("bk,bk->b", u, self.hvp(x, u))
+        return rowdot(u, self.hvp(x, u), array_namespace(x))
 
     def check_convex(self, x, n_probes: int = 8, seed: int = 0, tol: float = 1e-10) -> None:
         """Raise NonConvexLagrangianError if u^T H(x) u < -tol |u|^2 for random probe directions u
-        at any of the states x (B, K) (e.g. the states a trajectory visited)."""
-        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        at any of the states x (B, K) (e.g. the states a trajectory visited); the check runs in
+        numpy on a host copy of x (its probe directions come from numpy's generator)."""
+        x = np.atleast_2d(np.asarray(to_numpy(x), dtype=np.float64))
         rng = np.random.default_rng(seed)
         for _ in range(n_probes):
             u = rng.standard_normal(x.shape)
@@ -93,7 +100,7 @@ class Quadratic(Lagrangian):
     kind = "quadratic"
 
     def value(self, x):
-        return 0.5 * np.einsum("bk,bk->b", x, x)
+        return 0.5 * rowdot(x, x, array_namespace(x))
 
     def grad(self, x):
         return x
@@ -104,7 +111,7 @@ class Quadratic(Lagrangian):
 
 class _Polynomial(Lagrangian):
     """L = sum a(x)^(n+1) / (n+1) with a(x) = max(x, 0) or |x|;  dL/dx = s(x) a(x)^n;
-    Hessian n a(x)^(n-1) (times the indicator x > 0 for the rectified form)."""
+    Hessian n a(x)^(n-1) (times the indicator x > 0 for the rectified form: :meth:`_mask`)."""
 
     def __init__(self, n: float):
         if not n >= 1:
@@ -113,20 +120,27 @@ class _Polynomial(Lagrangian):
         super().__init__(n=n)
         self.n = float(n)
 
-    def _a(self, x):
+    def _a(self, x, xp):
         raise NotImplementedError
 
-    def _s(self, x):
+    def _s(self, x, xp):
+        raise NotImplementedError
+
+    def _mask(self, x, c, xp):
+        """The Hessian term c where the form is curved (0 elsewhere)."""
         raise NotImplementedError
 
     def value(self, x):
-        return (self._a(x) ** (self.n + 1)).sum(1) / (self.n + 1)
+        xp = array_namespace(x)
+        return xp.sum(self._a(x, xp) ** (self.n + 1), axis=1) / (self.n + 1)
 
     def grad(self, x):
-        return self._s(x) * self._a(x) ** self.n
+        xp = array_namespace(x)
+        return self._s(x, xp) * self._a(x, xp) ** self.n
 
     def hvp(self, x, u):
-        return self.n * self._a(x) ** (self.n - 1) * self._curved(x) * u
+        xp = array_namespace(x)
+        return self._mask(x, self.n * self._a(x, xp) ** (self.n - 1) * u, xp)
 
 
 class RectifiedPolynomial(_Polynomial):
@@ -137,14 +151,14 @@ class RectifiedPolynomial(_Polynomial):
     def __init__(self, n: float = 2.0):
         super().__init__(n)
 
-    def _a(self, x):
-        return np.maximum(x, 0.0)
+    def _a(self, x, xp):
+        return xp.maximum(x, 0.0) if is_numpy_namespace(xp) else xp.maximum(x, xp.zeros_like(x))
 
-    def _s(self, x):
+    def _s(self, x, xp):
         return 1.0
 
-    def _curved(self, x):
-        return x > 0
+    def _mask(self, x, c, xp):
+        return c * (x > 0) if is_numpy_namespace(xp) else xp.where(x > 0, c, xp.zeros_like(c))
 
 
 class SignedPolynomial(_Polynomial):
@@ -155,24 +169,26 @@ class SignedPolynomial(_Polynomial):
     def __init__(self, n: float = 3.0):
         super().__init__(n)
 
-    def _a(self, x):
-        return np.abs(x)
+    def _a(self, x, xp):
+        return xp.abs(x)
 
-    def _s(self, x):
-        return np.sign(x)
+    def _s(self, x, xp):
+        return xp.sign(x)
 
-    def _curved(self, x):
-        return 1.0
+    def _mask(self, x, c, xp):
+        return c
 
 
 def _overflow(beta: float, x: np.ndarray, who: str) -> OverflowError:
+    x = to_numpy(x)
     return OverflowError(f"{who}: beta * x overflows {x.dtype} (beta={beta:g}, max |x|="
                          f"{np.nanmax(np.abs(x)):.3g}); lower beta")
 
 
-def _check_beta_x(beta: float, x: np.ndarray, who: str) -> np.ndarray:
-    bx = beta * x
-    if not np.all(np.isfinite(bx)):
+def _check_beta_x(beta: float, x: np.ndarray, who: str, xp) -> np.ndarray:
+    with errstate(xp, over="ignore"):   # judged below
+        bx = beta * x
+    if not bool(xp.all(xp.isfinite(bx))):
         raise _overflow(beta, x, who)
     return bx
 
@@ -183,11 +199,13 @@ def _softmax_beta(beta: float, x: np.ndarray, who: str) -> np.ndarray:
     maxima (a pass over (B, N) instead of isfinite over every entry): +inf or NaN anywhere in a row
     makes its maximum non-finite, and so does a row that is -inf throughout; a lone -inf beside a
     finite maximum is the exact weight 0."""
+    xp = array_namespace(x)
     with np.errstate(over="ignore"):    # judged below, also under integrate's errstate(raise)
         X = beta * x
-    if not np.all(np.isfinite(X.max(axis=1))):
+    top = X.max(axis=1) if xp is np else xp.max(X, axis=1)   # the method: numpy's fastest call
+    if not bool(xp.all(xp.isfinite(top))):
         raise _overflow(beta, x, who)
-    return stable_softmax(X, np, overwrite=True)
+    return stable_softmax(X, xp, overwrite=True)
 
 
 class LogSumExp(Lagrangian):
@@ -204,31 +222,38 @@ class LogSumExp(Lagrangian):
         self.beta = float(beta)
 
     def value(self, x):
-        return logsumexp(_check_beta_x(self.beta, x, self.name), axis=1) / self.beta
+        xp = array_namespace(x)
+        bx = _check_beta_x(self.beta, x, self.name, xp)
+        if is_numpy_namespace(xp):
+            return logsumexp(bx, axis=1) / self.beta
+        return xp_logsumexp(bx, xp) / self.beta
 
     def value_size(self, x):
         # logsumexp adds max(x) and (1/beta) log sum exp(beta (x - max x)) >= 0, which cancel when max x < 0
-        m = x.max(1)
-        return np.abs(m) + np.abs(self.value(x) - m)
+        xp = array_namespace(x)
+        m = xp.max(x, axis=1)
+        return xp.abs(m) + xp.abs(self.value(x) - m)
 
     def grad(self, x):
         return _softmax_beta(self.beta, x, self.name)
 
     def hvp(self, x, u):
         f = self.grad(x)
-        return self.beta * (f * u - f * np.einsum("bk,bk->b", f, u)[:, None])
+        return self.beta * (f * u - f * rowdot(f, u, array_namespace(x))[:, None])
 
     def hvp_size(self, x, u):
         # beta (f u - f (f.u)): the two terms cancel along u = 1 (softmax is shift invariant)
+        xp = array_namespace(x)
         f = self.grad(x)
-        return self.beta * (np.abs(f * u) + f * np.abs(np.einsum("bk,bk->b", f, u))[:, None])
+        return self.beta * (xp.abs(f * u) + f * xp.abs(rowdot(f, u, xp))[:, None])
 
     def legendre(self, x):
         # x.f - L = (1/beta) sum f log f (log f = beta x - log Z): no cancellation of two large terms
+        xp = array_namespace(x)
         f = self.grad(x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            flogf = np.where(f > 0, f * np.log(np.where(f > 0, f, 1.0)), 0.0)
-        return flogf.sum(1) / self.beta
+        with errstate(xp, divide="ignore", invalid="ignore"):
+            flogf = xp.where(f > 0, f * xp.log(xp.where(f > 0, f, 1.0)), 0.0)
+        return xp.sum(flogf, axis=1) / self.beta
 
 
 class Exponential(Lagrangian):
@@ -243,13 +268,15 @@ class Exponential(Lagrangian):
         self.beta = float(beta)
 
     def _exp(self, x):
-        bx = _check_beta_x(self.beta, x, self.name)
-        if np.max(bx) > EXP_MAX:
-            raise OverflowError(f"{self.name}: exp(beta x) overflows (beta x up to {np.max(bx):.4g})")
-        return np.exp(bx)
+        xp = array_namespace(x)
+        bx = _check_beta_x(self.beta, x, self.name, xp)
+        top = float(xp.max(bx))
+        if top > EXP_MAX:
+            raise OverflowError(f"{self.name}: exp(beta x) overflows (beta x up to {top:.4g})")
+        return xp.exp(bx)
 
     def value(self, x):
-        return self._exp(x).sum(1) / self.beta
+        return array_namespace(x).sum(self._exp(x), axis=1) / self.beta
 
     def grad(self, x):
         return self._exp(x)
@@ -264,8 +291,12 @@ class Spherical(Lagrangian):
     kind = "spherical"
 
     def _norm(self, x):
-        n = np.linalg.norm(x, axis=1, keepdims=True)
-        if np.any(n == 0):
+        xp = array_namespace(x)
+        if is_numpy_namespace(xp):
+            n = np.linalg.norm(x, axis=1, keepdims=True)
+        else:
+            n = xp.sqrt(xp.sum(x * x, axis=1, keepdims=True))
+        if bool(xp.any(n == 0)):
             raise ValueError("spherical Lagrangian: x = 0 has no direction (|x| = 0)")
         return n
 
@@ -278,13 +309,14 @@ class Spherical(Lagrangian):
     def hvp(self, x, u):
         n = self._norm(x)
         g = x / n
-        return (u - g * np.einsum("bk,bk->b", g, u)[:, None]) / n
+        return (u - g * rowdot(g, u, array_namespace(x))[:, None]) / n
 
     def hvp_size(self, x, u):
         # (u - g (g.u)) / |x|: the two terms cancel along the radial direction u = x
+        xp = array_namespace(x)
         n = self._norm(x)
         g = x / n
-        return (np.abs(u) + np.abs(g) * np.abs(np.einsum("bk,bk->b", g, u))[:, None]) / n
+        return (xp.abs(u) + xp.abs(g) * xp.abs(rowdot(g, u, xp))[:, None]) / n
 
 
 class LogCosh(Lagrangian):
@@ -297,24 +329,25 @@ class LogCosh(Lagrangian):
     kind = "log_cosh"
 
     def _terms(self, x):
-        a = np.abs(x)
+        xp = array_namespace(x)
+        a = xp.abs(x)
         big = a >= 1.0
-        with np.errstate(over="ignore"):
-            small = np.log1p(2.0 * np.sinh(np.where(big, 0.0, 0.5 * a)) ** 2)
-        large = a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)
-        return np.where(big, large, small), np.where(big, a + 2.0 * np.log(2.0), small)
+        with errstate(xp, over="ignore"):
+            small = xp.log1p(2.0 * xp.sinh(xp.where(big, 0.0, 0.5 * a)) ** 2)
+        large = a + xp.log1p(xp.exp(-2.0 * a)) - math.log(2.0)
+        return xp.where(big, large, small), xp.where(big, a + 2.0 * math.log(2.0), small)
 
     def value(self, x):
-        return self._terms(x)[0].sum(1)
+        return array_namespace(x).sum(self._terms(x)[0], axis=1)
 
     def value_size(self, x):
-        return self._terms(x)[1].sum(1)
+        return array_namespace(x).sum(self._terms(x)[1], axis=1)
 
     def grad(self, x):
-        return np.tanh(x)
+        return array_namespace(x).tanh(x)
 
     def hvp(self, x, u):
-        return (1.0 - np.tanh(x) ** 2) * u
+        return (1.0 - array_namespace(x).tanh(x) ** 2) * u
 
 
 class Softplus(Lagrangian):
@@ -323,13 +356,18 @@ class Softplus(Lagrangian):
     kind = "softplus"
 
     def value(self, x):
-        return np.logaddexp(0.0, x).sum(1)
+        xp = array_namespace(x)
+        return xp.sum(xp.logaddexp(0.0, x) if is_numpy_namespace(xp) else xp.logaddexp(x, 0.0), axis=1)
 
     def grad(self, x):
-        return expit(x)
+        xp = array_namespace(x)
+        if is_numpy_namespace(xp):
+            return expit(x)
+        e = xp.exp(-xp.abs(x))                  # in (0, 1]: no overflow for any x
+        return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     def hvp(self, x, u):
-        s = expit(x)
+        s = self.grad(x)
         return s * (1.0 - s) * u
 
 
@@ -358,17 +396,32 @@ class Elementwise(Lagrangian):
     def name(self) -> str:
         return f"elementwise({self.label})"
 
+    def _call(self, fn, x):
+        """fn(x) as an array of x's namespace: float64 numpy for numpy x (the user's function may
+        return a list or another dtype); for other arrays the function must stay in their
+        namespace (write it with that library's operations, or see dynamics.autodiff)."""
+        xp = array_namespace(x)
+        y = fn(x)
+        if is_numpy_namespace(xp):
+            return np.asarray(y, dtype=np.float64)
+        if type(y).__module__.split(".")[0] != type(x).__module__.split(".")[0]:
+            raise TypeError(f"Lagrangian {self.name}: {getattr(fn, '__name__', 'F')}(x) returned "
+                            f"{type(y).__name__} for {type(x).__module__.split('.')[0]} states; "
+                            f"write F, dF, d2F with that library's operations")
+        return y
+
     def value(self, x):
-        return np.asarray(self.F(x)).sum(1)
+        return array_namespace(x).sum(self._call(self.F, x), axis=1)
 
     def value_size(self, x):
-        return np.abs(np.asarray(self.F(x), dtype=np.float64)).sum(1)
+        xp = array_namespace(x)
+        return xp.sum(xp.abs(self._call(self.F, x)), axis=1)
 
     def grad(self, x):
-        return np.asarray(self.dF(x), dtype=np.float64)
+        return self._call(self.dF, x)
 
     def hvp(self, x, u):
-        return np.asarray(self.d2F(x), dtype=np.float64) * u
+        return self._call(self.d2F, x) * u
 
 
 # ------------------------------------------------------------------ constructors

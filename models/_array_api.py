@@ -150,6 +150,21 @@ def softmax(X, xp, *, overwrite: bool = False):
     return E / xp.sum(E, axis=1, keepdims=True)
 
 
+def rowdot(a, b, xp):
+    """Row-wise dot products sum_k a_bk b_bk, (B,): np.einsum on numpy (one pass, no temporary),
+    sum(a * b, axis=1) elsewhere."""
+    if is_numpy_namespace(xp):
+        return np.einsum("bk,bk->b", a, b)
+    return xp.sum(a * b, axis=1)
+
+
+def array_namespace(x):
+    """:func:`namespace` of one array, with numpy arrays answered first: for the functions that
+    run at every right-hand-side call (Lagrangians), where a full lookup would cost more than a
+    small batch's arithmetic."""
+    return np if type(x) is np.ndarray else namespace(x)
+
+
 def logsumexp(X, xp):
     """Row-wise log sum_j exp(X_j) = m + log sum_j exp(X_j - m), m = max_j X_j (max-shifted)."""
     m = xp.max(X, axis=1, keepdims=True)
