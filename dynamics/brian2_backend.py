@@ -647,6 +647,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
     generation, compilation and simulation) and ``loop_s`` (the simulation loop alone; for
     cpp_standalone the compiled binary's run).
     """
+    net.require_numpy("run_brian2")
     t_end = require_positive(t_end, "t_end", "time (ms)")
     record_every = require_count(record_every, "record_every")
     if input_mode not in ("initial", "clamped"):

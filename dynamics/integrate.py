@@ -225,6 +225,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    net.require_numpy("integrate")
     t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
                                                 input_mode, max_step, max_nfev)
     if blas_threads is not None:

@@ -16,6 +16,11 @@ Every method is batched: v (B, D), h (B, N), I (D,) or (B, D). float32 memories 
 float32 in the dynamics (the right-hand side, the integrators' states); energies and their time
 derivatives are always computed in float64 (on a float64 twin of the memories), because the energy
 check compares differences of E that float32 could not resolve.
+
+The network computes in the array namespace and on the device of its memories (numpy, torch,
+CuPy, any array-API library; models/_array_api.py): states, energies and rates come back as arrays
+of that library. numpy keeps the in-place paths (``out=``); the flat scipy interface
+(:meth:`pack`, :meth:`fun`) and dynamics.integrate are numpy only.
 """
 from __future__ import annotations
 
@@ -25,19 +30,21 @@ from typing import Optional, Union
 import numpy as np
 
 from models import Memory
-from models._array_api import numpy_float
+from models._array_api import (array_namespace, as_namespace, device, is_numpy_namespace,
+                                library_name, namespace, numpy_float, rowdot, to_numpy)
 from models._validate import as_matrix, check_finite, check_same_width
 from models.similarity import Similarity, bind_private, differentiable_names, get_similarity
 
 from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
 
 
-def _rowdot(a, b):
-    return np.einsum("bk,bk->b", a, b)
-
-
-def _f64(x):
-    return np.atleast_2d(np.asarray(x, dtype=np.float64))
+def _f64(x, xp):
+    """x as a 2-D float64 array of namespace ``xp``."""
+    if is_numpy_namespace(xp):
+        return np.atleast_2d(np.asarray(x, dtype=np.float64))
+    x = as_namespace(x, xp)
+    x = x[None, :] if x.ndim == 1 else x
+    return x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
 
 
 def require_positive(value, name: str, what: str, *, finite: bool = True) -> float:
@@ -80,6 +87,9 @@ class Network:
     def __init__(self, memories, similarity: Union[str, Similarity, None] = None,
                  L_v: Optional[Lagrangian] = None, L_h: Optional[Lagrangian] = None,
                  tau_v: float = 1.0, tau_h: float = 0.1, I=None, values=None):
+        self.xp = namespace(memories.M if isinstance(memories, Memory) else memories, values,
+                            names=("memories", "values"))
+        xp = self.xp
         if isinstance(memories, Memory):
             mem = memories
             memories, values = mem.M, (None if mem.autoassociative else mem.P)
@@ -89,8 +99,8 @@ class Network:
             if mem.convention != "standard":
                 raise ValueError("the dynamics use the standard similarity convention; the "
                                  "paper_code reciprocal similarities have no gradient")
-        self.M, _ = as_matrix(memories, "memories", ndim_ok=(2,))
-        self.P = self.M if values is None else as_matrix(values, "values", ndim_ok=(2,))[0]
+        self.M, _ = as_matrix(memories, "memories", ndim_ok=(2,), xp=xp)
+        self.P = self.M if values is None else as_matrix(values, "values", ndim_ok=(2,), xp=xp)[0]
         if self.P.shape[0] != self.M.shape[0]:
             raise ValueError(f"shape mismatch: {self.M.shape[0]} memories but {self.P.shape[0]} values")
         self.sim = get_similarity("dot" if similarity is None else similarity)
@@ -103,7 +113,7 @@ class Network:
         # per-memory work (normalised rows, logarithms, norms) done once instead of in every RHS
         # call, on a private copy of the memories
         self._unbound_sim = self.sim
-        self.sim, self.M, self.P = bind_private(self.sim, self.M, self.P)
+        self.sim, self.M, self.P = bind_private(self.sim, self.M, self.P, xp=xp)
         self._sim64 = None      # the float64 twin for energies of a float32 network (_bound)
         self.L_v = quadratic() if L_v is None else L_v
         self.L_h = LogSumExp(1.0) if L_h is None else L_h
@@ -122,10 +132,12 @@ class Network:
         self.tau_v = require_positive(tau_v, "tau_v", "time constant")
         self.tau_h = require_positive(tau_h, "tau_h", "time constant")
         if I is not None:
-            I = np.asarray(I, dtype=np.float64)
+            I = np.asarray(to_numpy(I), dtype=np.float64)
             if I.shape != (self.D,):
                 raise ValueError(f"input current I must have shape ({self.D},), got {I.shape}")
             check_finite(I, "input current I")
+            if not is_numpy_namespace(xp):
+                I = xp.asarray(I, device=device(self.M))
         self.I = I
 
     # ------------------------------------------------------------------ sizes and repr
@@ -153,28 +165,70 @@ class Network:
                 "L_h": self.L_h.name, "tau_v": self.tau_v, "tau_h": self.tau_h,
                 "input_current": self.I is not None}
 
+    def require_numpy(self, who: str) -> None:
+        """Raise TypeError unless the network computes in numpy: for the parts of dynamics/ that
+        run through scipy, brian2 or numpy-only kernels (``who`` names the caller)."""
+        if not is_numpy_namespace(self.xp):
+            raise TypeError(f"{who} computes in numpy, but this network's memories are "
+                            f"{library_name(self.xp)} arrays; build the network from numpy memories "
+                            f"for it (the Network methods themselves run on {library_name(self.xp)})")
+
     # ------------------------------------------------------------------ helpers
-    def _I(self, I, B, dtype=np.float64):
+    def _I(self, I, B, dtype=None):
+        """The input current as a (B, D) array of the network's namespace (zeros of ``dtype``,
+        default float64, when there is none; a given current as float64)."""
+        xp = self.xp
         if I is None:
             I = self.I
         if I is None:
-            return np.zeros((B, self.D), dtype=dtype)
-        return np.broadcast_to(I, (B, self.D))
+            dtype = xp.float64 if dtype is None else dtype
+            if is_numpy_namespace(xp):
+                return np.zeros((B, self.D), dtype=dtype)
+            return xp.zeros((B, self.D), dtype=dtype, device=device(self.M))
+        if is_numpy_namespace(xp):
+            return np.broadcast_to(I, (B, self.D))
+        return xp.broadcast_to(_f64(self._namespaced(I, "input current I"), xp), (B, self.D))
+
+    def _namespaced(self, x, name):
+        """x as an array of the network's namespace: a numpy array (or list) handed to a network
+        of another library is refused with a message, since it would need a host-device copy at
+        every call; arrays of another library raise in ``namespace``."""
+        if is_numpy_namespace(self.xp):
+            return x
+        if isinstance(x, np.ndarray) or not hasattr(x, "__array_namespace__"):
+            if isinstance(x, (list, tuple, float, int)):
+                return self.xp.asarray(x, device=device(self.M))
+            raise TypeError(f"{name} is a {type(x).__module__.split('.')[0]} array but the network's "
+                            f"memories are {library_name(self.xp)} arrays; convert it to one library "
+                            f"(and device) first")
+        namespace(self.M, x, names=("memories", name))
+        return x
 
     def _check_state(self, v, h=None):
         """(v, h) as 2-D arrays of the network's computing dtype (float32 only when both the
         memories and the state are float32)."""
-        dtype = np.result_type(numpy_float(v), self.M)
-        v = np.atleast_2d(np.asarray(v, dtype=dtype))
+        xp = self.xp
+        if not is_numpy_namespace(xp):
+            v, _ = as_matrix(self._namespaced(v, "feature state v"), "feature state v", xp=xp)
+            dtype = xp.result_type(v.dtype, self.M.dtype)
+            v = v if v.dtype == dtype else xp.astype(v, dtype)
+        else:
+            dtype = np.result_type(numpy_float(v), self.M)
+            v = np.atleast_2d(np.asarray(v, dtype=dtype))
         if v.shape[1] != self.D:
             raise ValueError(f"shape mismatch: feature state has {v.shape[1]} entries, network has D={self.D}")
-        check_finite(v, "feature state v")
+        check_finite(v, "feature state v", xp=xp)
         if h is None:
             return v
-        h = np.atleast_2d(np.asarray(h, dtype=dtype))
-        if h.shape != (v.shape[0], self.N):
-            raise ValueError(f"shape mismatch: memory state h has shape {h.shape}, expected {(v.shape[0], self.N)}")
-        check_finite(h, "memory state h")
+        if not is_numpy_namespace(xp):
+            h, _ = as_matrix(self._namespaced(h, "memory state h"), "memory state h", xp=xp)
+            h = h if h.dtype == dtype else xp.astype(h, dtype)
+        else:
+            h = np.atleast_2d(np.asarray(h, dtype=dtype))
+        if tuple(h.shape) != (v.shape[0], self.N):
+            raise ValueError(f"shape mismatch: memory state h has shape {tuple(h.shape)}, expected "
+                             f"{(v.shape[0], self.N)}")
+        check_finite(h, "memory state h", xp=xp)
         return v, h
 
     def similarity(self, g: np.ndarray) -> np.ndarray:
@@ -187,30 +241,46 @@ class Network:
         float32 network, which get a float64 twin of the memories (bound once; exact, since
         float32 values are float64 values), so energies and solve_ivp's float64 states carry
         float64 round-off in every term, per-memory ones such as |M_mu|^2 included."""
-        if dtype != np.float64 or self.M.dtype == np.float64:
+        f64 = self.xp.float64
+        if dtype != f64 or self.M.dtype == f64:
             return self.sim, self.M
         if self._sim64 is None:
-            self._sim64 = bind_private(self._unbound_sim, self.M.astype(np.float64))[:2]
+            M64 = (self.M.astype(np.float64) if is_numpy_namespace(self.xp)
+                   else self.xp.astype(self.M, f64))
+            self._sim64 = bind_private(self._unbound_sim, M64, xp=self.xp)[:2]
         return self._sim64
 
     def initial_state(self, Q, h0=None):
         """v(0) = q and h(0) = S(g(v(0))) unless h0 is given. Returns (v0, h0), each 2-D, in the
         common dtype of Q and the memories (float32 if both are)."""
-        Q, _ = as_matrix(Q, "queries")
+        xp = self.xp
+        Q, _ = as_matrix(self._namespaced(Q, "queries"), "queries", xp=xp)
         check_same_width(self.M, Q)
-        v0 = Q.astype(np.result_type(Q, self.M))
+        if is_numpy_namespace(xp):
+            v0 = Q.astype(np.result_type(Q, self.M))
+        else:
+            dtype = xp.result_type(Q.dtype, self.M.dtype)
+            v0 = xp.astype(Q, dtype)      # a copy: the state never aliases the caller's queries
         if h0 is None:
             h0 = self.similarity(self.L_v.grad(v0))
         v0, h0 = self._check_state(v0, h0)
-        return v0, h0.copy()
+        return v0, (h0.copy() if is_numpy_namespace(xp) else xp.asarray(h0, copy=True))
 
     # ------------------------------------------------------------------ dynamics
     def _drive(self, g, f, v, I, out):
         """(sum_mu f_mu dS_mu/dg - v + I) / tau_v into ``out``; vjp returns a fresh array, so the
-        sum is built in place (this runs once per stage of every integrator step)."""
+        sum is built in place (this runs once per stage of every integrator step); other
+        namespaces (``out=None``) return a new array."""
         sim, M = self._bound(g.dtype)
-        np.subtract(sim.vjp(M, g, f), v, out=out)
         I = self.I if I is None else I
+        if out is None:                     # the array-API path: no in-place arithmetic
+            xp = self.xp
+            r = sim.vjp(M, g, f) - v
+            if I is not None:
+                I = self._namespaced(I, "input current I")
+                r = r + (I if I.dtype == r.dtype else xp.astype(I, r.dtype))
+            return r / self.tau_v if self.tau_v != 1.0 else r
+        np.subtract(sim.vjp(M, g, f), v, out=out)
         if I is not None:
             out += I
         if self.tau_v != 1.0:
@@ -221,7 +291,11 @@ class Network:
         """(dv/dt, dh/dt) = ((sum_mu f_mu dS_mu/dg - v + I)/tau_v, (S(g) - h)/tau_h).
 
         ``out``: optional (B, D + N) array to write [dv/dt, dh/dt] into (the returned pair are
-        views of it)."""
+        views of it; numpy only)."""
+        if not is_numpy_namespace(self.xp):
+            g = self.L_v.grad(v)
+            return (self._drive(g, self.L_h.grad(h), v, I, None),
+                    (self.similarity(g) - h) / self.tau_h)
         if out is None:
             out = np.empty((v.shape[0], self.D + self.N), dtype=np.result_type(v, h, self.M))
         dv, dh = out[:, :self.D], out[:, self.D:]
@@ -233,7 +307,7 @@ class Network:
 
     def rhs_adiabatic(self, v, I=None, out=None):
         """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0)."""
-        if out is None:
+        if out is None and is_numpy_namespace(self.xp):
             out = np.empty_like(v)
         g = self.L_v.grad(v)
         return self._drive(g, self.L_h.grad(self.similarity(g)), v, I, out)
@@ -243,6 +317,8 @@ class Network:
         with ``adiabatic``, dv/dt (B, D) of the reduced system at Y = v (B, D)."""
         if adiabatic:
             return self.rhs_adiabatic(Y, I, out=out)
+        if not is_numpy_namespace(self.xp):
+            return self.xp.concat(self.rhs(Y[:, :self.D], Y[:, self.D:], I), axis=1)
         if out is None:
             out = np.empty_like(Y)
         self.rhs(Y[:, :self.D], Y[:, self.D:], I, out=out)
@@ -250,41 +326,51 @@ class Network:
 
     def residual(self, v, h=None, I=None, adiabatic: bool = False) -> np.ndarray:
         """(B,) max_i |dy_i/dt| at (v, h), or at v with h = S(g) when ``adiabatic``: 0 at a fixed point."""
+        xp = self.xp
+        if not is_numpy_namespace(xp):
+            v, h = self._check_state(v) if adiabatic else self._check_state(v, h)
+            Y = v if adiabatic else xp.concat([v, h], axis=1)
+            return xp.max(xp.abs(self.velocity(Y, I, adiabatic)), axis=1)
         v = np.atleast_2d(numpy_float(v))
         Y = v if adiabatic else np.concatenate([v, np.atleast_2d(numpy_float(h))], axis=1)
         return np.abs(self.velocity(Y, I, adiabatic)).max(axis=1)
 
     def energy(self, v, h, I=None):
         """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,), in float64."""
-        v, h = _f64(v), _f64(h)
+        xp = self.xp
+        v, h = _f64(v, xp), _f64(h, xp)
         g = self.L_v.grad(v)
         f = self.L_h.grad(h)
         Iv = self._I(I, v.shape[0])
-        return (self.L_v.legendre(v) - _rowdot(Iv, g) + self.L_h.legendre(h)
-                - _rowdot(f, self.similarity(g)))
+        return (self.L_v.legendre(v) - rowdot(Iv, g, xp) + self.L_h.legendre(h)
+                - rowdot(f, self.similarity(g), xp))
 
     def energy_adiabatic(self, v, I=None):
         """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g), in float64."""
-        v = _f64(v)
+        xp = self.xp
+        v = _f64(v, xp)
         g = self.L_v.grad(v)
-        return (self.L_v.legendre(v) - _rowdot(self._I(I, v.shape[0]), g)
+        return (self.L_v.legendre(v) - rowdot(self._I(I, v.shape[0]), g, xp)
                 - self.L_h.value(self.similarity(g)))
 
     def dEdt(self, v, h, I=None):
         """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,), in float64."""
-        v, h = _f64(v), _f64(h)
+        v, h = _f64(v, self.xp), _f64(h, self.xp)
         dv, dh = self.rhs(v, h, I)
         return -self.tau_v * self.L_v.curvature(v, dv) - self.tau_h * self.L_h.curvature(h, dh)
 
     def dEdt_adiabatic(self, v, I=None):
         """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow, (B,), in float64."""
-        v = _f64(v)
+        v = _f64(v, self.xp)
         dv = self.rhs_adiabatic(v, I)
         return -self.tau_v * self.L_v.curvature(v, dv)
 
     def readout(self, h) -> np.ndarray:
         """z = P^T f(h): the memory layer's output in value space (B, O)."""
-        return self.L_h.grad(np.atleast_2d(h)) @ self.P
+        if is_numpy_namespace(self.xp):
+            return self.L_h.grad(np.atleast_2d(h)) @ self.P
+        h = self._namespaced(h, "memory state h")
+        return self.L_h.grad(h[None, :] if h.ndim == 1 else h) @ self.P
 
     # ------------------------------------------------------------------ flat interface
     def pack(self, v, h) -> np.ndarray:

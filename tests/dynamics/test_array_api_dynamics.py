@@ -1,0 +1,263 @@
+"""dynamics/ Lagrangians and Network compute in the array namespace and on the device of their
+inputs (docs/gpu.md), checked on array-api-strict arrays (which allow nothing outside the standard)
+placed on its second device.
+
+Every result must be an array-api-strict array on that device, of the dtype the numpy path gives,
+and agree with the numpy path. Both paths add up the same terms, in another order (np.einsum
+against sum(a * b)) or through an algebraically equal formula (scipy's logsumexp and expit against
+their max-shifted forms), so each side lies within gamma_n T of the exact value and the two sides
+within 2 gamma_n T, with T the sum of the magnitudes of the terms (the sizes dynamics.energy
+uses for its own round-off allowances: ``value_size``, ``hvp_size``, size(E)) and gamma_n = n eps64
+for the longest chain of roundings, n = (length of the longest sum) + 8 elementwise operations.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dynamics import lagrangians as L
+from dynamics.energy import _energy_and_size
+from dynamics.network import Network
+from models import Memory, get_separation
+from models._array_api import namespace, to_numpy
+from models.similarity import get_similarity
+
+xps = pytest.importorskip("array_api_strict")
+
+EPS = np.finfo(np.float64).eps
+DEV = xps.Device("device1")   # not the default device: results must follow their inputs there
+N, D, B = 9, 16, 5
+
+
+def strict(a, dtype=None):
+    return xps.asarray(np.asarray(a, dtype=dtype), device=DEV)
+
+
+def host(x, dtype=xps.float64):
+    """x checked to be an array-api-strict array on DEV of ``dtype``, as numpy."""
+    assert namespace(x) is xps and x.device == DEV and x.dtype == dtype
+    return to_numpy(x)
+
+
+def gamma(n_sum: int) -> float:
+    """Round-off of one path, relative to the sum of the magnitudes of the terms."""
+    return (n_sum + 8) * EPS
+
+
+LAGRANGIANS = [L.quadratic(), L.rectified_polynomial(2.0), L.rectified_polynomial(1.5),
+               L.signed_polynomial(3.0), L.log_sum_exp(2.0), L.exponential(0.5), L.spherical(),
+               L.log_cosh(), L.softplus()]
+
+
+@pytest.mark.parametrize("lag", LAGRANGIANS, ids=lambda lag: lag.name)
+def test_lagrangian_on_strict_arrays_agrees_with_numpy(lag):
+    rng = np.random.default_rng(3)
+    x = 2.0 * rng.standard_normal((B, D))
+    x[0, :3] = 0.0                       # the kink of the rectified and signed forms
+    x[1, 0] = 2.5                        # log_cosh's two branches meet at |x| = 1
+    x[1, 1] = -0.75
+    u = rng.standard_normal((B, D))
+    xs, us = strict(x), strict(u)
+    tol = 2 * gamma(D)
+    A = np.abs
+    hsize = lag.hvp_size(x, u)
+    g = lag.grad(x)
+    vs = lag.value_size(x)
+    checks = {
+        # per row: sums of D terms, each known to a few ulps of its magnitude
+        "value": (lag.value(xs), lag.value(x), vs),
+        "value_size": (lag.value_size(xs), vs, vs),
+        # per entry: elementwise forms, or (softmax, spherical) one normalising sum of D terms
+        "grad": (lag.grad(xs), g, A(g) if lag.kind not in ("spherical",) else A(g) + A(x) / np.linalg.norm(
+            x, axis=1, keepdims=True)),
+        "hvp": (lag.hvp(xs, us), lag.hvp(x, u), hsize),
+        "hvp_size": (lag.hvp_size(xs, us), hsize, hsize),
+        # x.g - L and u^T H u: one more sum of D products over what was compared above
+        "legendre": (lag.legendre(xs), lag.legendre(x), (A(x) * A(g)).sum(1) + vs),
+        "curvature": (lag.curvature(xs, us), lag.curvature(x, u), (A(u) * hsize).sum(1)),
+    }
+    for what, (got, want, size) in checks.items():
+        got = host(got)
+        assert got.shape == want.shape, what
+        err = np.abs(got - want)
+        assert np.all(err <= tol * size), (what, float(np.max(err - tol * size)))
+
+
+def test_elementwise_lagrangian_runs_the_users_functions_on_strict_arrays():
+    """F = x^4 / 4 written with the array's own operations (x * x ...) works on any namespace; a
+    function that returns numpy for strict states is refused naming the library."""
+    quartic = L.elementwise(lambda x: x * x * x * x / 4, lambda x: x * x * x, lambda x: 3 * x * x,
+                            name="quartic")
+    x = (np.arange(B * D) - 40.0).reshape(B, D) / 16   # k / 16, |k| <= 40: x^3 has <= 18 bits, exact
+    got = host(quartic.grad(strict(x)))
+    assert np.array_equal(got, x * x * x)
+    # sums of D non-negative terms: gamma_D of the result
+    assert np.allclose(host(quartic.value(strict(x))), (x ** 4 / 4).sum(1), rtol=2 * gamma(D), atol=0)
+    # a user function that builds numpy arrays (here from the shape alone) for strict states
+    numpy_only = L.elementwise(lambda x: np.ones(tuple(x.shape)), lambda x: np.ones(tuple(x.shape)),
+                               lambda x: np.zeros(np.shape(x)), name="numpy_built")
+    with pytest.raises(TypeError, match="returned ndarray for array_api_strict states"):
+        numpy_only.grad(strict(x))
+
+
+def test_lagrangian_overflow_is_reported_on_strict_arrays():
+    with pytest.raises(OverflowError, match=r"beta \* x overflows float64"):
+        L.log_sum_exp(1e300).grad(strict(np.full((1, 3), 1e10)))
+    with pytest.raises(OverflowError, match="exp\\(beta x\\) overflows"):
+        L.exponential(1.0).grad(strict(np.full((1, 3), 800.0)))
+    with pytest.raises(ValueError, match="x = 0 has no direction"):
+        L.spherical().grad(strict(np.zeros((1, 3))))
+
+
+NETWORKS = [
+    ("dot", {}, L.quadratic(), L.log_sum_exp(4.0)),
+    ("euclidean", {}, L.quadratic(), L.log_sum_exp(2.0)),
+    ("squared_euclidean", {}, L.log_cosh(), L.rectified_polynomial(2.0)),
+    ("cosine", {}, L.quadratic(), L.exponential(0.5)),
+    ("manhattan", {"eps": 0.1}, L.quadratic(), L.log_sum_exp(1.0)),
+    ("minkowski", {"p": 3}, L.quadratic(), L.log_sum_exp(1.0)),
+    ("kl", {}, L.softplus(), L.log_sum_exp(1.0)),
+]
+
+
+def _pair(name, params, L_v, L_h, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    M = rng.random((N, D)).astype(dtype)
+    I = 0.25 * rng.standard_normal(D)
+    kw = dict(similarity=get_similarity(name, **params), L_v=L_v, L_h=L_h, tau_v=0.5, tau_h=0.25, I=I)
+    return Network(M, **kw), Network(strict(M), **kw), M, I
+
+
+@pytest.mark.parametrize("name,params,L_v,L_h", NETWORKS, ids=[n[0] for n in NETWORKS])
+def test_network_on_strict_arrays_agrees_with_numpy(name, params, L_v, L_h):
+    """rhs, velocity, residual, energies, dE/dt and the readout of a network on strict memories
+    against the same network on numpy memories, at one set of states.
+
+    Tolerances (see the module docstring): the right-hand side adds, per entry, the N terms of the
+    gradient contraction (bounded by |f| |M| + |f|_1 |g|, dynamics.energy's drive estimate) and
+    |v| + |I|, or a score (|S| + (|m| + |g|)^2) and |h|, each divided by its tau; E adds the terms
+    size(E) of dynamics.energy._energy_and_size; dE/dt = -tau vdot^T H vdot carries the velocity's
+    error through 2 |H vdot|.|d vdot| plus its own sum; the readout sums N products |f| |P|."""
+    net, snet, M, I = _pair(name, params, L_v, L_h)
+    rng = np.random.default_rng(1)
+    Q = rng.random((B, D))
+    v0, h0 = net.initial_state(Q)
+    sv0, sh0 = snet.initial_state(strict(Q))
+    n = D + N
+    tol = 2 * gamma(n)
+    # the state the flow reaches a little later: generic, not the initial h = S(g)
+    v, h = v0 + 0.1 * rng.standard_normal(v0.shape), h0 + 0.1 * rng.standard_normal(h0.shape)
+    if name == "kl":
+        v = np.abs(v)
+    sv, sh = strict(v), strict(h)
+
+    g, f = L_v.grad(v), L_h.grad(h)
+    S = net.similarity(g)
+
+    def score_size(g):
+        return np.abs(net.similarity(g)) + (np.linalg.norm(M, axis=1)[None, :]
+                                            + np.linalg.norm(g, axis=1)[:, None]) ** 2
+
+    def drive_size(f):
+        return (np.abs(f) @ np.abs(M) + np.abs(f).sum(1, keepdims=True) * np.abs(g) + np.abs(v)
+                + np.abs(I)) / net.tau_v
+
+    size_dv, size_dh = drive_size(f), (score_size(g) + np.abs(h)) / net.tau_h
+
+    def close(got, want, size, what):
+        err = np.abs(host(got) - want)
+        assert np.all(err <= tol * size), (what, float(np.max(err - tol * size)))
+
+    close(sv0, v0, np.abs(v0), "initial v")
+    close(sh0, h0, score_size(L_v.grad(v0)), "initial h = S(g(q))")
+    close(snet.similarity(L_v.grad(sv)), S, score_size(g), "S(g)")
+    dv, dh = net.rhs(v, h)
+    sdv, sdh = snet.rhs(sv, sh)
+    close(sdv, dv, size_dv, "dv/dt")
+    close(sdh, dh, size_dh, "dh/dt")
+    Y = np.concatenate([v, h], axis=1)
+    size_F = np.concatenate([size_dv, size_dh], axis=1)
+    close(snet.velocity(strict(Y)), np.concatenate([dv, dh], axis=1), size_F, "velocity")
+    close(snet.residual(sv, sh), net.residual(v, h), size_F.max(1), "residual")
+
+    E, size_E = _energy_and_size(net, Y, None, adiabatic=False)
+    close(snet.energy(sv, sh), E, size_E, "E")
+    E_ad, size_Ead = _energy_and_size(net, v, None, adiabatic=True)
+    close(snet.energy_adiabatic(sv), E_ad, size_Ead, "E adiabatic")
+
+    def quad_size(lag, x, u, size_u, tau):
+        """tau u.H u: its own sum of products, and the velocity's error (tol size_u) entering
+        twice through |H u|."""
+        Hu = lag.hvp_size(x, u)
+        return tau * ((np.abs(u) * Hu).sum(1) + 2 * (Hu * size_u).sum(1))
+
+    close(snet.dEdt(sv, sh), net.dEdt(v, h),
+          quad_size(L_v, v, dv, size_dv, net.tau_v) + quad_size(L_h, h, dh, size_dh, net.tau_h), "dE/dt")
+    dva = net.rhs_adiabatic(v)
+    size_dva = drive_size(L_h.grad(S))
+    close(snet.rhs_adiabatic(sv), dva, size_dva, "dv/dt adiabatic")
+    close(snet.dEdt_adiabatic(sv), net.dEdt_adiabatic(v), quad_size(L_v, v, dva, size_dva, net.tau_v),
+          "dE/dt adiabatic")
+    close(snet.readout(sh), net.readout(h), np.abs(f) @ np.abs(M), "readout")
+
+
+def test_float32_network_on_strict_arrays_keeps_float32_and_computes_energies_in_float64():
+    """float32 memories and states: the right-hand side stays float32 (and equals the numpy
+    float32 path to float32 round-off), energies come back float64 from the float64 twin of the
+    memories (equal to the numpy float32 network's float64 energies to float64 round-off)."""
+    net, snet, M, I = _pair("euclidean", {}, L.quadratic(), L.log_sum_exp(2.0), dtype=np.float32)
+    Q = np.random.default_rng(2).random((B, D)).astype(np.float32)
+    v, h = net.initial_state(Q)
+    sv, sh = snet.initial_state(strict(Q))
+    assert v.dtype == np.float32 and host(sv, xps.float32).dtype == np.float32
+    eps32 = float(np.finfo(np.float32).eps)
+    dv, dh = net.rhs(v, h)
+    sdv, sdh = snet.rhs(sv, sh)
+    g, f = v, net.L_h.grad(h)
+    span = (np.linalg.norm(M, axis=1)[None, :] + np.linalg.norm(g, axis=1)[:, None]) ** 2
+    size_dv = (np.abs(f) @ np.abs(M) + np.abs(f).sum(1, keepdims=True) * np.abs(g) + np.abs(v)
+               + np.abs(I)) / net.tau_v
+    size_dh = (np.abs(net.similarity(g)) + span + np.abs(h)) / net.tau_h
+    for got, want, size in ((sdv, dv, size_dv), (sdh, dh, size_dh)):
+        assert np.all(np.abs(host(got, xps.float32) - want) <= 2 * (D + N + 8) * eps32 * size)
+    Y = np.concatenate([v, h], axis=1).astype(np.float64)
+    E, size_E = _energy_and_size(net, Y, None, adiabatic=False)
+    sE = host(snet.energy(sv, sh))                   # float64 from float32 states
+    assert np.all(np.abs(sE - E) <= 2 * gamma(D + N) * size_E)
+
+
+def test_network_from_a_memory_of_strict_arrays():
+    """A models.Memory holding strict arrays gives a strict network with its similarity and the
+    memory Lagrangian of its separation (softmax(beta) -> log_sum_exp(beta))."""
+    rng = np.random.default_rng(4)
+    M = rng.random((N, D))
+    mem = Memory(strict(M), similarity="dot", separation=get_separation("softmax", beta=3.0))
+    snet, net = Network(mem), Network(Memory(M, similarity="dot", separation=get_separation("softmax", beta=3.0)))
+    assert snet.L_h.name == "log_sum_exp(beta=3)" and namespace(snet.M) is xps
+    Q = rng.random((B, D))
+    v, h = net.initial_state(Q)
+    # E: the sum of the magnitudes of its terms (dynamics.energy), two sums of up to D + N terms
+    E, size_E = _energy_and_size(net, np.concatenate([v, h], axis=1), None, adiabatic=False)
+    sv, sh = snet.initial_state(strict(Q))
+    assert np.all(np.abs(host(snet.energy(sv, sh)) - E) <= 2 * gamma(D + N) * size_E)
+
+
+def test_strict_network_refuses_numpy_states_and_numpy_only_entry_points():
+    from dynamics.energy import verify_energy
+    from dynamics.integrate import integrate
+    _, snet, M, _ = _pair("dot", {}, L.quadratic(), L.log_sum_exp(1.0))
+    Q = np.random.default_rng(5).random((B, D))
+    with pytest.raises(TypeError, match="queries is a numpy array but the network's memories are "
+                                        "array_api_strict arrays"):
+        snet.initial_state(Q)
+    with pytest.raises(ValueError, match="feature state v contains 1 NaN/inf"):
+        bad = Q.copy()
+        bad[2, 3] = np.nan
+        snet._check_state(strict(bad))
+    with pytest.raises(ValueError, match=r"memory state h has shape \(5, 3\), expected \(5, 9\)"):
+        snet._check_state(strict(Q), strict(np.zeros((B, 3))))
+    with pytest.raises(TypeError, match="integrate computes in numpy, but this network's memories "
+                                        "are array_api_strict arrays"):
+        integrate(snet, strict(Q), 1.0)
+    with pytest.raises(TypeError, match="verify_energy computes in numpy"):
+        verify_energy(snet, None)
