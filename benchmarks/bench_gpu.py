@@ -11,8 +11,8 @@ query retrieved once), against one plain ``Q @ M.T`` of the same shapes measured
 Every timing synchronises the device before reading the clock; the best of ``--repeats`` calls
 after a warm-up is kept. Goal (issue "Array-API backends"): >= 2 M query-steps/s on one H100.
 
-RK45-batched (dynamics/): its section runs once dynamics.network.Network keeps arrays of the
-namespace it is given; until then it says so and is skipped.
+dynamics/: ``Network.rhs`` on the device (it computes in the namespace of its memories) against
+its two matmuls; the batched integrator (dynamics/dopri.py) is numpy only, so it is not timed.
 
 Without a CUDA device the script prints "no CUDA device" and exits 0 (after the CPU sweep when
 ``--cpu`` is given and torch is installed); CI never depends on a GPU.
@@ -119,25 +119,26 @@ def single_shot(name, to_dev, sync, N, D, batches, repeats, seed) -> list[str]:
     return failed
 
 
-def rk45_batched(name, to_dev) -> None:
-    """RK45-batched (dynamics/) on the device: query-steps per second and the RHS against its two
-    matmuls, once dynamics.network.Network computes in the namespace of its inputs; until then
-    this section says so and is skipped."""
-    print(f"\n== RK45-batched, {name} ==")
-    why = "dynamics.network.Network returns numpy arrays for device arrays"
-    try:
-        from dynamics import lagrangians as L
-        from dynamics.network import Network
-        M = to_dev(np.eye(3, dtype=np.float32))
-        net = Network(M, similarity="dot", L_v=L.quadratic(), L_h=L.log_sum_exp(beta=1.0))
-        v, h = net.initial_state(M[:2])
-        supported = not any(isinstance(a, np.ndarray) for a in (net.M, v, h, net.rhs(v, h)[0]))
-    except Exception as err:  # a refusal of device arrays is the same verdict, with its reason
-        supported, why = False, f"{type(err).__name__}: {err}"
-    if not supported:
-        print(f"skipped: dynamics/ does not compute in array namespaces yet ({why}); see docs/gpu.md")
-        return
-    print("dynamics/ accepts device arrays: add the RK45-batched timing here (docs/gpu.md)")
+def network_rhs(name, to_dev, sync, N, D, batches, repeats, seed) -> None:
+    """The dynamics' right-hand side on the device: ``Network.rhs`` (dot similarity, quadratic
+    L_v, log_sum_exp(beta=1) L_h, float32) in query-evaluations per second, against its two
+    matmuls (S = g M^T and the contraction f M) timed alone in the same run. The batched
+    integrator itself (dynamics/dopri.py) still computes in numpy, so no query-steps line yet."""
+    from dynamics import lagrangians as L
+    from dynamics.network import Network
+    rng = np.random.default_rng(seed)
+    M = rng.random((N, D), dtype=np.float32)
+    Qall = rng.random((max(batches), D), dtype=np.float32)
+    Md = to_dev(M)
+    net = Network(Md, similarity="dot", L_v=L.quadratic(), L_h=L.log_sum_exp(beta=1.0))
+    print(f"\n== Network.rhs, {name}: N={N}, D={D}, float32, best of {repeats} ==")
+    print(f"{'B':>8} {'rhs evals/s':>14} {'2 matmuls /s':>14} {'rhs / matmuls':>14}")
+    for B in batches:
+        v, h = net.initial_state(to_dev(Qall[:B]))
+        t_rhs = best_time(lambda: net.rhs(v, h), sync, repeats)
+        t_mm = best_time(lambda: (v @ Md.T, h @ Md), sync, repeats)
+        print(f"{B:>8} {B / t_rhs:>14.3g} {B / t_mm:>14.3g} {t_rhs / t_mm:>14.2f}")
+    print("RK45-batched: dynamics/dopri.py computes in numpy (docs/gpu.md); not timed on the device")
 
 
 def main(argv=None) -> int:
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
         on_cpu = "CPU" in name
         batches = args.batches or ([256, 1024] if on_cpu else [1024, 4096, 16384, 65536])
         failed += single_shot(name, to_dev, sync, args.N, args.D, batches, args.repeats, args.seed)
-        rk45_batched(name, to_dev)
+        network_rhs(name, to_dev, sync, args.N, args.D, batches, args.repeats, args.seed)
     if gpus:
         print("\nall goals met" if not failed else "\nbelow goal:\n  " + "\n  ".join(failed))
     return 0
