@@ -237,7 +237,8 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         from .reduced import integrate_reduced
         with threadpool_limits(limits=blas_threads, user_api="blas"), \
                 _time_bar(progress, t_end, len(np.atleast_2d(Q))) as report:
-            # the reduced rows are float64 whatever the queries' dtype (N-sized, cheap)
+            # the reduced rows are float64 whatever the queries' dtype (N-sized, cheap); the
+            # samples come back in the queries' dtype
             traj = integrate_reduced(net, Q, t_end, rtol=resolved_rtol(rtol, np.float64), atol=atol,
                                      t_eval=t_eval, n_samples=n_samples,
                                      stop_at_fixed_point=stop_at_fixed_point,

@@ -115,13 +115,17 @@ class ReducedSystem:
 
     def __init__(self, net: Network, v0, I, adiabatic: bool):
         self.net, self.adiabatic = net, adiabatic
-        self.M, self.N = net.M, net.N
-        self.G = net.M @ net.M.T                   # (N, N) Gram matrix of the memories
+        # float64 throughout, also for a float32 network (its exact float64 twin of M): the rows
+        # are N-sized, so float64 costs little, and float32 samples are rounded only at the end
+        M = net._bound(np.dtype(np.float64))[1]
+        v0 = np.asarray(v0, dtype=np.float64)
+        self.M, self.N = M, net.N
+        self.G = M @ M.T                           # (N, N) Gram matrix of the memories
         self.v0, self.I = v0, I
         self.dI = I - v0                           # (B, D): tau_v dc/dt = (I - v0) e
         self.dI_inf = np.abs(self.dI).max(axis=1)  # (B,)
-        self.MI = I @ net.M.T                      # (B, N)
-        self.Md = (v0 - I) @ net.M.T               # (B, N): M c(t) = MI + Md e^{-t/tau_v}
+        self.MI = I @ M.T                          # (B, N)
+        self.Md = (v0 - I) @ M.T                   # (B, N): M c(t) = MI + Md e^{-t/tau_v}
         self.has_MI, self.has_Md = bool(self.MI.any()), bool(self.Md.any())
         self.width = (1 if adiabatic else 2) * self.N + 1
         self._rows = None
@@ -269,6 +273,9 @@ def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-
             raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
                                      f"the state left the range this network can represent") from None
     v, h = red.rebuild(sol.y)
+    # samples in the queries' dtype, as integrate's other methods return them (float32 queries on
+    # float32 memories: float32 samples); E and dE/dt below are those of the stored samples
+    v, h = v.astype(v0.dtype, copy=False), h.astype(v0.dtype, copy=False)
     # the Network's own energy and dE/dt (row-wise formulas), on all T x B rebuilt states as one
     # batch: one GEMM per term instead of one per sample
     T, D, N = len(sol.t), net.D, net.N

@@ -359,3 +359,27 @@ def test_integrate_method_reduced_applies_the_blas_policy(threads):
     assert seen == {threads} and tr.params["blas_threads"] == threads
     with pytest.raises(ValueError, match="blas_threads"):
         integrate(net, M[:2], 5.0, method="reduced", blas_threads=0)
+
+
+def test_float32_queries_give_float32_samples_rounded_from_the_float64_reduced_run():
+    """The reduced rows are float64 for any network (the float64 twin of float32 memories), so a
+    float32 problem (memories, queries and h0 float32, hence exact in float64) runs the very
+    float64 integration of the same values in float64 and only rounds the samples: v and h equal
+    the float64 run's samples rounded to float32, exactly, at the same times; E and dE/dt are
+    float64, computed from the stored float32 samples, and pass the energy check."""
+    M64 = memories()
+    M32 = M64.astype(np.float32)
+    Q32 = queries(M64).astype(np.float32)
+    net32 = Network(M32, "dot", L_v=L.quadratic(), L_h=L.log_sum_exp(0.5), tau_v=TAU_V, tau_h=TAU_H)
+    net64 = Network(M32.astype(np.float64), "dot", L_v=L.quadratic(), L_h=L.log_sum_exp(0.5),
+                    tau_v=TAU_V, tau_h=TAU_H)
+    h0 = net32.initial_state(Q32)[1]                      # float32
+    t32 = integrate(net32, Q32, 20.0, method="reduced", h0=h0, rtol=RTOL, atol=ATOL)
+    t64 = integrate(net64, Q32.astype(np.float64), 20.0, method="reduced", h0=h0.astype(np.float64),
+                    rtol=RTOL, atol=ATOL)
+    assert t32.v.dtype == t32.h.dtype == np.float32 and t32.E.dtype == t32.dEdt.dtype == np.float64
+    assert np.array_equal(t32.t, t64.t)
+    assert np.array_equal(t32.v, t64.v.astype(np.float32))
+    assert np.array_equal(t32.h, t64.h.astype(np.float32))
+    rep = verify_energy(net32, t32)
+    assert rep.passed, rep.summary()
