@@ -404,7 +404,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         diverge_factor * max(|v(0)|, 1) is reported as diverging (E decreasing without bound is no
         evidence of retrieval). A non-finite energy at any sample is a violation.
     """
-    net.require_numpy("verify_energy")
+    net = net.on_host()         # a network on other arrays: checked on its numpy copy
     for name, val in (("fd_safety", fd_safety), ("flow_safety", flow_safety)):
         if not (np.isfinite(val) and val >= 1):
             raise ValueError(f"{name} must be a finite factor >= 1 on an error estimate, got {val}")

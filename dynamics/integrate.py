@@ -26,8 +26,11 @@ from scipy.sparse import csr_matrix
 
 from threadpoolctl import threadpool_limits
 
+from models._array_api import device, is_numpy_namespace, library_name, to_numpy
+
 from .dopri import (check_keep_every, check_times, kept_indices, resolved_rtol, rows_within,
                     solve_batched)
+from .dopri_array import solve_batched_array
 from .network import Network, require_count, require_positive
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -225,7 +228,16 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    net.require_numpy("integrate")
+    if not is_numpy_namespace(net.xp):
+        if method != BATCHED:
+            raise TypeError(f"method={method!r} computes in numpy, but this network's memories are "
+                            f"{library_name(net.xp)} arrays; use method='{BATCHED}' (on their "
+                            f"device) or a network of numpy memories")
+        return _integrate_array(net, Q, t_end, rtol=rtol, atol=atol, t_eval=t_eval,
+                                n_samples=n_samples, stop_at_fixed_point=stop_at_fixed_point,
+                                fixed_point_tol=fixed_point_tol, noise_factor=noise_factor,
+                                adiabatic=adiabatic, input_mode=input_mode, h0=h0,
+                                max_step=max_step, max_nfev=max_nfev, keep=keep, progress=progress)
     t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
                                                 input_mode, max_step, max_nfev)
     if blas_threads is not None:
@@ -289,6 +301,84 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     return Trajectory(t=ts, v=v, h=h, E=E, dEdt=dE, I=I, converged=stopped | (ratio <= 1.0),
                       method=method, backend="scipy" if method in SCIPY_METHODS else "numpy",
                       message=info.pop("message"), adiabatic=adiabatic, params=params)
+
+
+def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, stop_at_fixed_point,
+                     fixed_point_tol, noise_factor, adiabatic, input_mode, h0, max_step, max_nfev,
+                     keep, progress) -> Trajectory:
+    """integrate(method="RK45-batched") for a network on non-numpy arrays: the step, sampling,
+    rest test (:func:`rest_floor`'s threshold), energies and dE/dt at the samples (float64) on the
+    arrays' device (dynamics.dopri_array), then one host copy of the samples ``keep`` retains:
+    the Trajectory holds numpy arrays, so verify_energy, the plots and dynamics.io read it as any
+    other (``keep="ends"`` copies the first and last samples only)."""
+    xp = net.xp
+    keep_every = _keep_every(keep)
+    t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
+                                                input_mode, max_step, max_nfev)
+    v0, h0 = net.initial_state(Q, h0)
+    rtol = resolved_rtol(rtol, np.float32 if v0.dtype == xp.float32 else np.float64)
+    B, D = v0.shape
+    I = xp.asarray(v0, copy=True) if input_mode == "clamped" else net._I(None, B, v0.dtype)
+    Y0 = v0 if adiabatic else xp.concat([v0, h0], axis=1)
+    t_eval = sample_times(t_end, t_eval, n_samples)
+    zero_input = input_mode != "clamped" and net.I is None
+
+    def F(t, Y):
+        return net.velocity(Y, None if zero_input else I, adiabatic)
+
+    at_rest = None
+    if stop_at_fixed_point:
+        base, slope = (xp.asarray(a, dtype=xp.float64, device=device(v0))
+                       for a in rest_floor(net, Y0.shape[1], fixed_point_tol, noise_factor, rtol, atol))
+
+        def at_rest(Y, dY):
+            return xp.all(xp.abs(dY) <= base + slope * xp.abs(Y), axis=1)
+
+    def stall(row, t, reason):
+        return RuntimeError(_stall_message(net, t, t_end, f"query {row}: {reason}"))
+
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise"), \
+                _time_bar(progress, t_end, B) as report:
+            sol = solve_batched_array(F, Y0, t_end, t_eval=t_eval, rtol=rtol, atol=atol,
+                                      at_rest=at_rest, max_step=max_step, max_nfev=max_nfev,
+                                      on_stall=stall, progress=report)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
+                                 f"the state left the range this network can represent") from None
+    ts, Y = sol.t, sol.y
+    if keep_every != 1:
+        kept = kept_indices(len(ts), keep_every)
+        ts, Y = ts[kept], xp.take(Y, xp.asarray(kept, device=device(v0)), axis=0)
+    T = len(ts)
+    v = Y[:, :, :D]
+    Is = xp.broadcast_to(xp.astype(I, xp.float64) if I.dtype != xp.float64 else I, (T, B, D))
+    Ir = xp.reshape(Is, (T * B, D))
+    vr = xp.reshape(v, (T * B, D))
+    if adiabatic:
+        h = xp.reshape(net.similarity(net.L_v.grad(vr)), (T, B, net.N))
+        E, dE = net.energy_adiabatic(vr, Ir), net.dEdt_adiabatic(vr, Ir)
+    else:
+        h = Y[:, :, D:]
+        hr = xp.reshape(h, (T * B, net.N))
+        E, dE = net.energy(vr, hr, Ir), net.dEdt(vr, hr, Ir)
+    Yf = Y[-1, ...]
+    base, slope = (xp.asarray(a, dtype=xp.float64, device=device(v0))
+                   for a in rest_floor(net, Yf.shape[1], fixed_point_tol, noise_factor, rtol, atol))
+    ratio = to_numpy(xp.max(xp.abs(net.velocity(Yf, None if zero_input else I, adiabatic))
+                            / (base + slope * xp.abs(Yf)), axis=1))
+    n_fp = int(sol.at_fixed_point.sum())
+    message = (f"{n_fp} of {B} queries reached a fixed point" if stop_at_fixed_point else "reached t_end")
+    params = {"rtol": rtol, "atol": atol, "t_end": float(t_end), "fixed_point_tol": fixed_point_tol,
+              "noise_factor": noise_factor, "input_mode": input_mode,
+              "keep": keep if isinstance(keep, str) else int(keep), "nfev": int(sol.nfev.sum()),
+              "nfev_per_query": sol.nfev.tolist(), "t_final_per_query": sol.t_final.tolist(),
+              **net.describe()}
+    return Trajectory(t=ts, v=to_numpy(v), h=to_numpy(h), E=to_numpy(xp.reshape(E, (T, B))),
+                      dEdt=to_numpy(xp.reshape(dE, (T, B))), I=to_numpy(xp.broadcast_to(I, (B, D))),
+                      converged=sol.at_fixed_point | (ratio <= 1.0), method=BATCHED,
+                      backend=f"{library_name(xp)} on {device(v0)}", message=message,
+                      adiabatic=adiabatic, params=params)
 
 
 def _keep_every(keep):

@@ -115,6 +115,7 @@ class Network:
         self._unbound_sim = self.sim
         self.sim, self.M, self.P = bind_private(self.sim, self.M, self.P, xp=xp)
         self._sim64 = None      # the float64 twin for energies of a float32 network (_bound)
+        self._host = None       # the numpy copy of a network on other arrays (on_host)
         self.L_v = quadratic() if L_v is None else L_v
         self.L_h = LogSumExp(1.0) if L_h is None else L_h
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):
@@ -164,6 +165,18 @@ class Network:
         return {"N": self.N, "D": self.D, "similarity": self.sim.name, "L_v": self.L_v.name,
                 "L_h": self.L_h.name, "tau_v": self.tau_v, "tau_h": self.tau_h,
                 "input_current": self.I is not None}
+
+    def on_host(self) -> "Network":
+        """This network with numpy memories (a host copy, made once): itself when it is numpy.
+        The checks that run in numpy (verify_energy, the fixed-point analysis) use it."""
+        if is_numpy_namespace(self.xp):
+            return self
+        if getattr(self, "_host", None) is None:
+            P = None if self.P is self.M else to_numpy(self.P)
+            self._host = Network(to_numpy(self.M), self._unbound_sim, L_v=self.L_v, L_h=self.L_h,
+                                 tau_v=self.tau_v, tau_h=self.tau_h,
+                                 I=None if self.I is None else to_numpy(self.I), values=P)
+        return self._host
 
     def require_numpy(self, who: str) -> None:
         """Raise TypeError unless the network computes in numpy: for the parts of dynamics/ that

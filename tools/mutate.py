@@ -65,13 +65,18 @@ TESTS = {
                              "tests/models/test_array_api.py", "tests/models/test_mutants_*.py"],
     "models/memory.py": ["tests/models/test_memory.py", "tests/models/test_named_models.py",
                          "tests/models/test_array_api.py", "tests/models/test_mutants_*.py"],
+    # test_array_api_dynamics.py: the spec-only branches of the Lagrangians, Network and the
+    # array batched integrator
     "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/test_energy.py",
+                                "tests/dynamics/test_array_api_dynamics.py",
                                 "tests/dynamics/test_mutants_*.py"],
     "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/test_energy.py",
-                            "tests/dynamics/test_integrate.py", "tests/dynamics/test_mutants_*.py"],
+                            "tests/dynamics/test_integrate.py", "tests/dynamics/test_array_api_dynamics.py",
+                            "tests/dynamics/test_mutants_*.py"],
     "dynamics/energy.py": ["tests/dynamics/test_energy.py", "tests/dynamics/test_energy_trajectory.py",
                            "tests/dynamics/test_mutants_*.py"],
     "dynamics/dopri.py": ["tests/dynamics/test_batched_integrator.py", "tests/dynamics/test_mutants_*.py"],
+    "dynamics/dopri_array.py": ["tests/dynamics/test_array_api_dynamics.py"],
     "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/test_batched_integrator.py",
                               "tests/dynamics/test_mutants_*.py"],
 }
@@ -301,7 +306,7 @@ def summarise(data: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--modules", nargs="*", default=list(TESTS), help="modules to mutate (default: all eight)")
+    ap.add_argument("--modules", nargs="*", default=list(TESTS), help="modules to mutate (default: every module of TESTS)")
     ap.add_argument("--commit", default="HEAD", help="committed tree to mutate (default HEAD)")
     ap.add_argument("--max-per-module", type=int, default=40, help="random sample size per module (0: all)")
     ap.add_argument("--seed", type=int, default=0)

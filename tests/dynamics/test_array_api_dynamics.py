@@ -242,8 +242,7 @@ def test_network_from_a_memory_of_strict_arrays():
     assert np.all(np.abs(host(snet.energy(sv, sh)) - E) <= 2 * gamma(D + N) * size_E)
 
 
-def test_strict_network_refuses_numpy_states_and_numpy_only_entry_points():
-    from dynamics.energy import verify_energy
+def test_strict_network_refuses_numpy_states_and_numpy_only_methods():
     from dynamics.integrate import integrate
     _, snet, M, _ = _pair("dot", {}, L.quadratic(), L.log_sum_exp(1.0))
     Q = np.random.default_rng(5).random((B, D))
@@ -256,8 +255,146 @@ def test_strict_network_refuses_numpy_states_and_numpy_only_entry_points():
         snet._check_state(strict(bad))
     with pytest.raises(ValueError, match=r"memory state h has shape \(5, 3\), expected \(5, 9\)"):
         snet._check_state(strict(Q), strict(np.zeros((B, 3))))
-    with pytest.raises(TypeError, match="integrate computes in numpy, but this network's memories "
-                                        "are array_api_strict arrays"):
-        integrate(snet, strict(Q), 1.0)
-    with pytest.raises(TypeError, match="verify_energy computes in numpy"):
-        verify_energy(snet, None)
+    with pytest.raises(TypeError, match="method='RK45' computes in numpy, but this network's memories "
+                                        "are array_api_strict arrays; use method='RK45-batched'"):
+        integrate(snet, strict(Q), 1.0, method="RK45")
+    with pytest.raises(TypeError, match="run_brian2 computes in numpy"):
+        from dynamics.brian2_backend import run_brian2
+        run_brian2(snet, strict(Q), 1.0)
+
+
+# ------------------------------------------------------------------ the batched integrator
+def _linear(B_, W, seed=0):
+    """dY_b/dt = lambda_b A Y_b, A = -diag(a): contracting, |lambda a| <= 6; both solvers' F."""
+    rng = np.random.default_rng(seed)
+    a, lam = rng.uniform(0.5, 3, W), rng.uniform(0.5, 2, B_)
+    A, As, ls = -np.diag(a), strict(-np.diag(a)), strict(lam)
+
+    def F_np(t, Y, rows, out):
+        out[:] = (Y @ A.T) * lam[rows][:, None]
+        return out
+
+    def F_xp(t, Y):
+        return (Y @ xps.astype(As, Y.dtype).T) * xps.astype(ls, Y.dtype)[:, None]
+    return F_np, F_xp, rng.standard_normal((B_, W)), float(np.max(a) * np.max(lam))
+
+
+def _step_drift(n_terms, eps, rtol):
+    """How far two correct runs' step sizes drift apart, relative: the error norm divides an
+    error estimate, itself a cancelling difference of stages, by atol + rtol |y|, so a round-off
+    difference of (n + 8) eps |y| between the runs' states or right-hand sides (n the longest sum)
+    moves err, hence h ~ err^(-1/5), by up to (n + 8) eps / rtol relative."""
+    return (n_terms + 8) * eps / rtol
+
+
+def _global_error(n_steps, atol, rtol, y_max):
+    """Each run lies within its steps times the local tolerance atol + rtol |y| of the exact flow
+    (a contracting one: local errors do not grow), so two runs within twice that."""
+    return 2 * n_steps * (atol + rtol * y_max)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_solve_batched_array_takes_the_numpy_solvers_steps(dtype):
+    """The array solver (masked rows, on the device) against dynamics.dopri.solve_batched (numpy
+    kernels, compacted rows) on a contracting linear system with a rest test. The two do the same
+    arithmetic per element except the error norm's sum of squares (W terms, reduced in another
+    order), so their step sizes drift apart by at most :func:`_step_drift` relative per step:
+    1e-7 in float64, where an accept/reject decision would have to sit that close to err = 1 to
+    flip (so the step counts are equal), 1e-2 in float32 (counts may differ by a step or two).
+    Either way both runs are within the integrator's global error of the exact flow, and their
+    stop times within the accumulated drift."""
+    from dynamics.dopri import solve_batched
+    from dynamics.dopri_array import solve_batched_array
+    B_, W, t_end = 6, 5, 30.0
+    F_np, F_xp, Y0, lam_max = _linear(B_, W)
+    Y0 = Y0.astype(dtype)
+    t_eval = np.linspace(0, t_end, 31)
+    rtol, atol = (1e-8 if dtype == np.float64 else 1e-4), 1e-10
+    floor = 1e-3
+
+    def rest_np(Y, dY, rows):
+        return np.abs(dY).max(1) < floor
+
+    def rest_xp(Y, dY):
+        return xps.max(xps.abs(dY), axis=1) < floor
+
+    a = solve_batched(F_np, Y0, t_end, t_eval=t_eval, rtol=rtol, atol=atol, at_rest=rest_np,
+                      kernels="numpy")
+    b = solve_batched_array(F_xp, strict(Y0), t_end, t_eval=t_eval, rtol=rtol, atol=atol,
+                            at_rest=rest_xp)
+    assert b.at_fixed_point.all() and np.array_equal(a.at_fixed_point, b.at_fixed_point)
+    eps = float(np.finfo(dtype).eps)
+    if dtype == np.float64:
+        for name in ("n_steps", "n_rejected", "nfev"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    else:
+        assert np.abs(a.n_steps + a.n_rejected - b.n_steps - b.n_rejected).max() <= 2
+    drift = _step_drift(W, eps, rtol)
+    assert np.all(np.abs(b.t_final - a.t_final) <= drift * a.t_final)
+    assert np.array_equal(a.t[:-1], b.t[:-1]) and abs(a.t[-1] - b.t[-1]) <= drift * a.t[-1]
+    xdtype = xps.float32 if dtype == np.float32 else xps.float64
+    tol = _global_error(a.n_steps.max(), atol, rtol, np.abs(Y0).max())
+    assert np.abs(host(b.y, xdtype) - a.y).max() <= tol
+    assert np.abs(host(b.y_final, xdtype) - a.y_final).max() <= tol
+
+
+def test_solve_batched_array_reports_a_stalled_row():
+    from dynamics.dopri_array import solve_batched_array
+    _, F_xp, Y0, _ = _linear(3, 4)
+    with pytest.raises(RuntimeError, match="row 0 stopped at t=.* more than 20 right-hand-side evaluations"):
+        solve_batched_array(F_xp, strict(Y0), 10.0, t_eval=np.linspace(0, 10, 3), max_nfev=20)
+
+
+def _integrate_pair(**kw):
+    from dynamics.integrate import integrate
+    rng = np.random.default_rng(6)
+    M = rng.random((N, D))
+    Q = M[:4] + 0.2 * rng.standard_normal((4, D))
+    args = dict(similarity="dot", L_v=L.quadratic(), L_h=L.log_sum_exp(4.0), tau_v=0.5, tau_h=0.25,
+                I=0.1 * np.ones(D))
+    net, snet = Network(M, **args), Network(strict(M), **args)
+    a = integrate(net, Q, 30.0, method="RK45-batched", **kw)
+    b = integrate(snet, strict(Q), 30.0, method="RK45-batched", **kw)
+    return net, snet, a, b
+
+
+@pytest.mark.parametrize("kw", [{}, {"adiabatic": True}, {"input_mode": "clamped"}],
+                         ids=["two-layer", "adiabatic", "clamped"])
+def test_integrate_on_strict_arrays_follows_the_numpy_run_and_passes_the_energy_check(kw):
+    """integrate(method="RK45-batched") of a network on strict arrays: the same steps and stops as
+    the numpy network (nfev per query, sample times, converged), states within the per-step
+    round-off of the two right-hand sides ((D + N + 8) eps of the terms they add, about |y| here,
+    per step, on a flow that contracts to its fixed point), and a Trajectory of numpy arrays
+    whose stored energies agree with the numpy network's recomputation and pass verify_energy."""
+    from dynamics.energy import verify_energy
+    net, snet, a, b = _integrate_pair(**kw)
+    rtol, atol = a.params["rtol"], a.params["atol"]
+    assert b.params["nfev_per_query"] == a.params["nfev_per_query"]
+    assert np.array_equal(a.converged, b.converged) and b.converged.all()
+    drift = _step_drift(D + N, EPS, rtol)
+    assert np.array_equal(a.t[:-1], b.t[:-1]) and abs(a.t[-1] - b.t[-1]) <= drift * a.t[-1]
+    assert isinstance(b.v, np.ndarray) and b.backend.startswith("array_api_strict on")
+    steps = max(a.params["nfev_per_query"]) / 6
+    for x, y in ((a.v, b.v), (a.h, b.h)):
+        assert np.abs(x - y).max() <= _global_error(steps, atol, rtol, np.abs(x).max())
+    rep = verify_energy(snet, b)
+    assert rep.passed, rep.summary()
+    assert rep.stored_E_ratio <= 1 and rep.stored_dEdt_ratio <= 1
+
+
+def test_integrate_on_strict_arrays_keeps_the_ends_only_when_asked():
+    _, _, _, full = _integrate_pair()
+    _, _, _, ends = _integrate_pair(keep="ends")
+    assert len(ends.t) == 2 and np.array_equal(ends.t, full.t[[0, -1]])
+    assert np.array_equal(ends.v, full.v[[0, -1]]) and np.array_equal(ends.E, full.E[[0, -1]])
+
+
+def test_integrate_float32_strict_network_keeps_float32_states():
+    from dynamics.integrate import integrate
+    rng = np.random.default_rng(7)
+    M = rng.random((N, D)).astype(np.float32)
+    snet = Network(strict(M), "dot", L_h=L.log_sum_exp(4.0))
+    tr = integrate(snet, strict(M[:3] + 0.1 * rng.standard_normal((3, D)).astype(np.float32)), 40.0,
+                   method="RK45-batched")
+    assert tr.v.dtype == tr.h.dtype == np.float32 and tr.E.dtype == np.float64
+    assert tr.params["rtol"] == 1e-4 and tr.converged.all()

@@ -1,0 +1,253 @@
+"""Batched Dormand-Prince 5(4) on any array-API namespace (torch, CuPy, array-api-strict): the
+step of :func:`dynamics.dopri.solve_batched`, with every row's time, step size, error control,
+sampling and rest test kept on the arrays' device.
+
+The numpy integrator compacts finished rows out of its buffers and runs compiled kernels; both
+need data-dependent shapes or in-place writes the array API standard does not offer. Here every
+row stays in the batch and a finished row is frozen instead: its step size is 0, so its stages
+equal its state and every update is masked (``where``). Each step therefore costs the full batch's
+right-hand side, which is what a GPU runs best (no gathers, fixed shapes), and the loop's only host
+transfer is one small vector per step (whether rows are still running, the stall and
+finite-state flags, the earliest running time for ``progress``), plus one per sampling pass.
+
+Per row, exactly the numpy solver's arithmetic, in the same order per element (module docstring
+of dynamics.dopri): the same tableau and controller, the error norm accumulated in float64, float32
+states integrated in float32. Only the sums of squares of the error norm are reduced in another
+order (np.einsum there, sum(x * x) here), so step sizes can differ in the last bits; the tests
+compare the two solvers within a bound that follows from that.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from models._array_api import device, namespace, to_numpy
+
+from .dopri import (MAX_FACTOR, MIN_FACTOR, SAFETY, BatchSolution, _A, _B, _C, _E, _ORDER, _P,
+                    check_times, resolved_rtol)
+
+_A_ROWS = [[float(a) for a in _A[i, :i]] for i in range(_C.size)]
+_B_ROW, _E_ROW = [float(b) for b in _B], [float(e) for e in _E]
+_P_ROWS = [[float(p) for p in row] for row in _P]     # (7, 4): dense output polynomial
+
+
+def _rms(x, xp):
+    """Row-wise root mean square, accumulated in float64 (as dynamics.dopri._rms)."""
+    x = x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
+    return xp.sqrt(xp.sum(x * x, axis=1) / x.shape[1])
+
+
+def _weighted(Y, K, coef, h, xp):
+    """Y + h[:, None] * sum_j coef_j K_j, summed in the numpy solver's order (dopri._stage_numpy;
+    its in-place ``out *= h`` on float32 rows multiplies in float64 and rounds: so here)."""
+    s = K[0] * coef[0]
+    for j in range(1, len(coef)):
+        s = s + K[j] * coef[j]
+    return _as(s * h[:, None], Y.dtype, xp) + Y
+
+
+def _as(x, dtype, xp):
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def _initial_step(F, t0, Y0, F0, t_end, max_step, rtol, atol, xp):
+    """scipy's select_initial_step, one step size per row (dopri._initial_step)."""
+    scale = atol + xp.abs(Y0) * rtol
+    d0, d1 = _rms(Y0 / scale, xp), _rms(F0 / scale, xp)
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    h0 = xp.where(small, 1e-6, 0.01 * d0 / xp.maximum(d1, xp.asarray(1e-300, device=device(d1))))
+    h0 = xp.minimum(h0, t_end - t0)
+    Y1 = _as(Y0 + h0[:, None] * F0, Y0.dtype, xp)
+    F1 = F(t0 + h0, Y1)
+    d2 = _rms((F1 - F0) / scale, xp) / h0
+    dmax = xp.maximum(d1, d2)
+    h1 = xp.where(dmax <= 1e-15, xp.maximum(xp.full_like(h0, 1e-6), h0 * 1e-3),
+                  (0.01 / xp.maximum(dmax, xp.full_like(dmax, 1e-300))) ** (1.0 / (_ORDER + 1)))
+    cap = min(float(t_end) - float(xp.max(t0)), float(max_step))
+    return xp.minimum(xp.minimum(100 * h0, h1), xp.full_like(h1, cap))
+
+
+def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional[float] = None,
+                        atol: float = 1e-10, at_rest: Optional[Callable] = None,
+                        max_step: float = np.inf, max_nfev: int = 100_000,
+                        on_stall: Optional[Callable[[int, float, str], Exception]] = None,
+                        progress: Optional[Callable[[float, int], None]] = None) -> BatchSolution:
+    """Integrate dY_b/dt = F(t_b, Y_b) for every row b of Y0 (B, W) from t = 0 to t_end, in the
+    namespace and on the device of Y0.
+
+    ``F(t, Y)`` gets the times t (B,) (float64) and states Y (B, W) of every row, finished rows
+    included (frozen: their results are discarded), and returns dY/dt as a new (B, W) array.
+    ``at_rest(Y, dYdt)`` returns a (B,) boolean array. Otherwise as
+    :func:`dynamics.dopri.solve_batched` with ``keep_every=1``: ``t_eval`` sample times (numpy),
+    ``rtol`` per dtype, ``max_nfev``, ``on_stall``, ``progress``; a non-finite state raises
+    FloatingPointError naming the row. Returns a BatchSolution whose ``y`` (T, B, W) and
+    ``y_final`` are arrays of Y0's namespace and the rest numpy.
+    """
+    xp = namespace(Y0)
+    if Y0.ndim != 2:
+        raise ValueError(f"Y0 must be a 2-D array (rows, width), got shape {tuple(Y0.shape)}")
+    dev = device(Y0)
+    np_dtype = np.float32 if Y0.dtype == xp.float32 else np.float64
+    dtype = xp.float32 if np_dtype == np.float32 else xp.float64
+    Y = xp.astype(Y0, dtype, copy=True)
+    rtol = resolved_rtol(rtol, np_dtype)
+    B, W = Y.shape
+    t_eval = check_times(t_eval, t_end)
+    T = len(t_eval)
+    t_dev = xp.asarray(t_eval, device=dev)
+    if on_stall is None:
+        def on_stall(row, t, reason):
+            return RuntimeError(f"row {row} stopped at t={t:.6g} of {t_end}: {reason}")
+    f64 = xp.float64
+
+    def zeros(dt=f64, shape=(B,)):
+        return xp.zeros(shape, dtype=dt, device=dev)
+
+    samples = [None] * T
+    t = zeros()
+    nxt = zeros(xp.int64)
+    run = xp.ones((B,), dtype=xp.bool, device=dev)
+    t_final, y_final, nxt_final = xp.full((B,), float(t_end), dtype=f64, device=dev), Y, zeros(xp.int64)
+    at_fp = xp.zeros((B,), dtype=xp.bool, device=dev)
+    nfev, n_steps, n_rej = zeros(xp.int64), zeros(xp.int64), zeros(xp.int64)
+    velocity = xp.full((B,), float("nan"), dtype=f64, device=dev)
+
+    def sample(Ynow, take, dense=None):
+        """Store the samples of rows ``take`` at their next sample index (dense(theta) gives the
+        state there; None: Ynow itself) and advance those rows' index; one host transfer."""
+        nonlocal nxt
+        while True:
+            nxt_c = xp.minimum(nxt, xp.full_like(nxt, T - 1))
+            tk = xp.take(t_dev, nxt_c)
+            mask = take(tk) & (nxt < T)
+            lo_hi = to_numpy(xp.stack([xp.astype(xp.any(mask), xp.int64),
+                                       xp.min(xp.where(mask, nxt, xp.full_like(nxt, T))),
+                                       xp.max(xp.where(mask, nxt, xp.full_like(nxt, -1)))]))
+            if not lo_hi[0]:
+                return
+            y = Ynow if dense is None else dense(tk, mask)
+            for j in range(int(lo_hi[1]), int(lo_hi[2]) + 1):
+                sel = (mask & (nxt == j))[:, None]
+                samples[j] = xp.where(sel, y, y if samples[j] is None else samples[j])
+            nxt = nxt + xp.astype(mask, xp.int64)
+
+    sample(Y, lambda tk: tk <= 0.0)
+    K0 = F(t, Y)
+    h = _initial_step(F, t, Y, K0, t_end, max_step, rtol, atol, xp)
+    nfev = nfev + 2
+    rejected = xp.zeros((B,), dtype=xp.bool, device=dev)
+
+    def finish(done):
+        """Record the rows in ``done`` (still running) as finished."""
+        nonlocal run, t_final, y_final, nxt_final, velocity
+        done = done & run
+        t_final = xp.where(done, t, t_final)
+        y_final = xp.where(done[:, None], Y, y_final)
+        nxt_final = xp.where(done, nxt, nxt_final)
+        velocity = xp.where(done, xp.astype(xp.max(xp.abs(K0), axis=1), f64), velocity)
+        run = run & ~done
+
+    if at_rest is not None:
+        fp = at_rest(Y, K0) & run
+        at_fp = at_fp | fp
+        finish(fp)
+
+    running = bool(xp.any(run))
+    while running:
+        spacing = xp.abs(xp.nextafter(t, xp.full_like(t, float("inf"))) - t)
+        min_step = 10 * spacing
+        small = run & rejected & (h < min_step)
+        h = xp.where(rejected, h, xp.maximum(h, min_step))
+        h = xp.minimum(h, xp.full_like(h, float(max_step)))
+        t_new = xp.where(run, xp.minimum(t + h, xp.full_like(t, float(t_end))), t)
+        hs = t_new - t                                          # 0 for finished rows
+        K = [K0]
+        for i in range(1, _C.size):                             # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
+            K.append(F(t + float(_C[i]) * hs, _weighted(Y, K, _A_ROWS[i], hs, xp)))
+        Y_new = _weighted(Y, K, _B_ROW, hs, xp)
+        err_sum = K[0] * _E_ROW[0]
+        for j in range(1, len(_E_ROW) - 1):
+            err_sum = err_sum + K[j] * _E_ROW[j]
+        K.append(F(t_new, Y_new))
+        nfev = nfev + _C.size * xp.astype(run, xp.int64)
+        scale = xp.maximum(xp.abs(Y), xp.abs(Y_new)) * rtol + atol
+        err = _rms(_as((err_sum + K[-1] * _E_ROW[-1]) * hs[:, None], dtype, xp) / scale, xp)
+        err = xp.where(run, err, xp.zeros_like(err))
+        bad = ~xp.isfinite(err)
+        err_pos = xp.where(err == 0, xp.ones_like(err), err)
+        factor = xp.where(err == 0, MAX_FACTOR, SAFETY * err_pos ** (-1.0 / (_ORDER + 1)))
+        ok = run & (err < 1)
+        factor = xp.where(ok, xp.minimum(xp.full_like(factor, MAX_FACTOR), factor),
+                          xp.maximum(xp.full_like(factor, MIN_FACTOR), factor))
+        factor = xp.where(ok & rejected, xp.minimum(xp.ones_like(factor), factor), factor)
+        h = xp.where(run, hs * factor, h)
+        rejected = run & ~ok
+        n_rej = n_rej + xp.astype(rejected, xp.int64)
+        n_steps = n_steps + xp.astype(ok, xp.int64)
+
+        def dense(tk, mask, Y=Y, K=K, t=t, hs=hs):
+            theta = xp.where(mask, (tk - t) / xp.where(mask, hs, xp.ones_like(hs)), xp.zeros_like(hs))
+            out = Y
+            for s in range(len(_P_ROWS)):                        # h sum_p P_sp theta^p, p = 1..4
+                power, w = theta, xp.zeros_like(theta)
+                for p in range(len(_P_ROWS[s])):
+                    w = w + _P_ROWS[s][p] * power
+                    power = power * theta
+                out = _as(out + (w * hs)[:, None] * K[s], dtype, xp)
+            return out
+
+        sample(Y, lambda tk: ok & (tk <= t_new), dense)
+        t = xp.where(ok, t_new, t)
+        Y = xp.where(ok[:, None], Y_new, Y)
+        K0 = xp.where(ok[:, None], K[-1], K0)
+        over = run & (nfev > max_nfev)
+        done = ok & (t >= t_end)
+        if at_rest is not None:
+            fp = ok & at_rest(Y, K0)
+            at_fp = at_fp | (fp & run)
+            done = done | fp
+        finish(done)
+        flags = to_numpy(xp.stack([xp.astype(xp.any(run), f64), xp.astype(xp.any(small), f64),
+                                   xp.astype(xp.any(bad), f64), xp.astype(xp.any(over), f64),
+                                   xp.min(xp.where(run, t, xp.full_like(t, float(t_end))))]))
+        if flags[1] or flags[2] or flags[3]:
+            _raise_stall(flags, small, bad, over, to_numpy(t), on_stall, max_nfev, xp)
+        running = bool(flags[0])
+        if progress is not None:
+            progress(float(flags[4]) if running else float(t_end), int(to_numpy(xp.sum(xp.astype(run, xp.int64)))))
+
+    if progress is not None:
+        progress(float(t_end), 0)
+    return _assemble(t_eval, samples, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
+                     n_rej, xp)
+
+
+def _raise_stall(flags, small, bad, over, t, on_stall, max_nfev, xp):
+    """The numpy solver's errors, for the first row that triggered one (error path: host copies)."""
+    if flags[1]:
+        b = int(np.flatnonzero(to_numpy(small))[0])
+        raise on_stall(b, float(t[b]), "the step size fell below the spacing of floating-point times")
+    if flags[2]:
+        b = int(np.flatnonzero(to_numpy(bad))[0])
+        raise FloatingPointError(f"row {b}: the state or its derivative became non-finite in the "
+                                 f"step from t={t[b]:.6g}")
+    b = int(np.flatnonzero(to_numpy(over))[0])
+    raise on_stall(b, float(t[b]), f"more than {max_nfev} right-hand-side evaluations")
+
+
+def _assemble(t_eval, samples, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
+              n_rej, xp):
+    """dopri._assemble for keep_every = 1: samples up to the last row's stop time, a stopped row
+    holding its final state, and the final states at that time when it is not a sample time."""
+    t_final_h = to_numpy(t_final)
+    t_last = float(t_final_h.max()) if len(t_final_h) else 0.0
+    n = int(np.searchsorted(t_eval, t_last, side="right"))
+    out = [xp.where((j >= nxt_final)[:, None], y_final, samples[j]) for j in range(n)]
+    t_out = t_eval[:n]
+    if not (n and t_eval[n - 1] >= t_last):
+        out.append(y_final)
+        t_out = np.append(t_out, t_last)
+    return BatchSolution(t=t_out, y=xp.stack(out), t_final=t_final_h, y_final=y_final,
+                         at_fixed_point=to_numpy(at_fp), velocity=to_numpy(velocity),
+                         nfev=to_numpy(nfev), n_steps=to_numpy(n_steps), n_rejected=to_numpy(n_rej))
