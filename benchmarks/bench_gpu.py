@@ -12,7 +12,8 @@ Every timing synchronises the device before reading the clock; the best of ``--r
 after a warm-up is kept. Goal (issue "Array-API backends"): >= 2 M query-steps/s on one H100.
 
 dynamics/: ``Network.rhs`` on the device (it computes in the namespace of its memories) against
-its two matmuls; the batched integrator (dynamics/dopri.py) is numpy only, so it is not timed.
+its two matmuls, and ``integrate(method="RK45-batched")`` there (dynamics.dopri_array) in
+query-steps per second (goal: >= 2 M on one H100).
 
 Without a CUDA device the script prints "no CUDA device" and exits 0 (after the CPU sweep when
 ``--cpu`` is given and torch is installed); CI never depends on a GPU.
@@ -123,7 +124,7 @@ def network_rhs(name, to_dev, sync, N, D, batches, repeats, seed) -> None:
     """The dynamics' right-hand side on the device: ``Network.rhs`` (dot similarity, quadratic
     L_v, log_sum_exp(beta=1) L_h, float32) in query-evaluations per second, against its two
     matmuls (S = g M^T and the contraction f M) timed alone in the same run. The batched
-    integrator itself (dynamics/dopri.py) still computes in numpy, so no query-steps line yet."""
+    integrator is timed by :func:`rk45_batched`."""
     from dynamics import lagrangians as L
     from dynamics.network import Network
     rng = np.random.default_rng(seed)
@@ -138,7 +139,40 @@ def network_rhs(name, to_dev, sync, N, D, batches, repeats, seed) -> None:
         t_rhs = best_time(lambda: net.rhs(v, h), sync, repeats)
         t_mm = best_time(lambda: (v @ Md.T, h @ Md), sync, repeats)
         print(f"{B:>8} {B / t_rhs:>14.3g} {B / t_mm:>14.3g} {t_rhs / t_mm:>14.2f}")
-    print("RK45-batched: dynamics/dopri.py computes in numpy (docs/gpu.md); not timed on the device")
+
+
+def rk45_batched(name, to_dev, sync, N, D, batches, seed, t_end=10.0) -> list[str]:
+    """integrate(method="RK45-batched") on the device (dynamics.dopri_array): dot similarity,
+    log_sum_exp(beta=1), float32, queries = memories with 20 % of their entries redrawn, to
+    t_end or each query's fixed point, keeping the first and last samples only. Prints
+    query-steps per second (accepted + rejected steps of every query, per wall second) and the
+    right-hand-side evaluations per second; returns the failed goal lines (>= 2 M query-steps/s)."""
+    from dynamics import lagrangians as L
+    from dynamics.integrate import integrate
+    from dynamics.network import Network
+    rng = np.random.default_rng(seed)
+    M = rng.random((N, D), dtype=np.float32)
+    net = Network(to_dev(M), similarity="dot", L_v=L.quadratic(), L_h=L.log_sum_exp(beta=1.0))
+    print(f"\n== RK45-batched (integrate), {name}: N={N}, D={D}, float32, t_end={t_end:g} ==")
+    print(f"{'B':>8} {'wall s':>8} {'query-steps/s':>14} {'rhs evals/s':>14} {'at fixed point':>15}")
+    failed = []
+    for B in batches:
+        Q = M[rng.integers(0, N, B)].copy()
+        redraw = rng.random(Q.shape) < 0.2
+        Q[redraw] = rng.random(int(redraw.sum()), dtype=np.float32)
+        Qd = to_dev(Q)
+        sync()
+        t0 = time.perf_counter()
+        tr = integrate(net, Qd, t_end, method="RK45-batched", n_samples=2, keep="ends")
+        sync()
+        wall = time.perf_counter() - t0
+        evals = float(np.sum(tr.params["nfev_per_query"]))
+        steps = evals / 6                      # six evaluations per step, accepted or rejected
+        print(f"{B:>8} {wall:>8.3g} {steps / wall:>14.3g} {evals / wall:>14.3g} "
+              f"{int(tr.converged.sum()):>8} of {B}")
+        if "CPU" not in name and B == max(batches) and steps / wall < GOAL_QUERY_STEPS:
+            failed.append(f"RK45-batched on {name}: {steps / wall / 1e6:.2f} M query-steps/s < 2 M")
+    return failed
 
 
 def main(argv=None) -> int:
@@ -162,6 +196,7 @@ def main(argv=None) -> int:
         batches = args.batches or ([256, 1024] if on_cpu else [1024, 4096, 16384, 65536])
         failed += single_shot(name, to_dev, sync, args.N, args.D, batches, args.repeats, args.seed)
         network_rhs(name, to_dev, sync, args.N, args.D, batches, args.repeats, args.seed)
+        failed += rk45_batched(name, to_dev, sync, args.N, args.D, batches, args.seed)
     if gpus:
         print("\nall goals met" if not failed else "\nbelow goal:\n  " + "\n  ".join(failed))
     return 0
