@@ -180,6 +180,29 @@ def test_non_psd_elementwise_refused_with_location():
         L.elementwise(np.cos, lambda x: -np.sin(x), lambda x: -np.cos(x), name="cos")
 
 
+def test_elementwise_default_probe_is_the_documented_grid():
+    """Construction checks F'' on the documented default probe, 2001 points evenly spaced over
+    [-20, 20] (spacing 0.02): a curvature negative only on (20, 21) or between two grid points
+    is not seen there (check_convex on the visited states is the guard for those), one at a grid
+    point is."""
+    seen = []
+
+    def d2F(x):
+        seen.append(np.array(x, copy=True))
+        return np.ones_like(x)
+
+    L.elementwise(lambda x: x * x / 2, lambda x: x, d2F, name="recorded")
+    assert len(seen) == 1 and np.array_equal(seen[0], np.linspace(-20, 20, 2001))
+
+    def bumps(lo, hi):
+        return lambda x: np.where((np.asarray(x) > lo) & (np.asarray(x) < hi), -1.0, 1.0)
+
+    L.elementwise(np.abs, np.sign, bumps(20.005, 21.0), name="beyond")        # not on the grid
+    L.elementwise(np.abs, np.sign, bumps(0.005, 0.015), name="between")       # 0 and 0.02 on it
+    with pytest.raises(L.NonConvexLagrangianError, match="at x = 0.02"):
+        L.elementwise(np.abs, np.sign, bumps(0.015, 0.025), name="on")
+
+
 def test_check_convex_reports_negative_direction():
     # convex on the construction probe but not on the visited states
     lag = L.elementwise(lambda x: x ** 3, lambda x: 3 * x ** 2, lambda x: 6 * x, name="cubic",
