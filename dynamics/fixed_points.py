@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models import Memory
+from models._array_api import to_numpy
 from models.separation import get_separation
 from models.similarity import get_similarity
 
@@ -33,8 +34,8 @@ READOUTS = ("auto", "v", "v_minus_I", "memory")
 
 # ---------------------------------------------------------------------------------- Jacobian
 def _one_state(net: Network, v, h):
-    v = np.asarray(v, dtype=np.float64).reshape(-1)
-    h = np.asarray(h, dtype=np.float64).reshape(-1)
+    v = np.asarray(to_numpy(v), dtype=np.float64).reshape(-1)
+    h = np.asarray(to_numpy(h), dtype=np.float64).reshape(-1)
     if v.shape != (net.D,) or h.shape != (net.N,):
         raise ValueError(f"shape mismatch: jacobian needs one state v ({net.D},) and h ({net.N},), "
                          f"got {v.shape} and {h.shape}")
@@ -45,7 +46,7 @@ def _one_state(net: Network, v, h):
 def _I_row(net: Network, I):
     if I is None:
         return None
-    I = np.asarray(I, dtype=np.float64).reshape(-1)
+    I = np.asarray(to_numpy(I), dtype=np.float64).reshape(-1)
     if I.shape != (net.D,):
         raise ValueError(f"input current I must have shape ({net.D},), got {I.shape}")
     return I
@@ -69,7 +70,11 @@ def jacobian(net: Network, v, h, I=None, eps: float = 1e-6, method: str = "auto"
     method : ``"fd"`` central differences (all 2 (D + N) perturbed states in one batched RHS call);
         ``"analytic"`` for dot similarity: J = [[-1/tau_v, M^T H_h / tau_v], [M H_v / tau_h, -1/tau_h]]
         with H the Lagrangians' Hessians; ``"auto"``: analytic for dot, else fd.
+
+    A network on other arrays (torch, CuPy, ...) is analysed on its numpy copy
+    (``Network.on_host``), as are the rest of this module's tools.
     """
+    net = net.on_host()
     if method not in ("auto", "fd", "analytic"):
         raise ValueError(f"jacobian method must be 'auto', 'fd' or 'analytic', got {method!r}")
     v, h = _one_state(net, v, h)
@@ -99,7 +104,8 @@ def jacobian(net: Network, v, h, I=None, eps: float = 1e-6, method: str = "auto"
 
 def jacobian_adiabatic(net: Network, v, I=None, eps: float = 1e-6) -> np.ndarray:
     """J = d(dv/dt)/dv of the reduced system (h = S(g)) at one state v (D,), central differences."""
-    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    net = net.on_host()
+    v = np.asarray(to_numpy(v), dtype=np.float64).reshape(-1)
     if v.shape != (net.D,):
         raise ValueError(f"shape mismatch: v must have shape ({net.D},), got {v.shape}")
     net._check_state(v[None])
@@ -128,6 +134,8 @@ def stability(net: Network, v, h=None, I=None, *, adiabatic: bool = False, tol: 
 
     ``adiabatic=True`` uses the reduced system's D x D Jacobian (h is ignored).
     """
+    net = net.on_host()
+    v, h, I = (None if x is None else to_numpy(x) for x in (v, h, I))
     if adiabatic:
         J = jacobian_adiabatic(net, v, I)
     else:
@@ -145,6 +153,7 @@ def distance_bound(net: Network, v, h, I=None, method: str = "auto") -> float:
     y - y* = J^{-1} ydot + O(|ydot|^2), so |y - y*|_2 <= |ydot|_2 / sigma_min(J), J the Jacobian
     at y. An integrator stops where |ydot| is below its threshold, not at 0: this is how far its
     final state may lie from the fixed point (to first order)."""
+    net = net.on_host()
     v, h = _one_state(net, v, h)
     I_row = _I_row(net, I)
     ydot = np.concatenate(net.rhs(v[None], h[None], None if I_row is None else I_row[None]), axis=1)[0]

@@ -398,3 +398,19 @@ def test_integrate_float32_strict_network_keeps_float32_states():
                    method="RK45-batched")
     assert tr.v.dtype == tr.h.dtype == np.float32 and tr.E.dtype == np.float64
     assert tr.params["rtol"] == 1e-4 and tr.converged.all()
+
+
+def test_fixed_point_tools_analyse_a_strict_network_on_its_host_copy():
+    """jacobian, stability and distance_bound of a network on strict arrays, at strict states:
+    the numbers of the numpy network with the same memories, exactly (Network.on_host copies the
+    memories, so both compute the same expressions on the same values)."""
+    from dynamics.fixed_points import distance_bound, jacobian, jacobian_adiabatic, stability
+    net, snet, M, I = _pair("euclidean", {}, L.quadratic(), L.log_sum_exp(2.0))
+    v, h = net.initial_state(M[:1] + 0.05)
+    sv, sh = strict(v), strict(h)
+    assert snet.on_host() is snet.on_host() and namespace(snet.on_host().M) is np
+    assert np.array_equal(jacobian(snet, sv, sh, method="fd"), jacobian(net, v, h, method="fd"))
+    assert np.array_equal(jacobian_adiabatic(snet, sv), jacobian_adiabatic(net, v))
+    a, b = stability(snet, sv, sh), stability(net, v, h)
+    assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.residual == b.residual
+    assert distance_bound(snet, sv, sh) == distance_bound(net, v, h)
