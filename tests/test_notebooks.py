@@ -118,6 +118,9 @@ def test_figure_detector():
     assert _figure_problems(nb) == []
 
 
+CELL_TIMEOUT_S = 600
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -129,7 +132,9 @@ def test_notebook_executes(path, monkeypatch):
     nb = _read(path)
     for cell in _code(nb):
         cell.outputs, cell.execution_count = [], None
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+    # per-cell limit, against a hung kernel: notebook 02's grid cell takes ~53 s on an idle 2-core
+    # machine and ran past 120 s with two other processes on it (a CI run, 2026-12-03)
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": root}})
     client.execute()  # raises CellExecutionError on the first failing cell (its asserts included)
     assert _figure_problems(nb) == []
