@@ -338,6 +338,46 @@ def test_solve_batched_array_takes_the_numpy_solvers_steps(dtype):
     assert np.abs(host(b.y_final, xdtype) - a.y_final).max() <= tol
 
 
+def test_solve_batched_array_on_a_non_autonomous_system():
+    """dY/dt = -a Y + sin(omega t) per row: F depends on the stage times t + c_i h, the initial
+    step's probe time and t_new, which an autonomous network never exercises. Against the numpy
+    solver: the same steps (float64, see :func:`_step_drift`) and samples within the global error."""
+    from dynamics.dopri import solve_batched
+    from dynamics.dopri_array import solve_batched_array
+    rng = np.random.default_rng(8)
+    B_, W, t_end = 4, 3, 12.0
+    a, omega = rng.uniform(0.5, 2.0, (B_, W)), 3.0
+    sa = strict(a)
+
+    def F_np(t, Y, rows, out):
+        out[:] = -a[rows] * Y + np.sin(omega * t)[:, None]
+        return out
+
+    def F_xp(t, Y):
+        return -sa * Y + xps.sin(omega * t)[:, None]
+
+    Y0 = rng.standard_normal((B_, W))
+    t_eval = np.linspace(0, t_end, 25)
+    rtol, atol = 1e-8, 1e-10
+    x = solve_batched(F_np, Y0, t_end, t_eval=t_eval, rtol=rtol, atol=atol, kernels="numpy")
+    y = solve_batched_array(F_xp, strict(Y0), t_end, t_eval=t_eval, rtol=rtol, atol=atol)
+    assert np.array_equal(x.n_steps, y.n_steps) and np.array_equal(x.nfev, y.nfev)
+    assert np.array_equal(x.t, y.t) and np.all(y.t_final == t_end)
+    assert np.abs(host(y.y) - x.y).max() <= _global_error(x.n_steps.max(), atol, rtol, np.abs(x.y).max())
+
+
+def test_error_norm_accumulates_in_float64():
+    """dopri_array._rms of float32 rows is float64 and equals the float64 root mean square of the
+    same (exactly representable) values to float64 round-off (W terms summed: (W + 2) eps64)."""
+    from dynamics.dopri_array import _rms
+    x = np.random.default_rng(9).standard_normal((4, 1000)).astype(np.float32) * 1e3
+    got = host(_rms(strict(x), xps), xps.float64)
+    want = np.sqrt((x.astype(np.float64) ** 2).mean(1))
+    assert np.all(np.abs(got - want) <= (1000 + 2) * EPS * want)
+    # float32 accumulation would be off by ~ sqrt(W) eps32 relative, far above that bound
+    assert (1000 + 2) * EPS < np.finfo(np.float32).eps
+
+
 def test_solve_batched_array_reports_a_stalled_row():
     from dynamics.dopri_array import solve_batched_array
     _, F_xp, Y0, _ = _linear(3, 4)
