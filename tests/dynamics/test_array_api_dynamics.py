@@ -339,8 +339,10 @@ def test_solve_batched_array_takes_the_numpy_solvers_steps(dtype):
 
 
 def test_solve_batched_array_on_a_non_autonomous_system():
-    """dY/dt = -a Y + sin(omega t) per row: F depends on the stage times t + c_i h, the initial
-    step's probe time and t_new, which an autonomous network never exercises. Against the numpy
+    """dY/dt = -a Y + sin(omega t) + cos(omega t) per row: F depends on the stage times
+    t + c_i h, the initial step's probe time and t_new, which an autonomous network never
+    exercises. Row 0 starts at Y = 0, where the initial step selection takes its small-norm branch
+    (h0 = 1e-6, so the first step is 100 h0, below the curvature estimate h1). Against the numpy
     solver: the same steps (float64, see :func:`_step_drift`) and samples within the global error."""
     from dynamics.dopri import solve_batched
     from dynamics.dopri_array import solve_batched_array
@@ -350,13 +352,14 @@ def test_solve_batched_array_on_a_non_autonomous_system():
     sa = strict(a)
 
     def F_np(t, Y, rows, out):
-        out[:] = -a[rows] * Y + np.sin(omega * t)[:, None]
+        out[:] = -a[rows] * Y + (np.sin(omega * t) + np.cos(omega * t))[:, None]
         return out
 
     def F_xp(t, Y):
-        return -sa * Y + xps.sin(omega * t)[:, None]
+        return -sa * Y + (xps.sin(omega * t) + xps.cos(omega * t))[:, None]
 
     Y0 = rng.standard_normal((B_, W))
+    Y0[0] = 0.0
     t_eval = np.linspace(0, t_end, 25)
     rtol, atol = 1e-8, 1e-10
     x = solve_batched(F_np, Y0, t_end, t_eval=t_eval, rtol=rtol, atol=atol, kernels="numpy")
