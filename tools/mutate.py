@@ -70,15 +70,18 @@ TESTS = {
     "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/test_energy.py",
                                 "tests/dynamics/test_array_api_dynamics.py",
                                 "tests/dynamics/test_mutants_*.py"],
+    # test_float32_dynamics.py: float32 networks (the float64 twin of the memories, dtypes kept)
     "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/test_energy.py",
                             "tests/dynamics/test_integrate.py", "tests/dynamics/test_array_api_dynamics.py",
-                            "tests/dynamics/test_mutants_*.py"],
+                            "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_mutants_*.py"],
     "dynamics/energy.py": ["tests/dynamics/test_energy.py", "tests/dynamics/test_energy_trajectory.py",
                            "tests/dynamics/test_mutants_*.py"],
-    "dynamics/dopri.py": ["tests/dynamics/test_batched_integrator.py", "tests/dynamics/test_mutants_*.py"],
+    "dynamics/dopri.py": ["tests/dynamics/test_batched_integrator.py", "tests/dynamics/test_float32_dynamics.py",
+                          "tests/dynamics/test_mutants_*.py"],
     "dynamics/dopri_array.py": ["tests/dynamics/test_array_api_dynamics.py"],
     "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/test_batched_integrator.py",
-                              "tests/dynamics/test_mutants_*.py"],
+                              "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_reduced.py",
+                              "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
 }
 
 _ARITH = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult}
