@@ -207,7 +207,8 @@ def test_check_convex_reports_negative_direction():
     # convex on the construction probe but not on the visited states
     lag = L.elementwise(lambda x: x ** 3, lambda x: 3 * x ** 2, lambda x: 6 * x, name="cubic",
                         probe=np.linspace(0, 1, 11))
-    with pytest.raises(L.NonConvexLagrangianError, match="negative Hessian direction at state row"):
+    # every row is non-convex (6 x < 0): the first one is named
+    with pytest.raises(L.NonConvexLagrangianError, match="negative Hessian direction at state row 0 "):
         lag.check_convex(-np.ones((2, 3)))
 
 
