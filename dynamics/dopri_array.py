@@ -7,7 +7,7 @@ need data-dependent shapes or in-place writes the array API standard does not of
 row stays in the batch and a finished row is frozen instead: its step size is 0, so its stages
 equal its state and every update is masked (``where``). Each step therefore costs the full batch's
 right-hand side, which is what a GPU runs best (no gathers, fixed shapes), and the loop's only host
-transfer is one small vector per step (whether rows are still running, the stall and
+transfer is one small vector per step (how many rows are still running, the stall and
 finite-state flags, the earliest running time for ``progress``), plus one per sampling pass.
 
 Per row, exactly the numpy solver's arithmetic, in the same order per element (module docstring
@@ -208,14 +208,15 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
             at_fp = at_fp | (fp & run)
             done = done | fp
         finish(done)
-        flags = to_numpy(xp.stack([xp.astype(xp.any(run), f64), xp.astype(xp.any(small), f64),
+        flags = to_numpy(xp.stack([xp.astype(xp.sum(xp.astype(run, xp.int64)), f64),
+                                   xp.astype(xp.any(small), f64),
                                    xp.astype(xp.any(bad), f64), xp.astype(xp.any(over), f64),
                                    xp.min(xp.where(run, t, xp.full_like(t, float(t_end))))]))
         if flags[1] or flags[2] or flags[3]:
             _raise_stall(flags, small, bad, over, to_numpy(t), on_stall, max_nfev, xp)
-        running = bool(flags[0])
+        running = int(flags[0])                            # rows still running
         if progress is not None:
-            progress(float(flags[4]) if running else float(t_end), int(to_numpy(xp.sum(xp.astype(run, xp.int64)))))
+            progress(float(flags[4]) if running else float(t_end), running)
 
     if progress is not None:
         progress(float(t_end), 0)

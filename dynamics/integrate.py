@@ -326,11 +326,11 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
     def F(t, Y):
         return net.velocity(Y, None if zero_input else I, adiabatic)
 
+    # rest_floor's threshold on the device: the rest test of the solver and the final ratio
+    base, slope = (xp.asarray(a, dtype=xp.float64, device=device(v0))
+                   for a in rest_floor(net, Y0.shape[1], fixed_point_tol, noise_factor, rtol, atol))
     at_rest = None
     if stop_at_fixed_point:
-        base, slope = (xp.asarray(a, dtype=xp.float64, device=device(v0))
-                       for a in rest_floor(net, Y0.shape[1], fixed_point_tol, noise_factor, rtol, atol))
-
         def at_rest(Y, dY):
             return xp.all(xp.abs(dY) <= base + slope * xp.abs(Y), axis=1)
 
@@ -352,8 +352,7 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
         ts, Y = ts[kept], xp.take(Y, xp.asarray(kept, device=device(v0)), axis=0)
     T = len(ts)
     v = Y[:, :, :D]
-    Is = xp.broadcast_to(xp.astype(I, xp.float64) if I.dtype != xp.float64 else I, (T, B, D))
-    Ir = xp.reshape(Is, (T * B, D))
+    Ir = xp.reshape(xp.broadcast_to(I, (T, B, D)), (T * B, D))   # the energies take it as float64
     vr = xp.reshape(v, (T * B, D))
     if adiabatic:
         h = xp.reshape(net.similarity(net.L_v.grad(vr)), (T, B, net.N))
@@ -363,8 +362,6 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
         hr = xp.reshape(h, (T * B, net.N))
         E, dE = net.energy(vr, hr, Ir), net.dEdt(vr, hr, Ir)
     Yf = Y[-1, ...]
-    base, slope = (xp.asarray(a, dtype=xp.float64, device=device(v0))
-                   for a in rest_floor(net, Yf.shape[1], fixed_point_tol, noise_factor, rtol, atol))
     ratio = to_numpy(xp.max(xp.abs(net.velocity(Yf, None if zero_input else I, adiabatic))
                             / (base + slope * xp.abs(Yf)), axis=1))
     n_fp = int(sol.at_fixed_point.sum())

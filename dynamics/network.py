@@ -171,7 +171,7 @@ class Network:
         The checks that run in numpy (verify_energy, the fixed-point analysis) use it."""
         if is_numpy_namespace(self.xp):
             return self
-        if getattr(self, "_host", None) is None:
+        if self._host is None:
             P = None if self.P is self.M else to_numpy(self.P)
             self._host = Network(to_numpy(self.M), self._unbound_sim, L_v=self.L_v, L_h=self.L_h,
                                  tau_v=self.tau_v, tau_h=self.tau_h,
