@@ -18,8 +18,10 @@ Per row, one step from (t, y) with size h (c, A, b, e the Butcher tableau):
 and samples inside an accepted step come from the method's quartic dense output
 y(t + theta h) = y + h K^T P [theta, theta^2, theta^3, theta^4].
 
-The module knows nothing of networks: it is plain array math (docs/theory.md section 6); the
-numpy kernels (``kernels="numpy"``) are the path a GPU array library could later take.
+The module knows nothing of networks: it is plain array math (docs/theory.md section 6). The
+controller's arithmetic (initial step, error norm, step-size factor, dense-output weights) is
+written once for any array-API namespace; dynamics.dopri_array runs it on other libraries'
+arrays (torch, CuPy) with frozen rows in place of this module's compaction.
 
 Cost. Per step the right-hand side runs 6 times; everything else is the stage sums
 Y + h sum_j A_ij k_j (5 of them plus y_new), the error norm, the dense output at sample times
@@ -46,7 +48,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.integrate import RK45
 
-from models._array_api import numpy_float
+from models._array_api import is_numpy_namespace, numpy_float
 
 try:  # numba is optional: without it the numpy reference kernels below do the step arithmetic
     import numba as _nb
@@ -89,10 +91,67 @@ class BatchSolution:
     n_rejected: np.ndarray
 
 
-def _rms(x: np.ndarray) -> np.ndarray:
+# ----------------------------------------------------------------------------------------------
+# the controller's arithmetic, written once for numpy and every array-API namespace ``xp``
+# (dynamics.dopri_array runs the same functions on other libraries' arrays)
+# ----------------------------------------------------------------------------------------------
+
+def _astype(x, dtype, xp=np):
+    """x in ``dtype`` (no copy when it already is)."""
+    if x.dtype == dtype:
+        return x
+    return x.astype(dtype) if is_numpy_namespace(xp) else xp.astype(x, dtype)
+
+
+def _rms(x, xp=np):
     """Row-wise root mean square of a (b, W) array, accumulated and returned in float64 (the
-    step-size control stays float64 for float32 states)."""
-    return np.sqrt(np.einsum("bw,bw->b", x, x, dtype=np.float64) / x.shape[1])
+    step-size control stays float64 for float32 states); numpy sums the squares with einsum,
+    other namespaces with sum(x * x) (another order: the last bits may differ)."""
+    if is_numpy_namespace(xp):
+        return np.sqrt(np.einsum("bw,bw->b", x, x, dtype=np.float64) / x.shape[1])
+    x = _astype(x, xp.float64, xp)
+    return xp.sqrt(xp.sum(x * x, axis=1) / x.shape[1])
+
+
+def _initial_step(F, t0, Y0, F0, t_end, max_step, rtol, atol, xp=np):
+    """scipy's select_initial_step (Hairer, Norsett & Wanner II.4), one step size per row:
+    h0 = 0.01 d0 / d1 (1e-6 if d0 or d1 < 1e-5), h1 = (0.01 / max(d1, d2))^(1/5) with
+    d0 = |y0|, d1 = |f(y0)|, d2 = |f(y0 + h0 f(y0)) - f(y0)| / h0 (rms norms scaled by
+    atol + rtol |y0|), h = min(100 h0, h1, t_end - t0, max_step). ``F(t, Y)`` returns dY/dt."""
+    scale = atol + xp.abs(Y0) * rtol
+    d0, d1 = _rms(Y0 / scale, xp), _rms(F0 / scale, xp)
+    tiny = xp.full_like(d1, 1e-300)
+    h0 = xp.where((d0 < 1e-5) | (d1 < 1e-5), xp.full_like(d0, 1e-6), 0.01 * d0 / xp.maximum(d1, tiny))
+    h0 = xp.minimum(h0, t_end - t0)
+    F1 = F(t0 + h0, _astype(Y0 + h0[:, None] * F0, Y0.dtype, xp))
+    d2 = _rms((F1 - F0) / scale, xp) / h0
+    dmax = xp.maximum(d1, d2)
+    h1 = xp.where(dmax <= 1e-15, xp.maximum(xp.full_like(h0, 1e-6), h0 * 1e-3),
+                  (0.01 / xp.maximum(dmax, tiny)) ** (1.0 / (_ORDER + 1)))
+    cap = min(float(t_end) - float(xp.max(t0)), float(max_step))
+    return xp.minimum(xp.minimum(100 * h0, h1), xp.full_like(h1, cap))
+
+
+def _step_factor(err, ok, rejected, xp=np):
+    """scipy RK45's step-size factor: SAFETY err^(-1/5), clipped to [MIN_FACTOR, MAX_FACTOR]
+    (MAX_FACTOR where err = 0), at most 1 for an accepted step right after a rejection."""
+    err_pos = xp.where(err == 0, xp.ones_like(err), err)
+    factor = xp.where(err == 0, xp.full_like(err, MAX_FACTOR), SAFETY * err_pos ** (-1.0 / (_ORDER + 1)))
+    factor = xp.where(ok, xp.minimum(xp.full_like(factor, MAX_FACTOR), factor),
+                      xp.maximum(xp.full_like(factor, MIN_FACTOR), factor))
+    return xp.where(ok & rejected, xp.minimum(xp.ones_like(factor), factor), factor)
+
+
+def _dense_weights(theta, hs, xp=np):
+    """(7, m) weights h sum_p P_sp theta^p (p = 1..4) of the quartic dense output
+    y(t + theta h) = y + sum_s weights_s k_s, per row."""
+    rows = [xp.zeros_like(theta) for _ in range(len(_P))]
+    power = theta
+    for p in range(_P.shape[1]):
+        for s in range(len(_P)):
+            rows[s] = rows[s] + float(_P[s, p]) * power
+        power = power * theta
+    return xp.stack([w * hs for w in rows])
 
 
 #: default relative tolerance per state dtype: float64 as scipy's solvers are used here; float32
@@ -360,20 +419,6 @@ def rows_within(dY, Y, base, slope, kernels: str = "auto") -> np.ndarray:
     return fn(dY, Y, base, slope, np.empty(len(Y), dtype=bool))
 
 
-def _initial_step(F, t0, Y0, F0, rows, t_end, max_step, rtol, atol):
-    """scipy's select_initial_step (Hairer, Norsett & Wanner II.4), one step size per row."""
-    scale = atol + np.abs(Y0) * rtol
-    d0, d1 = _rms(Y0 / scale), _rms(F0 / scale)
-    h0 = np.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / np.maximum(d1, 1e-300))
-    h0 = np.minimum(h0, t_end - t0)
-    F1 = F(t0 + h0, (Y0 + h0[:, None] * F0).astype(Y0.dtype, copy=False), rows, np.empty_like(Y0))
-    d2 = _rms((F1 - F0) / scale) / h0
-    dmax = np.maximum(d1, d2)
-    h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
-                  (0.01 / np.maximum(dmax, 1e-300)) ** (1.0 / (_ORDER + 1)))
-    return np.minimum(np.minimum(100 * h0, h1), min(t_end - t0.max(), max_step))
-
-
 def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rtol: Optional[float] = None,
                   atol: float = 1e-10, at_rest: Optional[Callable[..., np.ndarray]] = None,
                   max_step: float = np.inf, max_nfev: int = 100_000,
@@ -446,7 +491,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         nxt[take] += 1
     F(t, Y, rows, K[slot[0]])
     nfev += 1
-    h = _initial_step(F, t, Y, K[slot[0]], rows, t_end, max_step, rtol, atol)
+    h = _initial_step(lambda tt, YY: F(tt, YY, rows, np.empty_like(YY)), t, Y, K[slot[0]], t_end,
+                      max_step, rtol, atol)
     nfev += 1
     rejected = np.zeros(B, bool)    # this step was rejected before (scipy's rule: no growth then)
 
@@ -492,12 +538,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             b = int(np.flatnonzero(~np.isfinite(err))[0])
             raise FloatingPointError(f"row {int(rows[b])}: the state or its derivative became "
                                      f"non-finite in the step from t={t[b]:.6g}")
-        with np.errstate(divide="ignore"):
-            factor = np.where(err == 0, MAX_FACTOR, SAFETY * err ** (-1.0 / (_ORDER + 1)))
         ok = err < 1
-        factor = np.where(ok, np.minimum(MAX_FACTOR, factor), np.maximum(MIN_FACTOR, factor))
-        factor = np.where(ok & rejected, np.minimum(1.0, factor), factor)
-        h = hs * factor
+        h = hs * _step_factor(err, ok, rejected)
         rejected = ~ok
         n_rej[rows[~ok]] += 1
         all_ok = bool(ok.all())
@@ -506,12 +548,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             # samples inside (t, t_new] from the dense output
             while np.any(take := ok & (nxt < T) & (t_eval[np.minimum(nxt, T - 1)] <= t_new)):
                 idx = np.flatnonzero(take)
-                theta = (t_eval[nxt[idx]] - t[idx]) / hs[idx]
-                power, weights = theta.copy(), np.zeros((len(_P), len(idx)))
-                for p in range(_P.shape[1]):    # h sum_p P_sp theta^p, p = 1..4
-                    weights += _P[:, p, None] * power
-                    power = power * theta
-                weights *= hs[idx]
+                weights = _dense_weights((t_eval[nxt[idx]] - t[idx]) / hs[idx], hs[idx])
                 y = dense(dense_out[:len(idx)], Yr, K, slot, weights, idx)
                 store(nxt[idx], rows[idx], y)
                 nxt[idx] += 1

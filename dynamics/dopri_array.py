@@ -24,18 +24,11 @@ import numpy as np
 
 from models._array_api import device, namespace, to_numpy
 
-from .dopri import (MAX_FACTOR, MIN_FACTOR, SAFETY, BatchSolution, _A, _B, _C, _E, _ORDER, _P,
-                    check_times, resolved_rtol)
+from .dopri import (BatchSolution, _A, _B, _C, _E, _astype, _dense_weights, _initial_step, _rms,
+                    _step_factor, check_times, resolved_rtol)
 
 _A_ROWS = [[float(a) for a in _A[i, :i]] for i in range(_C.size)]
 _B_ROW, _E_ROW = [float(b) for b in _B], [float(e) for e in _E]
-_P_ROWS = [[float(p) for p in row] for row in _P]     # (7, 4): dense output polynomial
-
-
-def _rms(x, xp):
-    """Row-wise root mean square, accumulated in float64 (as dynamics.dopri._rms)."""
-    x = x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
-    return xp.sqrt(xp.sum(x * x, axis=1) / x.shape[1])
 
 
 def _weighted(Y, K, coef, h, xp):
@@ -44,28 +37,7 @@ def _weighted(Y, K, coef, h, xp):
     s = K[0] * coef[0]
     for j in range(1, len(coef)):
         s = s + K[j] * coef[j]
-    return _as(s * h[:, None], Y.dtype, xp) + Y
-
-
-def _as(x, dtype, xp):
-    return x if x.dtype == dtype else xp.astype(x, dtype)
-
-
-def _initial_step(F, t0, Y0, F0, t_end, max_step, rtol, atol, xp):
-    """scipy's select_initial_step, one step size per row (dopri._initial_step)."""
-    scale = atol + xp.abs(Y0) * rtol
-    d0, d1 = _rms(Y0 / scale, xp), _rms(F0 / scale, xp)
-    small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = xp.where(small, 1e-6, 0.01 * d0 / xp.maximum(d1, xp.asarray(1e-300, device=device(d1))))
-    h0 = xp.minimum(h0, t_end - t0)
-    Y1 = _as(Y0 + h0[:, None] * F0, Y0.dtype, xp)
-    F1 = F(t0 + h0, Y1)
-    d2 = _rms((F1 - F0) / scale, xp) / h0
-    dmax = xp.maximum(d1, d2)
-    h1 = xp.where(dmax <= 1e-15, xp.maximum(xp.full_like(h0, 1e-6), h0 * 1e-3),
-                  (0.01 / xp.maximum(dmax, xp.full_like(dmax, 1e-300))) ** (1.0 / (_ORDER + 1)))
-    cap = min(float(t_end) - float(xp.max(t0)), float(max_step))
-    return xp.minimum(xp.minimum(100 * h0, h1), xp.full_like(h1, cap))
+    return _astype(s * h[:, None], Y.dtype, xp) + Y
 
 
 def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional[float] = None,
@@ -172,29 +144,21 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
         K.append(F(t_new, Y_new))
         nfev = nfev + _C.size * xp.astype(run, xp.int64)
         scale = xp.maximum(xp.abs(Y), xp.abs(Y_new)) * rtol + atol
-        err = _rms(_as((err_sum + K[-1] * _E_ROW[-1]) * hs[:, None], dtype, xp) / scale, xp)
+        err = _rms(_astype((err_sum + K[-1] * _E_ROW[-1]) * hs[:, None], dtype, xp) / scale, xp)
         err = xp.where(run, err, xp.zeros_like(err))
         bad = ~xp.isfinite(err)
-        err_pos = xp.where(err == 0, xp.ones_like(err), err)
-        factor = xp.where(err == 0, MAX_FACTOR, SAFETY * err_pos ** (-1.0 / (_ORDER + 1)))
         ok = run & (err < 1)
-        factor = xp.where(ok, xp.minimum(xp.full_like(factor, MAX_FACTOR), factor),
-                          xp.maximum(xp.full_like(factor, MIN_FACTOR), factor))
-        factor = xp.where(ok & rejected, xp.minimum(xp.ones_like(factor), factor), factor)
-        h = xp.where(run, hs * factor, h)
+        h = xp.where(run, hs * _step_factor(err, ok, rejected, xp), h)
         rejected = run & ~ok
         n_rej = n_rej + xp.astype(rejected, xp.int64)
         n_steps = n_steps + xp.astype(ok, xp.int64)
 
         def dense(tk, mask, Y=Y, K=K, t=t, hs=hs):
             theta = xp.where(mask, (tk - t) / xp.where(mask, hs, xp.ones_like(hs)), xp.zeros_like(hs))
+            weights = _dense_weights(theta, hs, xp)
             out = Y
-            for s in range(len(_P_ROWS)):                        # h sum_p P_sp theta^p, p = 1..4
-                power, w = theta, xp.zeros_like(theta)
-                for p in range(len(_P_ROWS[s])):
-                    w = w + _P_ROWS[s][p] * power
-                    power = power * theta
-                out = _as(out + (w * hs)[:, None] * K[s], dtype, xp)
+            for s in range(weights.shape[0]):                    # y + sum_s weights_s k_s, 7 stages
+                out = _astype(out + weights[s, :][:, None] * K[s], dtype, xp)
             return out
 
         sample(Y, lambda tk: ok & (tk <= t_new), dense)
