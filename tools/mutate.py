@@ -31,6 +31,14 @@ Usage (from the repository root, the project's venv active)::
     python tools/mutate.py --only models/separation.py:12 --tests-from tests/models/test_x.py \
         --tests tests/models/test_x.py --out /tmp/kill.json   # does a new, uncommitted test kill it?
 
+``--select coverage`` (needs ``pip install -e ".[mutation]"``: coverage + pytest-cov) first runs the
+module's tests once under coverage with one context per test, then runs each mutant against only the
+tests that execute its statement (``-x`` still stops at the first failure). A statement no test
+context executes (import-time code, numba-compiled kernels, lines no test reaches) gets the module's
+whole test list, so selection never skips a test that could see the mutant *through that line*; it
+can miss one that sees it only through a value cached by an earlier test, so a survivor under
+selection is worth one ``--only`` rerun without ``--select`` before it is called real.
+
 Results go to ``--out`` (JSON, rewritten atomically after every mutant, resumable: a rerun with the
 same commit, seed and sampling skips mutants already done). The summary table per module and the
 survivors (with their diffs) are printed at the end.
@@ -101,6 +109,7 @@ class Mutant:
     col: int
     what: str       # e.g. "+ -> -"
     source_line: str
+    span: tuple = ()  # (first, last) source line of the statement (header) holding the node
 
 
 # ------------------------------------------------------------------------------------------ mutants
@@ -189,12 +198,28 @@ class _Apply(ast.NodeTransformer):
         return node
 
 
+def statement_span(parents: dict, node: ast.AST) -> tuple[int, int]:
+    """Source lines (first, last) of the innermost statement holding ``node``: the whole statement
+    for a simple one, only the header (up to its first body line) for a compound one (``if``,
+    ``for``, ``def`` ...), so that a mutant in an ``if`` test selects the tests that evaluate the
+    test, not every test that runs some line of its body. ``parents``: id(child) -> parent."""
+    stmt = node
+    while not isinstance(stmt, ast.stmt):
+        stmt = parents[id(stmt)]
+    body = getattr(stmt, "body", None)
+    if isinstance(body, list) and body:
+        return stmt.lineno, max(stmt.lineno, body[0].lineno - 1)
+    return stmt.lineno, stmt.end_lineno
+
+
 def list_mutants(module: str, source: str, guards: bool) -> list[Mutant]:
     tree = ast.parse(source)
     lines = source.splitlines()
+    parents = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
     out = []
     for i, (node, op, what, _) in enumerate(_sites(tree, guards)):
-        out.append(Mutant(module, i, op, node.lineno, node.col_offset, what, lines[node.lineno - 1].strip()))
+        out.append(Mutant(module, i, op, node.lineno, node.col_offset, what, lines[node.lineno - 1].strip(),
+                          statement_span(parents, node)))
     return out
 
 
@@ -255,12 +280,45 @@ def test_files(tree: str, module: str) -> list[str]:
     return files
 
 
-def run_tests(tree: str, files: list[str], timeout: float) -> tuple[str, float, str]:
-    """('passed' | 'failed' | 'timeout', seconds, tail of the output)."""
+#: pytest plugin written into the scratch copy: keep only the node ids listed in $MUTATE_SELECT.
+#: If any listed id is not collected (a parametrisation whose id changed) it keeps everything.
+_SELECT_PLUGIN = """import os, sys
+
+
+def pytest_collection_modifyitems(session, config, items):
+    path = os.environ.get("MUTATE_SELECT")
+    if not path:
+        return
+    keep = set(open(path).read().splitlines())
+    found = {item.nodeid for item in items}
+    if keep - found:
+        if not session.testsfailed:  # a collection error (the mutant breaks an import) is a kill
+            sys.stderr.write(f"mutate-select: {len(keep - found)} ids not collected; running all\\n")
+        return
+    config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in keep])
+    items[:] = [i for i in items if i.nodeid in keep]
+"""
+_SELECT_MODULE = "_mutate_select"
+
+
+def run_tests(tree: str, files: list[str], timeout: float, select: list[str] | None = None,
+              extra: tuple = (), env_extra: dict | None = None) -> tuple[str, float, str]:
+    """('passed' | 'failed' | 'timeout', seconds, tail of the output). ``select``: run only these
+    node ids of ``files`` (through the plugin above)."""
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-           "--benchmark-disable", *files]
+           "--benchmark-disable", *extra, *files]
+    env = _env(tree)
+    env.update(env_extra or {})
+    if select is not None:
+        with open(os.path.join(tree, _SELECT_MODULE + ".py"), "w") as fh:
+            fh.write(_SELECT_PLUGIN)
+        sel = os.path.join(tree, ".mutate_select.txt")
+        with open(sel, "w") as fh:
+            fh.write("\n".join(select) + "\n")
+        cmd[3:3] = ["-p", _SELECT_MODULE]
+        env["MUTATE_SELECT"] = sel
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=tree, env=_env(tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -269,7 +327,50 @@ def run_tests(tree: str, files: list[str], timeout: float) -> tuple[str, float, 
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         status = "timeout"
+    if proc.returncode in (4, 5):  # usage error / nothing collected: a fault of this tool, not a kill
+        raise RuntimeError(f"pytest exit {proc.returncode} (usage error or no tests): {(out or '')[-800:]}")
     return status, time.monotonic() - t0, (out or "")[-1500:]
+
+
+def coverage_contexts(tree: str, files: list[str], module: str, timeout: float) -> tuple[dict, float]:
+    """Run ``files`` once under coverage with one context per test (pytest-cov ``--cov-context=test``);
+    return ({line: sorted node ids of the tests whose setup, call or teardown executed it}, seconds).
+    Lines executed only outside any test (imports, collection) are absent."""
+    try:
+        import coverage
+    except ImportError as err:
+        raise SystemExit('--select coverage needs coverage and pytest-cov: pip install -e ".[mutation]"') from err
+    data_file = os.path.join(tree, ".coverage_mutate")
+    if os.path.exists(data_file):
+        os.remove(data_file)
+    package = module.split("/")[0]
+    status, secs, tail = run_tests(tree, files, timeout,
+                                   extra=(f"--cov={package}", "--cov-context=test", "--cov-report="),
+                                   env_extra={"COVERAGE_FILE": data_file})
+    if status != "passed":
+        print(tail)
+        raise SystemExit(f"baseline tests of {module} do not pass unmutated under coverage ({status})")
+    cov = coverage.CoverageData(basename=data_file)
+    cov.read()
+    target = os.path.realpath(os.path.join(tree, module))
+    fname = next((f for f in cov.measured_files() if os.path.realpath(f) == target), None)
+    if fname is None:
+        raise SystemExit(f"coverage measured nothing of {module}: is the copy what pytest imports?")
+    out = {}
+    for line, ctxs in cov.contexts_by_lineno(fname).items():
+        ids = sorted({c.rsplit("|", 1)[0] for c in ctxs if c})
+        if ids:
+            out[line] = ids
+    return out, secs
+
+
+def selected_tests(contexts: dict, span: tuple) -> list[str] | None:
+    """Node ids of the tests that execute any line of ``span``; None (run the whole list) when no
+    test context executes it (import-time code, compiled kernels, unreached lines)."""
+    ids = set()
+    for line in range(span[0], span[1] + 1):
+        ids.update(contexts.get(line, ()))
+    return sorted(ids) or None
 
 
 def _clear_pyc(tree: str) -> None:
@@ -324,6 +425,8 @@ def main(argv=None) -> int:
                     help="copy these test files from the working tree into the copy (new tests not yet committed)")
     ap.add_argument("--tests", nargs="*", default=None,
                     help="run these test files instead of the module's mapped ones (to check new tests kill chosen mutants)")
+    ap.add_argument("--select", choices=("all", "coverage"), default="all",
+                    help="coverage: run each mutant against only the tests that execute its statement")
     ap.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     args = ap.parse_args(argv)
     k = args.max_per_module or None
@@ -338,11 +441,12 @@ def main(argv=None) -> int:
     modules = list(only) if only else args.modules
 
     params = {"commit": full, "seed": args.seed, "max_per_module": k, "guards": args.guards,
-              "timeout_s": args.timeout, "python": sys.version.split()[0]}
+              "timeout_s": args.timeout, "python": sys.version.split()[0], "select": args.select}
     data = {"params": params, "modules": {}}
     if os.path.exists(args.out):
         old = json.load(open(args.out))
-        if all(old["params"].get(x) == params[x] for x in ("commit", "seed", "guards")):
+        if all(old["params"].get(x, "all" if x == "select" else None) == params[x]
+               for x in ("commit", "seed", "guards", "select")):
             data = old
             data["params"] = params
     plan = {}
@@ -366,7 +470,14 @@ def main(argv=None) -> int:
         files = args.tests or test_files(args.scratch, module)
         info["tests"] = files
         path = os.path.join(args.scratch, module)
-        if "baseline_s" not in info or only:
+        contexts = None
+        if args.select == "coverage":
+            # the coverage run doubles as the baseline (slower than a plain run: a safe timeout base)
+            contexts, secs = coverage_contexts(args.scratch, files, module, args.timeout * 3)
+            info["baseline_s"] = secs
+            info["covered_lines"] = len(contexts)
+            save(args.out, data)
+        elif "baseline_s" not in info or only:
             status, secs, tail = run_tests(args.scratch, files, args.timeout * 3)
             if status != "passed":
                 print(tail)
@@ -385,8 +496,9 @@ def main(argv=None) -> int:
                 _clear_pyc(args.scratch)
                 # a survivor runs the whole suite: never less than twice the unmutated run, so a
                 # slow (loaded) machine cannot turn survivors into "timeouts"
+                select = selected_tests(contexts, m.span) if contexts is not None else None
                 status, secs, tail = run_tests(args.scratch, files,
-                                               max(args.timeout, 2 * info["baseline_s"]))
+                                               max(args.timeout, 2 * info["baseline_s"]), select)
             finally:
                 with open(path, "w") as fh:
                     fh.write(src)
@@ -394,10 +506,12 @@ def main(argv=None) -> int:
                 ast.unparse(ast.parse(src)).splitlines(True), mutated_source(src, m.index, args.guards).splitlines(True),
                 n=0))
             info["results"][key] = {**asdict(m), "status": status, "seconds": round(secs, 1),
+                                    "tests_run": "all" if select is None else len(select),
                                     "diff": diff[-800:], "tail": tail[-600:] if status != "passed" else ""}
             save(args.out, data)
             print(f"  [{j + 1}/{len(chosen)}] {module}:{m.index} line {m.line} [{m.op}] {m.what} -> "
-                  f"{'SURVIVED' if status == 'passed' else status} ({secs:.0f} s)", flush=True)
+                  f"{'SURVIVED' if status == 'passed' else status} ({secs:.0f} s, "
+                  f"{'all' if select is None else len(select)} tests)", flush=True)
     _clear_pyc(args.scratch)
     print(summarise(data))
     return 0

@@ -1,0 +1,111 @@
+"""tools/mutate.py's coverage-guided test selection, on a toy project in a temporary folder.
+
+The selection is only worth having if it is sound: a mutant must be run against every test that
+executes its statement, and a statement no test context executes (import-time code) must fall back
+to the whole list. Checked here end to end: a real coverage run, a real pytest run of the selection.
+"""
+import importlib.util
+import os
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("pytest_cov")
+
+_SPEC = importlib.util.spec_from_file_location(
+    "mutate_tool", os.path.join(os.path.dirname(__file__), "..", "tools", "mutate.py"))
+mutate = importlib.util.module_from_spec(_SPEC)
+sys.modules["mutate_tool"] = mutate  # its dataclasses look their module up there
+_SPEC.loader.exec_module(mutate)
+
+TOY = textwrap.dedent('''\
+    SCALE = 2 + 1
+
+
+    def f(x):
+        return (x
+                + 1)
+
+
+    def g(x):
+        if x > 0:
+            return x * SCALE
+        return -x
+    ''')
+
+TESTS = textwrap.dedent('''\
+    from toy.mod import f, g
+
+
+    def test_f():
+        assert f(1) == 2
+
+
+    def test_g_positive():
+        assert g(2) == 6
+
+
+    def test_g_negative():
+        assert g(-2) == 2
+    ''')
+
+
+def _mutants_by_line(source):
+    return {(m.line, m.what): m for m in mutate.list_mutants("toy/mod.py", source, guards=False)}
+
+
+def test_statement_span_is_the_whole_simple_statement_and_only_a_compound_header():
+    ms = _mutants_by_line(TOY)
+    # `+ 1` sits on line 6 of a return statement that starts on line 5
+    assert ms[(5, "+ -> -")].span == (5, 6)
+    # the `>` of `if x > 0:` (line 10): the header only, not the body lines 11-12
+    assert ms[(10, "> -> >=")].span == (10, 10)
+    # a default-free module constant: its own line
+    assert ms[(1, "+ -> -")].span == (1, 1)
+
+
+def test_selected_tests_unions_the_span_and_falls_back_to_everything():
+    ctx = {5: ["t::a"], 6: ["t::b", "t::a"], 9: ["t::c"]}
+    assert mutate.selected_tests(ctx, (5, 6)) == ["t::a", "t::b"]
+    assert mutate.selected_tests(ctx, (7, 8)) is None      # no test context: the whole list
+
+
+@pytest.fixture
+def toy_tree(tmp_path):
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "__init__.py").write_text("")
+    (tmp_path / "toy" / "mod.py").write_text(TOY)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_toy.py").write_text(TESTS)
+    return str(tmp_path)
+
+
+def test_coverage_contexts_and_a_selected_run_on_a_toy_project(toy_tree):
+    files = ["tests/test_toy.py"]
+    ctx, _ = mutate.coverage_contexts(toy_tree, files, "toy/mod.py", timeout=300)
+    # line 1 runs at import only (collection), so no test context holds it
+    assert 1 not in ctx
+    assert ctx[5] == ["tests/test_toy.py::test_f"]
+    assert ctx[10] == ["tests/test_toy.py::test_g_negative", "tests/test_toy.py::test_g_positive"]
+    assert ctx[11] == ["tests/test_toy.py::test_g_positive"]
+    assert ctx[12] == ["tests/test_toy.py::test_g_negative"]
+
+    # the selection runs exactly the listed test and deselects the others
+    sel = mutate.selected_tests(ctx, (11, 11))
+    status, _, tail = mutate.run_tests(toy_tree, files, timeout=300, select=sel)
+    assert status == "passed" and "1 passed, 2 deselected" in tail
+
+    # a mutant of line 11 (x * SCALE -> x / SCALE) is killed by the selected test alone
+    src = TOY.replace("return x * SCALE", "return x / SCALE")
+    with open(os.path.join(toy_tree, "toy", "mod.py"), "w") as fh:
+        fh.write(src)
+    status, _, tail = mutate.run_tests(toy_tree, files, timeout=300, select=sel)
+    assert status == "failed" and "1 failed" in tail
+
+    # an id that is not collected: the plugin refuses to narrow the run (all three tests run)
+    with open(os.path.join(toy_tree, "toy", "mod.py"), "w") as fh:
+        fh.write(TOY)
+    status, _, tail = mutate.run_tests(toy_tree, files, timeout=300,
+                                       select=["tests/test_toy.py::test_gone"])
+    assert status == "passed" and "ids not collected; running all" in tail and "3 passed" in tail
