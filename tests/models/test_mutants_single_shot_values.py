@@ -32,6 +32,16 @@ def test_polynomial_of_degree_at_least_one_has_a_lagrangian(n):
     assert get_separation("polynomial", n=0.5).lagrangian is None
 
 
+def test_polynomial_default_degree_is_two():
+    """sep(S) = max(S, 0)^n with n = 2 by default (the docstring's default; a changed default
+    survived a full mutation run of separation.py): exact on dyadic scores."""
+    sep = get_separation("polynomial")
+    np.testing.assert_array_equal(sep(np.array([[-1.5, 0.0, 0.5, 3.0]])), [[0.0, 0.0, 0.25, 9.0]])
+    assert sep.name == "polynomial(n=2)"
+    signed = get_separation("polynomial", rectified=False)
+    np.testing.assert_array_equal(signed(np.array([[-1.5, 0.5]])), [[-2.25, 0.25]])
+
+
 def test_k_max_weights_are_one_over_k_on_the_top_k():
     """Uniform 1/k on the k largest scores (ties to the lower index): for k = 4 exactly 0.25
     (a power of two, so exact), 0 elsewhere, summing to 1."""
