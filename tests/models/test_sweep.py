@@ -207,15 +207,16 @@ def test_a_worker_killed_mid_sweep_loses_nothing(tmp_path, client, serial):
 
     def kill_one_worker(done, total, row, computed):
         if not killed:
-            workers = client.scheduler_info()["workers"]
-            victim = sorted(workers)[0]
-            killed.append(victim)
+            # a worker that holds a point right now (each evaluation sleeps 0.4 s, so one is
+            # mid-way): killing it loses that point, which the scheduler must rerun
+            victim, held = next((w, ts) for w, ts in sorted(client.processing().items()) if ts)
+            killed.append((victim, list(held)))
             pid = client.run(os.getpid, workers=[victim])[victim]
             os.kill(pid, signal.SIGKILL)  # a hard kill: the worker cannot report anything
 
     rows = cap.run(POINTS, path, engine=client, evaluate_fn=slow_evaluate, flush_seconds=0,
                    progress=kill_one_worker)
-    assert killed
+    assert killed and killed[0][1]        # the victim was processing at least one point
     stored = load_results(path)
     assert len(stored) == len({r["key"] for r in stored}) == len(POINTS)
     assert _by_key(stored) == _by_key(rows) == serial
