@@ -450,11 +450,8 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         absx, dabsx = absx_of(xp), dabsx_of(xp)
         if p == 1:
             return -_chunked_pairwise_vjp(M, G, F, lambda d, s, k: dabsx(d), xp)
-        dist = -score(M, G, xp)  # (B, N)
-        if is_numpy_namespace(xp):
-            scale = np.divide(1.0, dist ** (p - 1), out=np.zeros_like(dist), where=dist > 0)
-        else:
-            scale = xp.where(dist > 0, 1.0 / xp.where(dist > 0, dist, 1.0) ** (p - 1), 0.0)
+        dist = -score(M, G, xp)  # (B, N); numpy returned above (compiled kernels)
+        scale = xp.where(dist > 0, 1.0 / xp.where(dist > 0, dist, 1.0) ** (p - 1), 0.0)
         Fs = F * scale
         return -_chunked_pairwise_vjp(
             M, G, Fs, lambda d, s, k: absx(d) ** (p - 1) * dabsx(d), xp)
