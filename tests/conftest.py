@@ -37,6 +37,16 @@ def _flip(rng, X, frac):
     return X
 
 
+@pytest.fixture(scope="session")
+def to_strict():
+    """to_strict(a): a as a float64 array-api-strict array on that library's second device
+    ("device1": results must follow their inputs there). Skips the test, and only that test,
+    where array-api-strict is not installed."""
+    xps = pytest.importorskip("array_api_strict")
+    dev = xps.Device("device1")
+    return lambda a: xps.asarray(np.asarray(a, dtype=np.float64), device=dev)
+
+
 @pytest.fixture
 def bipolar():
     """bipolar(rng, n, d): random {-1, 1} patterns."""

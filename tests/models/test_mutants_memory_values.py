@@ -92,29 +92,21 @@ def test_smallest_chunk_budget_retrieves_one_row_at_a_time():
 
 
 # -------------------------------------------------------------- the array-API branches
-xps = pytest.importorskip("array_api_strict")
-DEV = xps.Device("device1")
-
-
-def strict(a):
-    return xps.asarray(np.asarray(a, dtype=float), device=DEV)
-
-
-def test_strict_iterate_stops_when_nothing_moves():
+def test_strict_iterate_stops_when_nothing_moves(to_strict):
     """The array-API loop of Memory.iterate: from a query one entry away from memory 0, dot + max
     retrieval moves that entry at step 1 and nothing at step 2 (max change 0, not > tol = 0), so it
     stops converged after 2 steps, as the numpy loop does."""
     M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0]])
-    res = Memory(strict(M), similarity="dot", separation="max").iterate(strict([[1.0, 1.0, 1.0, 0.0]]))
+    res = Memory(to_strict(M), similarity="dot", separation="max").iterate(to_strict([[1.0, 1.0, 1.0, 0.0]]))
     np.testing.assert_array_equal(to_numpy(res.states), M[:1])
     assert to_numpy(res.steps).tolist() == [2] and to_numpy(res.converged).tolist() == [True]
 
 
-def test_strict_classical_hopfield_has_a_zero_diagonal():
+def test_strict_classical_hopfield_has_a_zero_diagonal(to_strict):
     """W = M^T M with W_ii = 0 (zero_diagonal=True) on array-api-strict arrays, as on numpy."""
     M = np.array([[1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
-    W = to_numpy(classical_hopfield(strict(M)).W)
+    W = to_numpy(classical_hopfield(to_strict(M)).W)
     expected = M.T @ M
     np.fill_diagonal(expected, 0.0)
     np.testing.assert_array_equal(W, expected)
-    np.testing.assert_array_equal(to_numpy(classical_hopfield(strict(M), zero_diagonal=False).W), M.T @ M)
+    np.testing.assert_array_equal(to_numpy(classical_hopfield(to_strict(M), zero_diagonal=False).W), M.T @ M)

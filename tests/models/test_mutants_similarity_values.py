@@ -13,12 +13,6 @@ from models import get_similarity
 from models._array_api import to_numpy
 
 EPS = np.finfo(np.float64).eps
-xps = pytest.importorskip("array_api_strict")
-DEV = xps.Device("device1")
-
-
-def strict(a):
-    return xps.asarray(np.asarray(a, dtype=float), device=DEV)
 
 
 def test_minkowski_default_p_is_two():
@@ -56,7 +50,7 @@ def _cos_closed_form(M, Q):
 
 
 @pytest.mark.parametrize("space", ["numpy", "strict"])
-def test_cosine_of_rows_of_any_magnitude(space):
+def test_cosine_of_rows_of_any_magnitude(space, request):
     """One batch with a tiny query (entries 2^-540 ~ 3e-163: squares underflow), a query of norm
     0.5 and one with a zero entry: every score equals the closed form of the unscaled rows to the
     round-off of a normalised dot product, (D + 4) eps (D = 3)."""
@@ -64,8 +58,8 @@ def test_cosine_of_rows_of_any_magnitude(space):
     Q = np.array([[1.0, 1.0, 0.0], [0.3, 0.4, 0.0], [1.0, -2.0, 2.0]])
     Qin = Q.copy()
     Qin[0] *= 2.0**-540                       # exact: cosine is scale invariant
-    S = get_similarity("cosine")(strict(M), strict(Qin)) if space == "strict" else \
-        get_similarity("cosine")(M, Qin)
+    arr = request.getfixturevalue("to_strict") if space == "strict" else np.asarray
+    S = get_similarity("cosine")(arr(M), arr(Qin))
     np.testing.assert_allclose(to_numpy(S), _cos_closed_form(M, Q), rtol=0, atol=7 * EPS)
 
 
@@ -100,7 +94,7 @@ def _loop_vjp(M, G, F, p):
 
 @pytest.mark.parametrize("space", ["numpy", "strict"])
 @pytest.mark.parametrize("name, params, p", [("euclidean", {}, 2.0), ("minkowski", {"p": 3}, 3.0)])
-def test_distance_gradient_at_a_memory_and_below_unit_distance(space, name, params, p):
+def test_distance_gradient_at_a_memory_and_below_unit_distance(space, name, params, p, request):
     """State 0 sits on memory 1 (distance 0: that memory's term is 0, not NaN); everything is scaled
     by 1/100 so every other distance is below 1. The gradient contraction equals the per-memory
     loop. Error bound: the GEMM route of |g - M_mu|^2 loses (D + 3) eps (|g|^2 + |M_mu|^2) to
@@ -114,7 +108,8 @@ def test_distance_gradient_at_a_memory_and_below_unit_distance(space, name, para
     G[0] = M[1]
     F = rng.standard_normal((3, 4))
     sim = get_similarity(name, **params)
-    got = to_numpy(sim.vjp(strict(M), strict(G), strict(F))) if space == "strict" else sim.vjp(M, G, F)
+    arr = request.getfixturevalue("to_strict") if space == "strict" else np.asarray
+    got = to_numpy(sim.vjp(arr(M), arr(G), arr(F)))
     assert np.all(np.isfinite(got))
     r2 = ((G[:, None, :] - M[None, :, :]) ** 2).sum(-1)
     big = (G ** 2).sum(1)[:, None] + (M ** 2).sum(1)[None, :]
