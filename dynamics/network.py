@@ -341,8 +341,10 @@ class Network:
         """(B,) max_i |dy_i/dt| at (v, h), or at v with h = S(g) when ``adiabatic``: 0 at a fixed point."""
         xp = self.xp
         if not is_numpy_namespace(xp):
-            v, h = self._check_state(v) if adiabatic else self._check_state(v, h)
-            Y = v if adiabatic else xp.concat([v, h], axis=1)
+            if adiabatic:       # _check_state(v) returns v alone: unpacking it would split its rows
+                Y = self._check_state(v)
+            else:
+                Y = xp.concat(list(self._check_state(v, h)), axis=1)
             return xp.max(xp.abs(self.velocity(Y, I, adiabatic)), axis=1)
         v = np.atleast_2d(numpy_float(v))
         Y = v if adiabatic else np.concatenate([v, np.atleast_2d(numpy_float(h))], axis=1)
