@@ -288,3 +288,285 @@ def test_fixed_step_error_model_of_a_leapfrog_run():
         flow = [v for v in rep.violations if FLOW_VIOLATION in v]
         assert flow == rep.violations and len(flow) == (r > 1)
     assert "re-integrated from t=0 to t=2 (query 0), state component 0" in flow[0]
+
+
+# ------------------------------------------------------------------ the size and round-off formulas
+# A second full mutation run of dynamics/energy.py (docs/testing.md, "Full runs with --select
+# coverage") left the terms of the round-off estimates, the reports of degenerate trajectories and
+# several verdict thresholds unchecked; the tests below pin each.
+def _size_net():
+    """D = 2, N = 3, dot similarity, quadratic L_v, log-sum-exp L_h (beta = 2: a Hessian with
+    off-diagonal terms), tau_v = 4 and tau_h = 1/4 (a dropped or inverted tau changes every term),
+    and an input current I."""
+    M = np.array([[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75]])
+    return Network(M, "dot", L_v=L.quadratic(), L_h=L.log_sum_exp(2.0), tau_v=4.0, tau_h=0.25)
+
+
+_SIZE_Y = np.array([[0.5, -1.25, 0.3, -0.7, 1.1], [2.0, 0.125, -0.4, 0.9, 0.05]])
+_SIZE_I = np.array([[0.25, -0.5], [1.0, 0.75]])
+
+
+def _energy_size_by_hand(net, y, I, adiabatic):
+    """_energy_and_size's docstring term by term, one query, explicit loops:
+    sum_i |v_i g_i| + size(L_v) + sum_i |I_i g_i| + sum_mu |h_mu f_mu| + size(L_h)
+    + sum_mu |f_mu| (|S_mu| + (|m_mu| + |g|)^2), with h = S(g) when adiabatic."""
+    D, N = net.D, net.N
+    v = y[:D]
+    g = v                                              # quadratic L_v
+    S = np.array([sum(net.M[mu, i] * g[i] for i in range(D)) for mu in range(N)])
+    h = S if adiabatic else y[D:]
+    f = net.L_h.grad(h[None])[0]
+    gn = np.sqrt(sum(x * x for x in g))
+    size = sum(abs(v[i] * g[i]) + abs(I[i] * g[i]) for i in range(D)) + net.L_v.value_size(v[None])[0]
+    size += sum(abs(h[mu] * f[mu]) for mu in range(N)) + net.L_h.value_size(h[None])[0]
+    size += sum(abs(f[mu]) * (abs(S[mu]) + (np.linalg.norm(net.M[mu]) + gn) ** 2) for mu in range(N))
+    return size
+
+
+@pytest.mark.parametrize("adiabatic", [False, True])
+def test_energy_size_term_by_term(adiabatic):
+    """The size of E's terms (what its round-off allowance scales) equals the docstring's sum
+    evaluated term by term, to the round-off of a sum of about 20 positive terms (32 eps)."""
+    from dynamics.energy import _energy_and_size
+    net = _size_net()
+    Y = _SIZE_Y[:, :net.D] if adiabatic else _SIZE_Y
+    E, size = _energy_and_size(net, Y, _SIZE_I, adiabatic)
+    expected = [_energy_size_by_hand(net, y, I, adiabatic) for y, I in zip(Y, _SIZE_I)]
+    np.testing.assert_allclose(size, expected, rtol=32 * EPS, atol=0)
+    E_ref = net.energy_adiabatic(Y, _SIZE_I) if adiabatic else net.energy(Y[:, :2], Y[:, 2:], _SIZE_I)
+    np.testing.assert_array_equal(E, E_ref)
+
+
+def _dEdt_roundoff_by_hand(net, y, F, I, adiabatic):
+    """_dEdt_and_size's docstring term by term, one query: the velocity's round-off
+    dF_v = U eps (sum_mu |f_mu| |M_mu,i| + |f|_1 |g_i| + |v_i| + |I_i|) / tau_v and
+    dF_h = U eps (|S_mu| + (|m_mu| + |g|)^2 + |h_mu|) / tau_h; size = tau_v |F_v| . H_v(F_v) +
+    tau_h |F_h| . H_h(F_h) (H = hvp_size); round-off = U eps size + sum over both layers of
+    tau (2 H(F) . dF + H(dF) . dF)."""
+    U = ROUNDOFF_ULPS * EPS
+    D, N = net.D, net.N
+    v, g = y[:D], y[:D]
+    S = net.M @ g
+    h = S if adiabatic else y[D:]
+    f = net.L_h.grad(h[None])[0]
+    gn = np.linalg.norm(g)
+    dFv = np.array([U * (sum(abs(f[mu]) * abs(net.M[mu, i]) for mu in range(N)) + sum(abs(f)) * abs(g[i])
+                         + abs(v[i]) + abs(I[i])) / net.tau_v for i in range(D)])
+    layers = [(net.L_v, v, F[:D], dFv, net.tau_v)]
+    if not adiabatic:
+        dFh = np.array([U * (abs(S[mu]) + (np.linalg.norm(net.M[mu]) + gn) ** 2 + abs(h[mu])) / net.tau_h
+                        for mu in range(N)])
+        layers.append((net.L_h, h, F[D:], dFh, net.tau_h))
+    size = prop = 0.0
+    for lag, x, Fx, dF, tau in layers:
+        H = lag.hvp_size(x[None], Fx[None])[0]
+        size += tau * sum(abs(Fx) * H)
+        prop += tau * (2 * sum(H * dF) + sum(lag.hvp_size(x[None], dF[None])[0] * dF))
+    return size, U * size + prop
+
+
+@pytest.mark.parametrize("adiabatic", [False, True])
+def test_dEdt_size_and_roundoff_term_by_term(adiabatic):
+    """Size and round-off of the analytic dE/dt against the docstring, term by term, on a moving
+    query and on one whose velocity is exactly 0 (there the round-off is the second-order term
+    tau H(dF) . dF alone: its sign matters). Each side sums a few dozen positive terms in another
+    order: 64 eps relative."""
+    from dynamics.energy import _dEdt_and_size
+    net = _size_net()
+    Y = _SIZE_Y[:, :net.D] if adiabatic else _SIZE_Y
+    F = net.velocity(Y, _SIZE_I, adiabatic)
+    F[1] = 0.0
+    an, size, roundoff = _dEdt_and_size(net, Y, F, _SIZE_I, adiabatic)
+    by_hand = np.array([_dEdt_roundoff_by_hand(net, y, Fy, I, adiabatic) for y, Fy, I in zip(Y, F, _SIZE_I)])
+    assert size[1] == 0 and roundoff[1] > 0
+    np.testing.assert_allclose(size, by_hand[:, 0], rtol=64 * EPS, atol=0)
+    np.testing.assert_allclose(roundoff, by_hand[:, 1], rtol=64 * EPS, atol=0)
+    an_ref = net.dEdt_adiabatic(Y, _SIZE_I) if adiabatic else net.dEdt(Y[:, :2], Y[:, 2:], _SIZE_I)
+    np.testing.assert_array_equal(an, an_ref)
+
+
+def test_fd_allowed_is_safety_times_roundoff_truncation_and_analytic_roundoff():
+    """allowed = FD_SAFETY (R + T + round-off of dE/dt) (verify_energy's fd_safety): on the cubic
+    net's one sample the report gives allowed / |dE/dt| (fd_tol), R, T and FD_SAFETY times dE/dt's
+    round-off (sign_tol), so fd_tol |dE/dt| = FD_SAFETY (R + T) + sign_tol to a few roundings."""
+    net = _cubic_net()
+    rep = verify_energy(net, _one_sample(net))
+    lhs = rep.fd_tol * abs(rep.max_dEdt)
+    rhs = FD_SAFETY * (rep.fd_roundoff + rep.fd_truncation) + rep.sign_tol
+    assert rep.sign_tol > 0
+    assert abs(lhs - rhs) <= 8 * EPS * rhs
+
+
+def test_fd_error_between_one_and_two_allowed_is_a_violation():
+    """An error planted at 1.5 times the allowed (read off an honest run; the honest difference is
+    at most R + T + round-off, a tenth of the allowed, so the ratio lies in [1.4, 1.6]) is reported."""
+    net = _cubic_net(_OffsetDEdt)
+    honest = verify_energy(net, _one_sample(net))
+    net.delta = 1.5 * honest.fd_tol * abs(honest.max_dEdt)
+    rep = verify_energy(net, _one_sample(net))
+    assert 1.4 <= rep.fd_ratio <= 1.6 and not rep.passed
+    assert len(rep.violations) == 1 and "differs from the finite difference" in rep.violations[0]
+
+
+def test_single_sample_report_has_nothing_to_compare():
+    """One sample: no increase (0, relative 0, tolerance atol_floor), no window to re-integrate
+    (every flow field 0, its model says why), no sampled E(t) to differentiate (NaN)."""
+    net = _cubic_net()
+    rep = verify_energy(net, _one_sample(net), atol_floor=2.0 ** -40)
+    assert rep.passed, rep.summary()
+    assert (rep.max_increase, rep.max_increase_relative, rep.increase_tol) == (0.0, 0.0, 2.0 ** -40)
+    assert rep.increase_at == (0, 0.0, 0)
+    assert (rep.flow_ratio, rep.flow_deviation, rep.flow_tol, rep.flow_checked) == (0.0, 0.0, 0.0, 0)
+    assert rep.flow_at == (0, 0.0, 0) and rep.flow_model == "single sample: nothing to re-integrate"
+    assert np.isnan(rep.sampled_fd_max_error)
+
+
+def test_exact_fixed_point_is_not_a_moving_sample():
+    """At the origin net's exact fixed point the velocity is 0: no finite difference is taken
+    (fd_checked 0) and nothing is reported as its error (ratio, round-off and truncation 0)."""
+    net = _origin_net()
+    tr = integrate(net, np.zeros((2, 2)), 1.0, adiabatic=True, n_samples=3, stop_at_fixed_point=False)
+    rep = verify_energy(net, tr)
+    assert rep.fd_checked == 0
+    assert (rep.fd_ratio, rep.fd_roundoff, rep.fd_truncation) == (0.0, 0.0, 0.0)
+
+
+# D = N = 1, M = 1, dot similarity, quadratic L_v and L_h: E = (v - h)^2 / 2, every v = h a fixed
+# point. Samples with v - h = 16 + k d: E from 128 up, each step E rises by about 16 d.
+def _quad_net():
+    return Network(np.array([[1.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+
+
+def _rising(n, d, params):
+    net = _quad_net()
+    Y = [[[16.0 + k * d, 0.0]] for k in range(n)]
+    return net, _trajectory(net, np.arange(float(n)), Y, "RK45", params)
+
+
+def _rises(rep):
+    return [v for v in rep.violations if v.startswith("E rose") or v.startswith("... and")]
+
+
+def test_increase_tolerance_is_relative_to_E_with_default_rtol():
+    """tol = rtol_factor rtol max(|E|, 1) + atol_floor with rtol = 1e-8 when the trajectory records
+    none: at E = 128, 10 * 1e-8 * 128 + 1e-12 = 1.28e-5. Two samples (the smallest trajectory with
+    an increase): a rise of 16 * 2^-24 ~ 9.5e-7 is inside; 16 * 2^-19 ~ 3.1e-5 is over, reported
+    with its tolerance and its size relative to |E| = 128."""
+    for d, over in ((2.0 ** -24, False), (2.0 ** -19, True)):
+        net, tr = _rising(2, d, {"atol": 1e-10, "nfev": 8})
+        rep = verify_energy(net, tr)
+        rise = tr.E[1, 0] - tr.E[0, 0]
+        assert rep.max_increase == rise and rep.increase_tol == 10 * 1e-8 * 128 + 1e-12
+        assert rep.max_increase_relative == rise / 128
+        assert _rises(rep) == ([f"E rose by {rise:.3e} from t=0 to t=1 (query 0); tolerance 1.280e-05"]
+                               if over else [])
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_increase_messages_list_five_then_count_the_rest(n):
+    """n - 1 rises over tolerance: five are listed; a sixth is counted as '... and 1 more'."""
+    net, tr = _rising(n, 2.0 ** -19, {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    msgs = _rises(verify_energy(net, tr))
+    assert len([m for m in msgs if m.startswith("E rose")]) == 5
+    assert msgs[5:] == (["... and 1 more increases above tolerance"] if n == 7 else [])
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_sampled_dEdt_needs_three_samples(n):
+    """np.gradient of E(t) is compared with dE/dt from three samples on (NaN with two)."""
+    net, tr = _rising(n, 2.0 ** -19, {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    s = verify_energy(net, tr).sampled_fd_max_error
+    assert np.isnan(s) if n == 2 else np.isfinite(s)
+
+
+def test_growth_below_the_factor_from_a_large_start_is_no_runaway():
+    """|v| from 100 to 200 at fixed points v = h (E = 0 throughout): a factor 2, far below
+    diverge_factor = 1000 times max(|v(0)|, 1) = 1e5: not diverging."""
+    net = _quad_net()
+    tr = _trajectory(net, [0.0, 1.0], [[[100.0, 100.0]], [[200.0, 200.0]]], "RK45",
+                     {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    assert verify_energy(net, tr).diverging == ""
+
+
+def test_windows_first_half_consecutive_then_spread():
+    """_windows(100, 40): windows 0..19, then 20 spread evenly over 20..99 (rounded)."""
+    from dynamics.energy import _windows
+    w = _windows(100, 40)
+    np.testing.assert_array_equal(w[:20], np.arange(20))
+    np.testing.assert_array_equal(w[20:], np.round(np.linspace(20, 99, 20)).astype(int))
+    np.testing.assert_array_equal(_windows(40, 40), np.arange(40))
+
+
+def test_default_window_budget_is_40():
+    """A 101-sample run of one query re-integrates 40 windows by default (max_windows = 40)."""
+    net = _quad_net()
+    tr = integrate(net, np.array([1.0]), 2.0, n_samples=101, stop_at_fixed_point=False)
+    assert len(tr.t) == 101
+    assert verify_energy(net, tr).flow_checked == 40
+
+
+@pytest.mark.parametrize("method, scheme", [("RK45", "RK45"), ("RK23", "RK23"), ("DOP853", "DOP853"),
+                                            ("RK45-batched", "RK45"), ("reduced", "RK45")])
+def test_flow_model_counts_steps_by_scipy_stage_count(method, scheme):
+    """The flow model bounds a window's steps by nfev / (right-hand-side evaluations per step),
+    scipy's own n_stages for its explicit Runge-Kutta methods (6, 3, 12); the batched and the
+    reduced integrators step with the same Dormand-Prince pair as RK45."""
+    import scipy.integrate
+    net = _quad_net()
+    tr = integrate(net, np.array([1.0]), 1.0, method=method, n_samples=5, stop_at_fixed_point=False)
+    stages = getattr(scipy.integrate, scheme).n_stages
+    assert verify_energy(net, tr).flow_model.endswith(f"<= nfev / {stages} steps per window")
+
+
+def test_brian2_default_scheme_is_first_order():
+    """A fixed-step trajectory of brian2's default scheme (dynamics.brian2_backend: first order in
+    dt) is judged with the order-1 error model."""
+    net = _quad_net()
+    tr = _trajectory(net, [0.0, 1.0], [[[1.0, 1.0]], [[1.0, 1.0]]], "brian2", {"dt": 2.0 ** -6, "scheme": "default"})
+    assert verify_energy(net, tr).flow_model == "fixed step dt = 0.015625, order 1"
+
+
+def test_reduced_method_error_norm_counts_its_own_variables():
+    """dynamics.reduced controls the error of (a, h, e), 2N + 1 numbers per query: its flow model
+    is FLOW_SAFETY amp (nfev / 6) sqrt(2N + 1) (atol + rtol |y|) (amp = max(1, max_i sum_mu
+    |M_mu,i|) = 1 here). Net: _quad_net (N = 1: sqrt 3; every v = h a fixed point); samples
+    (0, 0) and (d, d), so the deviation is d exactly (as in the Radau test above), planted at 0.9
+    and 1.1 times the model (the reference's term is below 1e-6 of it)."""
+    net = _quad_net()
+    rtol = atol = 2.0 ** -10
+    nfev = 12
+    K = (nfev / 6) * sqrt(3)
+    for r in (0.9, 1.1):
+        d = r * FD_SAFETY * K * atol / (1 - r * FD_SAFETY * K * rtol)
+        tr = _trajectory(net, [0.0, 1.0], [[[0.0, 0.0]], [[d, d]]], "reduced",
+                         {"rtol": rtol, "atol": atol, "nfev": nfev})
+        rep = verify_energy(net, tr)
+        assert r / (1 + 1e-6) <= rep.flow_ratio <= r * (1 + 8 * EPS)
+        assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
+
+
+def test_window_after_a_query_stopped_is_not_checked():
+    """RK45-batched holds a stopped query's state: with t_final_per_query = 0.5 at samples
+    t = 0, 0.5, 1 the window [0.5, 1] ends where it starts (t1 = min(1, 0.5)) and is skipped: one
+    window checked. (The state sits at the fixed point v = h = 1 throughout.)"""
+    net = _quad_net()
+    tr = _trajectory(net, [0.0, 0.5, 1.0], [[[1.0, 1.0]]] * 3, "RK45-batched",
+                     {"rtol": 1e-8, "atol": 1e-10, "t_final_per_query": [0.5], "nfev_per_query": [8]})
+    rep = verify_energy(net, tr)
+    assert rep.passed, rep.summary()
+    assert rep.flow_checked == 1
+
+
+def test_sign_check_reports_the_sample_closest_to_violating():
+    """dEdt_at names the sample with the largest dE/dt - slack. Query 0 at v = 1000 + 2^-43, h = 1000
+    (exact: 2^-43 is 1000's ulp): dE/dt = -2 (2^-43)^2 ~ -2.6e-26, but a slack of about 1e-23 from
+    the large state; query 1 at v = h = 0: dE/dt = 0 with a slack of only the second-order term of
+    dh's round-off (FD_SAFETY tau_h (U eps |m|^2)^2 ~ 8e-30). Query 1 is the closer (-8e-30 > -1e-23)."""
+    net = _quad_net()
+    d = 2.0 ** -43
+    tr = _trajectory(net, [0.0], [[[1000.0 + d, 1000.0], [0.0, 0.0]]], "RK45", {"rtol": 1e-8, "atol": 1e-10})
+    assert tr.dEdt[0, 0] == -2 * d * d and tr.dEdt[0, 1] == 0
+    rep = verify_energy(net, tr)
+    assert rep.passed, rep.summary()
+    assert rep.dEdt_at == (0, 0.0, 1) and rep.max_dEdt == 0
+    assert rep.sign_tol == FD_SAFETY * (ROUNDOFF_ULPS * EPS) ** 2
