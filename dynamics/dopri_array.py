@@ -8,7 +8,10 @@ row stays in the batch and a finished row is frozen instead: its step size is 0,
 equal its state and every update is masked (``where``). Each step therefore costs the full batch's
 right-hand side, which is what a GPU runs best (no gathers, fixed shapes), and the loop's only host
 transfer is one small vector per step (how many rows are still running, the stall and
-finite-state flags, the earliest running time for ``progress``), plus one per sampling pass.
+finite-state flags, the earliest running time for ``progress``, and how many sample times the
+step passed). The dense outputs at those times are kept as computed (one (B, W) array per pass,
+valid for the rows that passed a sample) and placed into the (T, B, W) samples after the loop by
+one searchsorted and one take (:func:`_gather_samples`): no per-sample writes, no round trip.
 
 Per row, exactly the numpy solver's arithmetic, in the same order per element (module docstring
 of dynamics.dopri): the same tableau and controller, the error norm accumulated in float64, float32
@@ -76,7 +79,7 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
     def zeros(dt=f64, shape=(B,)):
         return xp.zeros(shape, dtype=dt, device=dev)
 
-    samples = [None] * T
+    records = []            # (y (B, W), valid (B,)): the sample passes, in order
     t = zeros()
     nxt = zeros(xp.int64)
     run = xp.ones((B,), dtype=xp.bool, device=dev)
@@ -85,26 +88,20 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
     nfev, n_steps, n_rej = zeros(xp.int64), zeros(xp.int64), zeros(xp.int64)
     velocity = xp.full((B,), float("nan"), dtype=f64, device=dev)
 
-    def sample(Ynow, take, dense=None):
-        """Store the samples of rows ``take`` at their next sample index (dense(theta) gives the
-        state there; None: Ynow itself) and advance those rows' index; one host transfer."""
-        nonlocal nxt
-        while True:
-            nxt_c = xp.minimum(nxt, xp.full_like(nxt, T - 1))
-            tk = xp.take(t_dev, nxt_c)
-            mask = take(tk) & (nxt < T)
-            lo_hi = to_numpy(xp.stack([xp.astype(xp.any(mask), xp.int64),
-                                       xp.min(xp.where(mask, nxt, xp.full_like(nxt, T))),
-                                       xp.max(xp.where(mask, nxt, xp.full_like(nxt, -1)))]))
-            if not lo_hi[0]:
-                return
-            y = Ynow if dense is None else dense(tk, mask)
-            for j in range(int(lo_hi[1]), int(lo_hi[2]) + 1):
-                sel = (mask & (nxt == j))[:, None]
-                samples[j] = xp.where(sel, y, y if samples[j] is None else samples[j])
-            nxt = nxt + xp.astype(mask, xp.int64)
+    def store(n_pass, nxt_old, cnt, dense):
+        """Keep the samples a step passed: pass i is every row's dense output at its slot
+        nxt_old + i, valid where cnt > i. Each row's valid records are its samples in slot order,
+        so :func:`_gather_samples` places them at the end (no per-slot writes in the loop). The
+        records number P >= T (sample times before the last stop): more when rows pass a sample
+        time in different steps, at most B T; device memory P B W instead of T B W."""
+        for i in range(n_pass):
+            mask = cnt > i
+            slot = nxt_old + i
+            records.append((dense(xp.take(t_dev, xp.minimum(slot, xp.full_like(slot, T - 1))), mask), mask))
 
-    sample(Y, lambda tk: tk <= 0.0)
+    n0 = int(np.searchsorted(t_eval, 0.0, side="right"))   # sample times at t = 0: the initial state
+    records.extend([(Y, run)] * n0)
+    nxt = nxt + n0
     K0 = F(t, Y)
     h = _initial_step(F, t, Y, K0, t_end, max_step, rtol, atol, xp)
     nfev = nfev + 2
@@ -161,7 +158,9 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
                 out = _astype(out + weights[s, :][:, None] * K[s], dtype, xp)
             return out
 
-        sample(Y, lambda tk: ok & (tk <= t_new), dense)
+        # sample times this step passes, per row: t_eval[j] for nxt <= j < nxt + cnt (t_eval[j] <= t_new)
+        cnt = xp.where(ok, xp.searchsorted(t_dev, t_new, side="right") - nxt, xp.zeros_like(nxt))
+        nxt_old, nxt = nxt, nxt + cnt
         t = xp.where(ok, t_new, t)
         Y = xp.where(ok[:, None], Y_new, Y)
         K0 = xp.where(ok[:, None], K[-1], K0)
@@ -175,16 +174,18 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
         flags = to_numpy(xp.stack([xp.astype(xp.sum(xp.astype(run, xp.int64)), f64),
                                    xp.astype(xp.any(small), f64),
                                    xp.astype(xp.any(bad), f64), xp.astype(xp.any(over), f64),
-                                   xp.min(xp.where(run, t, xp.full_like(t, float(t_end))))]))
+                                   xp.min(xp.where(run, t, xp.full_like(t, float(t_end)))),
+                                   xp.astype(xp.max(cnt), f64)]))
         if flags[1] or flags[2] or flags[3]:
             _raise_stall(flags, small, bad, over, to_numpy(t), on_stall, max_nfev, xp)
+        store(int(flags[5]), nxt_old, cnt, dense)
         running = int(flags[0])                            # rows still running
         if progress is not None:
             progress(float(flags[4]) if running else float(t_end), running)
 
     if progress is not None:
         progress(float(t_end), 0)
-    return _assemble(t_eval, samples, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
+    return _assemble(t_eval, records, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
                      n_rej, xp)
 
 
@@ -201,18 +202,42 @@ def _raise_stall(flags, small, bad, over, t, on_stall, max_nfev, xp):
     raise on_stall(b, float(t[b]), f"more than {max_nfev} right-hand-side evaluations")
 
 
-def _assemble(t_eval, samples, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
+def _gather_samples(records, n, B, W, xp):
+    """(n, B, W): row b's sample j is the (j+1)-th record valid for row b. With c[p, b] the number
+    of row b's valid records among the first p + 1, that record is the first p with c[p, b] > j:
+    one searchsorted over the row-major keys b (n + P + 1) + c (non-decreasing) and one take. A
+    slot a row never reached (it stopped first) lands anywhere: the caller masks it."""
+    R = xp.stack([r[0] for r in records])                        # (P, B, W)
+    P = R.shape[0]
+    dev = device(R)
+    c = xp.cumulative_sum(xp.astype(xp.stack([r[1] for r in records]), xp.int64), axis=0)
+    stride = n + P + 1
+    rows = xp.arange(B, dtype=xp.int64, device=dev)[:, None] * stride
+    keys = xp.reshape(rows + xp.permute_dims(c, (1, 0)), (B * P,))                 # (B P,)
+    want = xp.reshape(rows + xp.arange(1, n + 1, dtype=xp.int64, device=dev)[None, :], (B * n,))
+    idx = xp.minimum(xp.searchsorted(keys, want, side="left"), xp.full_like(want, B * P - 1))
+    flat = xp.reshape(xp.permute_dims(R, (1, 0, 2)), (B * P, W))
+    return xp.permute_dims(xp.reshape(xp.take(flat, idx, axis=0), (B, n, W)), (1, 0, 2))
+
+
+def _assemble(t_eval, records, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
               n_rej, xp):
     """dopri._assemble for keep_every = 1: samples up to the last row's stop time, a stopped row
     holding its final state, and the final states at that time when it is not a sample time."""
     t_final_h = to_numpy(t_final)
     t_last = float(t_final_h.max()) if len(t_final_h) else 0.0
     n = int(np.searchsorted(t_eval, t_last, side="right"))
-    out = [xp.where((j >= nxt_final)[:, None], y_final, samples[j]) for j in range(n)]
+    B, W = y_final.shape
+    if n and records:
+        got = _gather_samples(records, n, B, W, xp)
+        slot = xp.arange(n, dtype=xp.int64, device=device(y_final))[:, None]
+        y = xp.where((slot >= nxt_final[None, :])[:, :, None], y_final[None, ...], got)
+    else:
+        y = xp.broadcast_to(y_final[None, ...], (n, B, W))
     t_out = t_eval[:n]
     if not (n and t_eval[n - 1] >= t_last):
-        out.append(y_final)
+        y = xp.concat([y, y_final[None, ...]], axis=0)
         t_out = np.append(t_out, t_last)
-    return BatchSolution(t=t_out, y=xp.stack(out), t_final=t_final_h, y_final=y_final,
+    return BatchSolution(t=t_out, y=y, t_final=t_final_h, y_final=y_final,
                          at_fixed_point=to_numpy(at_fp), velocity=to_numpy(velocity),
                          nfev=to_numpy(nfev), n_steps=to_numpy(n_steps), n_rejected=to_numpy(n_rej))

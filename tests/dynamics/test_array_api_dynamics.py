@@ -342,6 +342,40 @@ def test_solve_batched_array_takes_the_numpy_solvers_steps(dtype):
     assert np.all(b.velocity < floor)                   # the rest test's own verdict
 
 
+@pytest.mark.parametrize("n_samples", [3, 601])
+def test_solve_batched_array_moves_one_small_vector_to_the_host_per_step(monkeypatch, n_samples):
+    """The loop's only device-to-host traffic is one flags vector per step (module docstring):
+    every to_numpy and every bool/int/float/index of an array-api-strict array is counted while
+    the solver runs. Steps = loop iterations = max over rows of accepted + rejected steps; the
+    rest is a fixed number before the loop (the first rest test) and after it (the assembly).
+    With 601 sample times (about 4 per step) most steps pass several: sampling adds no transfer
+    of its own (the loop before this change made one more per sampling pass)."""
+    import dynamics.dopri_array as da
+    count = {"n": 0}
+    real = da.to_numpy
+
+    def counted(x):
+        count["n"] += 1
+        return real(x)
+
+    monkeypatch.setattr(da, "to_numpy", counted)
+    cls = type(strict(np.zeros(1)))
+    for name in ("__bool__", "__int__", "__float__", "__index__"):
+        orig = getattr(cls, name)
+
+        def wrapped(self, *a, _orig=orig):
+            count["n"] += 1
+            return _orig(self, *a)
+        monkeypatch.setattr(cls, name, wrapped)
+    _, F_xp, Y0, _ = _linear(6, 5)
+    t_eval = np.linspace(0, 30.0, n_samples)
+    b = da.solve_batched_array(F_xp, strict(Y0), 30.0, t_eval=t_eval, rtol=1e-8, atol=1e-10)
+    transfers = count["n"]
+    iterations = int((b.n_steps + b.n_rejected).max())
+    assert iterations > 20 and (n_samples == 3 or len(t_eval) > 3 * iterations)
+    assert iterations <= transfers <= iterations + 10, (transfers, iterations)
+
+
 def test_solve_batched_array_on_a_non_autonomous_system():
     """dY/dt = -a Y + sin(omega t) + cos(omega t) per row: F depends on the stage times
     t + c_i h, the initial step's probe time and t_new, which an autonomous network never
