@@ -47,6 +47,13 @@ def to_strict():
     return lambda a: xps.asarray(np.asarray(a, dtype=np.float64), device=dev)
 
 
+@pytest.fixture(params=["numpy", "strict"])
+def as_array(request):
+    """as_array(a): a test using it runs twice, on numpy arrays (np.asarray) and on array-api-strict
+    ones (:func:`to_strict`; that run alone skips where array-api-strict is not installed)."""
+    return np.asarray if request.param == "numpy" else request.getfixturevalue("to_strict")
+
+
 @pytest.fixture
 def bipolar():
     """bipolar(rng, n, d): random {-1, 1} patterns."""

@@ -224,7 +224,7 @@ def test_unknown_method_allows_one_step_per_evaluation():
     the re-integration from 0 stays exactly at 0, so the deviation is d exactly, and E, dE/dt and
     the finite differences are exactly 0: the flow check is the only one that can object. d is
     planted at r times the allowed by hand, d = r FD_SAFETY K (atol + rtol d), K = nfev sqrt(2)."""
-    net = Network(np.array([[1.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    net = _quad_net()
     rtol = atol = 2.0 ** -10
     nfev = 8
     K = nfev * sqrt(2)
