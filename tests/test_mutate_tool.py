@@ -109,3 +109,24 @@ def test_coverage_contexts_and_a_selected_run_on_a_toy_project(toy_tree):
     status, _, tail = mutate.run_tests(toy_tree, files, timeout=300,
                                        select=["tests/test_toy.py::test_gone"])
     assert status == "passed" and "ids not collected; running all" in tail and "3 passed" in tail
+
+
+def test_coverage_contexts_are_reused_from_the_results_file_under_the_same_key():
+    """A resumed run (same commit, test files and --tests-from contents) reads the contexts back
+    from the JSON results instead of measuring them again; another key measures them anew."""
+    import json
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {5: ["t::a"], 11: ["t::b", "t::c"]}, 42.0
+
+    key = {"files": ["tests/test_toy.py"], "tests_from": {}}
+    info = {}
+    ctx, reused = mutate.cached_contexts(info, key, compute)
+    assert not reused and len(calls) == 1 and info["baseline_s"] == 42.0 and info["covered_lines"] == 2
+    info = json.loads(json.dumps(info))        # what the results file holds
+    again, reused = mutate.cached_contexts(info, json.loads(json.dumps(key)), compute)
+    assert reused and again == ctx and len(calls) == 1
+    _, reused = mutate.cached_contexts(info, {**key, "tests_from": {"tests/x.py": "0" * 64}}, compute)
+    assert not reused and len(calls) == 2

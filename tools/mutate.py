@@ -49,6 +49,7 @@ import argparse
 import ast
 import copy
 import difflib
+import hashlib
 import json
 import os
 import random
@@ -364,6 +365,28 @@ def coverage_contexts(tree: str, files: list[str], module: str, timeout: float) 
     return out, secs
 
 
+def cached_contexts(info: dict, key: dict, compute) -> tuple[dict, bool]:
+    """(contexts, reused): the module's coverage contexts from ``info["coverage"]`` when they were
+    measured under the same ``key`` (test files and --tests-from contents; the commit is the
+    results file's own), else ``compute()`` -> (contexts, seconds), stored in ``info`` as JSON
+    (line numbers as strings) with the seconds as the module's baseline."""
+    cached = info.get("coverage")
+    if cached and cached.get("key") == key:
+        contexts, reused = {int(line): ids for line, ids in cached["contexts"].items()}, True
+    else:
+        (contexts, info["baseline_s"]), reused = compute(), False
+        info["coverage"] = {"key": key, "contexts": {str(k): v for k, v in contexts.items()}}
+    info["covered_lines"] = len(contexts)
+    return contexts, reused
+
+
+def _digest(tree: str, tests_from) -> dict:
+    """{path: sha256 of its content in the copy} of the --tests-from files (part of the key under
+    which coverage contexts are reused: an edited test file must be measured again)."""
+    paths = tests_from.split(",") if tests_from else []
+    return {p: hashlib.sha256(open(os.path.join(tree, p), "rb").read()).hexdigest() for p in paths}
+
+
 def selected_tests(contexts: dict, span: tuple) -> list[str] | None:
     """Node ids of the tests that execute any line of ``span``; None (run the whole list) when no
     test context executes it (import-time code, compiled kernels, unreached lines)."""
@@ -476,10 +499,13 @@ def main(argv=None) -> int:
         path = os.path.join(args.scratch, module)
         contexts = None
         if args.select == "coverage":
-            # the coverage run doubles as the baseline (slower than a plain run: a safe timeout base)
-            contexts, secs = coverage_contexts(args.scratch, files, module, args.timeout * 3)
-            info["baseline_s"] = secs
-            info["covered_lines"] = len(contexts)
+            # the coverage run doubles as the baseline (slower than a plain run: a safe timeout base);
+            # kept in the results file, so a resumed run of the same commit and tests reuses it
+            key = {"files": files, "tests_from": _digest(args.scratch, args.tests_from)}
+            contexts, reused = cached_contexts(info, key, lambda: coverage_contexts(
+                args.scratch, files, module, args.timeout * 3))
+            if reused:
+                print(f"{module}: coverage contexts reused from {args.out}", flush=True)
             save(args.out, data)
         elif "baseline_s" not in info or only:
             status, secs, tail = run_tests(args.scratch, files, args.timeout * 3)
