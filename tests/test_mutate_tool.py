@@ -83,7 +83,11 @@ def toy_tree(tmp_path):
 
 def test_coverage_contexts_and_a_selected_run_on_a_toy_project(toy_tree):
     files = ["tests/test_toy.py"]
-    ctx, _ = mutate.coverage_contexts(toy_tree, files, "toy/mod.py", timeout=300)
+    ctx, _, secs = mutate.coverage_contexts(toy_tree, files, "toy/mod.py", timeout=300)
+    # every test's seconds, for the fastest-first order of a selected run
+    assert sorted(secs) == ["tests/test_toy.py::test_f", "tests/test_toy.py::test_g_negative",
+                            "tests/test_toy.py::test_g_positive"]
+    assert all(v >= 0 for v in secs.values())
     # line 1 runs at import only (collection), so no test context holds it
     assert 1 not in ctx
     assert ctx[5] == ["tests/test_toy.py::test_f"]
@@ -95,6 +99,13 @@ def test_coverage_contexts_and_a_selected_run_on_a_toy_project(toy_tree):
     sel = mutate.selected_tests(ctx, (11, 11))
     status, _, tail = mutate.run_tests(toy_tree, files, timeout=300, select=sel)
     assert status == "passed" and "1 passed, 2 deselected" in tail
+
+    # a selected run goes fastest first by the baseline's seconds (file order is negative, positive)
+    both = ["tests/test_toy.py::test_g_negative", "tests/test_toy.py::test_g_positive"]
+    status, _, tail = mutate.run_tests(toy_tree, files, timeout=300, select=both, extra=("-vv",),
+                                       durations={both[0]: 9.0, both[1]: 0.1})
+    assert status == "passed"
+    assert tail.index("test_g_positive PASSED") < tail.index("test_g_negative PASSED")
 
     # a mutant of line 11 (x * SCALE -> x / SCALE) is killed by the selected test alone
     src = TOY.replace("return x * SCALE", "return x / SCALE")
@@ -119,14 +130,25 @@ def test_coverage_contexts_are_reused_from_the_results_file_under_the_same_key()
 
     def compute():
         calls.append(1)
-        return {5: ["t::a"], 11: ["t::b", "t::c"]}, 42.0
+        return {5: ["t::a"], 11: ["t::b", "t::c"]}, 42.0, {"t::a": 0.5}
 
     key = {"files": ["tests/test_toy.py"], "tests_from": {}}
     info = {}
-    ctx, reused = mutate.cached_contexts(info, key, compute)
-    assert not reused and len(calls) == 1 and info["baseline_s"] == 42.0 and info["covered_lines"] == 2
+    ctx, secs, reused = mutate.cached_contexts(info, key, compute)
+    assert not reused and secs == {"t::a": 0.5} and len(calls) == 1 and info["baseline_s"] == 42.0 and info["covered_lines"] == 2
     info = json.loads(json.dumps(info))        # what the results file holds
-    again, reused = mutate.cached_contexts(info, json.loads(json.dumps(key)), compute)
-    assert reused and again == ctx and len(calls) == 1
-    _, reused = mutate.cached_contexts(info, {**key, "tests_from": {"tests/x.py": "0" * 64}}, compute)
+    again, secs, reused = mutate.cached_contexts(info, json.loads(json.dumps(key)), compute)
+    assert reused and again == ctx and secs == {"t::a": 0.5} and len(calls) == 1
+    _, _, reused = mutate.cached_contexts(info, {**key, "tests_from": {"tests/x.py": "0" * 64}}, compute)
     assert not reused and len(calls) == 2
+
+
+def test_mutant_timeout_is_twice_what_its_tests_took_unmutated():
+    # whole list (no selection or no recorded times): twice the module's baseline
+    assert mutate.mutant_timeout(120, 300.0, None, {"t::a": 1.0}) == 600.0
+    assert mutate.mutant_timeout(120, 300.0, ["t::a"], {}) == 600.0
+    # a selection: twice its tests' seconds, an unrecorded test counted as the whole baseline
+    assert mutate.mutant_timeout(10, 300.0, ["t::a", "t::b"], {"t::a": 1.5, "t::b": 4.0}) == 11.0
+    assert mutate.mutant_timeout(10, 300.0, ["t::a", "t::c"], {"t::a": 1.5}) == 603.0
+    # never below the floor (pytest's own start)
+    assert mutate.mutant_timeout(120, 300.0, ["t::a"], {"t::a": 1.5}) == 120

@@ -281,9 +281,14 @@ def test_files(tree: str, module: str) -> list[str]:
     return files
 
 
-#: pytest plugin written into the scratch copy: keep only the node ids listed in $MUTATE_SELECT.
-#: If any listed id is not collected (a parametrisation whose id changed) it keeps everything.
-_SELECT_PLUGIN = """import os, sys
+#: pytest plugin written into the scratch copy. $MUTATE_SELECT: keep only the node ids listed there
+#: (if any listed id is not collected, a parametrisation whose id changed, it keeps everything),
+#: fastest first by the seconds in $MUTATE_ORDER (a JSON {node id: seconds}): a mutant is then
+#: usually killed by a quick test, while a survivor still runs them all. $MUTATE_DURATIONS: write
+#: each test's setup + call + teardown seconds there (the baseline run).
+_SELECT_PLUGIN = """import json, os, sys
+
+_durations = {}
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -298,26 +303,49 @@ def pytest_collection_modifyitems(session, config, items):
         return
     config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in keep])
     items[:] = [i for i in items if i.nodeid in keep]
+    order = os.environ.get("MUTATE_ORDER")
+    if order:
+        secs = json.load(open(order))
+        items.sort(key=lambda i: secs.get(i.nodeid, float("inf")))
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("MUTATE_DURATIONS"):
+        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("MUTATE_DURATIONS")
+    if path:
+        with open(path, "w") as fh:
+            json.dump(_durations, fh)
 """
 _SELECT_MODULE = "_mutate_select"
 
 
 def run_tests(tree: str, files: list[str], timeout: float, select: list[str] | None = None,
-              extra: tuple = (), env_extra: dict | None = None) -> tuple[str, float, str]:
+              extra: tuple = (), env_extra: dict | None = None,
+              durations: dict | None = None) -> tuple[str, float, str]:
     """('passed' | 'failed' | 'timeout', seconds, tail of the output). ``select``: run only these
-    node ids of ``files`` (through the plugin above)."""
+    node ids of ``files`` (through the plugin above), fastest first by ``durations`` if given."""
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
            "--benchmark-disable", *extra, *files]
     env = _env(tree)
     env.update(env_extra or {})
-    if select is not None:
+    if select is not None or "MUTATE_DURATIONS" in env:
         with open(os.path.join(tree, _SELECT_MODULE + ".py"), "w") as fh:
             fh.write(_SELECT_PLUGIN)
+        cmd[3:3] = ["-p", _SELECT_MODULE]
+    if select is not None:
         sel = os.path.join(tree, ".mutate_select.txt")
         with open(sel, "w") as fh:
             fh.write("\n".join(select) + "\n")
-        cmd[3:3] = ["-p", _SELECT_MODULE]
         env["MUTATE_SELECT"] = sel
+        if durations:
+            order = os.path.join(tree, ".mutate_order.json")
+            with open(order, "w") as fh:
+                json.dump(durations, fh)
+            env["MUTATE_ORDER"] = order
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -333,10 +361,11 @@ def run_tests(tree: str, files: list[str], timeout: float, select: list[str] | N
     return status, time.monotonic() - t0, (out or "")[-1500:]
 
 
-def coverage_contexts(tree: str, files: list[str], module: str, timeout: float) -> tuple[dict, float]:
+def coverage_contexts(tree: str, files: list[str], module: str, timeout: float) -> tuple[dict, float, dict]:
     """Run ``files`` once under coverage with one context per test (pytest-cov ``--cov-context=test``);
-    return ({line: sorted node ids of the tests whose setup, call or teardown executed it}, seconds).
-    Lines executed only outside any test (imports, collection) are absent."""
+    return ({line: sorted node ids of the tests whose setup, call or teardown executed it}, seconds,
+    {node id: its seconds in this run}). Lines executed only outside any test (imports, collection)
+    are absent."""
     try:
         import coverage
     except ImportError as err:
@@ -345,9 +374,10 @@ def coverage_contexts(tree: str, files: list[str], module: str, timeout: float) 
     if os.path.exists(data_file):
         os.remove(data_file)
     package = module.split("/")[0]
+    times_file = os.path.join(tree, ".mutate_durations.json")
     status, secs, tail = run_tests(tree, files, timeout,
                                    extra=(f"--cov={package}", "--cov-context=test", "--cov-report="),
-                                   env_extra={"COVERAGE_FILE": data_file})
+                                   env_extra={"COVERAGE_FILE": data_file, "MUTATE_DURATIONS": times_file})
     if status != "passed":
         print(tail)
         raise SystemExit(f"baseline tests of {module} do not pass unmutated under coverage ({status})")
@@ -362,22 +392,40 @@ def coverage_contexts(tree: str, files: list[str], module: str, timeout: float) 
         ids = sorted({c.rsplit("|", 1)[0] for c in ctxs if c})
         if ids:
             out[line] = ids
-    return out, secs
+    with open(times_file) as fh:
+        durations = json.load(fh)
+    return out, secs, durations
 
 
-def cached_contexts(info: dict, key: dict, compute) -> tuple[dict, bool]:
-    """(contexts, reused): the module's coverage contexts from ``info["coverage"]`` when they were
-    measured under the same ``key`` (test files and --tests-from contents; the commit is the
-    results file's own), else ``compute()`` -> (contexts, seconds), stored in ``info`` as JSON
-    (line numbers as strings) with the seconds as the module's baseline."""
+def cached_contexts(info: dict, key: dict, compute) -> tuple[dict, dict, bool]:
+    """(contexts, durations, reused): the module's coverage contexts and per-test seconds from
+    ``info["coverage"]`` when they were measured under the same ``key`` (test files and
+    --tests-from contents; the commit is the results file's own), else ``compute()`` ->
+    (contexts, seconds, durations), stored in ``info`` as JSON (line numbers as strings) with the
+    seconds as the module's baseline."""
     cached = info.get("coverage")
     if cached and cached.get("key") == key:
         contexts, reused = {int(line): ids for line, ids in cached["contexts"].items()}, True
+        durations = cached.get("durations", {})
     else:
-        (contexts, info["baseline_s"]), reused = compute(), False
-        info["coverage"] = {"key": key, "contexts": {str(k): v for k, v in contexts.items()}}
+        contexts, info["baseline_s"], durations = compute()
+        reused = False
+        info["coverage"] = {"key": key, "contexts": {str(k): v for k, v in contexts.items()},
+                            "durations": durations}
     info["covered_lines"] = len(contexts)
-    return contexts, reused
+    return contexts, durations, reused
+
+
+def mutant_timeout(floor: float, baseline_s: float, select, durations) -> float:
+    """Seconds a mutant's run may take before it counts as killed (a mutant that makes the code
+    loop or stall). A survivor runs every test it is given, so never less than twice what those
+    tests took unmutated (a loaded machine cannot turn survivors into "timeouts"): twice the
+    selected tests' seconds in the baseline run under coverage (itself slower than a plain run;
+    a test without a recorded time counts as the whole baseline), or twice the whole baseline
+    when everything runs; and never less than ``floor`` (--timeout, which covers pytest's start)."""
+    if select is None or not durations:
+        return max(floor, 2 * baseline_s)
+    return max(floor, 2 * sum(durations.get(i, baseline_s) for i in select))
 
 
 def _digest(tree: str, tests_from) -> dict:
@@ -497,12 +545,12 @@ def main(argv=None) -> int:
         files = args.tests or test_files(args.scratch, module)
         info["tests"] = files
         path = os.path.join(args.scratch, module)
-        contexts = None
+        contexts, durations = None, None
         if args.select == "coverage":
             # the coverage run doubles as the baseline (slower than a plain run: a safe timeout base);
             # kept in the results file, so a resumed run of the same commit and tests reuses it
             key = {"files": files, "tests_from": _digest(args.scratch, args.tests_from)}
-            contexts, reused = cached_contexts(info, key, lambda: coverage_contexts(
+            contexts, durations, reused = cached_contexts(info, key, lambda: coverage_contexts(
                 args.scratch, files, module, args.timeout * 3))
             if reused:
                 print(f"{module}: coverage contexts reused from {args.out}", flush=True)
@@ -524,11 +572,11 @@ def main(argv=None) -> int:
                 with open(path, "w") as fh:
                     fh.write(mutated_source(src, m.index, args.guards))
                 _clear_pyc(args.scratch)
-                # a survivor runs the whole suite: never less than twice the unmutated run, so a
-                # slow (loaded) machine cannot turn survivors into "timeouts"
                 select = selected_tests(contexts, m.span) if contexts is not None else None
                 status, secs, tail = run_tests(args.scratch, files,
-                                               max(args.timeout, 2 * info["baseline_s"]), select)
+                                               mutant_timeout(args.timeout, info["baseline_s"],
+                                                              select, durations),
+                                               select, durations=durations)
             finally:
                 with open(path, "w") as fh:
                     fh.write(src)
