@@ -1,0 +1,94 @@
+"""Checks of dynamics/integrate.py values that a full mutation run (tools/mutate.py, docs/testing.md
+"Full runs with --select coverage") left unchecked: integrate's documented defaults, the Radau /
+BDF Jacobian limit at its boundary, the solve_ivp event's direction and the time bar's bookkeeping.
+Inputs are dyadic where the values are asserted exactly."""
+import inspect
+
+import numpy as np
+import pytest
+
+from dynamics import integrate as integ
+from dynamics import lagrangians as L
+from dynamics.integrate import JAC_NNZ_LIMIT, check_jacobian_size, integrate
+from dynamics.network import Network
+
+
+def _decay_net():
+    """D = N = 1, M = 0: dv/dt = -v / tau_v and dh/dt = (0 - h) / tau_h (dot similarity of a zero
+    memory is 0): v(t) = v0 e^(-t), h(t) = h0 e^(-10 t); the fixed point is the origin."""
+    return Network(np.zeros((1, 1)), "dot", L_v=L.quadratic(), L_h=L.quadratic())
+
+
+def test_integrate_documented_defaults():
+    """integrate(net, q) with no options: RK45, rtol 1e-8 (float64), atol 1e-10, t_end 50,
+    fixed_point_tol 1e-8, noise_factor NOISE_FACTOR = 30, 1 BLAS thread, 101 samples over
+    [0, t_end] (seen whole when stop_at_fixed_point=False), at most 100_000 RHS calls."""
+    net = _decay_net()
+    tr = integrate(net, np.array([1.0]))
+    p = tr.params
+    assert (tr.method, p["rtol"], p["atol"], p["t_end"]) == ("RK45", 1e-8, 1e-10, 50.0)
+    assert (p["fixed_point_tol"], p["noise_factor"], p["blas_threads"]) == (1e-8, 30.0, 1)
+    assert integ.NOISE_FACTOR == 30.0
+    full = integrate(net, np.array([1.0]), 1.0, stop_at_fixed_point=False)
+    np.testing.assert_array_equal(full.t, np.linspace(0.0, 1.0, 101))
+    np.testing.assert_array_equal(integ.sample_times(2.0), np.linspace(0.0, 2.0, 101))
+    assert inspect.signature(integrate).parameters["max_nfev"].default == 100_000
+
+
+def test_jacobian_limit_is_twenty_million_nonzeros_inclusive():
+    """B width^2 nonzeros up to JAC_NNZ_LIMIT = 2e7 are allowed, one more is refused:
+    2000 queries of width 100 are exactly 2e7; 20_000_001 queries of width 1 are one over
+    (nothing of that size is allocated: the check comes first)."""
+    assert JAC_NNZ_LIMIT == 20_000_000
+    check_jacobian_size("Radau", 2000, 100)
+    with pytest.raises(ValueError, match=r"20,000,001 nonzeros .* integrate batches of at most "
+                                         r"20000000 queries"):
+        check_jacobian_size("BDF", 20_000_001, 1)
+    # width 4473: 4473^2 = 20,007,729 > 2e7 on its own, so the advice is batches of 1
+    with pytest.raises(ValueError, match=r"batches of at most 1 queries"):
+        check_jacobian_size("Radau", 1, 4473)
+
+
+class _Bar:
+    """Stands in for tqdm: records update() amounts and postfix strings."""
+
+    instances = []
+
+    def __init__(self, total, **kw):
+        self.total, self.n, self.updates, self.postfix, self.closed = total, 0.0, [], [], False
+        _Bar.instances.append(self)
+
+    def update(self, amount):
+        self.updates.append(amount)
+        self.n += amount
+
+    def set_postfix_str(self, s, refresh=True):
+        self.postfix.append(s)
+
+    def close(self):
+        self.closed = True
+
+
+def test_time_bar_advances_by_simulated_time_and_counts_running_queries(monkeypatch):
+    """progress=True: a bar over [0, t_end] in simulated time, advanced by the increase of the
+    reported time (clipped to t_end, never backwards), its postfix the running queries whenever
+    that count changes; a report with neither a later time nor a new count changes nothing.
+    Times are dyadic: the amounts are exact."""
+    import tqdm
+    monkeypatch.setattr(tqdm, "tqdm", _Bar)
+    _Bar.instances.clear()
+    with integ._time_bar(True, 5.0, 4) as report:
+        report(1.5, 4)           # +1.5, count unchanged: no postfix
+        report(1.5, 4)           # nothing new: no update at all
+        report(1.0, 3)           # earlier time (another row), one query fewer: +0, postfix
+        report(2.25, 3)          # +0.75
+        report(9.0, 0)           # clipped to t_end: +2.75, postfix
+    bar, = _Bar.instances
+    assert bar.total == 5.0 and bar.closed
+    assert bar.updates == [1.5, 0.0, 0.75, 2.75] and bar.n == 5.0
+    assert bar.postfix == ["(3 of 4 queries running)", "(0 of 4 queries running)"]
+    with integ._time_bar(False, 5.0, 4) as report:
+        assert report is None
+    fn = lambda t, n: None
+    with integ._time_bar(fn, 5.0, 4) as report:
+        assert report is fn
