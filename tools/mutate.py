@@ -37,7 +37,9 @@ tests that execute its statement (``-x`` still stops at the first failure). A st
 context executes (import-time code, numba-compiled kernels, lines no test reaches) gets the module's
 whole test list, so selection never skips a test that could see the mutant *through that line*; it
 can miss one that sees it only through a value cached by an earlier test, so a survivor under
-selection is worth one ``--only`` rerun without ``--select`` before it is called real.
+selection is worth one ``--only`` rerun without ``--select`` before it is called real. The selected
+tests run fastest first (seconds recorded in the baseline run) and time out at twice their baseline
+seconds (:func:`mutant_timeout`); contexts and seconds are kept in the results file for a resumed run.
 
 Results go to ``--out`` (JSON, rewritten atomically after every mutant, resumable: a rerun with the
 same commit, seed and sampling skips mutants already done). The summary table per module and the
@@ -490,7 +492,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-per-module", type=int, default=40, help="random sample size per module (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=120.0,
-                    help="seconds per mutant run (at least twice the module's unmutated test run); "
+                    help="seconds per mutant run (at least twice its tests' unmutated run: mutant_timeout); "
                          "over it counts as killed")
     ap.add_argument("--guards", action="store_true", help="also mutate validation-only if tests")
     ap.add_argument("--scratch", default="/tmp/mut/tree", help="scratch copy of the tree (recreated)")
