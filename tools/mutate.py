@@ -494,6 +494,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds per mutant run (at least twice its tests' unmutated run: mutant_timeout); "
                          "over it counts as killed")
+    ap.add_argument("--baseline-timeout", type=float, default=None,
+                    help="seconds for the unmutated (coverage) run of a module's tests (default 3 x --timeout)")
     ap.add_argument("--guards", action="store_true", help="also mutate validation-only if tests")
     ap.add_argument("--scratch", default="/tmp/mut/tree", help="scratch copy of the tree (recreated)")
     ap.add_argument("--out", default="mutation_results.json")
@@ -507,6 +509,7 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     args = ap.parse_args(argv)
     k = args.max_per_module or None
+    baseline_limit = args.baseline_timeout or 3 * args.timeout
 
     full = export_tree(args.commit, args.scratch)
     for extra in (args.tests_from or "").split(",") if args.tests_from else []:
@@ -553,12 +556,12 @@ def main(argv=None) -> int:
             # kept in the results file, so a resumed run of the same commit and tests reuses it
             key = {"files": files, "tests_from": _digest(args.scratch, args.tests_from)}
             contexts, durations, reused = cached_contexts(info, key, lambda: coverage_contexts(
-                args.scratch, files, module, args.timeout * 3))
+                args.scratch, files, module, baseline_limit))
             if reused:
                 print(f"{module}: coverage contexts reused from {args.out}", flush=True)
             save(args.out, data)
         elif "baseline_s" not in info or only:
-            status, secs, tail = run_tests(args.scratch, files, args.timeout * 3)
+            status, secs, tail = run_tests(args.scratch, files, baseline_limit)
             if status != "passed":
                 print(tail)
                 raise SystemExit(f"baseline tests of {module} do not pass unmutated ({status}); fix that first")
