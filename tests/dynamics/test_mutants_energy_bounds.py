@@ -570,3 +570,35 @@ def test_sign_check_reports_the_sample_closest_to_violating():
     assert rep.passed, rep.summary()
     assert rep.dEdt_at == (0, 0.0, 1) and rep.max_dEdt == 0
     assert rep.sign_tol == FD_SAFETY * (ROUNDOFF_ULPS * EPS) ** 2
+
+
+# ------------------------------------------------------------------ 3. the step when |E'''| < 1
+def test_fd_step_for_a_small_third_derivative_is_the_clipped_balance():
+    """The balancing step applies whenever the pilot finds E''' != 0, also below 1: on the cubic
+    net at h = 2^-9, v = h^2 = 2^-18 (exact), dv/dt = h^2 - v = 0 and dh/dt = b = 256 (v - h) =
+    2^-10 - 2^-1 exactly, so E''' = 4 b^3 ~ -0.497 (|E'''| < 1). tau = max(1, |y|) / |b| and
+    s0 = eps^(1/3) tau; the balance s_opt = (3 ROUNDOFF_ULPS eps size / |E'''|)^(1/3) ~ 2.7e-7 lies
+    below s0 / 10 ~ 1.2e-6, so s = s0 / 10 (an E''' treated as 0 would give 10 s0, 100 times
+    more). The pilot's E''' is off by its round-off, 1.5 ROUNDOFF_ULPS eps size / s0 over
+    |E'''| s0^2 / 2, ~1e-5 relative: far from moving s_opt across the clip (a factor 4.5).
+    The reported round-off is R = ROUNDOFF_ULPS eps size / s with the size at y +- s ydot,
+    y +- 2 s ydot; over 2 s |ydot| ~ 1.2e-6 the size changes by under 1e-3 relative."""
+    net = _cubic_net()
+    v, h = 2.0 ** -18, 2.0 ** -9
+    a, b = net.rhs(np.array([[v]]), np.array([[h]]))
+    assert (a[0, 0], b[0, 0]) == (0.0, 2.0 ** -10 - 0.5)
+    b = b[0, 0]
+    s0 = EPS ** (1 / 3) * max(1.0, v, h) / abs(b)
+
+    def size(vv, hh):   # _size_E's formula at another state
+        return vv * vv + vv * vv / 2 + hh ** 3 + hh ** 3 / 3 + hh * hh * (abs(vv) + (1 + abs(vv)) ** 2)
+
+    z = size(v, h)
+    s_opt = np.cbrt(3 * ROUNDOFF_ULPS * EPS * z / (4 * abs(b) ** 3))
+    assert s_opt < s0 / 10 / 4
+    tr = _trajectory(net, [0.0], [[[v, h]]], "RK45", {"rtol": 1e-8, "atol": 1e-10})
+    rep = verify_energy(net, tr)
+    assert rep.passed, rep.summary()
+    s = s0 / 10
+    R = ROUNDOFF_ULPS * EPS * max(size(v, h + k * s * b) for k in (-2, -1, 1, 2)) / s
+    assert abs(rep.fd_roundoff / R - 1) < 1e-3

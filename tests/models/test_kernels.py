@@ -316,3 +316,34 @@ def test_similarity_registry_runs_on_these_kernels(monkeypatch, numba_on, name, 
     assert calls == [p]
     V, vbound = ref_vjp(M, Q, F, p, eps)
     _close(-sim.grad_contract(M, Q, F), V, vbound, np.float64)
+
+
+@pytest.mark.skipif(not K.HAVE_NUMBA, reason="the thread policy is numba's")
+def test_small_calls_run_on_one_thread_with_the_same_result(monkeypatch):
+    """A call with one block of queries or fewer than SERIAL_WORK element operations runs on the
+    calling thread alone (numba.set_num_threads(1), the count restored after, also when the
+    kernel raises); a large one on numba's threads. Every block is computed by one thread either
+    way, so forcing the large call onto one thread gives the same bits."""
+    import numba
+    rng = np.random.default_rng(5)
+    M, G = rng.uniform(0, 1, (64, 64)), rng.uniform(0, 1, (128, 64))     # 128 * 64 * 64 = 2^19
+    F = rng.uniform(0, 1, (128, 64))
+    seen = []
+    real = numba.set_num_threads
+    monkeypatch.setattr(K._nb, "set_num_threads", lambda n: (seen.append(n), real(n))[1])
+    before = numba.get_num_threads()
+    big = (K.l1_scores_vjp(M, G, F, eps=0.05), K.lp_scores(M, G, 3.0), K.lp_vjp(M, G, F, 3.0))
+    assert seen == [] and numba.get_num_threads() == before
+    K.l1_scores_vjp(M[:4], G[:2], F[:2, :4], eps=0.05)                 # one block: one thread
+    assert seen == [1, before] and numba.get_num_threads() == before
+    monkeypatch.setattr(K, "SERIAL_WORK", 2 ** 20)                      # the same large call, serial
+    small = (K.l1_scores_vjp(M, G, F, eps=0.05), K.lp_scores(M, G, 3.0), K.lp_vjp(M, G, F, 3.0))
+    for a, b in zip(big[0] + big[1:], small[0] + small[1:]):
+        np.testing.assert_array_equal(a, b)
+    seen.clear()
+
+    def failing_kernel():
+        raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"):
+        K._launch(failing_kernel, 1, 1)
+    assert seen == [1, before] and numba.get_num_threads() == before
