@@ -506,6 +506,8 @@ def main(argv=None) -> int:
                     help="run these test files instead of the module's mapped ones (to check new tests kill chosen mutants)")
     ap.add_argument("--select", choices=("all", "coverage"), default="all",
                     help="coverage: run each mutant against only the tests that execute its statement")
+    ap.add_argument("--skip-done", action="store_true",
+                    help="with --only: skip mutants the results file already holds (resume a long --only list)")
     ap.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     args = ap.parse_args(argv)
     k = args.max_per_module or None
@@ -571,7 +573,7 @@ def main(argv=None) -> int:
               f"tests {' '.join(files)}", flush=True)
         for j, m in enumerate(chosen):
             key = str(m.index)
-            if key in info["results"] and not only:
+            if key in info["results"] and (not only or args.skip_done):
                 continue
             try:
                 with open(path, "w") as fh:
