@@ -92,3 +92,28 @@ def test_time_bar_advances_by_simulated_time_and_counts_running_queries(monkeypa
     fn = lambda t, n: None
     with integ._time_bar(fn, 5.0, 4) as report:
         assert report is fn
+
+
+def test_converged_is_judged_at_the_final_sample():
+    """Without stopping at a fixed point the verdict comes from the last sample alone: from v = 1,
+    h = 1 the decay net is at e^(-50) ~ 2e-22 (velocity far below fixed_point_tol = 1e-8) at
+    t_end = 50, while the second sample of 11 (e^(-5) ~ 7e-3 at t = 5) and the first of 2 (the
+    initial state) are moving."""
+    net = _decay_net()
+    for n in (2, 11):
+        tr = integrate(net, np.array([1.0]), 50.0, stop_at_fixed_point=False, n_samples=n,
+                       h0=np.array([[1.0]]))
+        assert tr.t[-1] == 50.0 and abs(tr.v[-1, 0, 0]) < 1e-20 and abs(tr.v[1 if n == 11 else 0, 0, 0]) > 1e-3
+        assert tr.converged.tolist() == [True]
+
+
+def test_array_integrator_clamps_the_query_as_a_current(as_array):
+    """input_mode="clamped" holds I = q on: on the decay net tau_v dv/dt = -v + I is 0 at v = q, so
+    every sample of v is q exactly (h relaxes to S(g) = 0 as e^(-t/tau_h)), on numpy and on
+    array-api-strict arrays alike; without the current v would decay as e^(-t)."""
+    net = Network(as_array(np.zeros((1, 2))), "dot", L_v=L.quadratic(), L_h=L.quadratic())
+    q = np.array([[0.5, -0.25]])
+    tr = integrate(net, as_array(q), 2.0, method="RK45-batched", input_mode="clamped",
+                   stop_at_fixed_point=False, n_samples=5)
+    np.testing.assert_array_equal(tr.I, q)
+    np.testing.assert_array_equal(tr.v, np.broadcast_to(q, (5, 1, 2)))
