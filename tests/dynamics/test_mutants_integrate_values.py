@@ -82,11 +82,12 @@ def test_time_bar_advances_by_simulated_time_and_counts_running_queries(monkeypa
         report(1.5, 4)           # nothing new: no update at all
         report(1.0, 3)           # earlier time (another row), one query fewer: +0, postfix
         report(2.25, 3)          # +0.75
+        report(2.0, 2)           # earlier time again, one fewer: +0, postfix
         report(9.0, 0)           # clipped to t_end: +2.75, postfix
     bar, = _Bar.instances
     assert bar.total == 5.0 and bar.closed
-    assert bar.updates == [1.5, 0.0, 0.75, 2.75] and bar.n == 5.0
-    assert bar.postfix == ["(3 of 4 queries running)", "(0 of 4 queries running)"]
+    assert bar.updates == [1.5, 0.0, 0.75, 0.0, 2.75] and bar.n == 5.0
+    assert bar.postfix == [f"({n} of 4 queries running)" for n in (3, 2, 0)]
     with integ._time_bar(False, 5.0, 4) as report:
         assert report is None
     fn = lambda t, n: None
