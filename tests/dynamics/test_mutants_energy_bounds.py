@@ -602,3 +602,96 @@ def test_fd_step_for_a_small_third_derivative_is_the_clipped_balance():
     s = s0 / 10
     R = ROUNDOFF_ULPS * EPS * max(size(v, h + k * s * b) for k in (-2, -1, 1, 2)) / s
     assert abs(rep.fd_roundoff / R - 1) < 1e-3
+
+
+# ------------------------------------------------------------------ 4. flow model: the third full run
+# A full run of the second half of dynamics/energy.py's mutants (docs/testing.md) found the
+# fixed-step model's time-constant weights, its step-count and reference-point floors, the
+# reference tolerance and its error term, and the reduced method's norm size unchecked.
+def _fixed_model_by_hand(lam, dt, t1, p, tau_min):
+    """verify_energy's fixed-step allowance (before FD_SAFETY) for the state component
+    y(t) = e^(lam t) of a window [0, t1]: m = max(ceil(t1 / dt), p + 1) reference points at
+    spacing delta = t1 / m; |y^(j)| = max over the points of |(j-1)-th difference of F| /
+    delta^(j-1) with F = lam e^(lam t) (largest at the window's start: a decay); then
+    n dt^(p+1) max_j |y^(j)| / tau_min^(p+1-j) / (p+1)! + dt^p max_(j<=p) |y^(j)| / tau_min^(p-j),
+    n = max(round(t1 / dt), 1)."""
+    m = max(int(np.ceil(t1 / dt - 1e-9)), p + 1)
+    delta = t1 / m
+    F = lam * np.exp(lam * delta * np.arange(m + 1))
+    deriv = [np.abs(np.diff(F, n=j - 1)).max() / delta ** (j - 1) for j in range(1, p + 2)]
+    n = max(round(t1 / dt), 1)
+    local = max(d / tau_min ** (p + 1 - j) for j, d in enumerate(deriv, 1))
+    rec = max(d / tau_min ** (p - j) for j, d in enumerate(deriv[:p], 1))
+    return n * dt ** (p + 1) * local / factorial(p + 1) + dt ** p * rec, delta, min(deriv)
+
+
+@pytest.mark.parametrize("case", ["tau_h = 1/4, 16 steps", "tau = 1, one step"])
+def test_fixed_step_model_weights_time_constants_and_counts_one_step_windows(case):
+    """The fixed-step allowance, by hand (_fixed_model_by_hand), in two settings the leapfrog test
+    above leaves open:
+    * tau_v = 1, tau_h = 1/4 and M = 0: v = e^(-t) and h = 0 decouple, and the stiff layer's
+      1/tau_min = 4 weights the derivatives (16 |y'| is the largest term, not |y'''|);
+    * tau_v = tau_h = 1, M = 1/2 (the leapfrog test's eigenvector y = e^(-3t/2) (1, -1)) over a
+      window of one step dt = 1/8: one step (not a floor of two) and p + 1 = 3 reference points
+      at spacing dt / 3 (not 4), each moving the allowance by more than 0.7 %.
+    The sample after the window is the exact state plus a deviation on v planted at 0.9 and 1.1
+    times FD_SAFETY times the allowance. What separates the report from that: the reference's
+    error e_ref <= REF_STEPS_MAX (1e-13 + 1e-11) per component, which enters the allowance as its
+    own term (e_ref sqrt(2)) and the differences of F (|A|_inf <= 4) as up to 4 |A| e_ref / delta^2
+    on the smallest |y^(j)|: rel below, under 1e-3 in both cases."""
+    if case.startswith("tau_h"):
+        net = Network(np.zeros((1, 1)), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=0.25)
+        lam, y0, dt, t1, tau_min = -1.0, np.array([1.0, 0.0]), 2.0 ** -6, 0.25, 0.25
+    else:
+        net = Network(np.array([[0.5]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+        lam, y0, dt, t1, tau_min = -1.5, np.array([1.0, -1.0]), 0.125, 0.125, 1.0
+    model, delta, smallest = _fixed_model_by_hand(lam, dt, t1, 2, tau_min)
+    e_ref = REF_STEPS_MAX * (1e-13 + 1e-11)
+    rel = e_ref * (sqrt(2) / model + 4 * 4 / delta ** 2 / smallest)
+    assert rel < 1e-3
+    for r in (0.9, 1.1):
+        d = r * FD_SAFETY * model
+        y1 = np.exp(lam * t1) * y0 + [d, 0.0]
+        tr = _trajectory(net, [0.0, t1], [[y0], [y1]], "leapfrog/exact", {"dt": dt, "scheme": "leapfrog"})
+        rep = verify_energy(net, tr)
+        assert rep.flow_at == (0, 0.0, 0)
+        assert abs(rep.flow_tol / (FD_SAFETY * model) - 1) <= rel
+        # (the one-step case's deviation, ~0.35, also raises E: only the flow verdict is asserted)
+        assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
+
+
+def test_reference_tolerance_and_its_error_term():
+    """With atol = 0 and a trajectory resting at 0 the model's term is 0, so the allowed deviation
+    is FD_SAFETY times the reference's own error alone: (atol_ref + rtol_ref |y|) sqrt(rows W)
+    times its steps, with rtol_ref = clip(rtol / 1000, 1e-13, 1e-10) and atol_ref = rtol_ref / 100.
+    rtol = 1e-8 gives 1e-11 (not the clip's 1e-10); rtol = 1e-12 the floor 1e-13. Its steps are
+    scipy's DOP853 count for the same system (nfev // 12, at least 1), one window, one query, W = 2."""
+    from scipy.integrate import solve_ivp
+    net = _quad_net()
+    for rtol, rtol_ref in ((1e-8, 1e-11), (1e-12, 1e-13)):
+        tr = _trajectory(net, [0.0, 1.0], [[[0.0, 0.0]], [[0.0, 0.0]]], "RK45",
+                         {"rtol": rtol, "atol": 0.0, "nfev": 6})
+        rep = verify_energy(net, tr)
+        sol = solve_ivp(lambda s, y: net.velocity(y[None], None, False)[0], (0.0, 1.0), np.zeros(2),
+                        method="DOP853", rtol=rtol_ref, atol=rtol_ref * 1e-2, t_eval=[0.0, 1.0])
+        steps = max(1, sol.nfev // 12)
+        assert rep.flow_tol == pytest.approx(FD_SAFETY * rtol_ref * 1e-2 * sqrt(2) * steps, rel=4 * EPS)
+        assert rep.passed and rep.flow_deviation == 0
+
+
+def test_reduced_method_norm_size_amplification_and_one_step():
+    """The reduced solver's model with N = 2 memories (its error norm over 2N + 1 = 5 numbers),
+    amp = max(1, max_i sum_mu |M_mu,i|) = 2 (M = [[1], [1]]) and nfev = 6, one step (the floor of
+    one, not two): allowed = FD_SAFETY amp sqrt(5) (atol + rtol |y|). Net: dv/dt = h_1 + h_2 - v,
+    dh_mu/dt = v - h_mu, at rest at 0; samples 0 and (d, d, d) with d planted at 0.9 and 1.1 times
+    the allowance (the reference stays at 0 exactly: the deviation is d)."""
+    net = Network(np.array([[1.0], [1.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    rtol = atol = 2.0 ** -10
+    K = 2 * sqrt(5)
+    for r in (0.9, 1.1):
+        d = r * FD_SAFETY * K * atol / (1 - r * FD_SAFETY * K * rtol)
+        tr = _trajectory(net, [0.0, 1.0], [[[0.0, 0.0, 0.0]], [[d, d, d]]], "reduced",
+                         {"rtol": rtol, "atol": atol, "nfev": 6})
+        rep = verify_energy(net, tr)
+        assert r / (1 + 1e-6) <= rep.flow_ratio <= r * (1 + 8 * EPS)
+        assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
