@@ -695,3 +695,13 @@ def test_reduced_method_norm_size_amplification_and_one_step():
         rep = verify_energy(net, tr)
         assert r / (1 + 1e-6) <= rep.flow_ratio <= r * (1 + 8 * EPS)
         assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
+
+
+def test_largest_increase_is_reported_where_it_is():
+    """E = (16 + k d)^2 / 2 at samples k = 0, 1, 2: the second rise, (16 + 2d)^2/2 - (16 + d)^2/2
+    = 16 d + 3 d^2 / 2, is the larger (by d^2), and is the one reported, at sample 1, t = 1."""
+    net, tr = _rising(3, 2.0 ** -19, {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    rises = np.diff(tr.E[:, 0])
+    assert rises[1] > rises[0]
+    rep = verify_energy(net, tr)
+    assert rep.max_increase == rises[1] and rep.increase_at == (1, 1.0, 0)
