@@ -705,3 +705,49 @@ def test_largest_increase_is_reported_where_it_is():
     assert rises[1] > rises[0]
     rep = verify_energy(net, tr)
     assert rep.max_increase == rises[1] and rep.increase_at == (1, 1.0, 0)
+
+
+def test_increase_between_one_and_two_tolerances_is_reported():
+    """A rise of 16 * 2^-20 ~ 1.5e-5 at E = 128 is 1.19 times the tolerance 1.28e-5: reported."""
+    net, tr = _rising(2, 2.0 ** -20, {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    rep = verify_energy(net, tr)
+    assert 1 < rep.max_increase / rep.increase_tol < 2
+    assert len(_rises(rep)) == 1
+
+
+def test_sampled_dEdt_error_is_the_largest_gap_relative_to_each_querys_largest_dEdt():
+    """sampled_fd_max_error = max over samples and queries of |np.gradient(E, t) - dE/dt| /
+    max_t |dE/dt| of that query; on _rising's three samples dE/dt = -2 (16 + k d)^2 (quadratic
+    Lagrangians, tau = 1) and E = (16 + k d)^2 / 2, so the largest gap is at the last sample."""
+    d = 2.0 ** -19
+    net, tr = _rising(3, d, {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    x = 16 + d * np.arange(3)
+    E, an = x * x / 2, -2 * x * x
+    grad = np.array([E[1] - E[0], (E[2] - E[0]) / 2, E[2] - E[1]])
+    expected = np.max(np.abs(grad - an)) / np.max(np.abs(an))
+    assert verify_energy(net, tr).sampled_fd_max_error == pytest.approx(expected, rel=16 * EPS)
+
+
+@pytest.mark.parametrize("r", [0.5, 2.0])
+def test_stored_energy_error_against_its_roundoff_allowance_below_unit_size(r):
+    """A stored E off by r times its allowance FD_SAFETY ROUNDOFF_ULPS eps size(E) is a violation
+    iff r > 1, with stored_E_ratio = r. At (v, h) = (2^-10, 0) of _quad_net, size(E) = |v g| +
+    size(L_v) = 1.5 2^-20 < 1 (the allowance has no floor at 1). The planted error, ~1.3e-20, is
+    added to E = 2^-21 whose ulp is ~1e-22: r is kept to 1 %."""
+    net = _quad_net()
+    tr = _trajectory(net, [0.0], [[[2.0 ** -10, 0.0]]], "RK45", {"rtol": 1e-8, "atol": 1e-10})
+    allowance = FD_SAFETY * ROUNDOFF_ULPS * EPS * 1.5 * 2.0 ** -20
+    tr.E = tr.E + r * allowance
+    rep = verify_energy(net, tr)
+    assert rep.stored_E_ratio == pytest.approx(r, rel=0.01)
+    stored = [v for v in rep.violations if v.startswith("stored traj.E")]
+    assert len(stored) == (r > 1) and rep.passed == (r < 1)
+
+
+def test_diverging_report_names_the_runaway_query():
+    """Of two queries of _growing's net, the one at the origin stays there (a fixed point) and the
+    one from v = h = 1 grows by 1000.5: the report names query 1."""
+    net = Network(np.array([[2.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    tr = integrate(net, np.array([[0.0], [1.0]]), np.log(1000.5), h0=np.array([[0.0], [1.0]]))
+    rep = verify_energy(net, tr)
+    assert rep.diverging.startswith("|v| grew from 1 to") and "(query 1)" in rep.diverging

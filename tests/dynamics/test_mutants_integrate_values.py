@@ -118,3 +118,24 @@ def test_array_integrator_clamps_the_query_as_a_current(as_array):
                    stop_at_fixed_point=False, n_samples=5)
     np.testing.assert_array_equal(tr.I, q)
     np.testing.assert_array_equal(tr.v, np.broadcast_to(q, (5, 1, 2)))
+
+
+def test_array_integrator_keeps_every_kth_sample(to_strict):
+    """keep=2 on array-API arrays keeps samples 0, 2, 4 of five (and the last), as numpy does."""
+    net = Network(to_strict(np.zeros((1, 2))), "dot", L_v=L.quadratic(), L_h=L.quadratic())
+    kw = dict(method="RK45-batched", stop_at_fixed_point=False, n_samples=5)
+    full = integrate(net, to_strict([[0.5, -0.25]]), 1.0, **kw)
+    thin = integrate(net, to_strict([[0.5, -0.25]]), 1.0, keep=2, **kw)
+    np.testing.assert_array_equal(thin.t, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(thin.v, full.v[[0, 2, 4]])
+
+
+def test_solve_ivp_evaluation_budget_is_exact():
+    """max_nfev caps solve_ivp's right-hand-side calls exactly: a run that needs n calls passes
+    with max_nfev = n and stops with the budget named at n - 1."""
+    net = _decay_net()
+    kw = dict(method="RK45", stop_at_fixed_point=False, n_samples=3)
+    n = integrate(net, np.array([1.0]), 2.0, **kw).params["nfev"]
+    assert integrate(net, np.array([1.0]), 2.0, max_nfev=n, **kw).params["nfev"] == n
+    with pytest.raises(RuntimeError, match=f"more than {n - 1} right-hand-side calls"):
+        integrate(net, np.array([1.0]), 2.0, max_nfev=n - 1, **kw)
