@@ -751,3 +751,19 @@ def test_diverging_report_names_the_runaway_query():
     tr = integrate(net, np.array([[0.0], [1.0]]), np.log(1000.5), h0=np.array([[0.0], [1.0]]))
     rep = verify_energy(net, tr)
     assert rep.diverging.startswith("|v| grew from 1 to") and "(query 1)" in rep.diverging
+
+
+@pytest.mark.parametrize("r", [0.4, 2.5])
+def test_flow_model_defaults_to_rtol_1e8_and_atol_1e10(r):
+    """A trajectory that records neither tolerance is judged with integrate's defaults, rtol 1e-8
+    and atol 1e-10: one RK45 step (nfev = 6) over a batch of one query of W = 2 components, so
+    the allowance is FD_SAFETY sqrt(2) (1e-10 + 1e-8 d) plus the reference's term, which is at most
+    REF_STEPS_MAX (1e-13 + 1e-11 d) sqrt(2), up to as large again: the ratio of a deviation planted
+    at r times the model lies in [r / 2, r], a violation for r = 2.5 and none for r = 0.4."""
+    net = _quad_net()
+    K = sqrt(2)
+    d = r * FD_SAFETY * K * 1e-10 / (1 - r * FD_SAFETY * K * 1e-8)
+    tr = _trajectory(net, [0.0, 1.0], [[[0.0, 0.0]], [[d, d]]], "RK45", {"nfev": 6})
+    rep = verify_energy(net, tr)
+    assert r / 2 <= rep.flow_ratio <= r * (1 + 8 * EPS)
+    assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
