@@ -728,7 +728,7 @@ def test_sampled_dEdt_error_is_the_largest_gap_relative_to_each_querys_largest_d
     assert verify_energy(net, tr).sampled_fd_max_error == pytest.approx(expected, rel=16 * EPS)
 
 
-@pytest.mark.parametrize("r", [0.5, 2.0])
+@pytest.mark.parametrize("r", [0.5, 1.5])
 def test_stored_energy_error_against_its_roundoff_allowance_below_unit_size(r):
     """A stored E off by r times its allowance FD_SAFETY ROUNDOFF_ULPS eps size(E) is a violation
     iff r > 1, with stored_E_ratio = r. At (v, h) = (2^-10, 0) of _quad_net, size(E) = |v g| +
@@ -767,3 +767,18 @@ def test_flow_model_defaults_to_rtol_1e8_and_atol_1e10(r):
     rep = verify_energy(net, tr)
     assert r / 2 <= rep.flow_ratio <= r * (1 + 8 * EPS)
     assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
+
+
+def test_stored_value_violation_names_the_worst_sample_and_its_stored_value():
+    """Stored E off by 1.5 and 3 times its allowance at two queries (the state of the test above):
+    the message quotes the worse one, query 1, with its stored value to 17 digits."""
+    net = _quad_net()
+    tr = _trajectory(net, [0.0], [[[2.0 ** -10, 0.0], [2.0 ** -10, 0.0]]], "RK45",
+                     {"rtol": 1e-8, "atol": 1e-10})
+    allowance = FD_SAFETY * ROUNDOFF_ULPS * EPS * 1.5 * 2.0 ** -20
+    tr.E = tr.E + np.array([[1.5, 3.0]]) * allowance
+    rep = verify_energy(net, tr)
+    stored = [v for v in rep.violations if v.startswith("stored traj")]
+    assert stored == [f"stored traj.E = {tr.E[0, 1]:.17g} at t=0 (query 1) differs from E recomputed "
+                      f"from the state, {2.0 ** -21:.17g}, beyond round-off (2 samples)"]
+    assert rep.stored_E_ratio == pytest.approx(3.0, rel=0.01)

@@ -139,3 +139,24 @@ def test_solve_ivp_evaluation_budget_is_exact():
     assert integrate(net, np.array([1.0]), 2.0, max_nfev=n, **kw).params["nfev"] == n
     with pytest.raises(RuntimeError, match=f"more than {n - 1} right-hand-side calls"):
         integrate(net, np.array([1.0]), 2.0, max_nfev=n - 1, **kw)
+
+
+def test_array_integrator_judges_convergence_at_the_final_sample(to_strict):
+    """On array-API arrays too the verdict reads the last sample against the rest threshold
+    fixed_point_tol + noise (atol + rtol |y|) / tau: from v = h = 1 the decay net is at rest by
+    t = 50 (velocity ~ 2e-22; the first of two samples is the moving initial state) and not at
+    t = 1 (velocity e^(-1) ~ 0.37, against a threshold of ~1e-7)."""
+    net = Network(to_strict(np.zeros((1, 1))), "dot", L_v=L.quadratic(), L_h=L.quadratic())
+    kw = dict(method="RK45-batched", stop_at_fixed_point=False, n_samples=2, h0=to_strict([[1.0]]))
+    assert integrate(net, to_strict([[1.0]]), 50.0, **kw).converged.tolist() == [True]
+    assert integrate(net, to_strict([[1.0]]), 1.0, **kw).converged.tolist() == [False]
+
+
+def test_solve_ivp_keeps_every_kth_sample():
+    """keep=2 with a solve_ivp method keeps samples 0, 2, 4 of five, bit for bit."""
+    net = _decay_net()
+    kw = dict(method="RK45", stop_at_fixed_point=False, n_samples=5)
+    full = integrate(net, np.array([1.0]), 1.0, **kw)
+    thin = integrate(net, np.array([1.0]), 1.0, keep=2, **kw)
+    np.testing.assert_array_equal(thin.t, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(thin.v, full.v[[0, 2, 4]])
