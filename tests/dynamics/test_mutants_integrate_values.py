@@ -143,11 +143,11 @@ def test_solve_ivp_evaluation_budget_is_exact():
 
 def test_array_integrator_judges_convergence_at_the_final_sample(to_strict):
     """On array-API arrays too the verdict reads the last sample against the rest threshold
-    fixed_point_tol + noise (atol + rtol |y|) / tau: from v = h = 1 the decay net is at rest by
-    t = 50 (velocity ~ 2e-22; the first of two samples is the moving initial state) and not at
-    t = 1 (velocity e^(-1) ~ 0.37, against a threshold of ~1e-7)."""
+    fixed_point_tol + noise (atol + rtol |y|) / tau: from v = 1, h = 0 (h stays 0) the decay net
+    is at rest by t = 50 (velocity ~ 2e-22; the first of two samples is the moving initial state)
+    and not at t = 1 (velocity e^(-1) ~ 0.37, against 1e-8 + 30 (1e-10 + 1e-8 e^(-1)) ~ 1.2e-7)."""
     net = Network(to_strict(np.zeros((1, 1))), "dot", L_v=L.quadratic(), L_h=L.quadratic())
-    kw = dict(method="RK45-batched", stop_at_fixed_point=False, n_samples=2, h0=to_strict([[1.0]]))
+    kw = dict(method="RK45-batched", stop_at_fixed_point=False, n_samples=2, h0=to_strict([[0.0]]))
     assert integrate(net, to_strict([[1.0]]), 50.0, **kw).converged.tolist() == [True]
     assert integrate(net, to_strict([[1.0]]), 1.0, **kw).converged.tolist() == [False]
 
