@@ -782,3 +782,29 @@ def test_stored_value_violation_names_the_worst_sample_and_its_stored_value():
     assert stored == [f"stored traj.E = {tr.E[0, 1]:.17g} at t=0 (query 1) differs from E recomputed "
                       f"from the state, {2.0 ** -21:.17g}, beyond round-off (2 samples)"]
     assert rep.stored_E_ratio == pytest.approx(3.0, rel=0.01)
+
+
+def test_diverging_report_names_the_largest_growth_factor():
+    """Of two runaways on _growing's net (dv/dt = 2h - v, dh/dt = 2v - h: the (1, 1) part grows as
+    e^t, the (1, -1) part decays), query 0 from (1, 1) grows by 1000.5 and query 1 from (10, 6)
+    by about 0.8 * 1000.5 = 800 (its (1, 1) part is 8): both exceed diverge_factor = 100, and the
+    report names the larger factor, query 0 (not the larger final |v| = 8000, query 1)."""
+    net = Network(np.array([[2.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    tr = integrate(net, np.array([[1.0], [10.0]]), np.log(1000.5), h0=np.array([[1.0], [6.0]]))
+    assert abs(tr.v[-1, 1, 0]) > abs(tr.v[-1, 0, 0])
+    rep = verify_energy(net, tr, diverge_factor=100.0)
+    assert rep.diverging.startswith("|v| grew from 1 to") and "(query 0)" in rep.diverging
+
+
+def test_stored_dEdt_ratio_is_the_largest_over_queries():
+    """stored dE/dt planted off by 0.25 and 0.75 times each query's own allowance (read from an
+    honest single-query report: sign_tol = FD_SAFETY times dE/dt's round-off there): the batch
+    report's stored_dEdt_ratio is the larger, 0.75 (the planted errors, ~1e-20 on dE/dt ~ 1e-6,
+    are kept to a few percent)."""
+    net = _quad_net()
+    tr = _trajectory(net, [0.0], [[[2.0 ** -10, 0.0], [2.0 ** -9, 0.0]]], "RK45",
+                     {"rtol": 1e-8, "atol": 1e-10})
+    allow = [verify_energy(net, tr.query(b)).sign_tol for b in range(2)]
+    tr.dEdt = tr.dEdt + np.array([[0.25 * allow[0], 0.75 * allow[1]]])
+    rep = verify_energy(net, tr)
+    assert rep.passed and rep.stored_dEdt_ratio == pytest.approx(0.75, rel=0.05)
