@@ -657,7 +657,9 @@ def test_fixed_step_model_weights_time_constants_and_counts_one_step_windows(cas
         assert rep.flow_at == (0, 0.0, 0)
         assert abs(rep.flow_tol / (FD_SAFETY * model) - 1) <= rel
         # (the one-step case's deviation, ~0.35, also raises E: only the flow verdict is asserted)
-        assert len([v for v in rep.violations if FLOW_VIOLATION in v]) == (r > 1)
+        flow = [v for v in rep.violations if FLOW_VIOLATION in v]
+        assert len(flow) == (r > 1)
+        assert all(v.endswith("; 1 of 1 windows x queries over") for v in flow)
 
 
 def test_reference_tolerance_and_its_error_term():
@@ -681,16 +683,17 @@ def test_reference_tolerance_and_its_error_term():
 
 def test_reduced_method_norm_size_amplification_and_one_step():
     """The reduced solver's model with N = 2 memories (its error norm over 2N + 1 = 5 numbers),
-    amp = max(1, max_i sum_mu |M_mu,i|) = 2 (M = [[1], [1]]) and nfev = 6, one step (the floor of
-    one, not two): allowed = FD_SAFETY amp sqrt(5) (atol + rtol |y|). Net: dv/dt = h_1 + h_2 - v,
-    dh_mu/dt = v - h_mu, at rest at 0; samples 0 and (d, d, d) with d planted at 0.9 and 1.1 times
-    the allowance (the reference stays at 0 exactly: the deviation is d)."""
-    net = Network(np.array([[1.0], [1.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    amp = max(1, max_i sum_mu |M_mu,i|) = 2 (M = [[1, 1/4], [1, 1/4]]: column sums 2 and 1/2, the
+    larger counts) and nfev = 6, one step (the floor of one, not two): allowed = FD_SAFETY amp
+    sqrt(5) (atol + rtol |y|). The net is at rest at 0; samples 0 and (d, d, d, d) with d planted
+    at 0.9 and 1.1 times the allowance (the reference stays at 0 exactly: the deviation is d)."""
+    net = Network(np.array([[1.0, 0.25], [1.0, 0.25]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(),
+                  tau_v=1.0, tau_h=1.0)
     rtol = atol = 2.0 ** -10
     K = 2 * sqrt(5)
     for r in (0.9, 1.1):
         d = r * FD_SAFETY * K * atol / (1 - r * FD_SAFETY * K * rtol)
-        tr = _trajectory(net, [0.0, 1.0], [[[0.0, 0.0, 0.0]], [[d, d, d]]], "reduced",
+        tr = _trajectory(net, [0.0, 1.0], [[[0.0] * 4], [[d] * 4]], "reduced",
                          {"rtol": rtol, "atol": atol, "nfev": 6})
         rep = verify_energy(net, tr)
         assert r / (1 + 1e-6) <= rep.flow_ratio <= r * (1 + 8 * EPS)
@@ -808,3 +811,33 @@ def test_stored_dEdt_ratio_is_the_largest_over_queries():
     tr.dEdt = tr.dEdt + np.array([[0.25 * allow[0], 0.75 * allow[1]]])
     rep = verify_energy(net, tr)
     assert rep.passed and rep.stored_dEdt_ratio == pytest.approx(0.75, rel=0.05)
+
+
+def test_fd_step_balances_a_small_third_derivative_inside_the_clip():
+    """|E'''| < 1 with the balancing step inside [s0/10, 10 s0]: the cubic net's energy with
+    tau_h = 1 (E = v^2/2 + (2/3) h^3 - h^2 v, a = dv/dt = h^2 - v, b = dh/dt = v - h) at h = 2^-3,
+    v = h^2 = 2^-6 (exact: a = 0, b = -7/64), so E''' = 4 b^3 ~ -5.2e-3 and tau = 1/|b| ~ 9.1:
+    s_opt = (3 ROUNDOFF_ULPS eps size / |E'''|)^(1/3) ~ 0.39 s0. The pilot resolves E''' to
+    delta = 1.5 ROUNDOFF_ULPS eps size / s0 / (|E'''| s0^2 / 2) ~ 6 %, so s (~ E'''^(-1/3)) is
+    within 2.1 % of s_opt and R = ROUNDOFF_ULPS eps size / s within 2.2 % (the size changes by
+    < 1e-4 over y +- 2 s ydot)."""
+    net = Network(np.array([[1.0]]), "dot", L_v=L.quadratic(), L_h=L.rectified_polynomial(2.0),
+                  tau_v=1.0, tau_h=1.0)
+    v, h = 2.0 ** -6, 2.0 ** -3
+    a, b = net.rhs(np.array([[v]]), np.array([[h]]))
+    assert (a[0, 0], b[0, 0]) == (0.0, -7 / 64)
+    b = b[0, 0]
+
+    def size(vv, hh):   # _size_E's formula at another state
+        return vv * vv + vv * vv / 2 + hh ** 3 + hh ** 3 / 3 + hh * hh * (abs(vv) + (1 + abs(vv)) ** 2)
+
+    z, E3 = size(v, h), 4 * abs(b) ** 3
+    s0 = EPS ** (1 / 3) / abs(b)
+    s_opt = np.cbrt(3 * ROUNDOFF_ULPS * EPS * z / E3)
+    delta = 1.5 * ROUNDOFF_ULPS * EPS * z / s0 / (E3 * s0 ** 2 / 2)
+    assert s0 / 10 < s_opt * (1 + delta) ** (-1 / 3) and s_opt * (1 - delta) ** (-1 / 3) < 10 * s0
+    tr = _trajectory(net, [0.0], [[[v, h]]], "RK45", {"rtol": 1e-8, "atol": 1e-10})
+    rep = verify_energy(net, tr)
+    assert rep.passed, rep.summary()
+    R = ROUNDOFF_ULPS * EPS * z / s_opt
+    assert abs(rep.fd_roundoff / R - 1) < 0.022

@@ -160,3 +160,27 @@ def test_solve_ivp_keeps_every_kth_sample():
     thin = integrate(net, np.array([1.0]), 1.0, keep=2, **kw)
     np.testing.assert_array_equal(thin.t, [0.0, 0.5, 1.0])
     np.testing.assert_array_equal(thin.v, full.v[[0, 2, 4]])
+
+
+@pytest.mark.parametrize("space", ["numpy", "strict"])
+def test_final_ratio_between_one_and_two_is_not_converged(space, request):
+    """At t = log(5e7) the decay net's v = 2e-8 moves at |dv/dt| = 2e-8 against the default rest
+    threshold 1e-8 + 30 (1e-10 + 1e-8 * 2e-8) ~ 1.3e-8 (h held at 0): a ratio of ~1.54, so the
+    final state is not a fixed point (RK45 at rtol 1e-8 keeps v to ~1e-7 relative here)."""
+    wrap = np.asarray if space == "numpy" else request.getfixturevalue("to_strict")
+    net = Network(wrap(np.zeros((1, 1))), "dot", L_v=L.quadratic(), L_h=L.quadratic())
+    tr = integrate(net, wrap([[1.0]]), float(np.log(5e7)), method="RK45-batched",
+                   stop_at_fixed_point=False, n_samples=2, h0=wrap([[0.0]]))
+    v = abs(float(tr.v[-1, 0, 0]))
+    assert 1.4 < v / (1e-8 + 30 * (1e-10 + 1e-8 * v)) < 1.7
+    assert tr.converged.tolist() == [False]
+
+
+def test_solve_ivp_event_before_the_first_sample_time_adds_the_event_state():
+    """With two samples over [0, 50] the decay net from v = 1e-7, h = 0 reaches the rest threshold
+    (~1.3e-8) at t ~ 2, long before the second sample time: the trajectory is the initial sample
+    and the event state, converged."""
+    net = _decay_net()
+    tr = integrate(net, np.array([1e-7]), 50.0, n_samples=2, h0=np.array([[0.0]]))
+    assert len(tr.t) == 2 and tr.t[0] == 0.0 and 1.5 < tr.t[1] < 3.0
+    assert tr.converged.tolist() == [True]
