@@ -718,13 +718,17 @@ def test_increase_between_one_and_two_tolerances_is_reported():
     assert len(_rises(rep)) == 1
 
 
-def test_sampled_dEdt_error_is_the_largest_gap_relative_to_each_querys_largest_dEdt():
+@pytest.mark.parametrize("base", [16.0, 2.0 ** -4])
+def test_sampled_dEdt_error_is_the_largest_gap_relative_to_each_querys_largest_dEdt(base):
     """sampled_fd_max_error = max over samples and queries of |np.gradient(E, t) - dE/dt| /
-    max_t |dE/dt| of that query; on _rising's three samples dE/dt = -2 (16 + k d)^2 (quadratic
-    Lagrangians, tau = 1) and E = (16 + k d)^2 / 2, so the largest gap is at the last sample."""
+    max(max_t |dE/dt| of that query, 1e-12); on three samples of _quad_net with v - h = base + k d
+    (h = 0) dE/dt = -2 (base + k d)^2 (quadratic Lagrangians, tau = 1) and E = (base + k d)^2 / 2,
+    so the largest gap is at the last sample; base = 1/16 puts |dE/dt| below 1 (no floor there)."""
     d = 2.0 ** -19
-    net, tr = _rising(3, d, {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
-    x = 16 + d * np.arange(3)
+    net = _quad_net()
+    x = base + d * np.arange(3)
+    tr = _trajectory(net, [0.0, 1.0, 2.0], [[[xk, 0.0]] for xk in x], "RK45",
+                     {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
     E, an = x * x / 2, -2 * x * x
     grad = np.array([E[1] - E[0], (E[2] - E[0]) / 2, E[2] - E[1]])
     expected = np.max(np.abs(grad - an)) / np.max(np.abs(an))
