@@ -845,3 +845,25 @@ def test_fd_step_balances_a_small_third_derivative_inside_the_clip():
     assert rep.passed, rep.summary()
     R = ROUNDOFF_ULPS * EPS * z / s_opt
     assert abs(rep.fd_roundoff / R - 1) < 0.022
+
+
+def _convex_below_25():
+    """F(x) = x^2/2 up to x = 25 and 625 - (x - 50)^2 / 2 beyond (C^1, F'' = -1 there): passes
+    the construction probe on [-20, 20], concave where x > 25."""
+    return L.Elementwise(lambda x: np.where(x < 25, x * x / 2, 625 - (x - 50) ** 2 / 2),
+                         lambda x: np.where(x < 25, x, 50 - x),
+                         lambda x: np.where(x < 25, 1.0, -1.0), name="convex below 25")
+
+
+@pytest.mark.parametrize("layer", ["v", "h"])
+def test_convexity_is_probed_on_every_state_of_a_short_trajectory(layer):
+    """Fewer than 512 visited states (T B = 2 here) are all probed: a state at 30 in the second
+    sample, where the Lagrangian of that layer is concave, is reported (the first sample, at 1,
+    is in its convex part)."""
+    kw = {"L_v": _convex_below_25(), "L_h": L.quadratic()} if layer == "v" else \
+        {"L_v": L.quadratic(), "L_h": _convex_below_25()}
+    net = Network(np.array([[0.0]]), "dot", tau_v=1.0, tau_h=1.0, **kw)
+    Y = [[[1.0, 1.0]], [[30.0, 1.0]]] if layer == "v" else [[[1.0, 1.0]], [[1.0, 30.0]]]
+    tr = _trajectory(net, [0.0, 1.0], Y, "RK45", {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
+    rep = verify_energy(net, tr)
+    assert not rep.convex and "negative Hessian direction at state row 1" in rep.convexity_message
