@@ -87,9 +87,11 @@ TESTS = {
                             "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_mutants_*.py"],
     "dynamics/energy.py": ["tests/dynamics/test_energy.py", "tests/dynamics/test_energy_trajectory.py",
                            "tests/dynamics/test_mutants_*.py"],
+    # test_array_api_dynamics.py: dopri's controller helpers (initial step, error norm, casts)
+    # also run inside dynamics.dopri_array
     "dynamics/dopri.py": ["tests/dynamics/test_batched_integrator.py", "tests/dynamics/test_float32_dynamics.py",
-                          "tests/dynamics/test_mutants_*.py"],
-    "dynamics/dopri_array.py": ["tests/dynamics/test_array_api_dynamics.py"],
+                          "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
+    "dynamics/dopri_array.py": ["tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
     "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/test_batched_integrator.py",
                               "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_reduced.py",
                               "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
