@@ -608,14 +608,14 @@ def test_fd_step_for_a_small_third_derivative_is_the_clipped_balance():
 # A full run of the second half of dynamics/energy.py's mutants (docs/testing.md) found the
 # fixed-step model's time-constant weights, its step-count and reference-point floors, the
 # reference tolerance and its error term, and the reduced method's norm size unchecked.
-def _fixed_model_by_hand(lam, dt, t1, p, tau_min):
+def _fixed_model_by_hand(lam, dt, t1, p, tau_min, longest=None):
     """verify_energy's fixed-step allowance (before FD_SAFETY) for the state component
-    y(t) = e^(lam t) of a window [0, t1]: m = max(ceil(t1 / dt), p + 1) reference points at
-    spacing delta = t1 / m; |y^(j)| = max over the points of |(j-1)-th difference of F| /
+    y(t) = e^(lam t) of a window [0, t1]: m = max(ceil(longest / dt), p + 1) reference points
+    (``longest``: the longest window checked, default t1) at spacing delta = t1 / m; |y^(j)| = max over the points of |(j-1)-th difference of F| /
     delta^(j-1) with F = lam e^(lam t) (largest at the window's start: a decay); then
     n dt^(p+1) max_j |y^(j)| / tau_min^(p+1-j) / (p+1)! + dt^p max_(j<=p) |y^(j)| / tau_min^(p-j),
     n = max(round(t1 / dt), 1)."""
-    m = max(int(np.ceil(t1 / dt - 1e-9)), p + 1)
+    m = max(int(np.ceil((longest or t1) / dt - 1e-9)), p + 1)
     delta = t1 / m
     F = lam * np.exp(lam * delta * np.arange(m + 1))
     deriv = [np.abs(np.diff(F, n=j - 1)).max() / delta ** (j - 1) for j in range(1, p + 2)]
@@ -867,3 +867,26 @@ def test_convexity_is_probed_on_every_state_of_a_short_trajectory(layer):
     tr = _trajectory(net, [0.0, 1.0], Y, "RK45", {"rtol": 1e-8, "atol": 1e-10, "nfev": 8})
     rep = verify_energy(net, tr)
     assert not rep.convex and "negative Hessian direction at state row 1" in rep.convexity_message
+
+
+def test_fixed_step_reference_points_follow_the_longest_window():
+    """Every window is re-integrated with the same number of reference points, enough for the
+    longest one at spacing <= dt: with windows [0, 1/8] and [1/8, 5/8] at dt = 1/8 that is 4
+    points, so the short window's differences of F are taken at spacing 1/32 (3 points, its own
+    need, would give 1/24 and move the allowance by ~1.6 %). Net and solution as the one-step case
+    of the test above (y = e^(-3t/2) (1, -1)); a deviation of half the allowance is planted at
+    t = 1/8 and the last sample is the exact flow from that deviated state (matrix exponential),
+    so the first window is the worst."""
+    from scipy.linalg import expm
+    net = Network(np.array([[0.5]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    lam, y0, dt = -1.5, np.array([1.0, -1.0]), 0.125
+    model, delta, smallest = _fixed_model_by_hand(lam, dt, dt, 2, 1.0, longest=0.5)
+    assert delta == dt / 4
+    y1 = np.exp(lam * dt) * y0 + [0.5 * FD_SAFETY * model, 0.0]
+    y2 = expm(np.array([[-1.0, 0.5], [0.5, -1.0]]) * 0.5) @ y1
+    tr = _trajectory(net, [0.0, dt, 5 * dt], [[y0], [y1], [y2]], "leapfrog/exact",
+                     {"dt": dt, "scheme": "leapfrog"})
+    rep = verify_energy(net, tr)
+    e_ref = REF_STEPS_MAX * (1e-13 + 1e-11)
+    rel = e_ref * (sqrt(2) / model + 4 * 4 / delta ** 2 / smallest)
+    assert rep.flow_at == (0, 0.0, 0) and abs(rep.flow_tol / (FD_SAFETY * model) - 1) <= rel
