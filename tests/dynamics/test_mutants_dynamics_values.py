@@ -163,3 +163,37 @@ def test_trajectory_query_is_that_query_alone(linear_net):
         np.testing.assert_array_equal(q.h, traj.h[:, b:b + 1])
         np.testing.assert_array_equal(q.E, traj.E[:, b:b + 1])
         np.testing.assert_array_equal(q.I, traj.I[b:b + 1])
+
+
+@pytest.mark.parametrize("system", ["slow", "non-autonomous"])
+def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
+    """The batched solver's first step is scipy's select_initial_step, so each row takes the
+    steps of solve_ivp(RK45) alone: the same evaluation count, samples equal to a few ulps per
+    step. "slow": y' = -1e-7 y, whose scaled derivative norm d1 = |f| / (atol + rtol |y|) ~ 0.1
+    is below 1 (h0 = 0.01 d0 / d1, not a smaller floor); "non-autonomous": y' = e^(10 t), where
+    the probe derivative is taken at t0 + h0 (e^(+0.1) - 1, not e^(-0.1) - 1)."""
+    from scipy.integrate import solve_ivp
+    if system == "slow":
+        f, Y0, t_end, rtol, atol = (lambda t, y: -1e-7 * y), np.array([[1.0], [2.0]]), 5e6, 1e-6, 1e-12
+    else:
+        f, Y0, t_end, rtol, atol = (lambda t, y: np.exp(10 * t) + 0 * y), np.array([[1.0], [0.5]]), 1.0, 1e-6, 1e-9
+
+    def F(t, Y, rows, out):
+        out[:] = f(t[:, None], Y)
+        return out
+
+    te = np.linspace(0.0, t_end, 5)
+    sol = solve_batched(F, Y0, t_end, t_eval=te, rtol=rtol, atol=atol)
+    for b in range(len(Y0)):
+        ref = solve_ivp(f, (0.0, t_end), Y0[b], t_eval=te, rtol=rtol, atol=atol)
+        assert sol.nfev[b] == ref.nfev
+        scale = np.abs(ref.y).max()
+        assert np.abs(sol.y[:, b, 0] - ref.y[0]).max() <= sol.nfev[b] * EPS * scale
+
+
+def test_sample_times_must_strictly_increase():
+    """A repeated sample time is refused like a decreasing one, naming the first pair."""
+    from dynamics.dopri import check_times
+    with pytest.raises(ValueError, match=r"strictly increasing, got t_eval\[1\] = 1 >= t_eval\[2\] = 1"):
+        check_times([0.0, 1.0, 1.0, 2.0], 5.0)
+    np.testing.assert_array_equal(check_times([0.0, 1.0, 2.0], 5.0), [0.0, 1.0, 2.0])

@@ -150,6 +150,8 @@ def test_array_integrator_judges_convergence_at_the_final_sample(to_strict):
     kw = dict(method="RK45-batched", stop_at_fixed_point=False, n_samples=2, h0=to_strict([[0.0]]))
     assert integrate(net, to_strict([[1.0]]), 50.0, **kw).converged.tolist() == [True]
     assert integrate(net, to_strict([[1.0]]), 1.0, **kw).converged.tolist() == [False]
+    kw["n_samples"] = 11        # the second of 11 samples, t = 5, still moves (e^(-5) ~ 7e-3)
+    assert integrate(net, to_strict([[1.0]]), 50.0, **kw).converged.tolist() == [True]
 
 
 def test_solve_ivp_keeps_every_kth_sample():
