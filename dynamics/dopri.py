@@ -450,8 +450,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     keep_every = check_keep_every(keep_every)
     Y0 = numpy_float(Y0)
     Y = np.array(Y0, copy=True)
-    if Y.ndim != 2:
-        raise ValueError(f"Y0 must be a 2-D array (rows, width), got shape {Y.shape}")
+    if Y.ndim != 2 or not len(Y):
+        raise ValueError(f"Y0 must be a 2-D array (rows, width) with at least one row, got shape {Y.shape}")
     dtype = Y.dtype
     rtol = resolved_rtol(rtol, dtype)
     B, W = Y.shape
@@ -587,8 +587,7 @@ def _assemble(t_eval, stride, samples, latest, t_final, y_final, nxt_final, sol)
     """Fill ``sol.t``, ``sol.y``: the stored samples (t_eval indices 0, stride, 2 stride, ... up
     to the last row's stop time t_last), a row that had stopped holding its final state, and the
     last sample of the full output (t_eval's last time <= t_last, or t_last itself) unless stored."""
-    B = len(t_final)
-    t_last = float(t_final.max()) if B else 0.0
+    t_last = float(t_final.max())
     n = int(np.searchsorted(t_eval, t_last, side="right"))  # samples at or before t_last
     js = np.arange(0, n, stride)                            # stored t_eval indices, slots 0, 1, ...
     S = len(js)

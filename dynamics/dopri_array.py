@@ -60,8 +60,9 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
     ``y_final`` are arrays of Y0's namespace and the rest numpy.
     """
     xp = namespace(Y0)
-    if Y0.ndim != 2:
-        raise ValueError(f"Y0 must be a 2-D array (rows, width), got shape {tuple(Y0.shape)}")
+    if Y0.ndim != 2 or not Y0.shape[0]:
+        raise ValueError(f"Y0 must be a 2-D array (rows, width) with at least one row, got shape "
+                         f"{tuple(Y0.shape)}")
     dev = device(Y0)
     np_dtype = np.float32 if Y0.dtype == xp.float32 else np.float64
     dtype = xp.float32 if np_dtype == np.float32 else xp.float64
@@ -225,7 +226,7 @@ def _assemble(t_eval, records, t_final, y_final, nxt_final, at_fp, velocity, nfe
     """dopri._assemble for keep_every = 1: samples up to the last row's stop time, a stopped row
     holding its final state, and the final states at that time when it is not a sample time."""
     t_final_h = to_numpy(t_final)
-    t_last = float(t_final_h.max()) if len(t_final_h) else 0.0
+    t_last = float(t_final_h.max())
     n = int(np.searchsorted(t_eval, t_last, side="right"))
     B, W = y_final.shape
     if n and records:

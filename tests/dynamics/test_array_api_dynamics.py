@@ -424,6 +424,8 @@ def test_solve_batched_array_reports_a_stalled_row():
     _, F_xp, Y0, _ = _linear(3, 4)
     with pytest.raises(RuntimeError, match="row 0 stopped at t=.* more than 20 right-hand-side evaluations"):
         solve_batched_array(F_xp, strict(Y0), 10.0, t_eval=np.linspace(0, 10, 3), max_nfev=20)
+    with pytest.raises(ValueError, match=r"at least one row, got shape \(0, 4\)"):
+        solve_batched_array(F_xp, strict(np.zeros((0, 4))), 10.0, t_eval=[0.0])
 
 
 def _integrate_pair(**kw):

@@ -276,7 +276,9 @@ def test_unknown_kernels_and_bad_keep_every_are_refused():
         solve_batched(decay, np.ones((4, 1)), 1.0, t_eval=[0.0], keep_every=0)
     with pytest.raises(TypeError, match="keep_every must be an integer >= 1 or None, got float 2.0"):
         solve_batched(decay, np.ones((4, 1)), 1.0, t_eval=[0.0], keep_every=2.0)
-    with pytest.raises(ValueError, match=r"Y0 must be a 2-D array \(rows, width\), got shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"Y0 must be a 2-D array \(rows, width\) with at least one row, got shape \(0, 2\)"):
+        solve_batched(decay, np.zeros((0, 2)), 1.0, t_eval=[0.0])
+    with pytest.raises(ValueError, match=r"Y0 must be a 2-D array \(rows, width\) with at least one row, got shape \(4,\)"):
         solve_batched(decay, np.ones(4), 1.0, t_eval=[0.0])
 
 
