@@ -165,18 +165,24 @@ def test_trajectory_query_is_that_query_alone(linear_net):
         np.testing.assert_array_equal(q.I, traj.I[b:b + 1])
 
 
-@pytest.mark.parametrize("system", ["slow", "non-autonomous"])
+@pytest.mark.parametrize("system", ["slow", "non-autonomous", "from zero", "nonlinear"])
 def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
     """The batched solver's first step is scipy's select_initial_step, so each row takes the
     steps of solve_ivp(RK45) alone: the same evaluation count, samples equal to a few ulps per
     step. "slow": y' = -1e-7 y, whose scaled derivative norm d1 = |f| / (atol + rtol |y|) ~ 0.1
     is below 1 (h0 = 0.01 d0 / d1, not a smaller floor); "non-autonomous": y' = e^(10 t), where
-    the probe derivative is taken at t0 + h0 (e^(+0.1) - 1, not e^(-0.1) - 1)."""
+    the probe derivative is taken at t0 + h0 (e^(+0.1) - 1, not e^(-0.1) - 1); "from zero":
+    y' = cos t from y = 0 (d0 = 0: the probe step is 1e-6); "nonlinear": y' = -y^3, whose probe
+    state is y0 + h0 f(y0) (the other side gives another |f(y1) - f(y0)|)."""
     from scipy.integrate import solve_ivp
     if system == "slow":
         f, Y0, t_end, rtol, atol = (lambda t, y: -1e-7 * y), np.array([[1.0], [2.0]]), 5e6, 1e-6, 1e-12
-    else:
+    elif system == "non-autonomous":
         f, Y0, t_end, rtol, atol = (lambda t, y: np.exp(10 * t) + 0 * y), np.array([[1.0], [0.5]]), 1.0, 1e-6, 1e-9
+    elif system == "from zero":
+        f, Y0, t_end, rtol, atol = (lambda t, y: np.cos(t) + 0 * y), np.array([[0.0], [0.0]]), 3.0, 1e-6, 1e-9
+    else:
+        f, Y0, t_end, rtol, atol = (lambda t, y: -y ** 3), np.array([[1.0], [3.0]]), 2.0, 1e-6, 1e-9
 
     def F(t, Y, rows, out):
         out[:] = f(t[:, None], Y)
