@@ -165,7 +165,7 @@ def test_trajectory_query_is_that_query_alone(linear_net):
         np.testing.assert_array_equal(q.I, traj.I[b:b + 1])
 
 
-@pytest.mark.parametrize("system", ["slow", "non-autonomous", "from zero", "nonlinear"])
+@pytest.mark.parametrize("system", ["slow", "non-autonomous", "from zero", "nonlinear", "flat start"])
 def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
     """The batched solver's first step is scipy's select_initial_step, so each row takes the
     steps of solve_ivp(RK45) alone: the same evaluation count, samples equal to a few ulps per
@@ -173,7 +173,9 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
     is below 1 (h0 = 0.01 d0 / d1, not a smaller floor); "non-autonomous": y' = e^(10 t), where
     the probe derivative is taken at t0 + h0 (e^(+0.1) - 1, not e^(-0.1) - 1); "from zero":
     y' = cos t from y = 0 (d0 = 0: the probe step is 1e-6); "nonlinear": y' = -y^3, whose probe
-    state is y0 + h0 f(y0) (the other side gives another |f(y1) - f(y0)|)."""
+    state is y0 + h0 f(y0) (the other side gives another |f(y1) - f(y0)|); "flat start":
+    y' = t^6 from y = 1, where both probe derivatives vanish (d1 = 0, d2 ~ 1e-21 <= 1e-15), so the
+    first step is min(100 h0, max(1e-6, 1e-3 h0)) with h0 = 1e-6."""
     from scipy.integrate import solve_ivp
     if system == "slow":
         f, Y0, t_end, rtol, atol = (lambda t, y: -1e-7 * y), np.array([[1.0], [2.0]]), 5e6, 1e-6, 1e-12
@@ -181,8 +183,10 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
         f, Y0, t_end, rtol, atol = (lambda t, y: np.exp(10 * t) + 0 * y), np.array([[1.0], [0.5]]), 1.0, 1e-6, 1e-9
     elif system == "from zero":
         f, Y0, t_end, rtol, atol = (lambda t, y: np.cos(t) + 0 * y), np.array([[0.0], [0.0]]), 3.0, 1e-6, 1e-9
-    else:
+    elif system == "nonlinear":
         f, Y0, t_end, rtol, atol = (lambda t, y: -y ** 3), np.array([[1.0], [3.0]]), 2.0, 1e-6, 1e-9
+    else:
+        f, Y0, t_end, rtol, atol = (lambda t, y: t ** 6 + 0 * y), np.array([[1.0], [2.0]]), 2.0, 1e-6, 1e-9
 
     def F(t, Y, rows, out):
         out[:] = f(t[:, None], Y)
@@ -203,3 +207,19 @@ def test_sample_times_must_strictly_increase():
     with pytest.raises(ValueError, match=r"strictly increasing, got t_eval\[1\] = 1 >= t_eval\[2\] = 1"):
         check_times([0.0, 1.0, 1.0, 2.0], 5.0)
     np.testing.assert_array_equal(check_times([0.0, 1.0, 2.0], 5.0), [0.0, 1.0, 2.0])
+
+
+def test_batched_evaluation_budget_is_exact():
+    """max_nfev caps each row's right-hand-side evaluations exactly: rows that need n evaluations
+    finish with max_nfev = n and stop with the budget named at n - 1."""
+    Y0 = np.ones((2, 1))
+    te = np.linspace(0.0, 2.0, 3)
+
+    def F(t, Y, rows, out):
+        np.negative(Y, out=out)
+        return out
+
+    n = int(solve_batched(F, Y0, 2.0, t_eval=te).nfev.max())
+    assert solve_batched(F, Y0, 2.0, t_eval=te, max_nfev=n).nfev.max() == n
+    with pytest.raises(RuntimeError, match=f"more than {n - 1} right-hand-side evaluations"):
+        solve_batched(F, Y0, 2.0, t_eval=te, max_nfev=n - 1)
