@@ -223,3 +223,29 @@ def test_batched_evaluation_budget_is_exact():
     assert solve_batched(F, Y0, 2.0, t_eval=te, max_nfev=n).nfev.max() == n
     with pytest.raises(RuntimeError, match=f"more than {n - 1} right-hand-side evaluations"):
         solve_batched(F, Y0, 2.0, t_eval=te, max_nfev=n - 1)
+
+
+def _decay_rows(t, Y, rows, out):
+    """dY/dt = -k_b Y with k = 1, 3, 9, 27 per row (by the row's index in the batch)."""
+    np.multiply(Y, -(3.0 ** rows)[:, None], out=out)
+    return out
+
+
+def test_thinned_samples_are_the_full_outputs_and_velocity_is_the_largest():
+    """keep_every = k stores exactly the samples kept_indices picks from the k = 1 output, bit for
+    bit, for every sample count and stride here, with rows stopping at their own fixed points
+    (rest when max |dY/dt| < 1e-3: rates 1, 3, 9, 27 stop at different times, some between the
+    last two sample times), including the last sample when it is not on the stride; the velocity
+    reported at a stop is max_i |dY_i/dt| (components 1 and 2 of a row differ by a factor 2)."""
+    from dynamics.dopri import kept_indices
+    Y0 = np.tile([1.0, 2.0], (4, 1))
+    at_rest = lambda Y, dY, rows: np.abs(dY).max(1) < 1e-3
+    for T in range(4, 10):
+        te = np.linspace(0.0, 8.0, T)
+        full = solve_batched(_decay_rows, Y0, 8.0, t_eval=te, at_rest=at_rest)
+        np.testing.assert_array_equal(full.velocity, 3.0 ** np.arange(4) * np.abs(full.y_final).max(1))
+        for k in (2, 3):
+            thin = solve_batched(_decay_rows, Y0, 8.0, t_eval=te, at_rest=at_rest, keep_every=k)
+            kept = kept_indices(len(full.t), k)
+            np.testing.assert_array_equal(thin.t, full.t[kept])
+            np.testing.assert_array_equal(thin.y, full.y[kept])
