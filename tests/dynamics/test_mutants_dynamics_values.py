@@ -165,7 +165,8 @@ def test_trajectory_query_is_that_query_alone(linear_net):
         np.testing.assert_array_equal(q.I, traj.I[b:b + 1])
 
 
-@pytest.mark.parametrize("system", ["slow", "non-autonomous", "from zero", "nonlinear", "flat start"])
+@pytest.mark.parametrize("system", ["slow", "non-autonomous", "from zero", "nonlinear", "flat start",
+                                    "tiny state"])
 def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
     """The batched solver's first step is scipy's select_initial_step, so each row takes the
     steps of solve_ivp(RK45) alone: the same evaluation count, samples equal to a few ulps per
@@ -175,7 +176,8 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
     y' = cos t from y = 0 (d0 = 0: the probe step is 1e-6); "nonlinear": y' = -y^3, whose probe
     state is y0 + h0 f(y0) (the other side gives another |f(y1) - f(y0)|); "flat start":
     y' = t^6 from y = 1, where both probe derivatives vanish (d1 = 0, d2 ~ 1e-21 <= 1e-15), so the
-    first step is min(100 h0, max(1e-6, 1e-3 h0)) with h0 = 1e-6."""
+    first step is min(100 h0, max(1e-6, 1e-3 h0)) with h0 = 1e-6; "tiny state": y' = cos t from
+    |y| ~ atol (d0 = |y| / (atol + rtol |y|) ~ 0.5, above the 1e-5 that switches to h0 = 1e-6)."""
     from scipy.integrate import solve_ivp
     if system == "slow":
         f, Y0, t_end, rtol, atol = (lambda t, y: -1e-7 * y), np.array([[1.0], [2.0]]), 5e6, 1e-6, 1e-12
@@ -185,8 +187,10 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
         f, Y0, t_end, rtol, atol = (lambda t, y: np.cos(t) + 0 * y), np.array([[0.0], [0.0]]), 3.0, 1e-6, 1e-9
     elif system == "nonlinear":
         f, Y0, t_end, rtol, atol = (lambda t, y: -y ** 3), np.array([[1.0], [3.0]]), 2.0, 1e-6, 1e-9
-    else:
+    elif system == "flat start":
         f, Y0, t_end, rtol, atol = (lambda t, y: t ** 6 + 0 * y), np.array([[1.0], [2.0]]), 2.0, 1e-6, 1e-9
+    else:
+        f, Y0, t_end, rtol, atol = (lambda t, y: np.cos(t) + 0 * y), np.array([[5e-10], [2.5e-10]]), 3.0, 1e-6, 1e-9
 
     def F(t, Y, rows, out):
         out[:] = f(t[:, None], Y)
