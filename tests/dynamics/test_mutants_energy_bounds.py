@@ -890,3 +890,43 @@ def test_fixed_step_reference_points_follow_the_longest_window():
     e_ref = REF_STEPS_MAX * (1e-13 + 1e-11)
     rel = e_ref * (sqrt(2) / model + 4 * 4 / delta ** 2 / smallest)
     assert rep.flow_at == (0, 0.0, 0) and abs(rep.flow_tol / (FD_SAFETY * model) - 1) <= rel
+
+
+class _PlantedEnergy(Network):
+    """E = 2 v + c v^3 (v the single feature neuron) in place of the network's energy: at v = 0
+    the central differences along a flow with dv/dt = 5 are exact up to the cubic term (v +- s
+    dv/dt = +-round(5 s), and doubling s doubles it exactly), so the pilot's E''' is exactly 0
+    for c = 0 and 750 c, resolved to < 1 %, for c = 2^-13."""
+
+    c = 0.0
+
+    def energy(self, v, h, I=None):
+        return 2 * v[:, 0] + self.c * v[:, 0] ** 3
+
+
+@pytest.mark.parametrize("c", [0.0, 2.0 ** -13])
+def test_fd_step_fallback_and_upper_clip(c):
+    """When the pilot finds E''' = 0 the step is 10 s0; when it finds an E''' so small that the
+    balance s_opt = (3 ROUNDOFF_ULPS eps size / E''')^(1/3) ~ 1.9 x 10 s0 lies above the clip, the
+    step is clipped to 10 s0. State v = 0, h = 4 with I = 1, M = 1, quadratic Lagrangians, tau = 1:
+    dv/dt = h - v + I = 5, dh/dt = v - h = -4, so tau = max(1, 4) / 5 and s0 = eps^(1/3) tau. The
+    round-off R = ROUNDOFF_ULPS eps size / s, with size (the network's own terms, not the planted
+    energy's) |v g| + v^2/2 + |I g| + |h f| + h^2/2 + |f| (|S| + (|m| + |g|)^2) at the largest of
+    y +- s ydot, y +- 2 s ydot, is then that of s = 10 s0 (to rounding)."""
+    net = _PlantedEnergy(np.array([[1.0]]), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=1.0, tau_h=1.0)
+    net.c = c
+    tr = _trajectory(net, [0.0], [[[0.0, 4.0]]], "RK45", {"rtol": 1e-8, "atol": 1e-10})
+    tr.I = np.ones((1, 1))
+    F = net.velocity(np.array([[0.0, 4.0]]), tr.I, False)[0]
+    assert F.tolist() == [5.0, -4.0]
+    s0 = EPS ** (1 / 3) * 4.0 / 5.0
+    s = 10 * s0
+    if c:
+        assert np.cbrt(3 * ROUNDOFF_ULPS * EPS * 28 / (750 * c)) > 1.5 * s    # the clip binds
+
+    def size(v, h):
+        return v * v + v * v / 2 + abs(v) + h * h + h * h / 2 + abs(h) * (abs(v) + (1 + abs(v)) ** 2)
+
+    z = max(size(k * s * 5.0, 4.0 - k * s * 4.0) for k in (-2, -1, 1, 2))
+    rep = verify_energy(net, tr)
+    assert abs(rep.fd_roundoff / (ROUNDOFF_ULPS * EPS * z / s) - 1) < 1e-9
