@@ -930,3 +930,15 @@ def test_fd_step_fallback_and_upper_clip(c):
     z = max(size(k * s * 5.0, 4.0 - k * s * 4.0) for k in (-2, -1, 1, 2))
     rep = verify_energy(net, tr)
     assert abs(rep.fd_roundoff / (ROUNDOFF_ULPS * EPS * z / s) - 1) < 1e-9
+
+
+def test_documented_safety_factor_and_roundoff_ulps():
+    """docs/theory.md section 7 states the verdicts' constants: FD_SAFETY = 10 times an error
+    estimate is allowed, and an evaluation of E carries ROUNDOFF_ULPS = 4 ulps of its size. The
+    planted-error tests above compute their thresholds from these names, so a changed constant
+    would move the threshold and the tests with it: pinned here against the documentation."""
+    import pathlib
+    from dynamics import energy
+    theory = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "theory.md").read_text()
+    assert "`FD_SAFETY` $= 10$" in theory and "`ROUNDOFF_ULPS` $= 4$" in theory
+    assert (energy.FD_SAFETY, energy.ROUNDOFF_ULPS) == (10.0, 4.0)
