@@ -942,3 +942,25 @@ def test_documented_safety_factor_and_roundoff_ulps():
     theory = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "theory.md").read_text()
     assert "`FD_SAFETY` $= 10$" in theory and "`ROUNDOFF_ULPS` $= 4$" in theory
     assert (energy.FD_SAFETY, energy.ROUNDOFF_ULPS) == (10.0, 4.0)
+
+
+def test_reference_of_one_step_counts_one_step():
+    """A flow so slow (M = 0, tau_v = tau_h = 2^46: y' = -y / 2^46) that the DOP853 reference
+    crosses the window [0, 1] in one step (its scaled derivative is ~1e-3, so scipy's first step
+    is the whole window): the reference's error term counts max(1, nfev // 12) = 1 step, checked
+    against scipy's own count for the same system. Samples: y0 = (1, 1) and its exact decay."""
+    from scipy.integrate import solve_ivp
+    tau = 2.0 ** 46
+    net = Network(np.zeros((1, 1)), "dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=tau, tau_h=tau)
+    y1 = np.exp(-1 / tau)
+    rtol, rtol_ref = 1e-8, 1e-11
+    tr = _trajectory(net, [0.0, 1.0], [[[1.0, 1.0]], [[y1, y1]]], "RK45",
+                     {"rtol": rtol, "atol": 0.0, "nfev": 6})
+    sol = solve_ivp(lambda s, y: -y / tau, (0.0, 1.0), np.ones(2), method="DOP853", rtol=rtol_ref,
+                    atol=rtol_ref * 1e-2, t_eval=[0.0, 1.0])
+    assert sol.nfev // 12 == 1
+    rep = verify_energy(net, tr)
+    # allowed = FD_SAFETY (1 step sqrt(2) (0 + rtol |y|) + (atol_ref + rtol_ref |y|) sqrt(2) 1 step),
+    # |y| = max(|y0|, |y1|) = 1
+    expected = FD_SAFETY * sqrt(2) * (rtol + rtol_ref * 1e-2 + rtol_ref)
+    assert rep.flow_tol == pytest.approx(expected, rel=8 * EPS, abs=0)
