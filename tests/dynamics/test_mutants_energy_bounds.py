@@ -602,6 +602,10 @@ def test_fd_step_for_a_small_third_derivative_is_the_clipped_balance():
     s = s0 / 10
     R = ROUNDOFF_ULPS * EPS * max(size(v, h + k * s * b) for k in (-2, -1, 1, 2)) / s
     assert abs(rep.fd_roundoff / R - 1) < 1e-3
+    # at 4.5 times the balancing step truncation dominates: T = |fd(s) - fd(2 s)| / 3 is
+    # |E'''| s^2 / 6 exactly for this cubic, up to the two differences' round-off, (R + R/2) / 3
+    T = 4 * abs(b) ** 3 * s ** 2 / 6
+    assert T > 10 * R and abs(rep.fd_truncation - T) <= R / 2
 
 
 # ------------------------------------------------------------------ 4. flow model: the third full run
