@@ -1,7 +1,9 @@
 """Checks of dynamics/integrate.py values that a full mutation run (tools/mutate.py, docs/testing.md
-"Full runs with --select coverage") left unchecked: integrate's documented defaults, the Radau /
-BDF Jacobian limit at its boundary, the solve_ivp event's direction and the time bar's bookkeeping.
-Inputs are dyadic where the values are asserted exactly."""
+"The third full runs") left unchecked: integrate's documented defaults, the Radau / BDF Jacobian
+limit at its boundary, the convergence verdict (read at the last sample, on both sides of its
+threshold, numpy and array paths), the array path's clamped current and keep=k, solve_ivp's exact
+evaluation budget, keep=k and an event before the first sample time, and the time bar's
+bookkeeping. Inputs are dyadic where the values are asserted exactly."""
 import inspect
 
 import numpy as np
