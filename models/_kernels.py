@@ -426,16 +426,17 @@ def _blocking(B, N, D, itemsize):
 SERIAL_WORK = 2 ** 18
 
 
-def _launch(kernel, work: int, nblocks: int, *args):
-    """kernel(*args) on numba's threads, or on one thread (numba.set_num_threads(1) for this call,
-    restored after) when there is a single block of queries or fewer than SERIAL_WORK element
-    operations. Each block is computed by one thread either way, so the result is the same."""
-    if nblocks > 1 and work >= SERIAL_WORK:
-        return kernel(*args)
+def _launch(kernel, qb: int, M, Q, *args):
+    """kernel(M, Q, *args) on numba's threads, or on one thread (numba.set_num_threads(1) for this
+    call, restored after) when the queries Q (B, D) make a single block of ``qb`` or the call has
+    fewer than SERIAL_WORK element operations (B N D). Each block is computed by one thread either
+    way, so the result is the same."""
+    if Q.shape[0] > qb and Q.size * M.shape[0] >= SERIAL_WORK:
+        return kernel(M, Q, *args)
     prev = _nb.get_num_threads()
     _nb.set_num_threads(1)
     try:
-        return kernel(*args)
+        return kernel(M, Q, *args)
     finally:
         _nb.set_num_threads(prev)
 
@@ -453,8 +454,7 @@ def _power_sums(M, Q, p, eps, out):
     code = code if code in _SUM_CODES[smooth] else _EGEN
     qb, nb = _blocking(Q.shape[0], *M.shape, M.itemsize)
     t = M.dtype.type
-    _launch(_sums_kernel, Q.size * M.shape[0], -(-Q.shape[0] // qb),
-            M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb)
+    _launch(_sums_kernel, qb, M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb)
     return out
 
 
@@ -467,8 +467,7 @@ def _weighted_terms(M, G, W, e, eps, out):
     code = code if code in _VJP_CODES[smooth] else _EGEN
     qb, nb = _blocking(G.shape[0], *M.shape, M.itemsize)
     t = M.dtype.type
-    _launch(_vjp_kernel, G.size * M.shape[0], -(-G.shape[0] // qb),
-            M, G, W, out, t(e), t(eps), t(1), smooth, code, qb, nb)
+    _launch(_vjp_kernel, qb, M, G, W, out, t(e), t(eps), t(1), smooth, code, qb, nb)
     return out
 
 
@@ -558,8 +557,7 @@ def l1_scores_vjp(M, G, F, eps=0.0):
         return _np_power_sums(M, G, 1.0, eps, S), _np_weighted_terms(M, G, F, 0.0, eps, V)
     t = dtype.type
     qb, nb = _blocking(G.shape[0], *M.shape, M.itemsize)
-    _launch(_fused_l1_kernel, G.size * M.shape[0], -(-G.shape[0] // qb),
-            M, G, F, S, V, t(eps), t(0), t(1), eps > 0.0, qb, nb)
+    _launch(_fused_l1_kernel, qb, M, G, F, S, V, t(eps), t(0), t(1), eps > 0.0, qb, nb)
     return S, V
 
 

@@ -342,8 +342,8 @@ def test_small_calls_run_on_one_thread_with_the_same_result(monkeypatch):
         np.testing.assert_array_equal(a, b)
     seen.clear()
 
-    def failing_kernel():
+    def failing_kernel(M, Q):
         raise ValueError("boom")
     with pytest.raises(ValueError, match="boom"):
-        K._launch(failing_kernel, 1, 1)
+        K._launch(failing_kernel, 4, M[:1], G[:1])
     assert seen == [1, before] and numba.get_num_threads() == before
