@@ -49,25 +49,25 @@ def one_run(out_dir: str) -> tuple[float, float, int]:
     return wall, float(m.group(2)), int(m.group(1))
 
 
-def gemm_floor(rounds: int = 1) -> tuple[float, int]:
-    """(seconds, GEMMs): one Q @ M.T of shape (N, 784) x (784, N) per point of the curve (the
-    paper's N up to 1000, 5 blocks, 6 similarity lines), 1 BLAS thread, min over ``rounds``."""
-    from threadpoolctl import threadpool_limits
+def curve_operands() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(Q, M) of shape (N, 784) each, one pair per point of the curve (the paper's N up to 1000,
+    5 blocks, 6 similarity lines), random values, one array pair per distinct N."""
     sys.path.insert(0, ROOT)
     from models.capacity import experiment
-    points = experiment("similarity_vs_n")
-    ns = [p.n_memories for p in points]
+    ns = [p.n_memories for p in experiment("similarity_vs_n")]
     rng = np.random.default_rng(0)
     mats = {n: (rng.random((n, 784)), rng.random((n, 784))) for n in set(ns)}
-    best = np.inf
+    return [mats[n] for n in ns]
+
+
+def gemm_floor(operands) -> float:
+    """Seconds of one Q @ M.T per (Q, M) of ``operands``, 1 BLAS thread."""
+    from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=1, user_api="blas"):
-        for _ in range(rounds):
-            t = time.perf_counter()
-            for n in ns:
-                Q, M = mats[n]
-                Q @ M.T
-            best = min(best, time.perf_counter() - t)
-    return best, len(ns)
+        t = time.perf_counter()
+        for Q, M in operands:
+            Q @ M.T
+        return time.perf_counter() - t
 
 
 def main(argv=None) -> int:
@@ -75,10 +75,11 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
     walls, sweeps, floors = [], [], []
+    operands = curve_operands()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
             wall, sweep, points = one_run(tmp)
-            floor, gemms = gemm_floor()
+            floor, gemms = gemm_floor(operands), len(operands)
             walls.append(wall)
             sweeps.append(sweep)
             floors.append(floor)
