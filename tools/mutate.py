@@ -432,10 +432,9 @@ def mutant_timeout(floor: float, baseline_s: float, select, durations) -> float:
     return max(floor, 2 * sum(durations.get(i, baseline_s) for i in select))
 
 
-def _digest(tree: str, tests_from) -> dict:
+def _digest(tree: str, paths: list[str]) -> dict:
     """{path: sha256 of its content in the copy} of the --tests-from files (part of the key under
     which coverage contexts are reused: an edited test file must be measured again)."""
-    paths = tests_from.split(",") if tests_from else []
     return {p: hashlib.sha256(open(os.path.join(tree, p), "rb").read()).hexdigest() for p in paths}
 
 
@@ -516,7 +515,8 @@ def main(argv=None) -> int:
     baseline_limit = args.baseline_timeout or 3 * args.timeout
 
     full = export_tree(args.commit, args.scratch)
-    for extra in (args.tests_from or "").split(",") if args.tests_from else []:
+    tests_from = args.tests_from.split(",") if args.tests_from else []
+    for extra in tests_from:
         shutil.copy(os.path.join(REPO, extra), os.path.join(args.scratch, extra))
     only = {}
     for spec in args.only or []:
@@ -558,7 +558,7 @@ def main(argv=None) -> int:
         if args.select == "coverage":
             # the coverage run doubles as the baseline (slower than a plain run: a safe timeout base);
             # kept in the results file, so a resumed run of the same commit and tests reuses it
-            key = {"files": files, "tests_from": _digest(args.scratch, args.tests_from)}
+            key = {"files": files, "tests_from": _digest(args.scratch, tests_from)}
             contexts, durations, reused = cached_contexts(info, key, lambda: coverage_contexts(
                 args.scratch, files, module, baseline_limit))
             if reused:
