@@ -137,13 +137,16 @@ def _cubic_net(cls=Network):
                tau_v=1.0, tau_h=1 / 256)
 
 
+def _cubic_size(v, h):
+    """size(E) (dynamics.energy._energy_and_size's docstring) of the cubic net at (v, h > 0):
+    |v g| + size(L_v) + |h f| + size(L_h) + |f| (|S| + (|m| + |g|)^2) with g = v, L_v = v^2/2,
+    f = h^2, L_h = h^3/3, S = v, |m| = 1."""
+    return v * v + v * v / 2 + h ** 3 + h ** 3 / 3 + h * h * (abs(v) + (1 + abs(v)) ** 2)
+
+
 def _size_E(s):
-    """size(E) (dynamics.energy._energy_and_size's docstring) at the largest of y +- s ydot,
-    y +- 2 s ydot: |v g| + size(L_v) + |h f| + size(L_h) + |f| (|S| + (|m| + |g|)^2) with g = v,
-    L_v = v^2/2, f = h^2, L_h = h^3/3, S = v, |m| = 1."""
-    def size(v, h):
-        return v * v + v * v / 2 + h ** 3 + h ** 3 / 3 + h * h * (abs(v) + (1 + abs(v)) ** 2)
-    return max(size(FD_V + k * s * FD_A, FD_H + k * s * FD_B) for k in (-2, -1, 1, 2))
+    """The cubic net's size(E) at the largest of y +- s ydot, y +- 2 s ydot (y = (FD_V, FD_H))."""
+    return max(_cubic_size(FD_V + k * s * FD_A, FD_H + k * s * FD_B) for k in (-2, -1, 1, 2))
 
 
 def _fd_step_by_hand():
@@ -590,17 +593,14 @@ def test_fd_step_for_a_small_third_derivative_is_the_clipped_balance():
     b = b[0, 0]
     s0 = EPS ** (1 / 3) * max(1.0, v, h) / abs(b)
 
-    def size(vv, hh):   # _size_E's formula at another state
-        return vv * vv + vv * vv / 2 + hh ** 3 + hh ** 3 / 3 + hh * hh * (abs(vv) + (1 + abs(vv)) ** 2)
-
-    z = size(v, h)
+    z = _cubic_size(v, h)
     s_opt = np.cbrt(3 * ROUNDOFF_ULPS * EPS * z / (4 * abs(b) ** 3))
     assert s_opt < s0 / 10 / 4
     tr = _trajectory(net, [0.0], [[[v, h]]], "RK45", {"rtol": 1e-8, "atol": 1e-10})
     rep = verify_energy(net, tr)
     assert rep.passed, rep.summary()
     s = s0 / 10
-    R = ROUNDOFF_ULPS * EPS * max(size(v, h + k * s * b) for k in (-2, -1, 1, 2)) / s
+    R = ROUNDOFF_ULPS * EPS * max(_cubic_size(v, h + k * s * b) for k in (-2, -1, 1, 2)) / s
     assert abs(rep.fd_roundoff / R - 1) < 1e-3
     # at 4.5 times the balancing step truncation dominates: T = |fd(s) - fd(2 s)| / 3 is
     # |E'''| s^2 / 6 exactly for this cubic, up to the two differences' round-off, (R + R/2) / 3
@@ -836,10 +836,7 @@ def test_fd_step_balances_a_small_third_derivative_inside_the_clip():
     assert (a[0, 0], b[0, 0]) == (0.0, -7 / 64)
     b = b[0, 0]
 
-    def size(vv, hh):   # _size_E's formula at another state
-        return vv * vv + vv * vv / 2 + hh ** 3 + hh ** 3 / 3 + hh * hh * (abs(vv) + (1 + abs(vv)) ** 2)
-
-    z, E3 = size(v, h), 4 * abs(b) ** 3
+    z, E3 = _cubic_size(v, h), 4 * abs(b) ** 3
     s0 = EPS ** (1 / 3) / abs(b)
     s_opt = np.cbrt(3 * ROUNDOFF_ULPS * EPS * z / E3)
     delta = 1.5 * ROUNDOFF_ULPS * EPS * z / s0 / (E3 * s0 ** 2 / 2)
