@@ -394,30 +394,68 @@ def _keep_every(keep):
                    f"last), got {type(keep).__name__} {keep!r}") from None
 
 
+def held_samples(*arrays) -> np.ndarray:
+    """(T, B) bool for arrays (T, B, ...) of the same T and B: False where query b's rows of every
+    array at sample t equal those at sample t - 1 exactly (a query that the batched integrator
+    stopped at its fixed point holds its final state there), True elsewhere and at t = 0."""
+    T, B = arrays[0].shape[:2]
+    new = np.ones((T, B), dtype=bool)
+    if T > 1:
+        new[1:] = False
+        for a in arrays:
+            new[1:] |= (a[1:] != a[:-1]).reshape(T - 1, B, -1).any(axis=2)
+    return new
+
+
+def at_new_samples(fn, new, inputs, outputs, chunk_rows: int = None):
+    """outputs[j][t, b] = fn(*rows)[j] for every sample t and query b, with ``fn`` called only on the
+    rows where ``new`` (:func:`held_samples`) and every other row copied from the sample before.
+
+    ``inputs`` and ``outputs`` are (T, B, ...) arrays (broadcast views welcome as inputs); ``fn``
+    takes one (K, ...) array per input, the rows of a chunk of whole samples (at least
+    ``chunk_rows`` rows, default ``ENERGY_CHUNK_ROWS``, or one sample), and returns one (K, ...)
+    array per output. A chunk where every row is new is passed as a reshaped view, no gather."""
+    T, B = new.shape
+    per = max(1, (ENERGY_CHUNK_ROWS if chunk_rows is None else chunk_rows) // max(B, 1))
+    for k in range(0, T, per):
+        sel = new[k:k + per]
+        c, every = len(sel), bool(sel.all())
+        if not every and not sel.any():
+            continue
+        rows = [a[k:k + c].reshape((c * B,) + a.shape[2:]) if every else a[k:k + c][sel]
+                for a in inputs]
+        for out, values in zip(outputs, fn(*rows)):
+            if every:
+                out[k:k + c] = values.reshape((c, B) + out.shape[2:])
+            else:
+                out[k:k + c][sel] = values
+    for t in np.flatnonzero(~new.all(axis=1)):     # ascending: a run of held samples copies its first
+        held = ~new[t]
+        for out in outputs:
+            out[t, held] = out[t - 1, held]
+
+
 def sample_energies(net: Network, v, h, I):
     """(h, E, dE/dt) at every sample of v (T, B, D) and h (T, B, N), each (T, B):
     E = [(v - I).g - L_v] + [h.f - L_h] - f.S(g) and dE/dt = -tau_v vdot'H_v vdot - tau_h hdot'H_h hdot
     (Network.energy, Network.dEdt). ``h`` None means the adiabatic system: h = S(g) is returned,
     E = (v - I).g - L_v - L_h(S(g)) and dE/dt = -tau_v vdot'H_v vdot. The samples are flattened to
     (T B) rows and computed ``ENERGY_CHUNK_ROWS`` rows at a time (whole samples per chunk), each
-    row with the input current I (B, D) of its query."""
+    row with the input current I (B, D) of its query; a sample that repeats the one before it
+    (a query that stopped early holds its final state) is copied, not recomputed
+    (:func:`at_new_samples`)."""
     T, B, D = v.shape
-    per = max(1, ENERGY_CHUNK_ROWS // max(B, 1))    # samples per chunk
-    hs = np.empty((T, B, net.N), v.dtype) if h is None else h
+    Ib = np.broadcast_to(I, (T, B, D))
     E, dE = np.empty((T, B)), np.empty((T, B))
-    for k in range(0, T, per):
-        c = min(per, T - k)
-        vk = v[k:k + c].reshape(c * B, D)
-        Ik = np.broadcast_to(I, (c, B, D)).reshape(c * B, D)
-        if h is None:
-            hs[k:k + c] = net.similarity(net.L_v.grad(vk)).reshape(c, B, -1)
-            E[k:k + c] = net.energy_adiabatic(vk, Ik).reshape(c, B)
-            dE[k:k + c] = net.dEdt_adiabatic(vk, Ik).reshape(c, B)
-        else:
-            hk = h[k:k + c].reshape(c * B, net.N)
-            E[k:k + c] = net.energy(vk, hk, Ik).reshape(c, B)
-            dE[k:k + c] = net.dEdt(vk, hk, Ik).reshape(c, B)
-    return hs, E, dE
+    if h is None:
+        hs = np.empty((T, B, net.N), v.dtype)
+        at_new_samples(lambda vk, Ik: (net.similarity(net.L_v.grad(vk)), net.energy_adiabatic(vk, Ik),
+                                       net.dEdt_adiabatic(vk, Ik)),
+                       held_samples(v), (v, Ib), (hs, E, dE))
+        return hs, E, dE
+    at_new_samples(lambda vk, hk, Ik: (net.energy(vk, hk, Ik), net.dEdt(vk, hk, Ik)),
+                   held_samples(v, h), (v, h, Ib), (E, dE))
+    return h, E, dE
 
 
 def sample_times(t_end: float, t_eval=None, n_samples: int = 101) -> np.ndarray:

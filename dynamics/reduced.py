@@ -68,8 +68,8 @@ from __future__ import annotations
 import numpy as np
 
 from .dopri import solve_batched
-from .integrate import (NOISE_FACTOR, Trajectory, _stall_message, check_arguments, rest_ratio,
-                        sample_times)
+from .integrate import (NOISE_FACTOR, Trajectory, _stall_message, at_new_samples, check_arguments,
+                        held_samples, rest_ratio, sample_energies, sample_times)
 from .lagrangians import Quadratic
 from .network import Network
 
@@ -222,15 +222,17 @@ class ReducedSystem:
         return at_rest
 
     def rebuild(self, Ys):
-        """States of the full system at the samples: (v (T, B, D), h (T, B, N)) from the rows
-        Ys (T, B, width), v = I + (v0 - I) e + M^T a (a query that stopped holds its final row)."""
+        """States of the full system at the samples: (v (T, B, D), h (T, B, N), or None when
+        adiabatic) from the rows Ys (T, B, width), v = I + (v0 - I) e + M^T a. A query that
+        stopped holds its final row, so its later samples are copied (integrate.at_new_samples)."""
         N = self.N
         T, B, _ = Ys.shape
-        v = (np.ascontiguousarray(Ys[:, :, :N]).reshape(T * B, N) @ self.M).reshape(T, B, -1)
-        v += self.I
-        v -= self.dI * Ys[:, :, -1:]
-        h = v @ self.M.T if self.adiabatic else Ys[:, :, N:2 * N]
-        return v, h
+        v = np.empty((T, B, self.M.shape[1]), dtype=np.result_type(Ys, self.M))
+        shape = (T, B, v.shape[2])
+        at_new_samples(lambda Y, I, dI: (Y[:, :N] @ self.M + I - dI * Y[:, -1:],),
+                       held_samples(Ys), (Ys, np.broadcast_to(self.I, shape),
+                                          np.broadcast_to(self.dI, shape)), (v,))
+        return v, None if self.adiabatic else Ys[:, :, N:2 * N]
 
 
 def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-8,
@@ -275,18 +277,10 @@ def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-
     v, h = red.rebuild(sol.y)
     # samples in the queries' dtype, as integrate's other methods return them (float32 queries on
     # float32 memories: float32 samples); E and dE/dt below are those of the stored samples
-    v, h = v.astype(v0.dtype, copy=False), h.astype(v0.dtype, copy=False)
-    # the Network's own energy and dE/dt (row-wise formulas), on all T x B rebuilt states as one
-    # batch: one GEMM per term instead of one per sample
-    T, D, N = len(sol.t), net.D, net.N
-    vs, hs, Is = v.reshape(T * B, D), h.reshape(T * B, N), np.broadcast_to(I, (T, B, D)).reshape(T * B, D)
-    if adiabatic:
-        E, dE = net.energy_adiabatic(vs, Is), net.dEdt_adiabatic(vs, Is)
-        Yf = v[-1]
-    else:
-        E, dE = net.energy(vs, hs, Is), net.dEdt(vs, hs, Is)
-        Yf = np.concatenate([v[-1], h[-1]], axis=1)
-    E, dE = E.reshape(T, B), dE.reshape(T, B)
+    v = v.astype(v0.dtype, copy=False)
+    h = None if h is None else h.astype(v0.dtype, copy=False)
+    h, E, dE = sample_energies(net, v, h, I)
+    Yf = v[-1] if adiabatic else np.concatenate([v[-1], h[-1]], axis=1)
     ratio = rest_ratio(net, Yf, net.velocity(Yf, I, adiabatic), fixed_point_tol, noise_factor,
                        rtol, atol, adiabatic)
     n_fp = int(sol.at_fixed_point.sum())

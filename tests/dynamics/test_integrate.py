@@ -414,6 +414,83 @@ def energy_reorder_bounds(net, v, h, I, adiabatic):
     return bE, bdE
 
 
+def _hold(rng, T, B, *arrays):
+    """Make each query hold its rows from a random sample on (as a query the batched integrator
+    stops does), in place; returns the expected held_samples mask."""
+    new = np.ones((T, B), dtype=bool)
+    for b in range(B):
+        stop = int(rng.integers(0, T))
+        new[stop + 1:, b] = False
+        for a in arrays:
+            a[stop + 1:, b] = a[stop, b]
+    return new
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 9), B=st.integers(1, 5), chunk=st.integers(1, 12), seed=st.integers(0, 2**31))
+def test_at_new_samples_computes_new_rows_once_and_copies_the_held(T, B, chunk, seed):
+    """held_samples finds exactly the planted held samples (a change in one component of one of two
+    arrays counts as new); at_new_samples calls fn on exactly those rows, in chunks of whole samples,
+    and its outputs equal fn on every row (a row-wise fn, so the values are bit-equal)."""
+    from dynamics.integrate import at_new_samples, held_samples
+    rng = np.random.default_rng(seed)
+    a, c = rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2))
+    new = _hold(rng, T, B, a, c)
+    if T > 1 and not new[1:].all():                       # one component of c moves: new again
+        t, b = map(int, np.argwhere(~new)[0])
+        c[t, b, 1] = np.nextafter(c[t, b, 1], np.inf)
+        new[t, b] = True
+        if t + 1 < T and not new[t + 1, b]:
+            c[t + 1:, b] = c[t, b]
+    np.testing.assert_array_equal(held_samples(a, c), new)
+    seen = []
+
+    def fn(x, y):
+        seen.append(len(x))
+        return np.einsum("kd,kd->k", x, x) + y[:, 0], x[:, ::-1] * y[:, 1:]
+
+    out1, out2 = np.full((T, B), np.nan), np.full((T, B, 3), np.nan)
+    at_new_samples(fn, new, (a, c), (out1, out2), chunk_rows=chunk)
+    assert sum(seen) == new.sum()
+    assert max(seen) <= max(1, chunk // B) * B     # never more than one chunk of whole samples
+    full1, full2 = fn(a.reshape(T * B, 3), c.reshape(T * B, 2))
+    np.testing.assert_array_equal(out1, full1.reshape(T, B))
+    np.testing.assert_array_equal(out2, full2.reshape(T, B, 3))
+
+
+@pytest.mark.parametrize("adiabatic", [False, True])
+def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiabatic):
+    """A query that stopped holds its final state: sample_energies evaluates Network.energy on the
+    new rows only (counted), and the held samples' E, dE/dt (and h = S(g)) equal those of the
+    sample they repeat exactly; the new rows agree with every sample computed alone within
+    energy_reorder_bounds, as in the test below."""
+    from dynamics.integrate import sample_energies
+    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
+    rng = np.random.default_rng(11)
+    T, B = 6, 4
+    v = digits20[:B][None] + 0.3 * rng.standard_normal((T, B, 64))
+    h = rng.standard_normal((T, B, 20))
+    I = rng.standard_normal((B, 64))
+    new = _hold(rng, T, B, v, h)
+    assert 0 < new.sum() < T * B
+    rows = []
+    name = "energy_adiabatic" if adiabatic else "energy"
+    real = getattr(Network, name)
+    monkeypatch.setattr(Network, name, lambda self, v_, *a: rows.append(len(v_)) or real(self, v_, *a))
+    hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)
+    assert sum(rows) == new.sum()
+    for t, b in np.argwhere(~new):
+        assert E[t, b] == E[t - 1, b] and dE[t, b] == dE[t - 1, b]
+        np.testing.assert_array_equal(hs[t, b], hs[t - 1, b])
+    for k in range(T):
+        hk = net.similarity(v[k]) if adiabatic else h[k]
+        Ek = real(net, v[k], I) if adiabatic else real(net, v[k], h[k], I)
+        dEk = net.dEdt_adiabatic(v[k], I) if adiabatic else net.dEdt(v[k], h[k], I)
+        bE, bdE = energy_reorder_bounds(net, v[k], hk, I, adiabatic)
+        np.testing.assert_array_less(np.abs(E[k] - Ek), bE)
+        np.testing.assert_array_less(np.abs(dE[k] - dEk), bdE)
+
+
 @pytest.mark.parametrize("adiabatic", [False, True])
 def test_sample_energies_equal_one_sample_at_a_time(monkeypatch, digits20, adiabatic):
     """sample_energies flattens the samples into chunks of whole samples (here 2 of 7 samples
