@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from ._array_api import (CHUNK_BYTES, errstate, is_numpy_namespace, library_name, namespace,
                          numpy_float, rows_per_chunk, to_numpy)
@@ -430,7 +429,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
             if not is_numpy_namespace(xp):
                 return _pairwise_power_sums(M, Q, absx_of(xp, e), p, xp)
             if math.isinf(p):
-                return _negate(cdist(Q, M, "chebyshev"), xp)
+                return _negate(_cdist(Q, M, "chebyshev"), xp)
             # compiled L1/Lp kernel (numba, both cores; its chunked-numpy reference without numba)
             from . import _kernels
             return _negate(_kernels.lp_scores(M, Q, p, eps=e), xp)
@@ -633,6 +632,13 @@ _STANDARD: dict[str, Callable[..., Similarity]] = {
     "reverse_kl": _reverse_kl,
 }
 
+def _cdist(Q, M, metric):
+    """scipy's cdist, imported on first use: scipy.spatial costs 0.3 s to import, and only the
+    chebyshev (p = inf) and the paper_code euclidean distances use it."""
+    from scipy.spatial.distance import cdist
+    return cdist(Q, M, metric)
+
+
 def _l1_distances(M, Q):
     """sum_i |q_i - m_i| (B, N) on the compiled L1 kernel (scipy's cdist "cityblock" runs on one
     thread and upcasts float32)."""
@@ -642,7 +648,7 @@ def _l1_distances(M, Q):
 
 _PAPER_CODE: dict[str, Callable[..., Similarity]] = {
     "dot": _paper_dot,
-    "euclidean": lambda: _reciprocal("euclidean", lambda M, Q: cdist(Q, M, "sqeuclidean")),
+    "euclidean": lambda: _reciprocal("euclidean", lambda M, Q: _cdist(Q, M, "sqeuclidean")),
     "manhattan": lambda: _reciprocal("manhattan", _l1_distances),
     "kl": lambda: _paper_kl(False),
     "reverse_kl": lambda: _paper_kl(True),

@@ -104,6 +104,10 @@ def blas_threads(n: Optional[int]):
         yield
         return
     from threadpoolctl import threadpool_limits
+    # a limit covers the libraries loaded when it is set: load scipy's own BLAS (scipy.linalg,
+    # which scipy.integrate and numba use) first, or a measurement that imports it later runs it
+    # unlimited
+    import scipy.linalg  # noqa: F401
     with _BLAS_LOCK:
         if _BLAS_STATE["depth"] == 0:
             _BLAS_STATE["limits"] = threadpool_limits(limits=n, user_api="blas")
