@@ -97,10 +97,27 @@ def test_input_errors_raised_inside_a_subcommand_are_one_line(capsys, monkeypatc
     def boom(args):
         raise FloatingPointError("overflow in exp\nsecond line")
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda only=None: parser)
     parser._subparsers._group_actions[0].choices["demo"].set_defaults(func=boom)
     rc, _, err = run(["demo"], capsys)
     assert rc == 2 and error_line(err, "demo") == "uhn demo: error: overflow in exp second line"
+
+
+def test_a_subcommand_builds_its_own_parser_alone(capsys):
+    """`uhn <command>` registers that subcommand only, so it does not import what the others'
+    options need: in a fresh interpreter the capacity parser leaves the integrators, the fixed
+    points, brian2's backend and scipy.spatial (only two rare similarities use it) unimported.
+    `uhn --help` still lists every subcommand."""
+    import subprocess
+    import sys
+    code = ("import sys; from dynamics.cli import build_parser; p = build_parser('capacity'); "
+            "print(sorted(p._subparsers._group_actions[0].choices), [m for m in ('dynamics.integrate', "
+            "'dynamics.fixed_points', 'dynamics.brian2_backend', 'scipy.spatial') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["['capacity']", "[]"]
+    rc, out, _ = run(["--help"], capsys)
+    assert rc == 0 and all(c in out for c in cli.SUBCOMMANDS)
+    assert sorted(cli.build_parser()._subparsers._group_actions[0].choices) == sorted(cli.SUBCOMMANDS)
 
 
 def test_validators():
