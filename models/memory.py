@@ -208,9 +208,12 @@ class Memory:
         S = self._scores(Q)
         _, P = self._MP(Q.dtype)
         k = self.separation.top_k
-        if k is not None and self.convention == "standard":
+        if k is not None and (self.convention == "standard" or k == 1):
             # one-hot / uniform top-k weights: gather k rows of P instead of a dense (B,N)x(N,O) product;
-            # top_k_indices refuses k > N as the dense path does
+            # top_k_indices refuses k > N as the dense path does. paper_code normalises the weights
+            # to sum 1, which leaves one-hot weights (k = 1) as they are, so it gathers too: the
+            # product's sum of one 1 P_mu,i and exact zeros is P_mu,i (for k > 1, sum_k 1/k need not
+            # be 1 in floating point, so it takes the product)
             idx = top_k_indices(S, k, xp=xp)
             if is_numpy_namespace(xp):
                 z = P[idx[:, 0]] if k == 1 else P[idx].mean(axis=1)  # fancy indexing copies

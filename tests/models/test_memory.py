@@ -132,6 +132,24 @@ def test_batch_equals_loop_over_single_queries(score_err, convention, sim, sep, 
     assert np.all(np.abs(Z - W @ Pm) <= (n + 2) * EPS * (np.abs(W) @ np.abs(Pm)))
 
 
+@pytest.mark.parametrize("sim", ["dot", "euclidean", "manhattan", "kl"])
+def test_paper_code_max_gathers_the_row_the_dense_product_gives(rng, sim):
+    """paper_code + max takes the gather of the standard convention: its normalised weights are
+    one-hot exactly (sum 1), and the product of a one-hot row with P is that row of P bit for bit,
+    so the gather is the dense path's answer, not an approximation of it (ties: lower index)."""
+    A = rng.random((30, 12))
+    Q = np.vstack([A[::-1] + 0.05 * rng.random((30, 12)), A[[3, 3]]])   # the last: exact hits
+    P = rng.normal(size=(30, 5))
+    for values in (None, P):
+        mem = Memory(A, values, similarity=sim, separation="max", convention="paper_code")
+        W = mem.weights(Q)
+        assert_array_equal(W.sum(1), 1.0)
+        assert_array_equal((W == 1).sum(1), 1)
+        Pm = A if values is None else values
+        assert_array_equal(mem.retrieve(Q), W @ Pm)
+        assert_array_equal(mem.retrieve(Q), Pm[np.argmax(mem.similarities(Q), axis=1)])
+
+
 def test_paper_code_normalises_scores_and_weights():
     A = np.array([[0.0, 1.0, 2.0], [2.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
     q = np.array([0.5, 1.0, 1.5])
