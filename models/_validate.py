@@ -63,11 +63,24 @@ def _as_matrix_xp(x, name, ndim_ok, xp):
     return a, single
 
 
+def _sum_of_squares_finite(a: np.ndarray) -> bool:
+    """sum_i a_i^2 is finite (one BLAS dot, no temporaries: 0.5 ms for 31 MB against 2.2 ms for
+    isfinite and any), which implies that every a_i is: a NaN makes the sum NaN, an inf makes it
+    inf (the terms are >= 0, so no inf - inf). False does not mean a bad entry (finite entries
+    above ~1e154 overflow the squares): the caller then looks entry by entry."""
+    v = a.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # also under a caller's errstate(raise)
+        return bool(np.isfinite(v @ v))
+
+
 def check_finite(a, name: str, *, xp=None) -> None:
     """Raise ValueError if ``a`` holds NaN or inf, saying how many and where the first is."""
     if xp is None:
         xp = namespace(a)
     if is_numpy_namespace(xp):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.flags.c_contiguous \
+                and _sum_of_squares_finite(a):
+            return
         bad = ~np.isfinite(a)
         if not bad.any():
             return
