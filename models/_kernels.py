@@ -73,7 +73,7 @@ def _float_dtype(*arrays) -> np.dtype:
     return np.dtype(np.float32) if dt == np.float32 else np.dtype(np.float64)
 
 
-def _matrix(a, name: str, dtype) -> np.ndarray:
+def _matrix(a, name: str, dtype, finite: bool = False) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) \
             or np.iscomplexobj(a):
@@ -83,15 +83,17 @@ def _matrix(a, name: str, dtype) -> np.ndarray:
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
     a = np.ascontiguousarray(a, dtype=dtype)
-    check_finite(a, name)
+    if not finite:
+        check_finite(a, name)
     return a
 
 
-def _pair(M, Q, qname: str, dtype=None):
-    """M and Q validated, C-contiguous, of ``dtype`` (default: their common float dtype)."""
+def _pair(M, Q, qname: str, dtype=None, finite: bool = False):
+    """M and Q validated, C-contiguous, of ``dtype`` (default: their common float dtype);
+    ``finite``: the caller has checked them for NaN / inf already (the O((N + B) D) pass skipped)."""
     dtype = _float_dtype(np.asarray(M), np.asarray(Q)) if dtype is None else dtype
-    M = _matrix(M, "memories", dtype)
-    Q = _matrix(Q, qname, dtype)
+    M = _matrix(M, "memories", dtype, finite)
+    Q = _matrix(Q, qname, dtype, finite)
     if M.shape[1] != Q.shape[1]:
         raise ValueError(f"memories have width {M.shape[1]} but {qname} have width {Q.shape[1]}")
     return M, Q
@@ -475,19 +477,22 @@ def _weighted_terms(M, G, W, e, eps, out):
 # public API
 # ----------------------------------------------------------------------------------------------
 
-def l1_scores(M, Q, out=None, *, eps=0.0):
+def l1_scores(M, Q, out=None, *, eps=0.0, finite=False):
     """L1 distances (B, N): out[b, mu] = sum_i absx(Q[b, i] - M[mu, i]), absx = |x| or
-    sqrt(x^2 + eps^2) - eps. Positive distances; the manhattan similarity is their negative."""
+    sqrt(x^2 + eps^2) - eps. Positive distances; the manhattan similarity is their negative.
+    ``finite=True``: M and Q are known free of NaN / inf (a Similarity's validated inputs), so the
+    check that reads all of M again (a quarter of one query's time at N = 5000) is skipped."""
     eps = _check_eps(eps)
-    M, Q = _pair(M, Q, "queries")
+    M, Q = _pair(M, Q, "queries", finite=finite)
     out = _out(out, (Q.shape[0], M.shape[0]), M.dtype)
     return _power_sums(M, Q, 1.0, eps, out)
 
 
-def lp_scores(M, Q, p, out=None, *, eps=0.0):
-    """Lp distances (B, N): out[b, mu] = (sum_i absx(Q[b, i] - M[mu, i])^p)^(1/p)."""
+def lp_scores(M, Q, p, out=None, *, eps=0.0, finite=False):
+    """Lp distances (B, N): out[b, mu] = (sum_i absx(Q[b, i] - M[mu, i])^p)^(1/p); ``finite`` as
+    for :func:`l1_scores`."""
     p, eps = _check_p(p), _check_eps(eps)
-    M, Q = _pair(M, Q, "queries")
+    M, Q = _pair(M, Q, "queries", finite=finite)
     out = _out(out, (Q.shape[0], M.shape[0]), M.dtype)
     _power_sums(M, Q, p, eps, out)
     if p != 1.0:

@@ -432,7 +432,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
                 return _negate(_cdist(Q, M, "chebyshev"), xp)
             # compiled L1/Lp kernel (numba, both cores; its chunked-numpy reference without numba)
             from . import _kernels
-            return _negate(_kernels.lp_scores(M, Q, p, eps=e), xp)
+            return _negate(_kernels.lp_scores(M, Q, p, eps=e, finite=True), xp)   # validated
         return raw
 
     def score(M, Q, xp=None):
@@ -643,7 +643,7 @@ def _l1_distances(M, Q):
     """sum_i |q_i - m_i| (B, N) on the compiled L1 kernel (scipy's cdist "cityblock" runs on one
     thread and upcasts float32)."""
     from . import _kernels
-    return _kernels.l1_scores(M, Q)
+    return _kernels.l1_scores(M, Q, finite=True)     # a Similarity's inputs are validated
 
 
 _PAPER_CODE: dict[str, Callable[..., Similarity]] = {

@@ -237,6 +237,33 @@ def test_bad_inputs_are_refused_by_name():
         K.lp_vjp(M, Q, F, 2.0, dist=-np.ones((3, 4)))
 
 
+@pytest.mark.parametrize("name", ["manhattan", "minkowski"])
+def test_similarities_skip_the_kernels_second_finiteness_pass_but_not_their_own(monkeypatch, rng, name):
+    """A Similarity validates its inputs once (as_matrix; Memory at construction), so it calls the
+    kernels with finite=True: the kernel does not read all of M again for NaN / inf (counted with
+    a spy), gives the same bits as the checking call, and NaN memories are still refused by name.
+    Without the flag the kernel checks both arrays itself."""
+    from models import Memory, get_similarity
+    M, q = rng.random((50, 12)), rng.random((2, 12))
+    seen = []
+    real = K.check_finite
+    monkeypatch.setattr(K, "check_finite", lambda a, n, **kw: seen.append(n) or real(a, n, **kw))
+    sim = get_similarity(name, **({"p": 3} if name == "minkowski" else {}))
+    mem = Memory(M, similarity=sim, separation="max")
+    S = mem.similarities(q)
+    assert seen == []
+    np.testing.assert_array_equal(-S, K.lp_scores(M, q, 3.0) if name == "minkowski" else K.l1_scores(M, q))
+    assert seen == ["memories", "queries"]
+    bad = M.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(ValueError, match="memories contains 1 NaN/inf value"):
+        sim(bad, q)
+    with pytest.raises(ValueError, match="memories contains 1 NaN/inf value"):
+        Memory(bad, similarity=sim)
+    with pytest.raises(ValueError, match="memories contains 1 NaN/inf value"):
+        K.l1_scores(bad, q)
+
+
 def test_precomputed_dist_gives_the_same_contraction():
     rng = np.random.default_rng(8)
     M, G, F = rng.random((7, 9)), rng.random((4, 9)), rng.normal(size=(4, 7))
