@@ -356,11 +356,10 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
     vr = xp.reshape(v, (T * B, D))
     if adiabatic:
         h = xp.reshape(net.similarity(net.L_v.grad(vr)), (T, B, net.N))
-        E, dE = net.energy_adiabatic(vr, Ir), net.dEdt_adiabatic(vr, Ir)
+        _, E, dE = net.energy_and_dEdt_adiabatic(vr, Ir)
     else:
         h = Y[:, :, D:]
-        hr = xp.reshape(h, (T * B, net.N))
-        E, dE = net.energy(vr, hr, Ir), net.dEdt(vr, hr, Ir)
+        E, dE = net.energy_and_dEdt(vr, xp.reshape(h, (T * B, net.N)), Ir)
     Yf = Y[-1, ...]
     ratio = to_numpy(xp.max(xp.abs(net.velocity(Yf, None if zero_input else I, adiabatic))
                             / (base + slope * xp.abs(Yf)), axis=1))
@@ -448,13 +447,13 @@ def sample_energies(net: Network, v, h, I):
     Ib = np.broadcast_to(I, (T, B, D))
     E, dE = np.empty((T, B)), np.empty((T, B))
     if h is None:
+        def adiabatic(vk, Ik):
+            S, Ek, dEk = net.energy_and_dEdt_adiabatic(vk, Ik)     # S of the float64 states
+            return (S if vk.dtype == np.float64 else net.similarity(net.L_v.grad(vk))), Ek, dEk
         hs = np.empty((T, B, net.N), v.dtype)
-        at_new_samples(lambda vk, Ik: (net.similarity(net.L_v.grad(vk)), net.energy_adiabatic(vk, Ik),
-                                       net.dEdt_adiabatic(vk, Ik)),
-                       held_samples(v), (v, Ib), (hs, E, dE))
+        at_new_samples(adiabatic, held_samples(v), (v, Ib), (hs, E, dE))
         return hs, E, dE
-    at_new_samples(lambda vk, hk, Ik: (net.energy(vk, hk, Ik), net.dEdt(vk, hk, Ik)),
-                   held_samples(v, h), (v, h, Ib), (E, dE))
+    at_new_samples(net.energy_and_dEdt, held_samples(v, h), (v, h, Ib), (E, dE))
     return h, E, dE
 
 

@@ -305,25 +305,33 @@ class Network:
 
         ``out``: optional (B, D + N) array to write [dv/dt, dh/dt] into (the returned pair are
         views of it; numpy only)."""
+        return self._rhs(v, h, I, out)
+
+    def _rhs(self, v, h, I, out, g=None, S=None):
+        """:meth:`rhs`, given g = L_v'(v) and S = S(g) where the caller has them already."""
+        g = self.L_v.grad(v) if g is None else g
         if not is_numpy_namespace(self.xp):
-            g = self.L_v.grad(v)
-            return (self._drive(g, self.L_h.grad(h), v, I, None),
-                    (self.similarity(g) - h) / self.tau_h)
+            S = self.similarity(g) if S is None else S
+            return self._drive(g, self.L_h.grad(h), v, I, None), (S - h) / self.tau_h
         if out is None:
             out = np.empty((v.shape[0], self.D + self.N), dtype=np.result_type(v, h, self.M))
         dv, dh = out[:, :self.D], out[:, self.D:]
-        g = self.L_v.grad(v)
         self._drive(g, self.L_h.grad(h), v, I, dv)
-        np.subtract(self.similarity(g), h, out=dh)
+        np.subtract(self.similarity(g) if S is None else S, h, out=dh)
         dh /= self.tau_h
         return dv, dh
 
     def rhs_adiabatic(self, v, I=None, out=None):
         """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0)."""
+        return self._rhs_adiabatic(v, I, out)
+
+    def _rhs_adiabatic(self, v, I, out, g=None, S=None):
+        """:meth:`rhs_adiabatic`, given g = L_v'(v) and S = S(g) where the caller has them."""
         if out is None and is_numpy_namespace(self.xp):
             out = np.empty_like(v)
-        g = self.L_v.grad(v)
-        return self._drive(g, self.L_h.grad(self.similarity(g)), v, I, out)
+        g = self.L_v.grad(v) if g is None else g
+        S = self.similarity(g) if S is None else S
+        return self._drive(g, self.L_h.grad(S), v, I, out)
 
     def velocity(self, Y, I=None, adiabatic: bool = False, out=None) -> np.ndarray:
         """dY/dt (B, D + N) at states Y = [v, h] (B, D + N) (the pack() layout, one row per query);
@@ -352,33 +360,58 @@ class Network:
 
     def energy(self, v, h, I=None):
         """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,), in float64."""
-        xp = self.xp
-        v, h = _f64(v, xp), _f64(h, xp)
+        v, h = _f64(v, self.xp), _f64(h, self.xp)
         g = self.L_v.grad(v)
+        return self._energy(v, h, I, g, self.similarity(g))
+
+    def _energy(self, v, h, I, g, S):
+        """:meth:`energy` of float64 states, given g = L_v'(v) and S = S(g)."""
+        xp = self.xp
         f = self.L_h.grad(h)
         Iv = self._I(I, v.shape[0])
-        return (self.L_v.legendre(v) - rowdot(Iv, g, xp) + self.L_h.legendre(h)
-                - rowdot(f, self.similarity(g), xp))
+        return (self.L_v.legendre(v) - rowdot(Iv, g, xp) + self.L_h.legendre(h) - rowdot(f, S, xp))
 
     def energy_adiabatic(self, v, I=None):
         """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g), in float64."""
-        xp = self.xp
-        v = _f64(v, xp)
+        v = _f64(v, self.xp)
         g = self.L_v.grad(v)
-        return (self.L_v.legendre(v) - rowdot(self._I(I, v.shape[0]), g, xp)
-                - self.L_h.value(self.similarity(g)))
+        return self._energy_adiabatic(v, I, g, self.similarity(g))
+
+    def _energy_adiabatic(self, v, I, g, S):
+        return self.L_v.legendre(v) - rowdot(self._I(I, v.shape[0]), g, self.xp) - self.L_h.value(S)
 
     def dEdt(self, v, h, I=None):
         """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,), in float64."""
         v, h = _f64(v, self.xp), _f64(h, self.xp)
-        dv, dh = self.rhs(v, h, I)
+        return self._dEdt(v, h, *self.rhs(v, h, I))
+
+    def _dEdt(self, v, h, dv, dh):
         return -self.tau_v * self.L_v.curvature(v, dv) - self.tau_h * self.L_h.curvature(h, dh)
 
     def dEdt_adiabatic(self, v, I=None):
         """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow, (B,), in float64."""
         v = _f64(v, self.xp)
-        dv = self.rhs_adiabatic(v, I)
+        return self._dEdt_adiabatic(v, self.rhs_adiabatic(v, I))
+
+    def _dEdt_adiabatic(self, v, dv):
         return -self.tau_v * self.L_v.curvature(v, dv)
+
+    def energy_and_dEdt(self, v, h, I=None):
+        """(E, dE/dt), (B,) each, the values of :meth:`energy` and :meth:`dEdt`, from one
+        g = L_v'(v) and one S(g): two products with the memories per state instead of three."""
+        v, h = _f64(v, self.xp), _f64(h, self.xp)
+        g = self.L_v.grad(v)
+        S = self.similarity(g)
+        return self._energy(v, h, I, g, S), self._dEdt(v, h, *self._rhs(v, h, I, None, g, S))
+
+    def energy_and_dEdt_adiabatic(self, v, I=None):
+        """(S(g), E, dE/dt) of the adiabatic system, the values of :meth:`similarity` (of the
+        float64 states), :meth:`energy_adiabatic` and :meth:`dEdt_adiabatic`, from one S(g)."""
+        v = _f64(v, self.xp)
+        g = self.L_v.grad(v)
+        S = self.similarity(g)
+        dv = self._rhs_adiabatic(v, I, None, g, S)
+        return S, self._energy_adiabatic(v, I, g, S), self._dEdt_adiabatic(v, dv)
 
     def readout(self, h) -> np.ndarray:
         """z = P^T f(h): the memory layer's output in value space (B, O)."""

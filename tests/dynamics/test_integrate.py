@@ -474,7 +474,7 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
     new = _hold(rng, T, B, v, h)
     assert 0 < new.sum() < T * B
     rows = []
-    name = "energy_adiabatic" if adiabatic else "energy"
+    name = "energy_and_dEdt_adiabatic" if adiabatic else "energy_and_dEdt"
     real = getattr(Network, name)
     monkeypatch.setattr(Network, name, lambda self, v_, *a: rows.append(len(v_)) or real(self, v_, *a))
     hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)
@@ -484,7 +484,7 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
         np.testing.assert_array_equal(hs[t, b], hs[t - 1, b])
     for k in range(T):
         hk = net.similarity(v[k]) if adiabatic else h[k]
-        Ek = real(net, v[k], I) if adiabatic else real(net, v[k], h[k], I)
+        Ek = net.energy_adiabatic(v[k], I) if adiabatic else net.energy(v[k], h[k], I)
         dEk = net.dEdt_adiabatic(v[k], I) if adiabatic else net.dEdt(v[k], h[k], I)
         bE, bdE = energy_reorder_bounds(net, v[k], hk, I, adiabatic)
         np.testing.assert_array_less(np.abs(E[k] - Ek), bE)

@@ -4,7 +4,7 @@ import pytest
 
 from dynamics import lagrangians as L
 from dynamics.network import Network, require_count, require_positive
-from models import Memory
+from models import Memory, get_similarity
 
 EPS = np.finfo(float).eps
 
@@ -136,3 +136,32 @@ def test_kl_refuses_feature_rates_that_can_be_negative(sim, lv):
     with pytest.raises(ValueError, match=rf"'{sim}' reads the feature rates .* must be non-negative.*softplus"):
         Network(M, sim, L_v=getattr(L, lv)())
     Network(M, sim, L_v=L.softplus())  # sigmoid rates are positive: accepted
+
+
+@pytest.mark.parametrize("sim,L_v,L_h", [
+    ("dot", L.quadratic(), L.log_sum_exp(3.0)),
+    ("squared_euclidean", L.log_cosh(), L.rectified_polynomial(3)),
+    ("cosine", L.quadratic(), L.exponential(2.0)),
+    ("manhattan", L.quadratic(), L.log_sum_exp(1.0)),
+    ("kl", L.softplus(), L.log_sum_exp(2.0)),
+])
+def test_energy_and_dEdt_together_are_the_separate_values_bit_for_bit(sim, L_v, L_h):
+    """energy_and_dEdt shares g and S(g) between the two (the samples' energies: two products
+    with the memories per state instead of three); the values are the separate calls' exactly,
+    also for the adiabatic system, whose first output is S(g) of the float64 states, and for a
+    float32 network (float64 energies of float32 states)."""
+    rng = np.random.default_rng(3)
+    for dtype in (np.float64, np.float32):
+        M = rng.uniform(0.1, 1.0, (6, 5)).astype(dtype)
+        net = Network(M, get_similarity(sim, **({"eps": 0.05} if sim == "manhattan" else {})), L_v=L_v, L_h=L_h,
+                      tau_h=0.3, I=rng.uniform(0, 1, 5))
+        v = rng.uniform(0.1, 1.0, (4, 5)).astype(dtype)
+        h = rng.standard_normal((4, 6)).astype(dtype)
+        E, dE = net.energy_and_dEdt(v, h)
+        np.testing.assert_array_equal(E, net.energy(v, h))
+        np.testing.assert_array_equal(dE, net.dEdt(v, h))
+        S, Ea, dEa = net.energy_and_dEdt_adiabatic(v)
+        np.testing.assert_array_equal(S, net.similarity(L_v.grad(v.astype(np.float64))))
+        np.testing.assert_array_equal(Ea, net.energy_adiabatic(v))
+        np.testing.assert_array_equal(dEa, net.dEdt_adiabatic(v))
+        assert E.dtype == dE.dtype == Ea.dtype == np.float64
