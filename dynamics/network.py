@@ -280,10 +280,11 @@ class Network:
         return v0, (h0.copy() if is_numpy_namespace(xp) else xp.asarray(h0, copy=True))
 
     # ------------------------------------------------------------------ dynamics
-    def _drive(self, g, f, v, I, out):
+    def _drive(self, g, f, v, I, out, V=None):
         """(sum_mu f_mu dS_mu/dg - v + I) / tau_v into ``out``; vjp returns a fresh array, so the
         sum is built in place (this runs once per stage of every integrator step); other
-        namespaces (``out=None``) return a new array."""
+        namespaces (``out=None``) return a new array. ``V``: the contraction sum_mu f_mu dS_mu/dg
+        when already computed (numpy; :meth:`_rhs` with a fused score_vjp)."""
         sim, M = self._bound(g.dtype)
         I = self.I if I is None else I
         if out is None:                     # the array-API path: no in-place arithmetic
@@ -293,7 +294,7 @@ class Network:
                 I = self._namespaced(I, "input current I")
                 r = r + (I if I.dtype == r.dtype else xp.astype(I, r.dtype))
             return r / self.tau_v if self.tau_v != 1.0 else r
-        np.subtract(sim.vjp(M, g, f), v, out=out)
+        np.subtract(sim.vjp(M, g, f) if V is None else V, v, out=out)
         if I is not None:
             out += I
         if self.tau_v != 1.0:
@@ -305,21 +306,28 @@ class Network:
 
         ``out``: optional (B, D + N) array to write [dv/dt, dh/dt] into (the returned pair are
         views of it; numpy only)."""
-        return self._rhs(v, h, I, out)
+        return self._rhs(v, h, I, out)[:2]
 
     def _rhs(self, v, h, I, out, g=None, S=None):
-        """:meth:`rhs`, given g = L_v'(v) and S = S(g) where the caller has them already."""
+        """(dv/dt, dh/dt, S(g)) of :meth:`rhs`, given g = L_v'(v) and S = S(g) where the caller
+        has them. Without S, a similarity with a fused ``score_vjp`` (manhattan) computes S(g)
+        and its contraction in one pass over the (B, N, D) pairs (numpy)."""
         g = self.L_v.grad(v) if g is None else g
+        f = self.L_h.grad(h)
         if not is_numpy_namespace(self.xp):
             S = self.similarity(g) if S is None else S
-            return self._drive(g, self.L_h.grad(h), v, I, None), (S - h) / self.tau_h
+            return self._drive(g, f, v, I, None), (S - h) / self.tau_h, S
         if out is None:
             out = np.empty((v.shape[0], self.D + self.N), dtype=np.result_type(v, h, self.M))
         dv, dh = out[:, :self.D], out[:, self.D:]
-        self._drive(g, self.L_h.grad(h), v, I, dv)
-        np.subtract(self.similarity(g) if S is None else S, h, out=dh)
+        sim, M = self._bound(g.dtype)
+        V = None
+        if S is None:
+            S, V = sim.score_vjp(M, g, f) if sim.score_vjp is not None else (self.similarity(g), None)
+        self._drive(g, f, v, I, dv, V)
+        np.subtract(S, h, out=dh)
         dh /= self.tau_h
-        return dv, dh
+        return dv, dh, S
 
     def rhs_adiabatic(self, v, I=None, out=None):
         """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0)."""
@@ -398,11 +406,16 @@ class Network:
 
     def energy_and_dEdt(self, v, h, I=None):
         """(E, dE/dt), (B,) each, the values of :meth:`energy` and :meth:`dEdt`, from one
-        g = L_v'(v) and one S(g): two products with the memories per state instead of three."""
+        g = L_v'(v) and one S(g): two products with the memories per state instead of three (a
+        similarity with a fused score_vjp takes its one pass for dE/dt, as dEdt does)."""
         v, h = _f64(v, self.xp), _f64(h, self.xp)
         g = self.L_v.grad(v)
         S = self.similarity(g)
-        return self._energy(v, h, I, g, S), self._dEdt(v, h, *self._rhs(v, h, I, None, g, S))
+        # a fused score_vjp (manhattan) computes dE/dt's S(g) itself, as dEdt does: each of the
+        # two values is then the separate call's, bit for bit
+        fused = self._bound(g.dtype)[0].score_vjp is not None
+        dv, dh, _ = self._rhs(v, h, I, None, g, None if fused else S)
+        return self._energy(v, h, I, g, S), self._dEdt(v, h, dv, dh)
 
     def energy_and_dEdt_adiabatic(self, v, I=None):
         """(S(g), E, dE/dt) of the adiabatic system, the values of :meth:`similarity` (of the

@@ -57,6 +57,9 @@ class Similarity:
     prepare : ``prepare(M, xp) -> memo`` for similarities whose score redoes per-memory work on
         every call (normalised rows, their logarithms, norms); ``score`` and ``vjp`` then take a
         ``prep=memo`` keyword. :meth:`bind` uses it.
+    score_vjp : ``score_vjp(M, G, F) -> (S, vjp)`` on numpy arrays, both in one pass over the
+        (B, N, D) pairs, where a compiled kernel shares their work (manhattan); the dynamics'
+        right-hand side, which needs both at the same states, uses it. None: the two separately.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Similarity:
     params: dict = field(default_factory=dict)
     array_api: bool = False
     prepare: Optional[Callable[..., Any]] = None
+    score_vjp: Optional[Callable[..., Any]] = None
 
     @property
     def differentiable(self) -> bool:
@@ -455,13 +459,23 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         return -_chunked_pairwise_vjp(
             M, G, Fs, lambda d, s, k: absx(d) ** (p - 1) * dabsx(d), xp)
 
+    def score_vjp(M, G, F):
+        """p = 1: (S, vjp) by the fused L1 kernel (one pass, one sqrt per pair and feature for
+        eps > 0); where a distance overflows (entries ~1e154 and up) the two separately, through
+        score's exact rescaling."""
+        from . import _kernels
+        dist, V = _kernels.l1_scores_vjp(M, G, F, eps)
+        if not np.isfinite(dist).all():
+            return score(M, G), vjp(M, G, F)
+        return _negate(dist, np), _negate(V, np)
+
     if name is None:
         name = f"minkowski(p={p:g})"
     if eps:
         name = f"{name}(eps={eps:g})" if "(" not in name else name[:-1] + f", eps={eps:g})"
     # p = inf (max norm): the p-power gradient formula is inf/inf, so offer no gradient rather than NaN
     return _standard(name, score, vjp if np.isfinite(p) else None, smooth=eps > 0,
-                     params={"p": p, "eps": eps})
+                     params={"p": p, "eps": eps}, score_vjp=score_vjp if p == 1 else None)
 
 
 def _manhattan(eps: float = 0.0):

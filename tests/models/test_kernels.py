@@ -374,3 +374,31 @@ def test_small_calls_run_on_one_thread_with_the_same_result(monkeypatch):
     with pytest.raises(ValueError, match="boom"):
         K._launch(failing_kernel, 4, M[:1], G[:1])
     assert seen == [1, before] and numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.05])
+def test_manhattan_score_vjp_is_score_and_vjp_in_one_pass(rng, eps):
+    """Similarity.score_vjp (the fused L1 kernel) against the separate score and vjp: the same
+    sums of the same D terms in another order, so within D eps of the sums of their magnitudes;
+    where a distance overflows (entries 1e300) it falls back to score's exact rescaling, finite.
+    The dynamics' right-hand side takes this path (one pass over the (B, N, D) pairs)."""
+    from models import get_similarity
+    sim = get_similarity("manhattan", eps=eps)
+    M, G, F = rng.random((40, 30)), rng.random((5, 30)), rng.random((5, 40))
+    S, V = sim.score_vjp(M, G, F)
+    S0, V0 = sim.score(M, G), sim.vjp(M, G, F)
+    D = M.shape[1]
+    eps64 = np.finfo(np.float64).eps
+    np.testing.assert_array_less(np.abs(S - S0), D * eps64 * np.abs(S0) + 1e-300)
+    # each V[b, i] sums N terms |F| dabsx <= |F|: at most N eps sum|F| apart
+    bound = np.broadcast_to((2 * M.shape[0] * eps64 * np.abs(F).sum(1))[:, None], V.shape)
+    np.testing.assert_array_less(np.abs(V - V0), bound + 1e-300)
+    assert get_similarity("minkowski", p=3).score_vjp is None and get_similarity("dot").score_vjp is None
+    big = 1e300     # eps > 0: the squares in sqrt(x^2 + eps^2) overflow; eps = 0: |x| does not
+    S, V = sim.score_vjp(M * big, G * big, F)
+    assert np.all(np.isfinite(S)) and np.all(np.isfinite(V))
+    S0 = sim.score(M * big, G * big)
+    if eps:
+        np.testing.assert_array_equal(S, S0)        # the fallback: score's own rescaled values
+    else:
+        np.testing.assert_array_less(np.abs(S - S0), D * eps64 * np.abs(S0))
