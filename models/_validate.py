@@ -63,14 +63,15 @@ def _as_matrix_xp(x, name, ndim_ok, xp):
     return a, single
 
 
-def _sum_of_squares_finite(a: np.ndarray) -> bool:
-    """sum_i a_i^2 is finite (one BLAS dot, no temporaries: 0.5 ms for 31 MB against 2.2 ms for
+def _sum_finite(a: np.ndarray) -> bool:
+    """sum_i a_i is finite (one pass, no temporaries: 1.3 ms for 31 MB against 2.2 ms for
     isfinite and any), which implies that every a_i is: a NaN makes the sum NaN, an inf makes it
-    inf (the terms are >= 0, so no inf - inf). False does not mean a bad entry (finite entries
-    above ~1e154 overflow the squares): the caller then looks entry by entry."""
-    v = a.reshape(-1)
+    inf or NaN. False does not mean a bad entry (finite entries near the float maximum overflow the
+    sum): the caller then looks entry by entry. numpy's own sum, not a BLAS dot: OpenBLAS threads
+    left spinning after a dot took the cores from the compiled kernel that ran next (the L1
+    distances of the capacity curve's floor took 2.3x as long)."""
     with np.errstate(over="ignore", invalid="ignore"):  # also under a caller's errstate(raise)
-        return bool(np.isfinite(v @ v))
+        return bool(np.isfinite(np.add.reduce(a, axis=None)))
 
 
 def check_finite(a, name: str, *, xp=None) -> None:
@@ -78,8 +79,7 @@ def check_finite(a, name: str, *, xp=None) -> None:
     if xp is None:
         xp = namespace(a)
     if is_numpy_namespace(xp):
-        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.flags.c_contiguous \
-                and _sum_of_squares_finite(a):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and _sum_finite(a):
             return
         bad = ~np.isfinite(a)
         if not bad.any():
