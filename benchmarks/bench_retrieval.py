@@ -158,15 +158,22 @@ def run_single_query(args) -> list:
     return failed
 
 
-def interleaved(cases: dict, rounds: int, calls: int = 1) -> dict:
+#: seconds to wait before timing a case of the kernel and RHS parts: OpenBLAS's worker threads
+#: spin for about 0.1 s after a GEMM (and OpenMP's after a numba region), taking a core from the
+#: next case: timed right after the dot lines, the fused manhattan RHS read 33.7 ms instead of 23.3
+SETTLE_S = 0.2
+
+
+def interleaved(cases: dict, rounds: int, calls: int = 1, settle: float = 0.0) -> dict:
     """Per-round wall times of each zero-argument callable (the mean of ``calls`` consecutive
-    calls), rounds interleaving every case (one warm-up call each first: numba compiles, or
-    loads its cache, on the first call)."""
+    calls, after ``settle`` seconds idle), rounds interleaving every case (one warm-up call each
+    first: numba compiles, or loads its cache, on the first call)."""
     for fn in cases.values():
         fn()
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            time.sleep(settle)
             t = time.perf_counter()
             for _ in range(calls):
                 fn()
@@ -215,7 +222,7 @@ def run_kernels(args) -> list:
         }
         if not args.no_current:
             cases["manhattan + max, current Similarity path"] = lambda: M[np.argmax(manh(M, Q), axis=1)]
-        t = interleaved(cases, args.rounds)
+        t = interleaved(cases, args.rounds, settle=SETTLE_S)
         print(f"{np.dtype(dtype).name}: GEMM Q @ M.T median {np.median(t['gemm']) * 1e3:.2f} ms")
         print(header)
         ratio_line("manhattan + max, kernel", t["manhattan + max, kernel"], t["gemm"], 4.0, failed)
@@ -266,10 +273,10 @@ def run_kernels(args) -> list:
         nets = {k: Network(M, s_, L_h=L.log_sum_exp(1.0)) for k, s_ in (("dot", "dot"), ("manhattan", sim))}
         cases["net dot"] = lambda: nets["dot"].rhs(G, h)
         cases["net manhattan"] = lambda: nets["manhattan"].rhs(G, h)
-        # 5 calls per case and round: OpenBLAS's threads spin for a while after a GEMM and take a
-        # core from the numba kernel that runs next, which an integrator running manhattan alone
-        # would pay on no call; here only the first of the five pays it
-        t = interleaved(cases, args.rounds, calls=5)
+        # 5 calls per case and round, each case after SETTLE_S idle (threads left spinning by the
+        # case before would take a core from this one; an integrator running manhattan alone
+        # pays that on no call)
+        t = interleaved(cases, args.rounds, calls=5, settle=SETTLE_S)
         print(f"dynamics RHS, MNIST, B={Bd}, N=1000, D={D}, {np.dtype(dtype).name}: dot RHS "
               f"(G @ M.T, F @ M) median {np.median(t['dot']) * 1e3:.2f} ms")
         print(header.replace("GEMM", "dot RHS"))
