@@ -458,19 +458,39 @@ def test_at_new_samples_computes_new_rows_once_and_copies_the_held(T, B, chunk, 
     np.testing.assert_array_equal(out2, full2.reshape(T, B, 3))
 
 
+def _energy_samples(digits20, seed, T, B):
+    """(net, rng, v (T, B, 64), h (T, B, 20), I (B, 64)): samples near the first B digits."""
+    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
+    rng = np.random.default_rng(seed)
+    v = digits20[:B][None] + 0.3 * rng.standard_normal((T, B, 64))
+    return net, rng, v, rng.standard_normal((T, B, 20)), rng.standard_normal((B, 64))
+
+
+def _assert_each_sample_alone(net, v, h, I, hs, E, dE, adiabatic):
+    """sample_energies' (hs, E, dE) against Network.energy / dEdt on each sample alone: the same
+    expressions on the same rows, only the sums may run in another order for another row count,
+    so within energy_reorder_bounds (and h = S(g) of the adiabatic system within gemm_bound)."""
+    for k in range(len(v)):
+        if adiabatic:
+            hk = net.similarity(v[k])
+            Ek, dEk = net.energy_adiabatic(v[k], I), net.dEdt_adiabatic(v[k], I)
+            np.testing.assert_array_less(np.abs(hs[k] - hk), gemm_bound(v[k], net.M.T) + 1e-300)
+        else:
+            hk = h[k]
+            Ek, dEk = net.energy(v[k], h[k], I), net.dEdt(v[k], h[k], I)
+        bE, bdE = energy_reorder_bounds(net, v[k], hk, I, adiabatic)
+        np.testing.assert_array_less(np.abs(E[k] - Ek), bE)
+        np.testing.assert_array_less(np.abs(dE[k] - dEk), bdE)
+
+
 @pytest.mark.parametrize("adiabatic", [False, True])
 def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiabatic):
-    """A query that stopped holds its final state: sample_energies evaluates Network.energy on the
+    """A query that stopped holds its final state: sample_energies evaluates the energies on the
     new rows only (counted), and the held samples' E, dE/dt (and h = S(g)) equal those of the
-    sample they repeat exactly; the new rows agree with every sample computed alone within
-    energy_reorder_bounds, as in the test below."""
+    sample they repeat exactly; every sample agrees with its energies computed alone."""
     from dynamics.integrate import sample_energies
-    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
-    rng = np.random.default_rng(11)
     T, B = 6, 4
-    v = digits20[:B][None] + 0.3 * rng.standard_normal((T, B, 64))
-    h = rng.standard_normal((T, B, 20))
-    I = rng.standard_normal((B, 64))
+    net, rng, v, h, I = _energy_samples(digits20, 11, T, B)
     new = _hold(rng, T, B, v, h)
     assert 0 < new.sum() < T * B
     rows = []
@@ -482,39 +502,15 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
     for t, b in np.argwhere(~new):
         assert E[t, b] == E[t - 1, b] and dE[t, b] == dE[t - 1, b]
         np.testing.assert_array_equal(hs[t, b], hs[t - 1, b])
-    for k in range(T):
-        hk = net.similarity(v[k]) if adiabatic else h[k]
-        Ek = net.energy_adiabatic(v[k], I) if adiabatic else net.energy(v[k], h[k], I)
-        dEk = net.dEdt_adiabatic(v[k], I) if adiabatic else net.dEdt(v[k], h[k], I)
-        bE, bdE = energy_reorder_bounds(net, v[k], hk, I, adiabatic)
-        np.testing.assert_array_less(np.abs(E[k] - Ek), bE)
-        np.testing.assert_array_less(np.abs(dE[k] - dEk), bdE)
+    _assert_each_sample_alone(net, v, h, I, hs, E, dE, adiabatic)
 
 
 @pytest.mark.parametrize("adiabatic", [False, True])
 def test_sample_energies_equal_one_sample_at_a_time(monkeypatch, digits20, adiabatic):
     """sample_energies flattens the samples into chunks of whole samples (here 2 of 7 samples
-    per chunk, the last chunk short) with each row's own input current. Against Network.energy /
-    dEdt on each sample alone, the same expressions on the same rows, only the sums may run in
-    another order for another row count: within energy_reorder_bounds (and h = S(g) of the
-    adiabatic system within gemm_bound)."""
+    per chunk, the last chunk short) with each row's own input current."""
     from dynamics.integrate import sample_energies
-    net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
-    rng = np.random.default_rng(5)
-    T, B = 7, 3
-    v = digits20[:B][None] + 0.3 * rng.standard_normal((T, B, 64))
-    h = rng.standard_normal((T, B, 20))
-    I = rng.standard_normal((B, 64))
-    monkeypatch.setattr(integrate_module, "ENERGY_CHUNK_ROWS", 2 * B)
+    net, _, v, h, I = _energy_samples(digits20, 5, 7, 3)
+    monkeypatch.setattr(integrate_module, "ENERGY_CHUNK_ROWS", 2 * 3)
     hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)
-    for k in range(T):
-        if adiabatic:
-            hk = net.similarity(v[k])
-            Ek, dEk = net.energy_adiabatic(v[k], I), net.dEdt_adiabatic(v[k], I)
-            np.testing.assert_array_less(np.abs(hs[k] - hk), gemm_bound(v[k], net.M.T) + 1e-300)
-        else:
-            hk = h[k]
-            Ek, dEk = net.energy(v[k], h[k], I), net.dEdt(v[k], h[k], I)
-        bE, bdE = energy_reorder_bounds(net, v[k], hk, I, adiabatic)
-        np.testing.assert_array_less(np.abs(E[k] - Ek), bE)
-        np.testing.assert_array_less(np.abs(dE[k] - dEk), bdE)
+    _assert_each_sample_alone(net, v, h, I, hs, E, dE, adiabatic)
