@@ -399,10 +399,10 @@ def held_samples(*arrays) -> np.ndarray:
     stopped at its fixed point holds its final state there), True elsewhere and at t = 0."""
     T, B = arrays[0].shape[:2]
     new = np.ones((T, B), dtype=bool)
-    if T > 1:
-        new[1:] = False
+    for t in range(1, T):       # sample by sample: temporaries of one sample, not of all of them
+        new[t] = False
         for a in arrays:
-            new[1:] |= (a[1:] != a[:-1]).reshape(T - 1, B, -1).any(axis=2)
+            new[t] |= (a[t] != a[t - 1]).reshape(B, -1).any(axis=1)
     return new
 
 
