@@ -386,6 +386,7 @@ class Network:
         return self._energy_adiabatic(v, I, g, self.similarity(g))
 
     def _energy_adiabatic(self, v, I, g, S):
+        """:meth:`energy_adiabatic` of float64 states, given g = L_v'(v) and S = S(g)."""
         return self.L_v.legendre(v) - rowdot(self._I(I, v.shape[0]), g, self.xp) - self.L_h.value(S)
 
     def dEdt(self, v, h, I=None):
@@ -394,6 +395,7 @@ class Network:
         return self._dEdt(v, h, *self.rhs(v, h, I))
 
     def _dEdt(self, v, h, dv, dh):
+        """-tau_v dv'H_v dv - tau_h dh'H_h dh from the velocities (dv, dh) at (v, h)."""
         return -self.tau_v * self.L_v.curvature(v, dv) - self.tau_h * self.L_h.curvature(h, dh)
 
     def dEdt_adiabatic(self, v, I=None):
@@ -402,6 +404,7 @@ class Network:
         return self._dEdt_adiabatic(v, self.rhs_adiabatic(v, I))
 
     def _dEdt_adiabatic(self, v, dv):
+        """-tau_v dv'H_v dv from the adiabatic velocity dv at v."""
         return -self.tau_v * self.L_v.curvature(v, dv)
 
     def energy_and_dEdt(self, v, h, I=None):
