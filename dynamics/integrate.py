@@ -411,8 +411,8 @@ def at_new_samples(fn, new, inputs, outputs, chunk_rows: int = None):
     rows where ``new`` (:func:`held_samples`) and every other row copied from the sample before.
 
     ``inputs`` and ``outputs`` are (T, B, ...) arrays (broadcast views welcome as inputs); ``fn``
-    takes one (K, ...) array per input, the rows of a chunk of whole samples (at least
-    ``chunk_rows`` rows, default ``ENERGY_CHUNK_ROWS``, or one sample), and returns one (K, ...)
+    takes one (K, ...) array per input, the new rows of a chunk of chunk_rows // B whole samples
+    (``chunk_rows`` default ``ENERGY_CHUNK_ROWS``; at least one sample), and returns one (K, ...)
     array per output. A chunk where every row is new is passed as a reshaped view, no gather."""
     T, B = new.shape
     per = max(1, (ENERGY_CHUNK_ROWS if chunk_rows is None else chunk_rows) // max(B, 1))
@@ -446,12 +446,9 @@ def sample_energies(net: Network, v, h, I):
     T, B, D = v.shape
     Ib = np.broadcast_to(I, (T, B, D))
     E, dE = np.empty((T, B)), np.empty((T, B))
-    if h is None:
-        def adiabatic(vk, Ik):
-            S, Ek, dEk = net.energy_and_dEdt_adiabatic(vk, Ik)     # S of the float64 states
-            return (S if vk.dtype == np.float64 else net.similarity(net.L_v.grad(vk))), Ek, dEk
+    if h is None:   # h = S(g) of the float64 states, stored in the samples' dtype
         hs = np.empty((T, B, net.N), v.dtype)
-        at_new_samples(adiabatic, held_samples(v), (v, Ib), (hs, E, dE))
+        at_new_samples(net.energy_and_dEdt_adiabatic, held_samples(v), (v, Ib), (hs, E, dE))
         return hs, E, dE
     at_new_samples(net.energy_and_dEdt, held_samples(v, h), (v, h, Ib), (E, dE))
     return h, E, dE

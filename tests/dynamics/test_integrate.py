@@ -458,6 +458,18 @@ def test_at_new_samples_computes_new_rows_once_and_copies_the_held(T, B, chunk, 
     np.testing.assert_array_equal(out2, full2.reshape(T, B, 3))
 
 
+def test_at_new_samples_chunks_are_chunk_rows_over_b_whole_samples():
+    """Where every row is new the chunks are exactly chunk_rows // B samples (at least one), the
+    last one short: 10 samples of one query in chunks of 4 rows, of three queries in chunks of
+    2 samples (7 // 3), and chunks below one sample's rows still take a whole sample."""
+    from dynamics.integrate import at_new_samples
+    for T, B, chunk, expect in [(10, 1, 4, [4, 4, 2]), (5, 3, 7, [6, 6, 3]), (3, 4, 2, [4, 4, 4])]:
+        seen, out = [], np.empty((T, B))
+        at_new_samples(lambda x: (seen.append(len(x)) or x[:, 0],), np.ones((T, B), bool),
+                       (np.ones((T, B, 2)),), (out,), chunk_rows=chunk)
+        assert seen == expect
+
+
 def _energy_samples(digits20, seed, T, B):
     """(net, rng, v (T, B, 64), h (T, B, 20), I (B, 64)): samples near the first B digits."""
     net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
