@@ -354,9 +354,9 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
     v = Y[:, :, :D]
     Ir = xp.reshape(xp.broadcast_to(I, (T, B, D)), (T * B, D))   # the energies take it as float64
     vr = xp.reshape(v, (T * B, D))
-    if adiabatic:
-        h = xp.reshape(net.similarity(net.L_v.grad(vr)), (T, B, net.N))
-        _, E, dE = net.energy_and_dEdt_adiabatic(vr, Ir)
+    if adiabatic:       # h = S(g) of the float64 states, in the samples' dtype (as sample_energies)
+        S, E, dE = net.energy_and_dEdt_adiabatic(vr, Ir)
+        h = xp.reshape(xp.astype(S, v.dtype), (T, B, net.N))
     else:
         h = Y[:, :, D:]
         E, dE = net.energy_and_dEdt(vr, xp.reshape(h, (T * B, net.N)), Ir)
@@ -434,7 +434,7 @@ def at_new_samples(fn, new, inputs, outputs, chunk_rows: int = None):
             out[t, held] = out[t - 1, held]
 
 
-def sample_energies(net: Network, v, h, I):
+def sample_energies(net: Network, v, h, I, new=None):
     """(h, E, dE/dt) at every sample of v (T, B, D) and h (T, B, N), each (T, B):
     E = [(v - I).g - L_v] + [h.f - L_h] - f.S(g) and dE/dt = -tau_v vdot'H_v vdot - tau_h hdot'H_h hdot
     (Network.energy, Network.dEdt). ``h`` None means the adiabatic system: h = S(g) is returned,
@@ -442,15 +442,18 @@ def sample_energies(net: Network, v, h, I):
     (T B) rows and computed ``ENERGY_CHUNK_ROWS`` rows at a time (whole samples per chunk), each
     row with the input current I (B, D) of its query; a sample that repeats the one before it
     (a query that stopped early holds its final state) is copied, not recomputed
-    (:func:`at_new_samples`)."""
+    (:func:`at_new_samples`). ``new``: the :func:`held_samples` mask when the caller has it
+    (of the rows the samples were built from), else found from v and h."""
     T, B, D = v.shape
     Ib = np.broadcast_to(I, (T, B, D))
     E, dE = np.empty((T, B)), np.empty((T, B))
     if h is None:   # h = S(g) of the float64 states, stored in the samples' dtype
         hs = np.empty((T, B, net.N), v.dtype)
-        at_new_samples(net.energy_and_dEdt_adiabatic, held_samples(v), (v, Ib), (hs, E, dE))
+        new = held_samples(v) if new is None else new
+        at_new_samples(net.energy_and_dEdt_adiabatic, new, (v, Ib), (hs, E, dE))
         return hs, E, dE
-    at_new_samples(net.energy_and_dEdt, held_samples(v, h), (v, h, Ib), (E, dE))
+    new = held_samples(v, h) if new is None else new
+    at_new_samples(net.energy_and_dEdt, new, (v, h, Ib), (E, dE))
     return h, E, dE
 
 

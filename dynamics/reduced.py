@@ -221,17 +221,17 @@ class ReducedSystem:
 
         return at_rest
 
-    def rebuild(self, Ys):
+    def rebuild(self, Ys, new):
         """States of the full system at the samples: (v (T, B, D), h (T, B, N), or None when
         adiabatic) from the rows Ys (T, B, width), v = I + (v0 - I) e + M^T a. A query that
-        stopped holds its final row, so its later samples are copied (integrate.at_new_samples)."""
+        stopped holds its final row, so its later samples (``new`` False: integrate.held_samples
+        of Ys) are copied (integrate.at_new_samples)."""
         N = self.N
         T, B, _ = Ys.shape
         v = np.empty((T, B, self.M.shape[1]), dtype=np.result_type(Ys, self.M))
         shape = (T, B, v.shape[2])
         at_new_samples(lambda Y, I, dI: (Y[:, :N] @ self.M + I - dI * Y[:, -1:],),
-                       held_samples(Ys), (Ys, np.broadcast_to(self.I, shape),
-                                          np.broadcast_to(self.dI, shape)), (v,))
+                       new, (Ys, np.broadcast_to(self.I, shape), np.broadcast_to(self.dI, shape)), (v,))
         return v, None if self.adiabatic else Ys[:, :, N:2 * N]
 
 
@@ -274,12 +274,13 @@ def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-
         except FloatingPointError as err:
             raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
                                      f"the state left the range this network can represent") from None
-    v, h = red.rebuild(sol.y)
+    new = held_samples(sol.y)       # v and h repeat where their rows do: one mask for both uses
+    v, h = red.rebuild(sol.y, new)
     # samples in the queries' dtype, as integrate's other methods return them (float32 queries on
     # float32 memories: float32 samples); E and dE/dt below are those of the stored samples
     v = v.astype(v0.dtype, copy=False)
     h = None if h is None else h.astype(v0.dtype, copy=False)
-    h, E, dE = sample_energies(net, v, h, I)
+    h, E, dE = sample_energies(net, v, h, I, new)
     Yf = v[-1] if adiabatic else np.concatenate([v[-1], h[-1]], axis=1)
     ratio = rest_ratio(net, Yf, net.velocity(Yf, I, adiabatic), fixed_point_tol, noise_factor,
                        rtol, atol, adiabatic)
