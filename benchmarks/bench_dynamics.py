@@ -50,15 +50,6 @@ T_END, TOL, RTOL, ATOL = 50.0, 1e-5, 1e-8, 1e-10
 REPS = 400
 
 
-def best(fn, repeat=5):
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
-
-
 def repeat(fn, n):
     """Call fn n times, dropping each result before the next call (as the integrators reuse
     their buffers: results kept in a list would each take fresh pages from the system)."""
