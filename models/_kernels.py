@@ -546,15 +546,16 @@ def lp_vjp(M, G, F, p, eps=0.0, dist=None, out=None):
     return _weighted_terms(M, G, scale, p - 1.0, eps, out)
 
 
-def l1_scores_vjp(M, G, F, eps=0.0):
+def l1_scores_vjp(M, G, F, eps=0.0, *, finite=False):
     """(l1_scores(M, G, eps=eps), l1_vjp(M, G, F, eps)) in one pass over the (B, N, D) pairs.
 
     What one right-hand side of the manhattan dynamics needs (S(g) for the memory neurons and
     sum_mu F_mu dS_mu/dg for the feature neurons); for eps > 0 the sqrt(x^2 + eps^2) behind both
-    is computed once per element, which is most of the cost."""
+    is computed once per element, which is most of the cost. ``finite=True`` skips the NaN / inf
+    check of M and G (a non-finite entry then gives non-finite distances, for the caller to see)."""
     eps = _check_eps(eps)
     dtype = _float_dtype(np.asarray(M), np.asarray(G), np.asarray(F))
-    M, G = _pair(M, G, "states", dtype)
+    M, G = _pair(M, G, "states", dtype, finite=finite)
     F = _weights(F, G.shape[0], M.shape[0], dtype)
     S = np.empty((G.shape[0], M.shape[0]), dtype)
     V = np.empty(G.shape, dtype)

@@ -240,8 +240,13 @@ def _overflow_safe(raw, M, Q, eps, name, xp):
         S = raw(M / s, Q / s, eps / s)
         S *= s
     if not bool(xp.all(xp.isfinite(S))):
+        if not (bool(xp.all(xp.isfinite(M))) and bool(xp.all(xp.isfinite(Q)))):
+            # reached by a state that diverged (validated inputs are finite)
+            raise OverflowError(f"{name} distance of non-finite entries: the queries or states hold "
+                                f"inf or NaN, e.g. a state that diverged")
+        big = max(float(xp.max(xp.abs(M))), float(xp.max(xp.abs(Q))))
         raise OverflowError(f"{name} distance between some query and memory exceeds the {S.dtype} range "
-                            f"(entries up to {s:.3g}); rescale the data")
+                            f"(entries up to {big:.3g}); rescale the data")
     return S
 
 
@@ -462,9 +467,10 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
     def score_vjp(M, G, F):
         """p = 1: (S, vjp) by the fused L1 kernel (one pass, one sqrt per pair and feature for
         eps > 0); where a distance overflows (entries ~1e154 and up) the two separately, through
-        score's exact rescaling."""
+        score's exact rescaling, which raises OverflowError for a distance beyond the range (as
+        score alone does: a state that diverged to inf / NaN reads as an overflow, not bad input)."""
         from . import _kernels
-        dist, V = _kernels.l1_scores_vjp(M, G, F, eps)
+        dist, V = _kernels.l1_scores_vjp(M, G, F, eps, finite=True)
         if not np.isfinite(dist).all():
             return score(M, G), vjp(M, G, F)
         return _negate(dist, np), _negate(V, np)

@@ -376,6 +376,26 @@ def test_small_calls_run_on_one_thread_with_the_same_result(monkeypatch):
     assert seen == [1, before] and numba.get_num_threads() == before
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_manhattan_rhs_at_a_diverged_state_is_an_overflow_like_score(rng, bad):
+    """A state that diverged (inf / NaN in g) reaches the fused kernel from the dynamics' RHS:
+    it must raise what score alone raises, OverflowError naming the non-finite entries (the
+    atlas files it as "diverged"), not the ValueError of bad user input (a regression of the
+    fused path, found when uhn figures redrew the atlas: six points read "invalid")."""
+    from dynamics.atlas import failure_kind
+    from dynamics.lagrangians import log_sum_exp
+    from dynamics.network import Network
+    from models import get_similarity
+    sim = get_similarity("manhattan", eps=0.05)
+    M, G, F = rng.random((40, 30)), rng.random((5, 30)), rng.random((5, 40))
+    G[3, 7] = bad
+    for call in (lambda: sim.score(M, G), lambda: sim.score_vjp(M, G, F),
+                 lambda: Network(M, sim, L_h=log_sum_exp(1.0)).rhs(G, np.zeros((5, 40)))):
+        with pytest.raises(OverflowError, match="non-finite entries: the queries or states hold inf or NaN") as e:
+            call()
+        assert failure_kind(f"OverflowError: {e.value}") == "diverged"
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.05])
 def test_manhattan_score_vjp_is_score_and_vjp_in_one_pass(rng, eps):
     """Similarity.score_vjp (the fused L1 kernel) against the separate score and vjp: the same
