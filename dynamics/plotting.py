@@ -12,6 +12,8 @@ for brian2 runs.
     plot_retrieval_snapshots         v(t) as images at n times
     plot_fixed_point_vs_single_shot  query | fixed point | single shot | target | difference
     animate_retrieval                GIF: v(t) as an image beside E(t) with a moving marker
+    plot_spiking_network             a spiking run: rasters, memory rates, E(t) beside the rate model
+    plot_spiking_convergence         distance to the rate model and energy rises against n
 """
 from __future__ import annotations
 
@@ -416,3 +418,74 @@ def animate_retrieval(traj: Trajectory, net: Network, image_shape, path, fps: in
     finally:
         plt.close(fig)
     return path
+
+
+def plot_spiking_network(study, net: Network, image_shape=None, row: Optional[int] = None,
+                         bin_ms: float = 4.0):
+    """Query 0 of a spiking :class:`~dynamics.spiking.ConvergenceStudy` at n = ``study.raster_n``:
+    the spikes of the feature neurons of one image row (default the middle row; without
+    ``image_shape`` the first 28 feature units), the spikes of the memory neurons (the target's
+    in red), the memory rates f(h) beside the rate model's and beside the target's rate read off
+    its spikes in ``bin_ms`` bins, and E(t) of every n beside the rate model's."""
+    plt = _plt()
+    if study.raster_n is None:
+        raise ValueError("plot_spiking_network needs a study with raster_n (recorded spikes)")
+    run, rate = study.runs[study.raster_n], study.rate
+    n, target = run.n, int(study.targets[0])
+    width = image_shape[1] if image_shape is not None else min(28, net.D)
+    row = (image_shape[0] // 2 if image_shape is not None else 0) if row is None else row
+    fig, ax = plt.subplots(4, 1, figsize=(7, 9), sharex=True,
+                           gridspec_kw={"height_ratios": [2, 1.2, 1.5, 1.5]})
+    i_v, t_v = run.spikes_v
+    band = (i_v // n >= row * width) & (i_v // n < (row + 1) * width)
+    ax[0].plot(t_v[band], i_v[band] - row * width * n, "|", ms=2, color="k")
+    ax[0].set_ylabel(f"feature neurons\n(row {row}, {n} per pixel)")
+    i_h, t_h = run.spikes_h
+    mine = i_h // n == target
+    ax[1].plot(t_h[~mine], i_h[~mine], "|", ms=2, color="0.6")
+    ax[1].plot(t_h[mine], i_h[mine], "|", ms=2, color="C3")
+    ax[1].set_ylim(-1, net.N * n)
+    ax[1].set_ylabel(f"memory neurons\n({n} per memory;\ntarget in red)")
+    for mu in range(net.N):
+        ax[2].plot(run.traj.t, run.rates_h[:, 0, mu], color="C3" if mu == target else "0.7", lw=1)
+    ax[2].plot(rate.t, net.L_h.grad(rate.h[:, 0])[:, target], "k--", lw=1.5, label="rate model, target")
+    t_end = float(run.traj.t[-1])
+    bins = np.arange(0.0, t_end + 1e-9, bin_ms)
+    counts = np.histogram(t_h[mine], bins)[0]
+    ax[2].step(bins[1:], counts / (n * run.r_max * bin_ms), color="C0", where="pre",
+               label=f"target, from its spikes ({bin_ms:g} ms bins)")
+    ax[2].set_ylabel("memory rate f")
+    ax[2].legend(fontsize=FONT["legend"], loc="center right")
+    for k, other in study.runs.items():
+        ax[3].plot(other.traj.t, other.traj.E[:, 0], lw=1, label=f"spiking, n = {k}")
+    ax[3].plot(rate.t, rate.E[:, 0], "k--", lw=1.5, label="rate model")
+    ax[3].set_ylabel("energy E")
+    ax[3].set_xlabel("time (ms)")
+    ax[3].legend(fontsize=FONT["legend"])
+    fig.tight_layout()
+    return fig
+
+
+def plot_spiking_convergence(study):
+    """Log-log against neurons per unit n: the RMS distance of the spiking rates g and f to the
+    rate model's (with the n^(-1/2) of Poisson counts), and the summed / largest energy rise."""
+    plt = _plt()
+    rows = study.rows
+    ns = np.array([r["n"] for r in rows], float)
+    g = np.array([r["g_rms"] for r in rows])
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].loglog(ns, g, "o-", label=f"feature rates g (slope {study.slopes['g']:.2f})")
+    ax[0].loglog(ns, [r["f_rms"] for r in rows], "s-",
+                 label=f"memory rates f (slope {study.slopes['f']:.2f})")
+    ax[0].loglog(ns, g[0] * ns ** -0.5, "k:", label="n^(-1/2)")
+    ax[0].set_xlabel("neurons per unit n")
+    ax[0].set_ylabel("RMS distance to the rate model")
+    ax[0].legend(fontsize=FONT["legend"])
+    ax[1].loglog(ns, [r["total_rise"] for r in rows], "o-",
+                 label=f"summed rises (slope {study.slopes['rise']:.2f})")
+    ax[1].loglog(ns, [r["max_rise"] for r in rows], "s-", label="largest rise")
+    ax[1].set_xlabel("neurons per unit n")
+    ax[1].set_ylabel("energy increase")
+    ax[1].legend(fontsize=FONT["legend"])
+    fig.tight_layout()
+    return fig

@@ -279,3 +279,112 @@ def energy_rises(E: np.ndarray) -> dict:
     return {"fraction": float(np.mean(dE > 0)), "max_rise": float(dE.max()) if dE.size else 0.0,
             "total_rise": float(np.clip(dE, 0, None).sum(0).mean()),
             "total_fall": float(-np.clip(dE, None, 0).sum(0).mean())}
+
+
+#: the study of figures/spiking_*.png (``uhn figures``) and notebook 05: ms, ms, kHz
+FIGURE_STUDY = {"t_end": 40.0, "dt": 0.1, "r_max": 0.2, "ns": (1, 4, 16, 64), "raster_n": 16}
+
+
+def mnist_network(n_memories: int = 20, n_queries: int = 10, noise: float = 0.5, beta: float = 0.05,
+                  tau_v: float = 10.0, tau_h: float = 2.0, seed: int = 0):
+    """The spiking example of notebook 05 and figures/spiking_*.png: (net, Q, image_shape).
+
+    ``n_memories`` MNIST digits, each standardised to mean 0 and standard deviation 2 (so the
+    sigmoid feature rates use their range), stored in a dot / softplus / log_sum_exp(beta)
+    network (times in ms); queries = the first ``n_queries`` digits with Gaussian noise of std
+    ``noise`` (seed + 1), standardised the same way, so query b targets memory b."""
+    from models.corruption import corrupt
+    from models.data import load_dataset
+
+    from .lagrangians import log_sum_exp, softplus
+
+    def standardise(X):
+        Z = X - X.mean(1, keepdims=True)
+        return 2.0 * Z / Z.std(1, keepdims=True)
+
+    ds = load_dataset("mnist", n=n_memories, seed=seed)
+    if not 1 <= n_queries <= n_memories:
+        raise ValueError(f"n_queries must lie in 1..n_memories = {n_memories}, got {n_queries}")
+    Q = corrupt(ds.X[:n_queries], "gaussian", noise, ds.image_shape, seed=seed + 1)
+    net = Network(standardise(ds.X), "dot", L_v=softplus(), L_h=log_sum_exp(beta),
+                  tau_v=tau_v, tau_h=tau_h)
+    return net, standardise(Q), ds.image_shape
+
+
+@dataclass
+class ConvergenceStudy:
+    """Spiking runs at several neurons-per-unit n beside the rate model they sample
+    (:func:`convergence_study`). ``rows`` (one dict per n, ascending): n, accuracy, wall (s),
+    g_rms / f_rms / v_rms (:func:`rate_distance`), fraction / max_rise / total_rise / total_fall
+    (:func:`energy_rises`). ``slopes``: least-squares exponents k of value ~ n^k for "g", "f"
+    (the RMS distances) and "rise" (summed energy rises); NaN with fewer than two n."""
+
+    rate: Trajectory
+    runs: dict
+    rows: list
+    slopes: dict
+    rate_accuracy: float
+    targets: np.ndarray
+    raster_n: Optional[int]
+
+
+def _exponent(ns, values) -> float:
+    """k of values ~ ns^k by least squares in log-log (NaN for < 2 points or a non-positive value)."""
+    values = np.asarray(values, float)
+    if len(ns) < 2 or not np.all(values > 0):
+        return float("nan")
+    return float(np.polyfit(np.log(np.asarray(ns, float)), np.log(values), 1)[0])
+
+
+def convergence_study(net: Network, Q, t_end: float, *, ns=(1, 4, 16, 64), dt: float = 0.1,
+                      r_max: float = 0.2, record_every: int = 10, seed: int = 1,
+                      raster_n: Optional[int] = 16, targets=None,
+                      target: str = DEFAULT_TARGET) -> ConvergenceStudy:
+    """The spiking network's approach to its rate model as the neurons per unit n grow.
+
+    Integrates the rate model (scipy RK45, rtol 1e-10, no early stop) at the spiking runs'
+    sample times (every ``record_every`` steps of ``dt``), then runs :func:`run_spiking` once per
+    n in ``ns`` with the same seed, recording query 0's spikes at n = ``raster_n`` (None: none).
+    Accuracy = fraction of queries b whose memory rates f(h), averaged over the last 10 samples
+    (the rate model: its final f), peak at ``targets[b]`` (default b)."""
+    from .integrate import integrate
+    ns = sorted({require_count(n, "n") for n in ns})
+    if raster_n is not None and raster_n not in ns:
+        raise ValueError(f"raster_n = {raster_n} is not one of ns = {ns}")
+    Q = np.atleast_2d(np.asarray(Q, float))
+    targets = np.arange(len(Q)) if targets is None else np.asarray(targets)
+    if targets.shape != (len(Q),):
+        raise ValueError(f"targets must have one memory index per query ({len(Q)}), got shape {targets.shape}")
+    n_steps = int(round(t_end / dt))
+    if n_steps % record_every:
+        raise ValueError(f"record_every = {record_every} must divide the {n_steps} steps of t_end / dt")
+    t_rec = np.linspace(0.0, t_end, n_steps // record_every + 1)
+    rate = integrate(net, Q, t_end, t_eval=t_rec, stop_at_fixed_point=False, rtol=1e-10, atol=1e-12)
+    rate_accuracy = float(np.mean(np.argmax(net.L_h.grad(rate.h[-1]), 1) == targets))
+    runs, rows = {}, []
+    for n in ns:
+        t0 = time.perf_counter()
+        run = run_spiking(net, Q, t_end, dt=dt, n=n, r_max=r_max, record_every=record_every,
+                          seed=seed, record_spikes=(n == raster_n), target=target)
+        wall = time.perf_counter() - t0
+        runs[n] = run
+        acc = float(np.mean(np.argmax(run.rates_h[-10:].mean(0), 1) == targets))
+        rows.append(dict(n=n, accuracy=acc, wall=wall, **rate_distance(run, rate),
+                         **energy_rises(run.traj.E)))
+    slopes = {k: _exponent(ns, [r[col] for r in rows])
+              for k, col in (("g", "g_rms"), ("f", "f_rms"), ("rise", "total_rise"))}
+    return ConvergenceStudy(rate, runs, rows, slopes, rate_accuracy, targets, raster_n)
+
+
+def format_study(study: ConvergenceStudy) -> str:
+    """The study's rows as a text table, then the fitted exponents."""
+    lines = [f"{'n':>4s} {'accuracy':>9s} {'g rms':>8s} {'f rms':>8s} {'E rises':>8s} {'max rise':>9s} "
+             f"{'sum rises':>10s} {'sum falls':>10s} {'wall s':>7s}"]
+    for r in study.rows:
+        lines.append(f"{r['n']:4d} {r['accuracy']:9.2f} {r['g_rms']:8.4f} {r['f_rms']:8.4f} "
+                     f"{r['fraction']:8.2f} {r['max_rise']:9.3f} {r['total_rise']:10.3f} "
+                     f"{r['total_fall']:10.2f} {r['wall']:7.1f}")
+    s = study.slopes
+    lines.append(f"fitted exponents: g distance ~ n^{s['g']:.2f}, f distance ~ n^{s['f']:.2f}, "
+                 f"summed energy rise ~ n^{s['rise']:.2f}")
+    return "\n".join(lines)

@@ -125,3 +125,74 @@ def test_unsupported_networks_are_refused(sim, L_v, L_h, words):
     other = Network(net.M, sim, L_v=L_v, L_h=L_h)
     with pytest.raises(ValueError, match="spiking network: unsupported " + words):
         run_spiking(other, Q, 1.0, dt=0.05, n=2)
+
+
+# ------------------------------------------------------------------ the convergence study
+def test_convergence_study_rows_are_the_measures_of_its_runs():
+    """Each row is rate_distance / energy_rises of its own run against the study's rate model; the
+    slopes are the log-log least-squares exponents of those rows; accuracy counts the queries
+    whose last-10-sample memory rates peak at their target."""
+    from dynamics.spiking import convergence_study, format_study
+    net, Q = _net()
+    study = convergence_study(net, Q, 4.0, ns=(4, 1), dt=0.05, record_every=4, seed=3, raster_n=4,
+                              targets=[0, 1])
+    assert [r["n"] for r in study.rows] == [1, 4] and sorted(study.runs) == [1, 4]
+    assert study.rate.t.shape == (21,) and study.rate.t[-1] == 4.0
+    for r in study.rows:
+        run = study.runs[r["n"]]
+        assert r["g_rms"] == rate_distance(run, study.rate)["g_rms"]
+        assert r["total_rise"] == energy_rises(run.traj.E)["total_rise"]
+        f_end = run.rates_h[-10:].mean(0)
+        assert r["accuracy"] == np.mean(np.argmax(f_end, 1) == [0, 1])
+    g = [r["g_rms"] for r in study.rows]
+    assert study.slopes["g"] == pytest.approx(np.log(g[1] / g[0]) / np.log(4.0), rel=1e-9)
+    assert study.rate_accuracy == np.mean(np.argmax(net.L_h.grad(study.rate.h[-1]), 1) == [0, 1])
+    assert len(study.runs[4].spikes_v[0]) > 0 and study.runs[1].spikes_v is None  # raster at n = 4 only
+    table = format_study(study).splitlines()
+    assert len(table) == 4 and table[-1].startswith("fitted exponents: g distance ~ n^")
+
+
+def test_convergence_study_refuses_bad_options():
+    from dynamics.spiking import _exponent, convergence_study
+    net, Q = _net()
+    with pytest.raises(ValueError, match="raster_n = 8 is not one of ns"):
+        convergence_study(net, Q, 1.0, ns=(1, 4), dt=0.05, raster_n=8)
+    with pytest.raises(ValueError, match="one memory index per query"):
+        convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, targets=[0])
+    with pytest.raises(ValueError, match="record_every = 3 must divide the 20 steps"):
+        convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, record_every=3)
+    assert np.isnan(_exponent([1], [0.5])) and np.isnan(_exponent([1, 4], [0.5, 0.0]))
+    assert _exponent([1, 4, 16], [1.0, 0.5, 0.25]) == pytest.approx(-0.5, rel=1e-12)
+
+
+def test_spiking_figures_show_every_run():
+    """The raster figure needs recorded spikes; its energy panel has one line per n and the rate
+    model's; the convergence figure one point per n."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dynamics.plotting import plot_spiking_convergence, plot_spiking_network
+    from dynamics.spiking import convergence_study
+    net, Q = _net()
+    study = convergence_study(net, Q, 2.0, ns=(1, 2, 4), dt=0.05, record_every=4, raster_n=2)
+    fig = plot_spiking_network(study, net, image_shape=(4, 4))
+    assert len(fig.axes) == 4 and len(fig.axes[3].get_lines()) == 4
+    assert [len(line.get_xdata()) for line in fig.axes[3].get_lines()] == [11] * 4
+    plt.close(fig)
+    fig = plot_spiking_convergence(study)
+    assert [len(line.get_xdata()) for line in fig.axes[0].get_lines()[:2]] == [3, 3]
+    plt.close(fig)
+    study.raster_n = None
+    with pytest.raises(ValueError, match="needs a study with raster_n"):
+        plot_spiking_network(study, net)
+
+
+def test_mnist_network_refuses_more_queries_than_memories():
+    from dynamics.spiking import mnist_network
+    with pytest.raises(ValueError, match="n_queries must lie in 1..n_memories = 3"):
+        mnist_network(n_memories=3, n_queries=4)
+    net, Q, shape = mnist_network(n_memories=3, n_queries=2)
+    assert Q.shape == (2, 784) and shape == (28, 28)
+    np.testing.assert_allclose(net.M.std(1), 2.0, rtol=1e-12)
+    np.testing.assert_allclose(Q.mean(1), 0.0, atol=1e-12)
