@@ -262,7 +262,9 @@ def test_figures_write_only_under_out(capsys, tmp_path, monkeypatch):
     assert rc == 0
     assert list(cwd.iterdir()) == []
     assert calls == {"out_dir": out, "results_path": out / "results" / "capacity_quick.jsonl"}
-    assert (out / "dynamics_energy.png").read_bytes()[:8] == PNG
+    for name in ("dynamics_energy.png", "spiking_network.png", "spiking_convergence.png", "atlas_digits.png"):
+        assert (out / name).read_bytes()[:8] == PNG, name
+    assert (out / "results" / "atlas_quick.jsonl").is_file()
     assert "wrote" in text
 
 

@@ -64,16 +64,27 @@ def register(sub) -> None:
     p.set_defaults(func=run_cmd)
 
 
+def _grid_options(quick: bool) -> tuple[list, dict]:
+    """(similarity specs, grid keywords) of the full atlas or of the --quick one."""
+    from dynamics.atlas import FULL_SIMILARITIES
+    if not quick:
+        return list(FULL_SIMILARITIES), {}
+    kw = {k: QUICK[k] for k in ("L_v", "L_h", "betas", "tau_ratios", "n_memories", "n_queries")}
+    return [s for s in FULL_SIMILARITIES if s["similarity"] in QUICK["similarities"]], kw
+
+
+def default_points(quick: bool = False, datasets=("digits",)):
+    """The atlas points of ``uhn atlas`` (``--quick``) with no other option: those of
+    figures/atlas_digits.png (``uhn figures``)."""
+    from dynamics.atlas import grid
+    sims, kw = _grid_options(quick)
+    return grid(sims, datasets=tuple(datasets), **kw)
+
+
 def points_from_args(args):
     """The atlas points the command line asks for (ValueError for a bad value)."""
     from dynamics.atlas import FULL_SIMILARITIES, grid
-    kw = {}
-    sims = FULL_SIMILARITIES
-    if args.quick:
-        kw.update(L_v=QUICK["L_v"], L_h=QUICK["L_h"], betas=QUICK["betas"],
-                  tau_ratios=QUICK["tau_ratios"], n_memories=QUICK["n_memories"],
-                  n_queries=QUICK["n_queries"])
-        sims = [s for s in FULL_SIMILARITIES if s["similarity"] in QUICK["similarities"]]
+    sims, kw = _grid_options(args.quick)
     if args.similarities is not None:
         known = {s["similarity"]: s for s in FULL_SIMILARITIES}
         sims = [known.get(name, {"similarity": name}) for name in dict.fromkeys(args.similarities)]

@@ -1,4 +1,4 @@
-"""``uhn figures``: regenerate every figure in figures/ (dynamics on MNIST, then the capacity curves).
+"""``uhn figures``: regenerate every figure in figures/ (dynamics, spiking network, atlas, capacity curves).
 
     uhn figures --out figures            # everything (capacity from the results store if present)
     uhn figures --out /tmp/f --quick     # small sizes, a few seconds of dynamics
@@ -12,7 +12,10 @@ beta = 0.3), quadratic feature neurons, tau_v = 1, tau_h = 0.1, storing N MNIST 
 integrated from digits with their bottom 30 % masked: energy with its verification, feature and
 memory trajectories, the separation weights over time, a phase portrait in the plane of two
 stored digits, snapshots of v(t), the fixed point beside single-shot retrieval, a GIF, and the
-brian2 (numpy target) simulation of the same network overlaid on scipy's. See docs/figures.md.
+brian2 (numpy target) simulation of the same network overlaid on scipy's. Then the spiking network's
+approach to its rate model (notebook 05's study), the dynamics atlas of ``uhn atlas`` (its store
+in <out>/results/atlas.jsonl: the full grid takes the longest, ~15-20 min in-process on 2 cores),
+and the capacity curves. See docs/figures.md.
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ SIMILARITY, BETA, CORRUPTION, LEVEL = "squared_euclidean", 0.3, "mask_bottom", 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("figures", help="regenerate every figure (dynamics on MNIST and capacity curves)",
+    p = sub.add_parser("figures", help="regenerate every figure in figures/ (dynamics, spiking, atlas, capacity curves)",
                        description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
     p.add_argument("--out", type=Path, default=Path("figures"),
                    help="output folder for the figures and the capacity results store")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds); for tests and a first look")
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity figures")
     p.add_argument("--no-brian2", action="store_true", help="skip the brian2 vs scipy overlay")
+    p.add_argument("--no-spiking", action="store_true", help="skip the spiking-network figures")
+    p.add_argument("--no-atlas", action="store_true", help="skip the dynamics atlas")
     p.set_defaults(func=run)
 
 
@@ -145,6 +150,54 @@ def make_dynamics_figures(out_dir, quick: bool = False, brian2: bool = True, log
     return written
 
 
+#: --quick spiking study: n = 1, 4 for 8 ms (the full one: dynamics.spiking.FIGURE_STUDY)
+SPIKING_QUICK = {"t_end": 8.0, "dt": 0.1, "r_max": 0.2, "ns": (1, 4), "raster_n": 4}
+
+
+def make_spiking_figures(out_dir, quick: bool = False, log=None) -> list[Path]:
+    """spiking_network.png and spiking_convergence.png (dynamics.spiking.convergence_study on
+    dynamics.spiking.mnist_network, brian2's numpy target) in out_dir; the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+    from dynamics import plotting as P
+    from dynamics.spiking import FIGURE_STUDY, convergence_study, format_study, mnist_network
+
+    log = log or (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    net, Q, image_shape = mnist_network()
+    cfg = SPIKING_QUICK if quick else FIGURE_STUDY
+    log(f"  spiking: n = {cfg['ns']} neurons per unit, {cfg['t_end']} ms ...")
+    study = convergence_study(net, Q, cfg["t_end"], ns=cfg["ns"], dt=cfg["dt"], r_max=cfg["r_max"],
+                              raster_n=cfg["raster_n"])
+    log(format_study(study))
+    _save(P.plot_spiking_network(study, net, image_shape), out / "spiking_network.png", written, log)
+    _save(P.plot_spiking_convergence(study), out / "spiking_convergence.png", written, log)
+    return written
+
+
+def make_atlas_figure(out_dir, quick: bool = False, log=None, progress=None) -> list[Path]:
+    """atlas_digits.png: the atlas of ``uhn atlas`` (``--quick``) drawn from its results store
+    <out>/results/atlas[_quick].jsonl (missing points are measured in-process and stored)."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+    from dynamics import atlas
+    from dynamics.cli.atlas_cmd import default_points
+
+    log = log or (lambda msg: None)
+    store = Path(out_dir) / "results" / ("atlas_quick.jsonl" if quick else "atlas.jsonl")
+    store.parent.mkdir(parents=True, exist_ok=True)
+    points = default_points(quick)
+    log(f"  atlas: {len(points)} points (stored in {store}, so a second run only replots)")
+    rows = atlas.run(points, store, progress=progress)
+    written: list[Path] = []
+    _save(atlas.plot(rows), Path(out_dir) / "atlas_digits.png", written, log)
+    return written
+
+
 def results_path(out_dir, quick: bool) -> Path:
     """The capacity results store inside the output folder: <out>/results/capacity[_quick].jsonl."""
     return Path(out_dir) / "results" / ("capacity_quick.jsonl" if quick else "capacity.jsonl")
@@ -162,6 +215,22 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     written = make_dynamics_figures(args.out, quick=args.quick, brian2=not args.no_brian2, log=log)
     print(f"dynamics figures: {len(written)} files in {time.perf_counter() - t0:.1f} s", flush=True)
+    if not args.no_spiking:
+        t0 = time.perf_counter()
+        paths = make_spiking_figures(args.out, quick=args.quick, log=log)
+        written.extend(paths)
+        print(f"spiking figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
+    if not args.no_atlas:
+        from models import sweep
+        from dynamics.cli.atlas_cmd import _describe
+        t0 = time.perf_counter()
+        cb, close = sweep.progress_bar("atlas", _describe)
+        try:
+            paths = make_atlas_figure(args.out, quick=args.quick, log=log, progress=cb)
+        finally:
+            close()
+        written.extend(paths)
+        print(f"atlas figure: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_capacity:
         from dynamics.cli.capacity_cmd import _progress_bar, make_capacity_figures
         t0 = time.perf_counter()
