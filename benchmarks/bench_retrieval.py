@@ -12,7 +12,9 @@ them alike; min / median / max of the per-round ratio, the verdict on the median
 Similarity path beside it, peak extra memory, and one dynamics right-hand side (scores + gradient
 contraction, fused: models._kernels.l1_scores_vjp) for manhattan eps = 0.05 at B = 64, N = 1000, D = 784 on MNIST against the dot RHS
 (Q @ M.T, then F @ M). Goals (issue "compiled L1 / Lp kernels"): manhattan <= 4x, minkowski <= 8x
-the GEMM of the same dtype with < 200 MB extra; the RHS <= 5x the dot RHS; float32 kept.
+the GEMM of the same dtype with < 200 MB extra; the RHS <= 5x the dot RHS; float32 kept. Beside
+the RHS: its arithmetic floor (``sqrt_div_floor``: one sqrt and one division per query x memory x
+feature and nothing else) against the dot RHS and against the fused kernel.
 
 Every retrieval is timed as a ratio to ``Q @ M.T`` measured in the same run (best of several
 repeats, time.perf_counter), so the numbers compare across machines. Targets (issue "Single-shot
@@ -194,6 +196,38 @@ def ratio_line(label, t, t_ref, goal, failed):
     print(f"  {label:<44}{np.median(t) * 1e3:>9.2f}{r.min():>8.2f}{med:>8.2f}{r.max():>8.2f}  {verdict}")
 
 
+_SQRT_DIV_FLOOR = None
+
+
+def sqrt_div_floor():
+    """A numba kernel doing the arithmetic an exact smoothed-L1 RHS cannot skip, and nothing else:
+    r = sqrt(x^2 + eps^2) and x / r for every (query, memory, feature), x = g_i - m_mu,i, summed
+    into one scalar per query (no (B, D) contraction stored, no (B, N) scores written). The fused
+    kernel (models._kernels.l1_scores_vjp) does this plus the stores; their ratio says how much of
+    it is the sqrt and the division (compiled on first use; None without numba)."""
+    global _SQRT_DIV_FLOOR
+    if _SQRT_DIV_FLOOR is None:
+        import math
+
+        import numba
+
+        @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+        def floor(M, G, eps):
+            B, D = G.shape
+            out = np.zeros(B, G.dtype)
+            for b in numba.prange(B):
+                acc = out[b]
+                for mu in range(M.shape[0]):
+                    for i in range(D):
+                        x = G[b, i] - M[mu, i]
+                        r = math.sqrt(x * x + eps * eps)
+                        acc += r + x / r
+                out[b] = acc
+            return out
+        _SQRT_DIV_FLOOR = floor
+    return _SQRT_DIV_FLOOR
+
+
 def run_kernels(args) -> list:
     """Compiled L1 / Lp kernels (models._kernels) against a GEMM of the same dtype, and the RHS."""
     from models import _kernels as K
@@ -273,6 +307,9 @@ def run_kernels(args) -> list:
         nets = {k: Network(M, s_, L_h=L.log_sum_exp(1.0)) for k, s_ in (("dot", "dot"), ("manhattan", sim))}
         cases["net dot"] = lambda: nets["dot"].rhs(G, h)
         cases["net manhattan"] = lambda: nets["manhattan"].rhs(G, h)
+        if K.HAVE_NUMBA:
+            floor, e = sqrt_div_floor(), dtype(eps)
+            cases["floor"] = lambda: floor(M, G, e)
         # 5 calls per case and round, each case after SETTLE_S idle (threads left spinning by the
         # case before would take a core from this one; an integrator running manhattan alone
         # pays that on no call)
@@ -288,6 +325,9 @@ def run_kernels(args) -> list:
                        None, failed)
         ratio_line(f"Network.rhs manhattan(eps={eps:g}) / Network.rhs dot", t["net manhattan"],
                    t["net dot"], 5.0, failed)
+        if K.HAVE_NUMBA:     # the floor of any exact smoothed-L1 RHS on this CPU (sqrt_div_floor)
+            ratio_line("sqrt + division floor / dot RHS", t["floor"], t["dot"], None, failed)
+            ratio_line("fused kernel / sqrt + division floor", t["fused"], t["floor"], None, failed)
     return failed
 
 
