@@ -13,8 +13,8 @@ Goal (issue "CPU performance"): <= 2.2 s whole process.
 After each run it measures, in this process and with 1 BLAS thread, the curve's floor: the
 products no implementation of these lines can skip, on fresh random arrays of each (N, block)
 problem's shape ((N, D) x (D, N), D = 784). Three GEMMs per problem: Q M^T (which euclidean, dot
-and the paper's normalised dot could all share, though the sweep computes it once per line),
-log Q^ M^T (KL) and Q^ log M^T (reverse KL); and manhattan's L1 distances on the compiled kernel
+and the paper's normalised dot share: models.capacity._gram), log Q^ M^T (KL) and Q^ log M^T
+(reverse KL); and manhattan's L1 distances on the compiled kernel
 (models._kernels.l1_scores, numba's threads as in the run), which no BLAS product replaces. The
 sweep / floor ratio is printed per run; everything else (corruption draws, normalisations, the
 argmax and gather, the errors, the results store) is the difference.

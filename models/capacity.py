@@ -286,12 +286,28 @@ def _problem(key: tuple):
     return M, P, Q, T, ds.image_shape
 
 
+@functools.lru_cache(maxsize=2)
+def _gram(key: tuple) -> Optional[np.ndarray]:
+    """Q @ M.T of the problem ``key`` (read-only), computed once for the lines that score from it
+    (dot, euclidean, squared_euclidean, the paper's dot: Similarity.gram), which the sweep runs
+    consecutively (:func:`run`): one GEMM per (N, block) instead of one per line. None where the
+    product overflows (entries ~1e154 and up): each line then takes its own overflow-safe path."""
+    M, _, Q, _, _ = _problem(key)
+    with np.errstate(over="ignore", invalid="ignore"):
+        G = Q @ M.T
+    if not np.isfinite(G).all():
+        return None
+    G.setflags(write=False)
+    return G
+
+
 #: failures of one query's retrieval that count it as wrong rather than stopping the measurement
 QUERY_ERRORS = (ValueError, FloatingPointError, OverflowError)
 
 
 def retrieval_errors(point: Point) -> tuple[np.ndarray, list[str]]:
-    """sum_i (t_mu,i - z_mu,i)^2 for every query mu of the block (N,), one batched retrieval.
+    """sum_i (t_mu,i - z_mu,i)^2 for every query mu of the block (N,), one batched retrieval
+    (similarities scored from Q @ M.T share the problem's product, :func:`_gram`).
 
     If the batch raises (e.g. an all-zero masked query under the paper_code dot product, which
     divides by the pixel sum), the queries are retrieved one by one and those that raise get an
@@ -303,7 +319,7 @@ def retrieval_errors(point: Point) -> tuple[np.ndarray, list[str]]:
     mem = Memory(M, P, similarity=point.similarity, separation=_separation(point),
                  convention=point.convention)
     try:
-        Z = mem.retrieve(Q)
+        Z = mem.retrieve(Q, gram=_gram(_problem_key(point)) if mem.similarity.gram else None)
     except QUERY_ERRORS:
         err, failed = np.empty(len(Q)), []
         for i in range(len(Q)):

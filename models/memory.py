@@ -159,9 +159,44 @@ class Memory:
         M = self.xp.astype(self.M, dtype)
         return M, (M if self.autoassociative else self.xp.astype(self.P, dtype))
 
-    def _scores(self, Q):
+    def _check_gram(self, gram, M, Q):
+        """``gram`` as Q @ M.T of these validated queries and memories, or ValueError: this
+        similarity must have a Gram form, the array must be this namespace's, of shape (B, N) and
+        Q's dtype, and finite; and two entries, [0, N-1] and [B-1, 0], must equal the dot products
+        of their rows within the rounding bound of a D-term sum (a spot check: it catches a
+        product of other arrays or a transposed one, not every corrupted entry)."""
+        xp, name = self.xp, self.similarity.name
+        if not self.similarity.gram:
+            raise ValueError(f"similarity {name!r} is not computed from Q @ M.T, so it cannot use "
+                             f"gram=; retrieve without it")
+        if namespace(gram) is not xp:
+            raise TypeError(f"gram is a {library_name(namespace(gram))} array; this Memory computes "
+                            f"in {library_name(xp)}")
+        B, N, D = Q.shape[0], M.shape[0], M.shape[1]
+        if tuple(gram.shape) != (B, N):
+            raise ValueError(f"gram must be Q @ M.T of shape (B, N) = ({B}, {N}), got {tuple(gram.shape)}")
+        if gram.dtype != Q.dtype:
+            raise ValueError(f"gram has dtype {gram.dtype}; the queries and memories compute in {Q.dtype}")
+        if not bool(xp.all(xp.isfinite(gram))):
+            raise ValueError("gram contains NaN/inf values; it must be Q @ M.T of finite arrays")
+        info = np.finfo(to_numpy(gram[:1, :1]).dtype)
+        gamma = D * float(info.eps) / (1 - D * float(info.eps))     # Higham's gamma_D
+        floor = 2 * D * float(info.smallest_subnormal)             # products that underflowed
+        for b, mu in {(0, N - 1), (B - 1, 0)}:
+            terms = Q[b, :] * M[mu, :]
+            want, scale = float(xp.sum(terms)), float(xp.sum(xp.abs(terms)))
+            got = float(gram[b, mu])
+            if abs(got - want) > 2 * gamma * scale + floor:    # each sum within gamma_D sum|terms|
+                raise ValueError(f"gram is not Q @ M.T of these queries and memories: entry [{b}, {mu}] "
+                                 f"is {got:.17g}, the product of their rows {want:.17g}")
+        return gram
+
+    def _scores(self, Q, gram=None):
         M, _ = self._MP(Q.dtype)
-        S = self.similarity.checked_score(M, Q, xp=self.xp)  # finite, or OverflowError naming it
+        if gram is not None:
+            gram = self._check_gram(gram, M, Q)
+        # finite, or OverflowError naming it
+        S = self.similarity.checked_score(M, Q, xp=self.xp, gram=gram)
         if self.convention == "paper_code":
             S = _normalise_sum(S, "similarity scores", self.xp)
         return S
@@ -187,25 +222,41 @@ class Memory:
         W = self._weights(self._scores(Q))
         return W[0, ...] if single else W
 
-    def retrieve(self, Q):
+    def retrieve(self, Q, *, gram=None):
         """z = P^T sep(sim(M, q)), then the output function: (O,) for one query, (B, O) for a batch.
 
         A batch whose (B, N) scores would exceed ``chunk_bytes`` runs in chunks of rows (each row
-        is computed on its own either way, so chunking does not change the result)."""
+        is computed on its own either way; chunking changes the result by round-off at most, where
+        BLAS sums a one-row product in another order).
+
+        ``gram``: the product Q @ M.T (B, N) (a 1-D query: (N,)) when the caller already has it,
+        for a similarity computed from it (``similarity.gram``: dot, euclidean,
+        squared_euclidean, the paper's normalised dot), which then skips its own GEMM: retrieving
+        the same queries from memories of the same M under several of them (the lines of a
+        capacity curve) costs one product instead of one each. Read, never written; checked for
+        shape, dtype, finiteness and at two entries (ValueError). The result equals retrieval
+        without it (bit for bit where the product is the same; the paper's dot divides the
+        product instead of its normalised operands: equal up to round-off)."""
         Q, single = self._queries(Q)
         B = Q.shape[0]
+        if gram is not None:
+            gram = as_namespace(gram, self.xp, like=self.M)
+            if single and gram.ndim == 1:
+                gram = gram[None, :]
         step = rows_per_chunk(3 * self.M.shape[0] * 8, self.chunk_bytes)  # S, W and a temporary
         if B <= step:
-            z = self._retrieve(Q)
+            z = self._retrieve(Q, gram)
         else:
-            parts = [self._retrieve(Q[s:min(s + step, B), :]) for s in range(0, B, step)]
+            parts = [self._retrieve(Q[s:min(s + step, B), :],
+                                    None if gram is None else gram[s:min(s + step, B), ...])
+                     for s in range(0, B, step)]
             z = np.concatenate(parts) if is_numpy_namespace(self.xp) else self.xp.concat(parts, axis=0)
         return z[0, ...] if single else z
 
-    def _retrieve(self, Q):
-        """z = output(P^T sep(sim(M, q))) for validated (b, D) queries."""
+    def _retrieve(self, Q, gram=None):
+        """z = output(P^T sep(sim(M, q))) for validated (b, D) queries (``gram``: their Q @ M.T)."""
         xp = self.xp
-        S = self._scores(Q)
+        S = self._scores(Q, gram)
         _, P = self._MP(Q.dtype)
         k = self.separation.top_k
         if k is not None and (self.convention == "standard" or k == 1):

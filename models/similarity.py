@@ -60,6 +60,12 @@ class Similarity:
     score_vjp : ``score_vjp(M, G, F) -> (S, vjp)`` on numpy arrays, both in one pass over the
         (B, N, D) pairs, where a compiled kernel shares their work (manhattan); the dynamics'
         right-hand side, which needs both at the same states, uses it. None: the two separately.
+    gram : True where S is a function of the product Q @ M.T and of per-row quantities (dot,
+        euclidean, squared_euclidean, the paper's normalised dot): ``score`` then also takes a
+        ``gram=G`` keyword, G = Q @ M.T of exactly these M and Q, already computed, which it reads
+        (never writes) instead of computing the product: several such similarities scoring the
+        same memories and queries (the lines of a capacity curve) share one GEMM
+        (:meth:`models.memory.Memory.retrieve`'s ``gram``).
     """
 
     name: str
@@ -72,6 +78,7 @@ class Similarity:
     array_api: bool = False
     prepare: Optional[Callable[..., Any]] = None
     score_vjp: Optional[Callable[..., Any]] = None
+    gram: bool = False
 
     @property
     def differentiable(self) -> bool:
@@ -88,8 +95,8 @@ class Similarity:
         memo = self.prepare(M, self.namespace(M) if xp is None else xp)
         score, vjp = self.score, self.vjp
 
-        def bound_score(M_, Q, xp=None):
-            return score(M_, Q, xp=xp, prep=memo if M_ is M else None)
+        def bound_score(M_, Q, xp=None, **gram):
+            return score(M_, Q, xp=xp, prep=memo if M_ is M else None, **gram)
 
         def bound_vjp(M_, G, F, xp=None):
             return vjp(M_, G, F, xp=xp, prep=memo if M_ is M else None)
@@ -117,8 +124,9 @@ class Similarity:
         S = self.checked_score(M, Q, xp=xp)
         return S[0, ...] if single else S
 
-    def checked_score(self, M, Q, *, xp=None):
-        """``score(M, Q)`` on validated floating arrays, refusing a non-finite result.
+    def checked_score(self, M, Q, *, xp=None, gram=None):
+        """``score(M, Q)`` on validated floating arrays, refusing a non-finite result; ``gram``:
+        Q @ M.T already at hand, for a similarity with a Gram form (:attr:`gram`).
 
         Finite inputs can still give inf/NaN scores when an intermediate overflows (a dot product
         of 1e200-sized vectors); that raises OverflowError naming the similarity instead of letting
@@ -126,8 +134,9 @@ class Similarity:
         validate their inputs themselves."""
         if xp is None:
             xp = self.namespace(M, Q)
+        kw = {} if gram is None else {"gram": gram}
         with errstate(xp, over="ignore", invalid="ignore"):
-            S = self.score(M, Q, xp=xp) if self.array_api else self.score(M, Q)
+            S = self.score(M, Q, xp=xp, **kw) if self.array_api else self.score(M, Q, **kw)
         if not bool(xp.all(xp.isfinite(S))):
             raise OverflowError(
                 f"similarity {self.name!r} gave {int(np.sum(~np.isfinite(to_numpy(S))))} NaN/inf score(s) "
@@ -255,19 +264,29 @@ def _row_sq_norms(A, xp):
     return np.einsum("ij,ij->i", A, A) if is_numpy_namespace(xp) else xp.sum(A * A, axis=1)
 
 
-def _sq_dist(M, Q, xp, m2=None, eps: float = 0.0, root: bool = False):
-    """|M_mu - Q_b|^2 (B, N) through one GEMM, clipped at 0 against round-off; ``m2`` = the
-    memories' |M_mu|^2 when already at hand (:meth:`Similarity.bind`). With ``root`` (numpy
-    only): the euclidean score eps - sqrt(|M_mu - Q_b|^2 + eps^2) instead.
+def _gram_or_product(M, Q, xp, gram=None):
+    """A fresh Q @ M.T: a copy of ``gram`` when the caller has the product (Similarity.gram)."""
+    if gram is None:
+        return Q @ M.T
+    return np.array(gram, copy=True) if is_numpy_namespace(xp) else xp.asarray(gram, copy=True)
 
-    numpy: finished in place in the GEMM's output by one fused compiled pass
+
+def _sq_dist(M, Q, xp, m2=None, eps: float = 0.0, root: bool = False, gram=None):
+    """|M_mu - Q_b|^2 (B, N) through one GEMM (or ``gram`` = Q @ M.T, read only), clipped at 0
+    against round-off; ``m2`` = the memories' |M_mu|^2 when already at hand
+    (:meth:`Similarity.bind`). With ``root`` (numpy only): the euclidean score
+    eps - sqrt(|M_mu - Q_b|^2 + eps^2) instead.
+
+    numpy: finished in place in the GEMM's output (a copy of ``gram``) by one fused compiled pass
     (models._kernels.finish_sq_dist), one (B, N) array, no temporaries of that size."""
     m2 = _row_sq_norms(M, xp) if m2 is None else m2
     if not is_numpy_namespace(xp):
-        d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * (Q @ M.T)) + m2[None, :]
+        G = Q @ M.T if gram is None else gram
+        d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * G) + m2[None, :]
         return xp.clip(d2, min=0.0)
     from . import _kernels
-    return _kernels.finish_sq_dist(Q @ M.T, np.einsum("ij,ij->i", Q, Q), m2, eps, root)
+    return _kernels.finish_sq_dist(_gram_or_product(M, Q, xp, gram), np.einsum("ij,ij->i", Q, Q),
+                                   m2, eps, root)
 
 
 def _negate(d, xp):
@@ -282,7 +301,10 @@ def _standard(name, score, vjp=None, **kw) -> Similarity:
 
 def _dot():
     """S_mu = M_mu . q;  dS_mu/dg = M_mu."""
-    return _standard("dot", lambda M, Q, xp=None: Q @ M.T, lambda M, G, F, xp=None: F @ M)
+    def score(M, Q, xp=None, gram=None):
+        return _gram_or_product(M, Q, _xp(xp, M, Q), gram)
+
+    return _standard("dot", score, lambda M, G, F, xp=None: F @ M, gram=True)
 
 
 def _unit_rows(A, name, xp):
@@ -339,15 +361,15 @@ def _cosine():
 def _squared_euclidean():
     """S_mu = -|M_mu - q|^2;  dS_mu/dg = 2 (M_mu - g)."""
 
-    def score(M, Q, xp=None, prep=None):
+    def score(M, Q, xp=None, prep=None, gram=None):
         xp = _xp(xp, M, Q)
-        return _negate(_sq_dist(M, Q, xp, prep), xp)
+        return _negate(_sq_dist(M, Q, xp, prep, gram=gram), xp)
 
     def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
         return 2.0 * (F @ M - xp.sum(F, axis=1, keepdims=True) * G)
 
-    return _standard("squared_euclidean", score, vjp, prepare=_row_sq_norms)
+    return _standard("squared_euclidean", score, vjp, prepare=_row_sq_norms, gram=True)
 
 
 def _euclidean(eps: float = 0.0):
@@ -355,19 +377,21 @@ def _euclidean(eps: float = 0.0):
     dS_mu/dg = (M_mu - g) / sqrt(|M_mu - g|^2 + eps^2), taken as 0 at a memory when eps = 0."""
     eps = real_param(eps, "euclidean smoothing eps", low=0.0)
 
-    def raw_of(xp, M0=None, m2=None):
+    def raw_of(xp, M0=None, m2=None, Q0=None, gram=None):
         def raw(M, Q, e):
-            # |M_mu|^2 from the memo only for the bound memories themselves (not a rescaled M / s)
+            # |M_mu|^2 from the memo, and the caller's Q @ M.T, only for the bound memories and
+            # the given queries themselves (not for a rescaled M / s, Q / s)
             m2_ = m2 if M is M0 else None
+            G = gram if (M is M0 and Q is Q0) else None
             if is_numpy_namespace(xp):     # the whole score in the GEMM's output, one pass
-                return _sq_dist(M, Q, xp, m2_, eps=e, root=True)
-            d = _sq_dist(M, Q, xp, m2_)
+                return _sq_dist(M, Q, xp, m2_, eps=e, root=True, gram=G)
+            d = _sq_dist(M, Q, xp, m2_, gram=G)
             return (e - xp.sqrt(d + e * e)) if e else -xp.sqrt(d)
         return raw
 
-    def score(M, Q, xp=None, prep=None):
+    def score(M, Q, xp=None, prep=None, gram=None):
         xp = _xp(xp, M, Q)
-        return _overflow_safe(raw_of(xp, M, prep), M, Q, eps, "euclidean", xp)
+        return _overflow_safe(raw_of(xp, M, prep, Q, gram), M, Q, eps, "euclidean", xp)
 
     def vjp(M, G, F, xp=None, prep=None):
         xp = _xp(xp, M, G, F)
@@ -379,7 +403,8 @@ def _euclidean(eps: float = 0.0):
         return W @ M - xp.sum(W, axis=1, keepdims=True) * G
 
     name = "euclidean" if eps == 0 else f"euclidean(eps={eps:g})"
-    return _standard(name, score, vjp, smooth=eps > 0, params={"eps": eps}, prepare=_row_sq_norms)
+    return _standard(name, score, vjp, smooth=eps > 0, params={"eps": eps}, prepare=_row_sq_norms,
+                     gram=True)
 
 
 def _chunked_pairwise_vjp(M, G, F, elementwise, xp, chunk_bytes=CHUNK_BYTES):
@@ -585,14 +610,20 @@ def _reciprocal(distance_name, distance):
 def _paper_dot():
     """(M_mu / sum M_mu) . (q / sum q): the official code's "normalized dot product"."""
 
-    def score(M, Q):
+    def score(M, Q, gram=None):
+        """With ``gram`` = Q @ M.T: (Q M^T)_b,mu / (sum q_b sum m_mu), equal to the normalised
+        product up to round-off (a few ulp)."""
         sm, sq = M.sum(1), Q.sum(1)
         if np.any(sm == 0) or np.any(sq == 0):
             raise ValueError("paper_code dot similarity divides by the pixel sum, which is 0 for an "
                              "all-zero image (the official code returns NaN here)")
-        return (Q / sq[:, None]) @ (M / sm[:, None]).T
+        if gram is None:
+            return (Q / sq[:, None]) @ (M / sm[:, None]).T
+        S = gram / sq[:, None]
+        S /= sm[None, :]
+        return S
 
-    return Similarity("dot[paper_code]", score, None)
+    return Similarity("dot[paper_code]", score, None, gram=True)
 
 
 def _paper_distributions(A, name):
