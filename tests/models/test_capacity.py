@@ -176,15 +176,17 @@ def test_resume_after_interruption_recomputes_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(points, path, progress=interrupt_after_4, flush_seconds=3600)
     stored = load_results(path)
-    assert [r["key"] for r in stored] == [p.key() for p in points[:4]]  # nothing lost
+    # measured largest N first (a problem's lines together): N = 20, then 10, then 5
+    assert calls == points[4:] + points[2:4]
+    assert [r["key"] for r in stored] == [p.key() for p in calls]  # nothing lost
     assert len(calls) == 4
 
     seen = []
     rows = run(points, path, progress=lambda d, t, r, c: seen.append(c))
-    assert len(calls) == 6 and calls[4:] == points[4:]  # only the two missing points
+    assert len(calls) == 6 and calls[4:] == points[:2]  # only the two missing points
     assert seen == [False] * 4 + [True] * 2
-    assert [r["key"] for r in rows] == [p.key() for p in points]
-    assert rows[:4] == stored
+    assert [r["key"] for r in rows] == [p.key() for p in points]   # rows in point order
+    assert rows[2:] == sorted(stored, key=lambda r: (r["n_memories"], r["block"]))
 
     run(points, path)  # all stored: nothing runs
     assert len(calls) == 6
@@ -470,7 +472,7 @@ def test_lines_of_one_point_share_one_read_only_problem():
     assert not np.array_equal(c[2], Q)
 
 
-def test_run_measures_grouped_by_problem_and_returns_rows_in_point_order():
+def test_run_measures_grouped_by_problem_largest_first_and_returns_rows_in_point_order():
     order = []
 
     def fake(point):
@@ -479,5 +481,5 @@ def test_run_measures_grouped_by_problem_and_returns_rows_in_point_order():
 
     points = [tiny(n_memories=n, similarity=s) for s in ("dot", "euclidean") for n in (10, 20)]
     rows = run(points, evaluate_fn=fake)
-    assert order == [(10, "dot"), (10, "euclidean"), (20, "dot"), (20, "euclidean")]
+    assert order == [(20, "dot"), (20, "euclidean"), (10, "dot"), (10, "euclidean")]   # largest N first
     assert [(r["n_memories"], r["similarity"]) for r in rows] == [(p.n_memories, p.similarity) for p in points]
