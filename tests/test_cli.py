@@ -69,8 +69,10 @@ def test_version_and_help_with_defaults(capsys):
     (["dynamics", "--tau-h", "0"], "argument --tau-h: expected a positive finite number, got '0'"),
     (["dynamics", "--n-queries", "2.5"], "argument --n-queries: expected a positive integer, got '2.5'"),
     (["dynamics", "--separation", "max"], "argument --separation: invalid choice: 'max'"),
-    (["brian2", "--dt", "0"], "argument --dt: expected a positive finite number, got '0'"),
-    (["brian2", "--t-end", "0.015"], "not a whole number of steps of dt = 0.01 ms"),
+    (["brian2", "--dt", "0"], "argument --dt: expected a positive finite number or 'auto', got '0'"),
+    (["brian2", "--dt", "fast"], "argument --dt: expected a positive finite number or 'auto', got 'fast'"),
+    (["brian2", "--dt-tol", "0"], "argument --dt-tol: expected a positive finite number, got '0'"),
+    (["brian2", "--t-end", "0.015", "--dt", "0.01"], "not a whole number of steps of dt = 0.01 ms"),
     (["brian2", "--dataset", "foo"], "unknown dataset 'foo'"),
     (["brian2", "--record-every", "0"], "argument --record-every: expected a positive integer"),
     (["brian2", "--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
@@ -232,9 +234,16 @@ def test_brian2_short_run_prints_comparison_and_keeps_both_trajectories(capsys, 
 
 
 def test_brian2_defaults_retrieve_memory_0(capsys):
+    """The default step is run_brian2's: dt = "auto" for dt_tol = 1e-3, so the printed feature
+    difference to scipy (rtol 1e-10) is the scheme's error, which auto_dt aims at 0.8^2 of that
+    tolerance in error_norm (max-norm relative to max(1, |y|); the digits' features are O(1));
+    the bound allows 10x for the error constant estimated from a short pilot window."""
     pytest.importorskip("brian2")
     rc, out, _ = run(B2, capsys)
     assert rc == 0 and "brian2 run: retrieved memory 0" in out
+    assert re.search(r"dt = [\d.e-]+ ms \(auto\)", out)
+    dv = float(re.search(r"max \|v_brian2 - v_scipy\| = (\S+)", out).group(1))
+    assert dv < 1e-2
 
 
 def test_brian2_exits_1_when_an_energy_increases(capsys, monkeypatch):

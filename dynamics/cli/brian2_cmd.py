@@ -1,7 +1,11 @@
 """``uhn brian2``: run one network and query in brian2 and in scipy's solve_ivp, and compare.
 
     uhn brian2 --similarity squared_euclidean --separation softmax --beta 5 --n-memories 20 \\
-               --dataset digits --t-end 20 --dt 0.01 --target numpy --out b2run
+               --dataset digits --t-end 20 --target numpy --out b2run
+
+The time step is chosen as run_brian2 chooses it (``--dt auto``: two short pilot runs estimate
+the scheme's error constant and pick the step that keeps the run within ``--dt-tol`` of the exact
+solution); ``--dt 0.01`` fixes it instead.
 
 The defaults retrieve: 20 sklearn digits, squared-Euclidean similarity, softmax memory neurons
 (beta = 5), the query memory 0 plus Gaussian noise (std 0.2) held on as an input current.
@@ -24,7 +28,7 @@ RATES = {"linear": "quadratic", "tanh": "log_cosh", "sigmoid": "softplus"}
 
 
 def register(sub) -> None:
-    from dynamics.brian2_backend import DEFAULT_TARGET, SCHEMES, TARGETS
+    from dynamics.brian2_backend import DEFAULT_DT_TOL, DEFAULT_TARGET, SCHEMES, TARGETS
     from . import finite_float, nonnegative_float, nonnegative_int, positive_float, positive_int
     p = sub.add_parser("brian2", help="run a network in brian2 and in scipy and compare them",
                        description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[2:]))
@@ -47,7 +51,11 @@ def register(sub) -> None:
     p.add_argument("--tau-v", type=positive_float, default=1.0, help="feature time constant, ms")
     p.add_argument("--tau-h", type=positive_float, default=0.1, help="memory time constant, ms")
     p.add_argument("--t-end", type=positive_float, default=20.0, help="simulated time, ms")
-    p.add_argument("--dt", type=positive_float, default=0.01, help="brian2 time step, ms")
+    p.add_argument("--dt", type=step_or_auto, default="auto",
+                   help="brian2 time step, ms, or 'auto' (default, as run_brian2): the step two short "
+                        "pilot runs find for --dt-tol")
+    p.add_argument("--dt-tol", type=positive_float, default=DEFAULT_DT_TOL,
+                   help=f"tolerance of --dt auto (dynamics.brian2_backend.error_norm; default {DEFAULT_DT_TOL:g})")
     p.add_argument("--record-every", type=positive_int, default=1, help="record every this many steps")
     p.add_argument("--target", default=DEFAULT_TARGET, choices=TARGETS,
                    help="brian2 code generation target (cython compiles for about a minute on first use)")
@@ -56,6 +64,17 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="folder for brian2.nc, scipy.nc and the overlay figure (nothing is written without it)")
     p.set_defaults(func=run)
+
+
+def step_or_auto(text: str):
+    """argparse type of --dt: 'auto' or a finite float > 0."""
+    from . import positive_float
+    if text == "auto":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number or 'auto', got {text!r}") from None
 
 
 def _memories(args):
@@ -102,15 +121,18 @@ def run(args: argparse.Namespace) -> int:
     mode = args.input_mode
     print(f"{net!r} on {label}; query = memory 0 + N(0, {args.noise:g}^2) noise, input {mode}")
 
-    n_steps = int(round(args.t_end / args.dt))
+    steps = (f"dt chosen for dt_tol = {args.dt_tol:g} by two pilot runs" if args.dt == "auto"
+             else f"{int(round(args.t_end / args.dt))} steps of {args.dt:g} ms")
     if target == "numpy":
-        note(f"brian2/numpy: simulating {args.t_end:g} ms ({n_steps} steps of {args.dt:g} ms) ...")
+        note(f"brian2/numpy: simulating {args.t_end:g} ms ({steps}) ...")
     else:
         note(f"brian2/{target}: generating and compiling code (about a minute the first time; "
-             f"cache {default_cache_dir()}), then simulating {args.t_end:g} ms ({n_steps} steps) ...")
+             f"cache {default_cache_dir()}), then simulating {args.t_end:g} ms ({steps}) ...")
     t0 = time.perf_counter()
     tr = run_brian2(net, q, args.t_end, args.dt, target=target, scheme=args.scheme,
-                    record_every=args.record_every, input_mode=mode, progress=sys.stderr.isatty())
+                    record_every=args.record_every, input_mode=mode, progress=sys.stderr.isatty(),
+                    dt_tol=args.dt_tol)
+    dt = tr.params["dt"]
     t1 = time.perf_counter()
     note("scipy: the same network with solve_ivp (rtol 1e-10) on brian2's sample times, then on to "
          "its fixed point ...")
@@ -122,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
 
     dv = np.abs(tr.v - ref.v).max()
     dh = np.abs(tr.h - ref.h).max()
-    print(f"brian2/{target} ({args.scheme}, dt = {args.dt:g} ms, {len(tr.t) - 1} samples): "
+    print(f"brian2/{target} ({args.scheme}, dt = {dt:g} ms{' (auto)' if args.dt == 'auto' else ''}, "
+          f"{len(tr.t) - 1} samples): "
           f"{t1 - t0:.2f} s;  scipy RK45: {t2 - t1:.2f} s")
     print(f"max |v_brian2 - v_scipy| = {dv:.3e}   max |h_brian2 - h_scipy| = {dh:.3e}")
     monotone = True
