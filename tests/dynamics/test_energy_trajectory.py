@@ -253,3 +253,24 @@ def test_converged_large_state_is_not_flagged_diverging():
     assert "grew from" in rep.diverging
     marked = dataclasses.replace(tr, converged=np.ones_like(tr.converged))
     assert verify_energy(net, marked).diverging == ""
+
+
+@pytest.mark.parametrize("n_samples, B", [(201, 4), (21, 4), (64, 4)])
+def test_convexity_is_probed_at_every_stride_th_visited_state(monkeypatch, n_samples, B):
+    """verify_energy's convexity probe reads every (T B // 256)-th row of the visited states of
+    v and h (all rows when T B < 256): the rows it receives are exactly those, so a change of the
+    density (or probing the initial states only) fails here."""
+    from dynamics import energy
+    M = np.random.default_rng(0).uniform(0, 0.5, (5, 6))
+    net = Network(M, "dot", L_v=L.log_cosh(), L_h=L.log_sum_exp(2.0))
+    tr = integrate(net, M[:B] + 0.1, 5.0, n_samples=n_samples, stop_at_fixed_point=False)
+    T = len(tr.t)
+    seen = {}
+    for layer, lag in (("v", net.L_v), ("h", net.L_h)):
+        monkeypatch.setattr(lag, "check_convex", lambda x, layer=layer: seen.setdefault(layer, x.copy()))
+    verify_energy(net, tr)
+    stride = max(1, T * B // energy.CONVEXITY_ROWS)
+    np.testing.assert_array_equal(seen["v"], tr.v.reshape(T * B, -1)[::stride])
+    np.testing.assert_array_equal(seen["h"], tr.h.reshape(T * B, -1)[::stride])
+    assert len(seen["v"]) == (T * B if T * B < 256 else len(range(0, T * B, stride)))
+    assert energy.CONVEXITY_ROWS == 256 and (T * B < 256 or 256 <= len(seen["v"]) <= 511)
