@@ -192,16 +192,21 @@ def test_bad_query_index(setup):
 
 
 def test_uhn_figures_quick(tmp_path, monkeypatch, capsys):
+    """uhn figures writes every figure the repository's figures/ holds: here all but the
+    capacity ones (--no-capacity; their names are test_uhn_figures_calls_capacity's and
+    tests/models/test_capacity.py's), plus the atlas's results store."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    from pathlib import Path
+
     from dynamics.cli import main
     assert main(["figures", "--quick", "--no-capacity", "--out", str(tmp_path)]) == 0
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {"dynamics_energy.png", "dynamics_feature_trajectories.png",
-                     "dynamics_memory_activations.png", "dynamics_snapshots.png",
-                     "dynamics_phase_portrait.png", "dynamics_fixed_point_vs_single_shot.png",
-                     "dynamics_retrieval.gif", "dynamics_brian2_vs_scipy.png"}
+    tracked = {p.name for p in (Path(__file__).resolve().parents[2] / "figures").iterdir()}
+    expected = {n for n in tracked if not n.startswith("capacity_")}
+    assert names == expected | {"results"}
+    assert len(expected) == 11 and {"atlas_digits.png", "spiking_network.png"} <= expected
     out = capsys.readouterr().out
-    assert "wrote 8 files" in out
+    assert "wrote 11 files" in out
 
 
 def test_uhn_figures_calls_capacity(tmp_path, monkeypatch):
