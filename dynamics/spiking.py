@@ -281,13 +281,13 @@ def energy_rises(E: np.ndarray) -> dict:
             "total_fall": float(-np.clip(dE, None, 0).sum(0).mean())}
 
 
-#: the study of figures/spiking_*.png (``uhn figures``) and notebook 05: ms, ms, kHz
+#: the study of ``figures/spiking_*.png`` (``uhn figures``) and notebook 05: ms, ms, kHz
 FIGURE_STUDY = {"t_end": 40.0, "dt": 0.1, "r_max": 0.2, "ns": (1, 4, 16, 64), "raster_n": 16}
 
 
 def mnist_network(n_memories: int = 20, n_queries: int = 10, noise: float = 0.5, beta: float = 0.05,
                   tau_v: float = 10.0, tau_h: float = 2.0, seed: int = 0):
-    """The spiking example of notebook 05 and figures/spiking_*.png: (net, Q, image_shape).
+    """The spiking example of notebook 05 and ``figures/spiking_*.png``: (net, Q, image_shape).
 
     ``n_memories`` MNIST digits, each standardised to mean 0 and standard deviation 2 (so the
     sigmoid feature rates use their range), stored in a dot / softplus / log_sum_exp(beta)
