@@ -149,11 +149,15 @@ def run_single_query(args) -> list:
     names = ["dot", "cosine", "euclidean", "squared_euclidean", "manhattan", "kl", "reverse_kl"]
     mems = {n: Memory(X, similarity=n, separation="max") for n in names}
     # ~1 ms per call: 20 calls per round, so one burst of load on the shared host does not make
-    # a round (with one call per round two runs read manhattan at 0.94x and 2.82x dot)
-    t = interleaved({n: (lambda m=m: m.retrieve(q)) for n, m in mems.items()}, 3 * args.rounds, calls=20)
+    # a round (with one call per round two runs read manhattan at 0.94x and 2.82x dot). Each case
+    # after SETTLE_S idle: dot's GEMV leaves OpenBLAS's threads spinning, and manhattan's kernel,
+    # which splits one query's memories over numba's threads, ran 2x slower right after it
+    # (1.9-2.3 ms against 0.63-0.67 ms alone; dot alone 0.82 ms)
+    t = interleaved({n: (lambda m=m: m.retrieve(q)) for n, m in mems.items()}, 3 * args.rounds,
+                    calls=20, settle=SETTLE_S)
     failed = []
-    print(f"\none query, N={N} MNIST memories, D=784, {3 * args.rounds} interleaved rounds of 20 calls: "
-          f"dot + max median {np.median(t['dot']) * 1e3:.2f} ms")
+    print(f"\none query, N={N} MNIST memories, D=784, {3 * args.rounds} interleaved rounds of 20 calls, "
+          f"each after {SETTLE_S:g} s idle: dot + max median {np.median(t['dot']) * 1e3:.2f} ms")
     print(f"  {'case':<44}{'ms(med)':>9}{'min':>8}{'median':>8}{'max':>8}  goal (ratio to dot)")
     for n in names[1:]:
         ratio_line(f"{n} + max", t[n], t["dot"], 2.0, failed)

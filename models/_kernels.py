@@ -17,8 +17,9 @@ so that for S_mu = -dist_mu (the minkowski similarity), sum_mu F_mu dS_mu/dg = -
 
 Two implementations with one API:
 
-* numba (``HAVE_NUMBA``): parallel over blocks of queries (``prange``), memories tiled so a block
-  of M stays in L2 while the queries of a block pass over it, four queries per memory row in
+* numba (``HAVE_NUMBA``): parallel over blocks of queries (``prange``; the scores of a single
+  block, e.g. one query against N = 5000 memories, over tiles of memories instead), memories tiled
+  so a block of M stays in L2 while the queries of a block pass over it, four queries per memory row in
   registers (one load of M feeds four accumulators), the inner loop over D vectorised (SIMD).
   Compiled lazily on the first call of each dtype, cached on disk (``cache=True``: numba's
   ``__pycache__`` beside this file or its user-wide cache; where neither is writable it compiles
@@ -294,14 +295,20 @@ if HAVE_NUMBA:
     # reassoc lets the D-sum run as SIMD partial sums (a different order of the same nonnegative
     # terms: error still <= D eps sum); contract allows FMA. Nothing that touches NaN/inf/sign(0).
     @_jit(parallel=True, fastmath={"reassoc", "contract"})
-    def _sums_kernel(M, Q, out, p, eps, zero, one, smooth, ecode, qb, nb):
+    def _sums_kernel(M, Q, out, p, eps, zero, one, smooth, ecode, qb, nb, groups):
+        """Parallel over (query block, group of memory tiles) pairs: ``groups`` = 1 splits the
+        query blocks only; a single block (one query against N = 5000 memories) splits its
+        tiles into ``groups`` runs. Every out[b, mu] is the same _sum_tile sum either way."""
         B = Q.shape[0]
         N = M.shape[0]
         nblocks = (B + qb - 1) // qb
-        for k in _nb.prange(nblocks):
-            b0 = k * qb
+        ntiles = (N + nb - 1) // nb
+        per = (ntiles + groups - 1) // groups
+        for k in _nb.prange(nblocks * groups):
+            b0 = (k // groups) * qb
             b1 = min(B, b0 + qb)
-            for m0 in range(0, N, nb):
+            for t in range((k % groups) * per, min(ntiles, (k % groups + 1) * per)):
+                m0 = t * nb
                 m1 = min(N, m0 + nb)
                 # one call site per (smooth, ecode): constants fold, each inner loop vectorises
                 if smooth:
@@ -456,7 +463,13 @@ def _power_sums(M, Q, p, eps, out):
     code = code if code in _SUM_CODES[smooth] else _EGEN
     qb, nb = _blocking(Q.shape[0], *M.shape, M.itemsize)
     t = M.dtype.type
-    _launch(_sums_kernel, qb, M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb)
+    if Q.shape[0] <= qb and M.shape[0] > nb and Q.size * M.shape[0] >= SERIAL_WORK:
+        # one block of queries against several tiles of memories (one query at N = 5000): the
+        # threads split the tiles (the same sums: equal to the one-thread result bit for bit)
+        _sums_kernel(M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb,
+                     2 * _nb.get_num_threads())
+    else:
+        _launch(_sums_kernel, qb, M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb, 1)
     return out
 
 

@@ -346,6 +346,30 @@ def test_similarity_registry_runs_on_these_kernels(monkeypatch, numba_on, name, 
 
 
 @pytest.mark.skipif(not K.HAVE_NUMBA, reason="the thread policy is numba's")
+@pytest.mark.parametrize("p, eps", [(1.0, 0.0), (1.0, 0.05), (3.0, 0.0), (2.5, 0.0)])
+def test_one_query_against_many_memories_splits_the_memories(monkeypatch, p, eps):
+    """The scores of one block of queries against several memory tiles split the tiles into
+    2 x threads groups run in parallel, and equal the one-thread run's bit for bit (the same
+    per-pair sums); below SERIAL_WORK the block runs whole on one thread (groups = 1)."""
+    import numba
+    rng = np.random.default_rng(8)
+    M, Q = rng.uniform(0, 1, (700, 400)), rng.uniform(0, 1, (3, 400))     # 3 * 700 * 400 > 2^18
+    groups = []
+    real = K._sums_kernel
+    monkeypatch.setattr(K, "_sums_kernel", lambda *a: (groups.append(a[-1]), real(*a))[1])
+    qb, nb = K._blocking(3, 700, 400, 8)
+    assert qb >= 3 and nb < 700                        # one block, several tiles
+    split = K.lp_scores(M, Q, p, eps=eps) if p != 1 else K.l1_scores(M, Q, eps=eps)
+    assert groups == [2 * numba.get_num_threads()]
+    monkeypatch.setattr(K, "SERIAL_WORK", 2 ** 30)     # the same call on one thread
+    one = K.lp_scores(M, Q, p, eps=eps) if p != 1 else K.l1_scores(M, Q, eps=eps)
+    assert groups[1:] == [1]
+    np.testing.assert_array_equal(split, one)
+    dist, bound = ref_scores(M, Q, p, eps)
+    _close(split, dist, bound, np.float64)
+
+
+@pytest.mark.skipif(not K.HAVE_NUMBA, reason="the thread policy is numba's")
 def test_small_calls_run_on_one_thread_with_the_same_result(monkeypatch):
     """A call with one block of queries or fewer than SERIAL_WORK element operations runs on the
     calling thread alone (numba.set_num_threads(1), the count restored after, also when the
