@@ -147,6 +147,23 @@ def test_convergence_study_rows_are_the_measures_of_its_runs():
     g = [r["g_rms"] for r in study.rows]
     assert study.slopes["g"] == pytest.approx(np.log(g[1] / g[0]) / np.log(4.0), rel=1e-9)
     assert study.rate_accuracy == np.mean(np.argmax(net.L_h.grad(study.rate.h[-1]), 1) == [0, 1])
+    assert all(0 < r["wall"] < 120 for r in study.rows)
+    # the rate model is integrated tightly (rtol 1e-10): an independent run agrees to round-off
+    ref = _rate(net, Q, study.rate.t)
+    np.testing.assert_allclose(study.rate.v, ref.v, rtol=0, atol=1e-8)
+    # each query is its own memory's noisy copy: the rate model retrieves both, so swapping the
+    # targets turns the accuracy from 1 to 0
+    assert study.rate_accuracy == 1.0
+    swapped = convergence_study(net, Q, 4.0, ns=(4,), dt=0.05, record_every=4, seed=3,
+                                raster_n=None, targets=[1, 0])
+    assert swapped.rate_accuracy == 0.0
+    # the spiking accuracy: 1 against the memories its runs end on, 0 against any others (the
+    # same seed gives the same run)
+    ends = np.argmax(study.runs[4].rates_h[-10:].mean(0), 1)
+    for targets, want in [(ends, 1.0), ((ends + 1) % N, 0.0)]:
+        again = convergence_study(net, Q, 4.0, ns=(4,), dt=0.05, record_every=4, seed=3,
+                                  raster_n=None, targets=targets)
+        assert again.rows[0]["accuracy"] == want
     assert len(study.runs[4].spikes_v[0]) > 0 and study.runs[1].spikes_v is None  # raster at n = 4 only
     table = format_study(study).splitlines()
     assert len(table) == 4 and table[-1].startswith("fitted exponents: g distance ~ n^")
@@ -161,7 +178,10 @@ def test_convergence_study_refuses_bad_options():
         convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, targets=[0])
     with pytest.raises(ValueError, match="record_every = 3 must divide the 20 steps"):
         convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, record_every=3)
-    assert np.isnan(_exponent([1], [0.5])) and np.isnan(_exponent([1, 4], [0.5, 0.0]))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")         # a zero is refused before any log(0)
+        assert np.isnan(_exponent([1], [0.5])) and np.isnan(_exponent([1, 4], [0.5, 0.0]))
     assert _exponent([1, 4, 16], [1.0, 0.5, 0.25]) == pytest.approx(-0.5, rel=1e-12)
 
 

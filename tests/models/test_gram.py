@@ -63,6 +63,24 @@ def test_paper_dot_from_the_product_is_equal_up_to_round_off(seed, n, d, b):
     np.testing.assert_allclose(z, z0, rtol=0, atol=4 * (d + 2) * EPS * np.abs(M).max())
 
 
+@pytest.mark.parametrize("name, convention", [("dot", "standard"), ("euclidean", "standard"),
+                                              ("squared_euclidean", "standard"), ("dot", "paper_code")])
+def test_scores_from_the_product_are_the_scores(rng, name, convention):
+    """Similarity.score(M, Q, gram=Q @ M.T) itself (no Memory, no normalisation after it): equal
+    to the score without it, bit for bit, or for the paper's dot (which divides the product by
+    the two pixel sums instead of multiplying the normalised rows) within (D + 2) eps relative,
+    positive data: each way is a D-term sum of positive terms."""
+    M, Q = rng.random((7, 5)) + 0.1, rng.random((3, 5)) + 0.1
+    sim = get_similarity(name, convention=convention)
+    kw = {"xp": np} if sim.array_api else {}
+    S0 = sim.score(M, Q, **kw)
+    S = sim.score(M, Q, gram=Q @ M.T, **kw)
+    if convention == "paper_code":
+        np.testing.assert_allclose(S, S0, rtol=2 * (5 + 2) * EPS, atol=0)
+    else:
+        np.testing.assert_array_equal(S, S0)
+
+
 def test_a_product_that_is_not_q_m_t_is_refused(rng):
     M, Q = rng.random((6, 5)), rng.random((6, 5))
     mem = Memory(M, similarity="dot", separation="max")
@@ -138,3 +156,25 @@ def test_the_product_in_another_array_namespace(sim):
     np.testing.assert_array_equal(np.asarray(G), Q @ M.T)     # G itself left as it was
     with pytest.raises(TypeError, match="gram is a numpy array; this Memory computes in array_api_strict"):
         mem.retrieve(Qx, gram=Q @ M.T)
+
+
+def test_the_spot_check_bound_is_two_gamma_d_of_the_summed_magnitudes(rng):
+    """An entry is refused when it differs from the sum of its rows' products by more than
+    2 gamma_D sum |q_i m_i| (each of the two sums is within gamma_D of it; Higham's
+    gamma_D = D u / (1 - D u)): 1.5 of that passes, 2.5 is refused, at either checked entry."""
+    M, Q = rng.random((6, 5)) + 0.5, rng.random((4, 5)) + 0.5
+    mem = Memory(M, similarity="dot", separation="max")
+    D, u = 5, np.finfo(np.float64).eps
+    gamma = D * u / (1 - D * u)
+    for b, mu in [(0, 5), (3, 0)]:
+        terms = Q[b] * M[mu]
+        want, scale = float(np.sum(terms)), float(np.sum(np.abs(terms)))
+        for factor, refused in [(1.5, False), (2.5, True)]:
+            G = Q @ M.T
+            G[b, mu] = want + factor * gamma * scale
+            assert abs(G[b, mu] - want) == pytest.approx(factor * gamma * scale, rel=0.2)
+            if refused:
+                with pytest.raises(ValueError, match=rf"entry \[{b}, {mu}\]"):
+                    mem.retrieve(Q, gram=G)
+            else:
+                mem.retrieve(Q, gram=G)

@@ -479,8 +479,20 @@ def test_genuine_overflow_raises_naming_the_similarity():
     with pytest.raises(OverflowError, match=r"similarity 'squared_euclidean'"):
         get_similarity("squared_euclidean")(big, -big[0])
     # the distance itself (4e308) is beyond float64
-    with pytest.raises(OverflowError, match=r"manhattan distance .* exceeds the float64 range"):
+    with pytest.raises(OverflowError, match=r"manhattan distance .* exceeds the float64 range "
+                                            r"\(entries up to 1.5e\+308\)"):
         get_similarity("manhattan")(np.array([[1.5e308, 1.5e308]]), np.array([-1.5e308, -1.5e308]))
+    # the message quotes the largest |entry| of M and Q, wherever it is
+    for M, Q in [([[1e308, 1.5e308]], [-1e308, -2.0]), ([[-1e308, -2.0]], [1e308, 1.5e308])]:
+        with pytest.raises(OverflowError, match=r"\(entries up to 1.5e\+308\)"):
+            get_similarity("manhattan")(np.array(M), np.array(Q))
+
+
+def test_smoothness_flags_follow_eps():
+    """A distance similarity has a kink at a memory (eps = 0) and is smooth for eps > 0."""
+    for name in ("euclidean", "manhattan"):
+        assert not get_similarity(name).smooth and get_similarity(name, eps=0.05).smooth
+        assert get_similarity(name, eps=0.5).smooth
 
 
 @pytest.mark.parametrize("name", ["euclidean", "manhattan", "minkowski"])
