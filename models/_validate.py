@@ -74,20 +74,25 @@ def _sum_finite(a: np.ndarray) -> bool:
         return bool(np.isfinite(np.add.reduce(a, axis=None)))
 
 
-def check_finite(a, name: str, *, xp=None) -> None:
-    """Raise ValueError if ``a`` holds NaN or inf, saying how many and where the first is."""
+def all_finite(a, xp=None) -> bool:
+    """Every entry of ``a`` is finite: for a numpy float array one sum first (no temporaries,
+    :func:`_sum_finite`), entry by entry only when the sum is not finite; xp.isfinite elsewhere."""
     if xp is None:
         xp = namespace(a)
     if is_numpy_namespace(xp):
         if isinstance(a, np.ndarray) and a.dtype.kind == "f" and _sum_finite(a):
-            return
-        bad = ~np.isfinite(a)
-        if not bad.any():
-            return
-    elif bool(xp.all(xp.isfinite(a))):
+            return True
+        return bool(np.isfinite(a).all())
+    return bool(xp.all(xp.isfinite(a)))
+
+
+def check_finite(a, name: str, *, xp=None) -> None:
+    """Raise ValueError if ``a`` holds NaN or inf, saying how many and where the first is."""
+    if xp is None:
+        xp = namespace(a)
+    if all_finite(a, xp):
         return
-    else:
-        bad = ~np.isfinite(to_numpy(a))  # the error path only: locate the first bad entry on the host
+    bad = ~np.isfinite(to_numpy(a))  # the error path only: locate the first bad entry on the host
     first = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {first}")
 
@@ -100,15 +105,10 @@ def check_scores(S, who: str, *, xp=None) -> None:
     """
     if xp is None:
         xp = namespace(S)
-    if is_numpy_namespace(xp):
-        bad = ~np.isfinite(S)
-        if not bad.any():
-            return
-    elif bool(xp.all(xp.isfinite(S))):
+    if all_finite(S, xp):
         return
-    else:
-        S = to_numpy(S)
-        bad = ~np.isfinite(S)
+    S = to_numpy(S)
+    bad = ~np.isfinite(S)
     b, mu = (int(i) for i in np.argwhere(bad)[0])
     raise ValueError(f"{who} got {int(bad.sum())} NaN/inf similarity score(s), first for query {b}, "
                      f"memory {mu} (value {S[b, mu]}); check the similarity and its parameters")

@@ -30,7 +30,8 @@ import numpy as np
 
 from ._array_api import (CHUNK_BYTES, errstate, is_numpy_namespace, library_name, namespace,
                          numpy_float, rows_per_chunk, to_numpy)
-from ._validate import as_matrix, binary_coding, check_same_width, from_registry, real_param
+from ._validate import (all_finite, as_matrix, binary_coding, check_same_width, from_registry,
+                        real_param)
 
 #: small constant that keeps logarithms of zero-valued pixels finite in the KL similarities
 KL_EPS = 1e-4
@@ -137,7 +138,7 @@ class Similarity:
         kw = {} if gram is None else {"gram": gram}
         with errstate(xp, over="ignore", invalid="ignore"):
             S = self.score(M, Q, xp=xp, **kw) if self.array_api else self.score(M, Q, **kw)
-        if not bool(xp.all(xp.isfinite(S))):
+        if not all_finite(S, xp):
             raise OverflowError(
                 f"similarity {self.name!r} gave {int(np.sum(~np.isfinite(to_numpy(S))))} NaN/inf score(s) "
                 f"for finite inputs, an overflow of {M.dtype} (max |memories| = "
@@ -237,8 +238,9 @@ def _overflow_safe(raw, M, Q, eps, name, xp):
     runs when they fire. A distance beyond the dtype's range itself raises OverflowError."""
     with errstate(xp, over="ignore", invalid="ignore", under="ignore"):
         S = raw(M, Q, eps)
-    if bool(xp.all(xp.isfinite(S))):
-        if not bool(xp.any(S >= 0)):  # a distance score is <= 0, and 0 only at a match or on underflow
+    if all_finite(S, xp):
+        # a distance score is <= 0, and 0 only at a match or on underflow (numpy: one max, no mask)
+        if not (S.max() >= 0 if is_numpy_namespace(xp) else bool(xp.any(S >= 0))):
             return S
         s = _power_of_two_scale(M, Q, xp)
         if s >= _underflow_scale(xp, S.dtype):
@@ -248,8 +250,8 @@ def _overflow_safe(raw, M, Q, eps, name, xp):
     with errstate(xp, over="ignore", invalid="ignore"):
         S = raw(M / s, Q / s, eps / s)
         S *= s
-    if not bool(xp.all(xp.isfinite(S))):
-        if not (bool(xp.all(xp.isfinite(M))) and bool(xp.all(xp.isfinite(Q)))):
+    if not all_finite(S, xp):
+        if not (all_finite(M, xp) and all_finite(Q, xp)):
             # reached by a state that diverged (validated inputs are finite)
             raise OverflowError(f"{name} distance of non-finite entries: the queries or states hold "
                                 f"inf or NaN, e.g. a state that diverged")
