@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from ._atomic import atomic_path
-from ._validate import int_param
+from ._validate import all_finite, int_param
 
 #: revision of the protocol implemented by :func:`evaluate`; part of every key, so rows measured
 #: under an older protocol are never mistaken for current ones (bump when evaluate's meaning changes)
@@ -295,7 +295,7 @@ def _gram(key: tuple) -> Optional[np.ndarray]:
     M, _, Q, _, _ = _problem(key)
     with np.errstate(over="ignore", invalid="ignore"):
         G = Q @ M.T
-    if not np.isfinite(G).all():
+    if not all_finite(G, np):
         return None
     G.setflags(write=False)
     return G

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._array_api import (CHUNK_BYTES, as_namespace, device, is_numpy_namespace, library_name, namespace,
                          rows_per_chunk, to_numpy)
-from ._validate import as_matrix, check_same_width, int_param, real_param
+from ._validate import all_finite, as_matrix, check_same_width, int_param, real_param
 from .separation import Separation, get_separation, top_k_indices
 from .similarity import (CONVENTIONS, Similarity, bind_private, check_binary, common_float,
                          get_similarity)
@@ -177,7 +177,7 @@ class Memory:
             raise ValueError(f"gram must be Q @ M.T of shape (B, N) = ({B}, {N}), got {tuple(gram.shape)}")
         if gram.dtype != Q.dtype:
             raise ValueError(f"gram has dtype {gram.dtype}; the queries and memories compute in {Q.dtype}")
-        if not bool(xp.all(xp.isfinite(gram))):
+        if not all_finite(gram, xp):
             raise ValueError("gram contains NaN/inf values; it must be Q @ M.T of finite arrays")
         info = np.finfo(to_numpy(gram[:1, :1]).dtype)
         gamma = D * float(info.eps) / (1 - D * float(info.eps))     # Higham's gamma_D

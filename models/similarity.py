@@ -498,7 +498,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         score alone does: a state that diverged to inf / NaN reads as an overflow, not bad input)."""
         from . import _kernels
         dist, V = _kernels.l1_scores_vjp(M, G, F, eps, finite=True)
-        if not np.isfinite(dist).all():
+        if not all_finite(dist, np):
             return score(M, G), vjp(M, G, F)
         return _negate(dist, np), _negate(V, np)
 
