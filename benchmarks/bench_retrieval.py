@@ -31,6 +31,7 @@ every core; scipy's single-threaded cdist measured 20.8x before).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import tracemalloc
@@ -200,36 +201,31 @@ def ratio_line(label, t, t_ref, goal, failed):
     print(f"  {label:<44}{np.median(t) * 1e3:>9.2f}{r.min():>8.2f}{med:>8.2f}{r.max():>8.2f}  {verdict}")
 
 
-_SQRT_DIV_FLOOR = None
-
-
+@functools.lru_cache(maxsize=None)
 def sqrt_div_floor():
     """A numba kernel doing the arithmetic an exact smoothed-L1 RHS cannot skip, and nothing else:
     r = sqrt(x^2 + eps^2) and x / r for every (query, memory, feature), x = g_i - m_mu,i, summed
     into one scalar per query (no (B, D) contraction stored, no (B, N) scores written). The fused
     kernel (models._kernels.l1_scores_vjp) does this plus the stores; their ratio says how much of
-    it is the sqrt and the division (compiled on first use; None without numba)."""
-    global _SQRT_DIV_FLOOR
-    if _SQRT_DIV_FLOOR is None:
-        import math
+    it is the sqrt and the division. Compiled on first use; needs numba (the caller checks)."""
+    import math
 
-        import numba
+    import numba
 
-        @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
-        def floor(M, G, eps):
-            B, D = G.shape
-            out = np.zeros(B, G.dtype)
-            for b in numba.prange(B):
-                acc = out[b]
-                for mu in range(M.shape[0]):
-                    for i in range(D):
-                        x = G[b, i] - M[mu, i]
-                        r = math.sqrt(x * x + eps * eps)
-                        acc += r + x / r
-                out[b] = acc
-            return out
-        _SQRT_DIV_FLOOR = floor
-    return _SQRT_DIV_FLOOR
+    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    def floor(M, G, eps):
+        B, D = G.shape
+        out = np.zeros(B, G.dtype)
+        for b in numba.prange(B):
+            acc = out[b]            # a zero of G's dtype: float32 accumulates in float32
+            for mu in range(M.shape[0]):
+                for i in range(D):
+                    x = G[b, i] - M[mu, i]
+                    r = math.sqrt(x * x + eps * eps)
+                    acc += r + x / r
+            out[b] = acc
+        return out
+    return floor
 
 
 def run_kernels(args) -> list:

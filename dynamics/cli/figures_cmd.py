@@ -14,7 +14,7 @@ memory trajectories, the separation weights over time, a phase portrait in the p
 stored digits, snapshots of v(t), the fixed point beside single-shot retrieval, a GIF, and the
 brian2 (numpy target) simulation of the same network overlaid on scipy's. Then the spiking network's
 approach to its rate model (notebook 05's study), the dynamics atlas of ``uhn atlas`` (its store
-in <out>/results/atlas.jsonl: the full grid takes the longest, ~15-20 min in-process on 2 cores),
+in <out>/results/atlas.jsonl: the full grid of 198 points took 90.8 s in-process on 2 cores),
 and the capacity curves. See docs/figures.md.
 """
 from __future__ import annotations
