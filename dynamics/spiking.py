@@ -302,9 +302,9 @@ def mnist_network(n_memories: int = 20, n_queries: int = 10, noise: float = 0.5,
         Z = X - X.mean(1, keepdims=True)
         return 2.0 * Z / Z.std(1, keepdims=True)
 
-    ds = load_dataset("mnist", n=n_memories, seed=seed)
     if not 1 <= n_queries <= n_memories:
         raise ValueError(f"n_queries must lie in 1..n_memories = {n_memories}, got {n_queries}")
+    ds = load_dataset("mnist", n=n_memories, seed=seed)
     Q = corrupt(ds.X[:n_queries], "gaussian", noise, ds.image_shape, seed=seed + 1)
     net = Network(standardise(ds.X), "dot", L_v=softplus(), L_h=log_sum_exp(beta),
                   tau_v=tau_v, tau_h=tau_h)
