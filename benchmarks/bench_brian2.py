@@ -2,10 +2,10 @@
 
     python benchmarks/bench_brian2.py            # D = 784, N = 100 and 1000, 5 ms at dt = 0.05 ms
     python benchmarks/bench_brian2.py --quick    # N = 100 only, 2 ms, no cpp_standalone
-    python benchmarks/bench_brian2.py --spiking  # the spiking network (dynamics.spiking) only
+    python benchmarks/bench_brian2.py --spiking  # the spiking network (uhn.dynamics.backends.brian2_spiking) only
 
 Same network (dot similarity, softmax beta = 1, tau_v = 1 ms, tau_h = 0.1 ms), same query (an
-MNIST digit plus Gaussian noise; random data if models.data is unavailable), same simulated time.
+MNIST digit plus Gaussian noise; random data if uhn.models.data is unavailable), same simulated time.
 Per step = wall time of the run / number of brian2 steps; scipy's "per step" is its wall time over
 the same number of brian2 steps, so the ratio is the cost of one simulated interval. The cython
 timing is a warm cache (a first call fills it; its cold cost is printed when the cache was empty).
@@ -20,15 +20,15 @@ import time
 
 import numpy as np
 
-from dynamics.brian2_backend import run_brian2
-from dynamics.integrate import integrate
-from dynamics.lagrangians import log_sum_exp
-from dynamics.network import Network
+from uhn.dynamics.backends.brian2_rate import run_brian2
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.lagrangians import log_sum_exp
+from uhn.dynamics.network import Network
 
 
 def _memories(n, seed=0):
     try:
-        from models.data import load_dataset
+        from uhn.models.data import load_dataset
         ds = load_dataset("mnist", n=n + 1, seed=seed)
         return ds.X[:n], ds.X[n], "mnist"
     except Exception:  # noqa: BLE001 - offline fallback
@@ -78,11 +78,11 @@ def bench(N, t_end, dt, targets, cache_dir):
 
 
 def bench_spiking(N=100, n=100, t_end=100.0, dt=0.1, targets=("numpy", "cpp_standalone")):
-    """dynamics.spiking on MNIST (D = 784, N memories, n Poisson neurons per unit, one query):
+    """uhn.dynamics.backends.brian2_spiking on MNIST (D = 784, N memories, n Poisson neurons per unit, one query):
     simulated time per wall second of the simulation loop, and ns per synapse event (each spike
     delivered to its unit's count synapse, plus the 2 D N unit-to-unit summed synapses per step)."""
-    from dynamics.lagrangians import softplus
-    from dynamics.spiking import run_spiking
+    from uhn.dynamics.lagrangians import softplus
+    from uhn.dynamics.backends.brian2_spiking import run_spiking
     X, x, label = _memories(N)
     Z = X - X.mean(1, keepdims=True)
     M = 2 * Z / Z.std(1, keepdims=True)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_curve.py [--runs 3]
 
-Runs ``python -m dynamics capacity --experiment similarity_vs_n --no-resume`` (the paper's N = 2 ..
+Runs ``python -m uhn capacity --experiment similarity_vs_n --no-resume`` (the paper's N = 2 ..
 1000, 5 disjoint blocks per point, every similarity of the experiment: euclidean, manhattan, dot,
 kl, reverse_kl and the official code's normalised dot) in a fresh subprocess with
 OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS = 1, into a scratch results file, ``--runs``
@@ -18,9 +18,9 @@ any per-point work.
 After each run it measures, in this process and with 1 BLAS thread, the curve's floor: the
 products no implementation of these lines can skip, on fresh random arrays of each (N, block)
 problem's shape ((N, D) x (D, N), D = 784). Three GEMMs per problem: Q M^T (which euclidean, dot
-and the paper's normalised dot share: models.capacity._gram), log Q^ M^T (KL) and Q^ log M^T
+and the paper's normalised dot share: uhn.models.experiments.capacity._gram), log Q^ M^T (KL) and Q^ log M^T
 (reverse KL); and manhattan's L1 distances on the compiled kernel
-(models._kernels.l1_scores, numba's threads as in the run), which no BLAS product replaces. The
+(uhn.models.kernels.l1_scores, numba's threads as in the run), which no BLAS product replaces. The
 sweep / floor ratio is printed per run; everything else (corruption draws, normalisations, the
 argmax and gather, the errors, the results store) is the difference.
 """
@@ -44,7 +44,7 @@ def one_run(out_dir: str) -> tuple[float, float, int]:
     """(whole-process seconds, the sweep seconds it printed, points) of one fresh process."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "dynamics", "capacity", "--experiment", "similarity_vs_n",
+    cmd = [sys.executable, "-m", "uhn", "capacity", "--experiment", "similarity_vs_n",
            "--no-resume", "--out", os.path.join(out_dir, "curve.jsonl")]
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out_dir)
@@ -61,7 +61,7 @@ def curve_operands() -> list[tuple[np.ndarray, np.ndarray]]:
     """(Q, M) of shape (N, 784) each, one pair per (N, block) problem of the curve (the paper's N
     up to 1000, 5 blocks), random values in (0, 1]."""
     sys.path.insert(0, ROOT)
-    from models.capacity import _problem_key, experiment
+    from uhn.models.experiments.capacity import _problem_key, experiment
     problems = dict.fromkeys(_problem_key(p) for p in experiment("similarity_vs_n"))
     rng = np.random.default_rng(0)
     return [(1.0 - rng.random((key[3], 784)), 1.0 - rng.random((key[3], 784))) for key in problems]
@@ -72,7 +72,7 @@ def curve_floor(operands) -> tuple[float, float, int]:
     (N, D) x (D, N) GEMMs per problem (1 BLAS thread) and one l1_scores call."""
     from threadpoolctl import threadpool_limits
 
-    from models._kernels import l1_scores
+    from uhn.models.kernels import l1_scores
     l1_scores(*operands[0])                     # compiled (or loaded from numba's cache) first
     with threadpool_limits(limits=1, user_api="blas"):
         t = time.perf_counter()
@@ -93,7 +93,7 @@ _FIXED_COSTS = r"""
 import json, time
 t0 = time.perf_counter()
 import numpy as np
-import models.capacity as C
+import uhn.models.experiments.capacity as C
 from dynamics import cli
 from models import _kernels as K
 t1 = time.perf_counter()

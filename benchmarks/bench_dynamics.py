@@ -16,13 +16,13 @@ min / median / max over the rounds):
                  samples): the cheapest one-at-a-time baseline
   one RHS / matmuls  net.fun on the B = 256 batch, and its two products g @ M.T, f @ M alone
   reduced        integrate(net, Q, method="reduced"): this network (dot, linear feature rates) has
-                 an exact reduced form (dynamics.reduced), with the same stopping rule; reported
+                 an exact reduced form (uhn.dynamics.solvers.reduced), with the same stopping rule; reported
                  beside, not instead of, the general batched integrator's speed-up
 Once, after the rounds: the whole batch as one solve_ivp system, on this batch and on a mixed
 batch (192 queries near a memory, 64 halfway between two); BLAS threads (1 vs 2) for the two
 products; peak memory (tracemalloc) of integrate at B = 256, N = 1000 with keep = "all", 10, "ends".
 
-Everything runs under integrate's BLAS policy (dynamics.integrate.BLAS_THREADS = 1 thread) except
+Everything runs under integrate's BLAS policy (uhn.dynamics.integrate.BLAS_THREADS = 1 thread) except
 the BLAS-threads line. Wall-clock ratios are the goals; CPU-time ratios (time.process_time) are
 printed beside them because this machine has 2 cores shared with other processes.
 Targets (issue 3): batched per query-evaluation <= 2x its share of the two matmuls; per-query
@@ -37,11 +37,11 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from threadpoolctl import threadpool_limits
 
-from dynamics import lagrangians as L
-from dynamics.integrate import BLAS_THREADS, NOISE_FACTOR, fixed_point_event, integrate
-from dynamics.network import Network
-from models.corruption import corrupt
-from models.data import load_dataset
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.integrate import BLAS_THREADS, NOISE_FACTOR, fixed_point_event, integrate
+from uhn.dynamics.network import Network
+from uhn.models.corruption import corrupt
+from uhn.models.data import load_dataset
 
 T_END, TOL, RTOL, ATOL = 50.0, 1e-5, 1e-8, 1e-10
 #: calls per round of one RHS and of the two products alone: ~1 s of each (2-3 ms per call), a

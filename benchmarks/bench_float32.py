@@ -28,12 +28,12 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_retrieval import interleaved, ratio_line  # noqa: E402  (the shared timing helpers)
 
-from dynamics import lagrangians as L  # noqa: E402
-from dynamics.integrate import integrate  # noqa: E402
-from dynamics.network import Network  # noqa: E402
-from models import Memory  # noqa: E402
-from models.corruption import corrupt  # noqa: E402
-from models.data import load_dataset  # noqa: E402
+from uhn.dynamics import lagrangians as L  # noqa: E402
+from uhn.dynamics.integrate import integrate  # noqa: E402
+from uhn.dynamics.network import Network  # noqa: E402
+from uhn.models import Memory  # noqa: E402
+from uhn.models.corruption import corrupt  # noqa: E402
+from uhn.models.data import load_dataset  # noqa: E402
 
 
 def retrieval(N: int, B: int, rounds: int, failed: list) -> None:

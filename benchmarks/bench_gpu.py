@@ -12,7 +12,7 @@ Every timing synchronises the device before reading the clock; the best of ``--r
 after a warm-up is kept. Goal (issue "Array-API backends"): >= 2 M query-steps/s on one H100.
 
 dynamics/: ``Network.rhs`` on the device (it computes in the namespace of its memories) against
-its two matmuls, and ``integrate(method="RK45-batched")`` there (dynamics.dopri_array) in
+its two matmuls, and ``integrate(method="RK45-batched")`` there (uhn.dynamics.solvers.rk45_batched_array) in
 query-steps per second (goal: >= 2 M on one H100).
 
 Without a CUDA device the script prints "no CUDA device" and exits 0 (after the CPU sweep when
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from models import Memory, get_separation, get_similarity
+from uhn.models import Memory, get_separation, get_similarity
 
 #: (label, similarity, separation): every standard similarity with max (the capacity experiments'
 #: setting), plus the modern Hopfield network (dot + softmax)
@@ -125,8 +125,8 @@ def network_rhs(name, to_dev, sync, N, D, batches, repeats, seed) -> None:
     L_v, log_sum_exp(beta=1) L_h, float32) in query-evaluations per second, against its two
     matmuls (S = g M^T and the contraction f M) timed alone in the same run. The batched
     integrator is timed by :func:`rk45_batched`."""
-    from dynamics import lagrangians as L
-    from dynamics.network import Network
+    from uhn.dynamics import lagrangians as L
+    from uhn.dynamics.network import Network
     rng = np.random.default_rng(seed)
     M = rng.random((N, D), dtype=np.float32)
     Qall = rng.random((max(batches), D), dtype=np.float32)
@@ -142,14 +142,14 @@ def network_rhs(name, to_dev, sync, N, D, batches, repeats, seed) -> None:
 
 
 def rk45_batched(name, to_dev, sync, N, D, batches, seed, t_end=10.0) -> list[str]:
-    """integrate(method="RK45-batched") on the device (dynamics.dopri_array): dot similarity,
+    """integrate(method="RK45-batched") on the device (uhn.dynamics.solvers.rk45_batched_array): dot similarity,
     log_sum_exp(beta=1), float32, queries = memories with 20 % of their entries redrawn, to
     t_end or each query's fixed point, keeping the first and last samples only. Prints
     query-steps per second (accepted + rejected steps of every query, per wall second) and the
     right-hand-side evaluations per second; returns the failed goal lines (>= 2 M query-steps/s)."""
-    from dynamics import lagrangians as L
-    from dynamics.integrate import integrate
-    from dynamics.network import Network
+    from uhn.dynamics import lagrangians as L
+    from uhn.dynamics.integrate import integrate
+    from uhn.dynamics.network import Network
     rng = np.random.default_rng(seed)
     M = rng.random((N, D), dtype=np.float32)
     net = Network(to_dev(M), similarity="dot", L_v=L.quadratic(), L_h=L.log_sum_exp(beta=1.0))

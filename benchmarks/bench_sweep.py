@@ -4,7 +4,7 @@ worker processes (1 thread each), interleaved.
     python benchmarks/bench_sweep.py [--points 8] [--seconds 2.0] [--repeats 2]
 
 Each point is a CPU-bound measurement of about ``--seconds`` (repeated 400x400 matrix products,
-calibrated once, under the same 1-thread BLAS limit that models.sweep.run sets around every
+calibrated once, under the same 1-thread BLAS limit that uhn.models.experiments.sweep.run sets around every
 measurement wherever it runs; a pure function of the point). Both clusters are started first
 (start-up printed apart, not counted); then each repeat runs the same sweep in-process, on
 LocalCluster(1) and on LocalCluster(2), one after the other, so that a change in the load of a
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import sweep  # noqa: E402
+from uhn.models.experiments import sweep  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ import argparse
 
 import numpy as np
 
-from dynamics import lagrangians as L
-from dynamics.fixed_points import compare_table, format_table
-from models.corruption import corrupt
-from models.data import load_dataset
-from models.separation import get_separation
-from models.similarity import get_similarity
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.analysis.fixed_points import compare_table, format_table
+from uhn.models.corruption import corrupt
+from uhn.models.data import load_dataset
+from uhn.models.separation import get_separation
+from uhn.models.similarity import get_similarity
 
 
 def main(argv=None):

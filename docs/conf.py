@@ -13,14 +13,13 @@ import re
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)  # models/ and dynamics/ import from the checkout, installed or not
 
-import models  # noqa: E402  (after the path is set)
+import uhn  # noqa: E402  (installed: pip install -e ".[docs]")
 
 project = "universal-hopfield"
 author = "universal-hopfield contributors"
 copyright = "2026, " + author
-release = version = models.__version__
+release = version = uhn.__version__
 
 extensions = [
     "sphinx.ext.autodoc",

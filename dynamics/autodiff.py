@@ -1,8 +1,8 @@
 """Custom similarities and Lagrangians from a plain function, differentiated by JAX.
 
 A user writes only the scalar function; every derivative the dynamics need comes from automatic
-differentiation, and the result is an ordinary :class:`models.similarity.Similarity` or
-:class:`dynamics.lagrangians.Lagrangian`, so :class:`dynamics.network.Network`, ``integrate``,
+differentiation, and the result is an ordinary :class:`uhn.models.similarity.Similarity` or
+:class:`uhn.dynamics.lagrangians.Lagrangian`, so :class:`uhn.dynamics.network.Network`, ``integrate``,
 ``verify_energy``, the fixed-point and Jacobian tools and the plots take it unchanged.
 
 * :func:`similarity` ``(fn)`` with ``fn(m, g) -> scalar`` for one memory row m (D,) and one state
@@ -43,12 +43,12 @@ try:
     import jax
     import jax.numpy as jnp
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("dynamics.autodiff needs JAX: pip install -e \".[autodiff]\" "
+    raise ImportError("uhn.dynamics.autodiff needs JAX: pip install -e \".[autodiff]\" "
                       "(or pip install jax)") from exc
 
-from models.similarity import Similarity, names as _similarity_names
+from uhn.models.similarity import Similarity, names as _similarity_names
 
-from .lagrangians import Lagrangian, NonConvexLagrangianError
+from uhn.dynamics.lagrangians import Lagrangian, NonConvexLagrangianError
 
 _EPS64 = np.finfo(np.float64).eps
 #: round-off of a dense AD Hessian's smallest eigenvalue, in units of K eps64 |H|_F (eigvalsh is
@@ -119,7 +119,7 @@ def _scalar_output(fn, shapes, what: str) -> None:
 
 # ----------------------------------------------------------------------------------- similarity
 def similarity(fn: Callable, name: Optional[str] = None, *, smooth: bool = True, **params) -> Similarity:
-    """A :class:`~models.similarity.Similarity` from ``fn(m, g, **params) -> scalar``.
+    """A :class:`~uhn.models.similarity.Similarity` from ``fn(m, g, **params) -> scalar``.
 
     Its scores and gradient contraction are
 

@@ -6,12 +6,12 @@ Two integrators, same result form:
   B (D + N) variables, so each right-hand-side call costs two (B, D) x (D, N) products instead of
   B small ones, but one step size serves the whole batch and a terminal event stops integration
   only once every query sits at a fixed point (the test of :func:`rest_ratio`).
-- "RK45-batched" (dynamics.dopri): the same Dormand-Prince pair with one step size and one
+- "RK45-batched" (uhn.dynamics.solvers.rk45_batched): the same Dormand-Prince pair with one step size and one
   error control per query, each query leaving the batch at its own fixed point; a query's
   trajectory is then what RK45 would give it alone, at a fraction of the cost per query.
 
 :class:`Trajectory` is the one result form: the brian2 backend returns it too, and the energy check
-(dynamics.energy) and the plots (dynamics.plotting) read it.
+(uhn.dynamics.analysis.energy) and the plots (uhn.dynamics.plotting) read it.
 """
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ from scipy.sparse import csr_matrix
 
 from threadpoolctl import threadpool_limits
 
-from models._array_api import device, is_numpy_namespace, library_name, to_numpy
+from uhn.models.arrays import device, is_numpy_namespace, library_name, to_numpy
 
-from .dopri import (check_keep_every, check_times, kept_indices, resolved_rtol, rows_within,
-                    solve_batched)
-from .dopri_array import solve_batched_array
-from .network import Network, require_count, require_positive
+from uhn.dynamics.solvers.rk45_batched import (check_keep_every, check_times, kept_indices,
+    resolved_rtol, rows_within, solve_batched)
+from uhn.dynamics.solvers.rk45_batched_array import solve_batched_array
+from uhn.dynamics.network import Network
+from uhn.models.validation import require_count, require_positive
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 BATCHED = "RK45-batched"
-#: the exact reduced solver of dynamics.reduced (dot similarity, quadratic L_v)
+#: the exact reduced solver of uhn.dynamics.solvers.reduced (dot similarity, quadratic L_v)
 REDUCED = "reduced"
 METHODS = SCIPY_METHODS + (BATCHED, REDUCED)
 NOISE_FACTOR = 30.0
@@ -106,14 +107,14 @@ class Trajectory:
         return self.h[-1]
 
     def save(self, path) -> None:
-        """Write this trajectory to a netCDF-4 file (dynamics.io.save_trajectory), atomically."""
-        from .io import save_trajectory
+        """Write this trajectory to a netCDF-4 file (uhn.dynamics.io.save_trajectory), atomically."""
+        from uhn.dynamics.io import save_trajectory
         save_trajectory(self, path)
 
     @classmethod
     def load(cls, path) -> "Trajectory":
-        """Read a trajectory written by :meth:`save` (dynamics.io.load_trajectory); exact round trip."""
-        from .io import load_trajectory
+        """Read a trajectory written by :meth:`save` (uhn.dynamics.io.load_trajectory); exact round trip."""
+        from uhn.dynamics.io import load_trajectory
         return load_trajectory(path)
 
     def query(self, b: int) -> "Trajectory":
@@ -192,12 +193,12 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     t_end : integrate over [0, t_end] unless every query converges first.
     method : any solve_ivp method (Radau / BDF, for tau_h << tau_v, get the block-diagonal
         Jacobian sparsity of the batch), or "RK45-batched": Dormand-Prince with a step size per
-        query, each query stopping at its own fixed point (dynamics.dopri; much faster for B > 1),
+        query, each query stopping at its own fixed point (uhn.dynamics.solvers.rk45_batched; much faster for B > 1),
         or "reduced": the exact reduced solver for dot similarity with quadratic L_v
-        (:func:`dynamics.reduced.integrate_reduced`, N x N products instead of N x D).
+        (:func:`uhn.dynamics.solvers.reduced.integrate_reduced`, N x N products instead of N x D).
     rtol, atol : the solver's tolerances. ``rtol`` defaults to 1e-8 for float64 states and 1e-4
-        for float32 ones (dynamics.dopri.DEFAULT_RTOL) and is refused below 100 eps of the state
-        dtype (dynamics.dopri.resolved_rtol): float32 cannot resolve more.
+        for float32 ones (uhn.dynamics.solvers.rk45_batched.DEFAULT_RTOL) and is refused below 100 eps of the state
+        dtype (uhn.dynamics.solvers.rk45_batched.resolved_rtol): float32 cannot resolve more.
     t_eval : sample times; default ``n_samples`` (>= 2) evenly spaced over [0, t_end], cut where the last
         query stops. With "RK45-batched", a query that stopped earlier holds its final state.
     stop_at_fixed_point : stop at a fixed point (solve_ivp: once every query is at one;
@@ -216,7 +217,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     keep : which of the samples (the times ``t_eval`` up to the last query's stop, then that stop
         time) the trajectory keeps: "all"; an integer k, every k-th sample (indices 0, k, 2k, ...)
         and the last one; "ends", the first and the last sample only (the energy check needs
-        two). The kept samples are those of keep="all", bit for bit (dynamics.dopri.kept_indices).
+        two). The kept samples are those of keep="all", bit for bit (uhn.dynamics.solvers.rk45_batched.kept_indices).
         With "RK45-batched" only the kept samples are ever stored (at B = 256, N = 1000 and 101
         samples the stored states are ~75 % of the peak memory); solve_ivp methods thin after
         solving. The energies are computed at the kept samples only.
@@ -246,7 +247,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
         if keep != "all":
             raise ValueError(f"method='reduced' keeps every sample (it rebuilds v from them); "
                              f"got keep={keep!r}, use keep='all'")
-        from .reduced import integrate_reduced
+        from uhn.dynamics.solvers.reduced import integrate_reduced
         with threadpool_limits(limits=blas_threads, user_api="blas"), \
                 _time_bar(progress, t_end, len(np.atleast_2d(Q))) as report:
             # the reduced rows are float64 whatever the queries' dtype (N-sized, cheap); the
@@ -263,7 +264,7 @@ def integrate(net: Network, Q, t_end: float = 50.0, *, method: str = "RK45", rto
     v0, h0 = net.initial_state(Q, h0)
     rtol = resolved_rtol(rtol, v0.dtype)   # float32 states: float32 samples, whatever the solver
     B = v0.shape[0]
-    I = v0.copy() if input_mode == "clamped" else net._I(None, B, v0.dtype).copy()
+    I = v0.copy() if input_mode == "clamped" else net.input_current(None, B, v0.dtype).copy()
     width = net.D if adiabatic else net.D + net.N
     Y0 = v0 if adiabatic else np.concatenate([v0, h0], axis=1)
     t_eval = sample_times(t_end, t_eval, n_samples)
@@ -308,8 +309,8 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
                      keep, progress) -> Trajectory:
     """integrate(method="RK45-batched") for a network on non-numpy arrays: the step, sampling,
     rest test (:func:`rest_floor`'s threshold), energies and dE/dt at the samples (float64) on the
-    arrays' device (dynamics.dopri_array), then one host copy of the samples ``keep`` retains:
-    the Trajectory holds numpy arrays, so verify_energy, the plots and dynamics.io read it as any
+    arrays' device (uhn.dynamics.solvers.rk45_batched_array), then one host copy of the samples ``keep`` retains:
+    the Trajectory holds numpy arrays, so verify_energy, the plots and uhn.dynamics.io read it as any
     other (``keep="ends"`` copies the first and last samples only)."""
     xp = net.xp
     keep_every = _keep_every(keep)
@@ -318,7 +319,7 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
     v0, h0 = net.initial_state(Q, h0)
     rtol = resolved_rtol(rtol, np.float32 if v0.dtype == xp.float32 else np.float64)
     B, D = v0.shape
-    I = xp.asarray(v0, copy=True) if input_mode == "clamped" else net._I(None, B, v0.dtype)
+    I = xp.asarray(v0, copy=True) if input_mode == "clamped" else net.input_current(None, B, v0.dtype)
     Y0 = v0 if adiabatic else xp.concat([v0, h0], axis=1)
     t_eval = sample_times(t_end, t_eval, n_samples)
     zero_input = input_mode != "clamped" and net.I is None
@@ -378,7 +379,7 @@ def _integrate_array(net: Network, Q, t_end, *, rtol, atol, t_eval, n_samples, s
 
 
 def _keep_every(keep):
-    """integrate's ``keep`` as dynamics.dopri's ``keep_every``: "all" -> 1, "ends" -> None,
+    """integrate's ``keep`` as uhn.dynamics.solvers.rk45_batched's ``keep_every``: "all" -> 1, "ends" -> None,
     an integer k >= 1 -> k; else TypeError / ValueError naming ``keep``."""
     if isinstance(keep, str):
         if keep in ("all", "ends"):
@@ -459,7 +460,7 @@ def sample_energies(net: Network, v, h, I, new=None):
 
 def sample_times(t_end: float, t_eval=None, n_samples: int = 101) -> np.ndarray:
     """The sample times of an integration over [0, t_end]: ``t_eval`` checked by
-    dynamics.dopri.check_times (1-D, finite, strictly increasing, within [0, t_end]), or
+    uhn.dynamics.solvers.rk45_batched.check_times (1-D, finite, strictly increasing, within [0, t_end]), or
     ``n_samples`` >= 2 evenly spaced times t_k = k t_end / (n_samples - 1), k = 0 .. n_samples - 1
     (at least both ends: with the single time 0 the trajectory would not hold its final state)."""
     if t_eval is None:
@@ -487,7 +488,7 @@ def check_jacobian_size(method: str, B: int, width: int) -> None:
         raise ValueError(
             f"{method} on B={B} queries of {width} variables needs a block-diagonal Jacobian of "
             f"{B} x {width}^2 = {nnz:,} nonzeros (~{nnz * 12 / 1e9:.2g} GB for its sparsity pattern "
-            f"alone; limit dynamics.integrate.JAC_NNZ_LIMIT = {JAC_NNZ_LIMIT:,}); use "
+            f"alone; limit uhn.dynamics.integrate.JAC_NNZ_LIMIT = {JAC_NNZ_LIMIT:,}); use "
             f"method='RK45-batched' or integrate batches of at most {fit} queries")
 
 
@@ -537,7 +538,7 @@ def _time_bar(progress, t_end: float, B: int):
 def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, adiabatic, max_step,
                  max_nfev, keep_every, progress=None):
     """One solve_ivp call on the flattened batch, its samples thinned by ``keep_every``
-    (dynamics.dopri.kept_indices). Returns (t, Y (T, B*width), info)."""
+    (uhn.dynamics.solvers.rk45_batched.kept_indices). Returns (t, Y (T, B*width), info)."""
     B, width = Y0.shape
     rhs = net.fun(I, adiabatic=adiabatic)
     calls = [0]
@@ -573,7 +574,7 @@ def _solve_scipy(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, a
 
 def _solve_batched(net, Y0, I, t_end, *, method, t_eval, rtol, atol, tol, noise, adiabatic, max_step,
                    max_nfev, keep_every, progress=None):
-    """dynamics.dopri.solve_batched on the (B, width) batch. Returns (t, Y (T, B*width), info)."""
+    """uhn.dynamics.solvers.rk45_batched.solve_batched on the (B, width) batch. Returns (t, Y (T, B*width), info)."""
     current = {"rows": None, "I": None}     # I of the running queries, redone when the set shrinks
     zero_input = not I.any()
 

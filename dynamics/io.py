@@ -1,4 +1,4 @@
-"""Save and load a :class:`dynamics.integrate.Trajectory` as netCDF-4 (HDF5) through xarray.
+"""Save and load a :class:`uhn.dynamics.integrate.Trajectory` as netCDF-4 (HDF5) through xarray.
 
 The file is an ordinary netCDF-4 file that ``xarray.open_dataset(path)`` (or netCDF4 / h5py) opens
 directly:
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models._atomic import atomic_path
+from uhn.models.atomic import atomic_path
 
-from .integrate import Trajectory
+from uhn.dynamics.integrate import Trajectory
 
 FORMAT = "uhn-trajectory"
 FORMAT_VERSION = 1
@@ -107,7 +107,7 @@ def to_xarray(traj: Trajectory):
     parameter an attribute, see the module docstring)."""
     xr = _xarray()
     if not isinstance(traj, Trajectory):
-        raise TypeError(f"traj must be a dynamics.integrate.Trajectory, got {type(traj).__name__}")
+        raise TypeError(f"traj must be a uhn.dynamics.integrate.Trajectory, got {type(traj).__name__}")
     data = {name: (dims, np.asarray(getattr(traj, name))) for name, dims in _DIMS.items()}
     attrs = {"uhn_format": FORMAT, "uhn_format_version": FORMAT_VERSION}
     json_names = []

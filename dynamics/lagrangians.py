@@ -7,7 +7,7 @@ positive semidefinite on the states visited; :meth:`Lagrangian.check_convex` ver
 :class:`NonConvexLagrangianError` refuses a Lagrangian that fails.
 
 All methods act row-wise on a batch x (B, K) and compute in the array namespace and on the device
-of x (numpy, torch, CuPy, any array-API library: models/_array_api.py); numpy keeps its fused
+of x (numpy, torch, CuPy, any array-API library: models/arrays.py); numpy keeps its fused
 paths (np.einsum, scipy's logsumexp and expit, in-place softmax). :class:`Elementwise` runs the
 user's functions on whatever arrays it is given.
 """
@@ -19,10 +19,10 @@ from typing import Callable
 import numpy as np
 from scipy.special import expit, logsumexp
 
-from models._array_api import array_namespace, errstate, is_numpy_namespace, rowdot, to_numpy
-from models._array_api import logsumexp as xp_logsumexp
-from models._array_api import softmax as stable_softmax
-from models.separation import EXP_MAX, Separation, get_separation
+from uhn.models.arrays import array_namespace, errstate, is_numpy_namespace, rowdot, to_numpy
+from uhn.models.arrays import logsumexp as xp_logsumexp
+from uhn.models.arrays import softmax as stable_softmax
+from uhn.models.separation import EXP_MAX, Separation, get_separation
 
 
 class NonConvexLagrangianError(ValueError):
@@ -194,7 +194,7 @@ def _check_beta_x(beta: float, x: np.ndarray, who: str, xp) -> np.ndarray:
 
 
 def _softmax_beta(beta: float, x: np.ndarray, who: str) -> np.ndarray:
-    """softmax(beta x) row-wise (models._array_api.softmax: max-shifted, in place on the one
+    """softmax(beta x) row-wise (uhn.models.arrays.softmax: max-shifted, in place on the one
     fresh array beta x; this runs at every right-hand-side call). Overflow is read off the row
     maxima (a pass over (B, N) instead of isfinite over every entry): +inf or NaN anywhere in a row
     makes its maximum non-finite, and so does a row that is -inf throughout; a lone -inf beside a
@@ -399,7 +399,7 @@ class Elementwise(Lagrangian):
     def _call(self, fn, x):
         """fn(x) as an array of x's namespace: float64 numpy for numpy x (the user's function may
         return a list or another dtype); for other arrays the function must stay in their
-        namespace (write it with that library's operations, or see dynamics.autodiff)."""
+        namespace (write it with that library's operations, or see uhn.dynamics.autodiff)."""
         xp = array_namespace(x)
         y = fn(x)
         if is_numpy_namespace(xp):

@@ -1,7 +1,7 @@
 """The two-layer Krotov-Hopfield network for any differentiable similarity (docs/theory.md section 2).
 
 Feature neurons v (D) with rates g = dL_v/dv, memory neurons h (N) with rates f = dL_h/dh, and a
-similarity S_mu(g) = sim(M_mu, g) from models.similarity:
+similarity S_mu(g) = sim(M_mu, g) from uhn.models.similarity:
 
     tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I
     tau_h dh/dt = S(g) - h
@@ -18,24 +18,23 @@ derivatives are always computed in float64 (on a float64 twin of the memories), 
 check compares differences of E that float32 could not resolve.
 
 The network computes in the array namespace and on the device of its memories (numpy, torch,
-CuPy, any array-API library; models/_array_api.py): states, energies and rates come back as arrays
+CuPy, any array-API library; models/arrays.py): states, energies and rates come back as arrays
 of that library. numpy keeps the in-place paths (``out=``); the flat scipy interface
-(:meth:`pack`, :meth:`fun`) and dynamics.integrate are numpy only.
+(:meth:`pack`, :meth:`fun`) and uhn.dynamics.integrate are numpy only.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Union
 
 import numpy as np
 
-from models import Memory
-from models._array_api import (array_namespace, as_namespace, device, is_numpy_namespace,
-                                library_name, namespace, numpy_float, rowdot, to_numpy)
-from models._validate import as_matrix, check_finite, check_same_width
-from models.similarity import Similarity, bind_private, differentiable_names, get_similarity
+from uhn.models import Memory
+from uhn.models.arrays import (array_namespace, as_namespace, device, is_numpy_namespace,
+    library_name, namespace, numpy_float, rowdot, to_numpy)
+from uhn.models.validation import as_matrix, check_finite, check_same_width
+from uhn.models.similarity import Similarity, bind_private, differentiable_names, get_similarity
 
-from .lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
+from uhn.dynamics.lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
 
 
 def _f64(x, xp):
@@ -47,28 +46,6 @@ def _f64(x, xp):
     return x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
 
 
-def require_positive(value, name: str, what: str, *, finite: bool = True) -> float:
-    """``float(value)`` if it is a real number > 0 (and finite, unless ``finite=False`` lets +inf
-    through); else ValueError (TypeError for a non-number) naming the parameter ``name``: one
-    check for every time constant, time span and step size of the integrators and backends."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    x = float(value)
-    if not (x > 0 and (np.isfinite(x) or not finite)):
-        raise ValueError(f"{name} must be a positive {'finite ' if finite else ''}{what}, got {value}")
-    return x
-
-
-def require_count(value, name: str, minimum: int = 1) -> int:
-    """``int(value)`` if it is an integer >= ``minimum``; else TypeError (not an integer) or
-    ValueError naming the parameter ``name``: sample counts, step counts, evaluation budgets."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
 class Network:
     """Krotov-Hopfield network with memories M (N, D), optional values P (N, O) for the readout.
 
@@ -76,7 +53,7 @@ class Network:
     ----------
     memories : (N, D) array, or a models.Memory (its M, P and similarity are used and, unless
         ``L_h`` is given, the memory Lagrangian whose gradient is its separation).
-    similarity : name or Similarity with a gradient (``models.similarity.differentiable_names()``).
+    similarity : name or Similarity with a gradient (``uhn.models.similarity.differentiable_names()``).
     L_v, L_h : Lagrangians of the feature and memory layers (default quadratic and
         log_sum_exp(beta=1): the modern continuous Hopfield network).
     tau_v, tau_h : time constants (> 0), in the time unit of the integration.
@@ -114,13 +91,13 @@ class Network:
         # call, on a private copy of the memories
         self._unbound_sim = self.sim
         self.sim, self.M, self.P = bind_private(self.sim, self.M, self.P, xp=xp)
-        self._sim64 = None      # the float64 twin for energies of a float32 network (_bound)
+        self._sim64 = None      # the float64 twin for energies of a float32 network (bound)
         self._host = None       # the numpy copy of a network on other arrays (on_host)
         self.L_v = quadratic() if L_v is None else L_v
         self.L_h = LogSumExp(1.0) if L_h is None else L_h
         for name, lag in (("L_v", self.L_v), ("L_h", self.L_h)):
             if not isinstance(lag, Lagrangian):
-                raise TypeError(f"{name} must be a dynamics.lagrangians.Lagrangian, got {type(lag).__name__}")
+                raise TypeError(f"{name} must be a uhn.dynamics.lagrangians.Lagrangian, got {type(lag).__name__}")
         if self.sim.nonnegative_only:
             probe = np.linspace(-10.0, 10.0, 9)[None, :]
             g = self.L_v.grad(probe)
@@ -187,7 +164,7 @@ class Network:
                             f"for it (the Network methods themselves run on {library_name(self.xp)})")
 
     # ------------------------------------------------------------------ helpers
-    def _I(self, I, B, dtype=None):
+    def input_current(self, I, B, dtype=None):
         """The input current as a (B, D) array of the network's namespace (zeros of ``dtype``,
         default float64, when there is none; a given current as float64)."""
         xp = self.xp
@@ -217,7 +194,7 @@ class Network:
         namespace(self.M, x, names=("memories", name))
         return x
 
-    def _check_state(self, v, h=None):
+    def check_state(self, v, h=None):
         """(v, h) as 2-D arrays of the network's computing dtype (float32 only when both the
         memories and the state are float32)."""
         xp = self.xp
@@ -246,10 +223,10 @@ class Network:
 
     def similarity(self, g: np.ndarray) -> np.ndarray:
         """S(g) = sim(M, g), (B, N), in the dtype of g (float64 g: float64 memories)."""
-        sim, M = self._bound(g.dtype)
+        sim, M = self.bound(g.dtype)
         return sim.score(M, g)
 
-    def _bound(self, dtype):
+    def bound(self, dtype):
         """(similarity, memories) for states of ``dtype``: as stored, except float64 states on a
         float32 network, which get a float64 twin of the memories (bound once; exact, since
         float32 values are float64 values), so energies and solve_ivp's float64 states carry
@@ -276,7 +253,7 @@ class Network:
             v0 = xp.astype(Q, dtype)      # a copy: the state never aliases the caller's queries
         if h0 is None:
             h0 = self.similarity(self.L_v.grad(v0))
-        v0, h0 = self._check_state(v0, h0)
+        v0, h0 = self.check_state(v0, h0)
         return v0, (h0.copy() if is_numpy_namespace(xp) else xp.asarray(h0, copy=True))
 
     # ------------------------------------------------------------------ dynamics
@@ -285,7 +262,7 @@ class Network:
         sum is built in place (this runs once per stage of every integrator step); other
         namespaces (``out=None``) return a new array. ``V``: the contraction sum_mu f_mu dS_mu/dg
         when already computed (numpy; :meth:`_rhs` with a fused score_vjp)."""
-        sim, M = self._bound(g.dtype)
+        sim, M = self.bound(g.dtype)
         I = self.I if I is None else I
         if out is None:                     # the array-API path: no in-place arithmetic
             xp = self.xp
@@ -320,7 +297,7 @@ class Network:
         if out is None:
             out = np.empty((v.shape[0], self.D + self.N), dtype=np.result_type(v, h, self.M))
         dv, dh = out[:, :self.D], out[:, self.D:]
-        sim, M = self._bound(g.dtype)
+        sim, M = self.bound(g.dtype)
         V = None
         if S is None:
             S, V = sim.score_vjp(M, g, f) if sim.score_vjp is not None else (self.similarity(g), None)
@@ -357,10 +334,10 @@ class Network:
         """(B,) max_i |dy_i/dt| at (v, h), or at v with h = S(g) when ``adiabatic``: 0 at a fixed point."""
         xp = self.xp
         if not is_numpy_namespace(xp):
-            if adiabatic:       # _check_state(v) returns v alone: unpacking it would split its rows
-                Y = self._check_state(v)
+            if adiabatic:       # check_state(v) returns v alone: unpacking it would split its rows
+                Y = self.check_state(v)
             else:
-                Y = xp.concat(list(self._check_state(v, h)), axis=1)
+                Y = xp.concat(list(self.check_state(v, h)), axis=1)
             return xp.max(xp.abs(self.velocity(Y, I, adiabatic)), axis=1)
         v = np.atleast_2d(numpy_float(v))
         Y = v if adiabatic else np.concatenate([v, np.atleast_2d(numpy_float(h))], axis=1)
@@ -376,7 +353,7 @@ class Network:
         """:meth:`energy` of float64 states, given g = L_v'(v) and S = S(g)."""
         xp = self.xp
         f = self.L_h.grad(h)
-        Iv = self._I(I, v.shape[0])
+        Iv = self.input_current(I, v.shape[0])
         return (self.L_v.legendre(v) - rowdot(Iv, g, xp) + self.L_h.legendre(h) - rowdot(f, S, xp))
 
     def energy_adiabatic(self, v, I=None):
@@ -387,7 +364,7 @@ class Network:
 
     def _energy_adiabatic(self, v, I, g, S):
         """:meth:`energy_adiabatic` of float64 states, given g = L_v'(v) and S = S(g)."""
-        return self.L_v.legendre(v) - rowdot(self._I(I, v.shape[0]), g, self.xp) - self.L_h.value(S)
+        return self.L_v.legendre(v) - rowdot(self.input_current(I, v.shape[0]), g, self.xp) - self.L_h.value(S)
 
     def dEdt(self, v, h, I=None):
         """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,), in float64."""
@@ -416,7 +393,7 @@ class Network:
         S = self.similarity(g)
         # a fused score_vjp (manhattan) computes dE/dt's S(g) itself, as dEdt does: each of the
         # two values is then the separate call's, bit for bit
-        fused = self._bound(g.dtype)[0].score_vjp is not None
+        fused = self.bound(g.dtype)[0].score_vjp is not None
         dv, dh, _ = self._rhs(v, h, I, None, g, None if fused else S)
         return self._energy(v, h, I, g, S), self._dEdt(v, h, dv, dh)
 

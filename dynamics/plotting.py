@@ -1,7 +1,7 @@
-"""Figures of the continuous-time dynamics, read from a :class:`~dynamics.integrate.Trajectory`.
+"""Figures of the continuous-time dynamics, read from a :class:`~uhn.dynamics.integrate.Trajectory`.
 
 Every function returns a matplotlib Figure (it never calls ``plt.show``); save it with
-``models.plotting.save_figure`` (atomic PNG). Time axes are labelled in the trajectory's unit:
+``uhn.models.plotting.save_figure`` (atomic PNG). Time axes are labelled in the trajectory's unit:
 "time (tau_v)" for scipy runs (the network's time unit, tau_v = 1 by default) and "time (ms)"
 for brian2 runs.
 
@@ -23,10 +23,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from models._atomic import atomic_path
+from uhn.models.atomic import atomic_path
 
-from .integrate import Trajectory
-from .network import Network
+from uhn.dynamics.integrate import Trajectory
+from uhn.dynamics.network import Network
 
 #: font sizes used throughout (readable when a figure is shrunk into a two-column paper)
 FONT = {"label": 10, "title": 10, "tick": 8, "legend": 8}
@@ -102,7 +102,7 @@ def plot_energy(traj: Trajectory, report=None, queries: Optional[Sequence[int]] 
     Parameters
     ----------
     traj : the trajectory; one line per query in ``queries`` (default all, at most 10).
-    report : optional :class:`dynamics.energy.EnergyReport`; its PASS/FAIL is written in the
+    report : optional :class:`uhn.dynamics.analysis.energy.EnergyReport`; its PASS/FAIL is written in the
         title and, if it failed, the violating sample is marked with a red cross.
     """
     plt = _plt()
@@ -243,7 +243,7 @@ def plot_phase_portrait(net: Network, memory_indices=(0, 1), trajectories=4, *, 
     end point weights most (f(h)), which shows the basins of attraction. Trajectory lines carry
     gid "trajectory"; the memories are marked with stars.
     """
-    from .integrate import integrate
+    from uhn.dynamics.integrate import integrate
     plt = _plt()
     P, base, project = plane_coordinates(net, memory_indices, base)
     a0, a1, b0, b1 = extent
@@ -422,7 +422,7 @@ def animate_retrieval(traj: Trajectory, net: Network, image_shape, path, fps: in
 
 def plot_spiking_network(study, net: Network, image_shape=None, row: Optional[int] = None,
                          bin_ms: float = 4.0):
-    """Query 0 of a spiking :class:`~dynamics.spiking.ConvergenceStudy` at n = ``study.raster_n``:
+    """Query 0 of a spiking :class:`~uhn.dynamics.backends.brian2_spiking.ConvergenceStudy` at n = ``study.raster_n``:
     the spikes of the feature neurons of one image row (default the middle row; without
     ``image_shape`` the first 28 feature units), the spikes of the memory neurons (the target's
     in red), the memory rates f(h) beside the rate model's and beside the target's rate read off

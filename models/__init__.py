@@ -2,12 +2,12 @@
 
 models/ never imports dynamics/; the continuous-time networks build on this package.
 """
-from .memory import (ClassicalHopfield, IterationResult, Memory, classical_hopfield,
-                     dense_associative_memory, modern_hopfield, sign, sparse_distributed_memory)
-from .separation import Separation, get_separation
-from .similarity import Similarity, get_similarity
+from uhn.models.memory import (ClassicalHopfield, IterationResult, Memory, classical_hopfield,
+    dense_associative_memory, modern_hopfield, sign, sparse_distributed_memory)
+from uhn.models.separation import Separation, get_separation
+from uhn.models.similarity import Similarity, get_similarity
 
-__version__ = "0.1.0"
+from uhn.version import __version__
 
 __all__ = [
     "Memory", "ClassicalHopfield", "IterationResult", "classical_hopfield", "sparse_distributed_memory",

@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from ._validate import Seed, as_matrix
-from ._validate import rng as _rng
+from uhn.models.validation import Seed, as_matrix
+from uhn.models.validation import rng as _rng
 
 
 KINDS = ("none", "gaussian", "mask_bottom", "mask_top", "random_pixels", "border")

@@ -20,8 +20,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._validate import Seed
-from ._validate import rng as _rng
+from uhn.models.validation import Seed
+from uhn.models.validation import rng as _rng
 
 
 #: side of the square colour patches of the ``natural`` dataset
@@ -196,7 +196,7 @@ def load_dataset(name: str, n: Optional[int] = None, seed: Seed = 0) -> Dataset:
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {names()} "
-                         f"(random patterns: models.data.random_patterns)")
+                         f"(random patterns: uhn.models.data.random_patterns)")
     X, labels, shape, source = _raw(name)
     available = X.shape[0]
     if n is None:

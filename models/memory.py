@@ -1,6 +1,6 @@
 """Single-shot associative memory z = P^T sep(sim(M, q)) and its named instances.
 
-:class:`Memory` composes a similarity (models.similarity), a separation (models.separation) and a
+:class:`Memory` composes a similarity (uhn.models.similarity), a separation (uhn.models.separation) and a
 projection P: P = M is autoassociative, any other (N, O) value matrix is heteroassociative.
 Every method takes one query (D,) or a batch (B, D); a batch is one vectorised computation and
 gives exactly what looping over its rows gives.
@@ -12,12 +12,12 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from ._array_api import (CHUNK_BYTES, as_namespace, device, is_numpy_namespace, library_name, namespace,
-                         rows_per_chunk, to_numpy)
-from ._validate import all_finite, as_matrix, check_same_width, int_param, real_param
-from .separation import Separation, get_separation, top_k_indices
-from .similarity import (CONVENTIONS, Similarity, bind_private, check_binary, common_float,
-                         get_similarity)
+from uhn.models.arrays import (CHUNK_BYTES, as_namespace, device, is_numpy_namespace, library_name,
+    namespace, rows_per_chunk, to_numpy)
+from uhn.models.validation import all_finite, as_matrix, check_same_width, int_param, real_param
+from uhn.models.separation import Separation, get_separation, top_k_indices
+from uhn.models.similarity import (CONVENTIONS, Similarity, bind_private, check_binary,
+    common_float, get_similarity)
 
 
 def sign(x, *, xp=None):
@@ -68,8 +68,8 @@ class Memory:
     ----------
     memories : (N, D) array, one stored pattern (key) per row.
     values : (N, O) array or None; None stores P = M (autoassociative).
-    similarity : name or :class:`Similarity` (see ``models.similarity.names()``).
-    separation : name or :class:`Separation` (see ``models.separation.names()``).
+    similarity : name or :class:`Similarity` (see ``uhn.models.similarity.names()``).
+    separation : name or :class:`Separation` (see ``uhn.models.separation.names()``).
     output : None, ``"sign"``, ``"majority"`` or a callable ``f(z, W)`` applied to P^T w.
     convention : ``"standard"`` or ``"paper_code"``. The latter reproduces the official code:
         reciprocal-distance similarities, scores normalised to sum 1 before the separation and the

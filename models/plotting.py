@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .capacity import AXES, curves, summarise
+from uhn.models.atomic import atomic_path
+from uhn.models.experiments.capacity import AXES, curves, summarise
 
 X_LABELS = {
     "n_memories": "Images stored N",
@@ -73,8 +73,8 @@ def plot_capacity(rows: Sequence[dict], experiment: str, ax=None, title: Optiona
 
     Parameters
     ----------
-    rows : result rows (models.capacity.run / load_results) of that experiment.
-    experiment : a name of models.capacity.AXES; chooses x, the line grouping and the x scale.
+    rows : result rows (uhn.models.experiments.capacity.run / load_results) of that experiment.
+    experiment : a name of uhn.models.experiments.capacity.AXES; chooses x, the line grouping and the x scale.
     ax : axes to draw in (default: a new figure).
     title : default "<experiment title>" with a subtitle naming dataset and corruption.
 

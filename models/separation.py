@@ -12,10 +12,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._array_api import exp_max, float_dtype, is_numpy_namespace, library_name, namespace, numpy_float, softmax
-from ._validate import check_scores, from_registry, int_param, real_param
+from uhn.models.arrays import (exp_max, float_dtype, is_numpy_namespace, library_name, namespace,
+    numpy_float, softmax)
+from uhn.models.validation import check_scores, from_registry, int_param, real_param
 
-#: exp overflows float64 above this argument (other dtypes: models._array_api.exp_max)
+#: exp overflows float64 above this argument (other dtypes: uhn.models.arrays.exp_max)
 EXP_MAX = np.log(np.finfo(np.float64).max)
 
 
@@ -30,7 +31,7 @@ class Separation:
         array namespace) and computes in any array-API namespace, else numpy only.
     top_k : for max / k_max, the number of memories kept; retrieval then gathers rows of P
         instead of a dense product.
-    lagrangian : name of the convex L_h with dL_h/dh = sep (see dynamics.lagrangians), or None.
+    lagrangian : name of the convex L_h with dL_h/dh = sep (see uhn.dynamics.lagrangians), or None.
     no_energy : why there is no convex Lagrangian, when ``lagrangian`` is None.
     """
 

@@ -18,7 +18,7 @@ Two conventions:
   norm), 1/KL in the official form (below), and a "dot" that is the dot product of sum-normalised
   vectors. The score
   normalisation S / sum(S) the official code applies afterwards lives in
-  :class:`models.memory.Memory` (``convention="paper_code"``).
+  :class:`uhn.models.memory.Memory` (``convention="paper_code"``).
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ._array_api import (CHUNK_BYTES, errstate, is_numpy_namespace, library_name, namespace,
-                         numpy_float, rows_per_chunk, to_numpy)
-from ._validate import (all_finite, as_matrix, binary_coding, check_same_width, from_registry,
-                        real_param)
+from uhn.models.arrays import (CHUNK_BYTES, errstate, is_numpy_namespace, library_name, namespace,
+    numpy_float, rows_per_chunk, to_numpy)
+from uhn.models.validation import (all_finite, as_matrix, binary_coding, check_same_width,
+    from_registry, real_param)
 
 #: small constant that keeps logarithms of zero-valued pixels finite in the KL similarities
 KL_EPS = 1e-4
@@ -53,7 +53,7 @@ class Similarity:
         sum-normalisation: the dynamics need non-negative feature rates g = dL_v/dv for them.
     array_api : True when ``score`` and ``vjp`` take an ``xp=`` keyword (the array namespace,
         found from the inputs when omitted) and compute in any array-API namespace (numpy, torch,
-        CuPy, ...; see models/_array_api.py). False (paper_code similarities, custom ones): numpy
+        CuPy, ...; see models/arrays.py). False (paper_code similarities, custom ones): numpy
         arrays only, and other namespaces are refused with a TypeError.
     prepare : ``prepare(M, xp) -> memo`` for similarities whose score redoes per-memory work on
         every call (normalised rows, their logarithms, norms); ``score`` and ``vjp`` then take a
@@ -66,7 +66,7 @@ class Similarity:
         ``gram=G`` keyword, G = Q @ M.T of exactly these M and Q, already computed, which it reads
         (never writes) instead of computing the product: several such similarities scoring the
         same memories and queries (the lines of a capacity curve) share one GEMM
-        (:meth:`models.memory.Memory.retrieve`'s ``gram``).
+        (:meth:`uhn.models.memory.Memory.retrieve`'s ``gram``).
     """
 
     name: str
@@ -151,7 +151,7 @@ class Similarity:
         if self.vjp is None:
             raise ValueError(
                 f"similarity {self.name!r} has no gradient, so it cannot drive the continuous-time "
-                f"dynamics; use a differentiable similarity (see models.similarity.differentiable_names())")
+                f"dynamics; use a differentiable similarity (see uhn.models.similarity.differentiable_names())")
         xp = self.namespace(M, G, F, names=("memories", "states", "weights"))
         if is_numpy_namespace(xp):
             return self.vjp(numpy_float(M), np.atleast_2d(numpy_float(G)), np.atleast_2d(numpy_float(F)))
@@ -280,13 +280,13 @@ def _sq_dist(M, Q, xp, m2=None, eps: float = 0.0, root: bool = False, gram=None)
     eps - sqrt(|M_mu - Q_b|^2 + eps^2) instead.
 
     numpy: finished in place in the GEMM's output (a copy of ``gram``) by one fused compiled pass
-    (models._kernels.finish_sq_dist), one (B, N) array, no temporaries of that size."""
+    (uhn.models.kernels.finish_sq_dist), one (B, N) array, no temporaries of that size."""
     m2 = _row_sq_norms(M, xp) if m2 is None else m2
     if not is_numpy_namespace(xp):
         G = Q @ M.T if gram is None else gram
         d2 = (xp.sum(Q * Q, axis=1)[:, None] - 2.0 * G) + m2[None, :]
         return xp.clip(d2, min=0.0)
-    from . import _kernels
+    from uhn.models import kernels as _kernels
     return _kernels.finish_sq_dist(_gram_or_product(M, Q, xp, gram), np.einsum("ij,ij->i", Q, Q),
                                    m2, eps, root)
 
@@ -411,7 +411,7 @@ def _euclidean(eps: float = 0.0):
 
 def _chunked_pairwise_vjp(M, G, F, elementwise, xp, chunk_bytes=CHUNK_BYTES):
     """sum_mu F[b, mu] * elementwise(G[b] - M_mu) over chunks of queries (memory-bounded), in the
-    spec-only form (numpy arrays go to the compiled kernels of :mod:`models._kernels`)."""
+    spec-only form (numpy arrays go to the compiled kernels of :mod:`uhn.models.kernels`)."""
     B, D = G.shape
     N = M.shape[0]
     step = rows_per_chunk(8 * N * D, chunk_bytes)
@@ -467,7 +467,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
             if math.isinf(p):
                 return _negate(_cdist(Q, M, "chebyshev"), xp)
             # compiled L1/Lp kernel (numba, both cores; its chunked-numpy reference without numba)
-            from . import _kernels
+            from uhn.models import kernels as _kernels
             return _negate(_kernels.lp_scores(M, Q, p, eps=e, finite=True), xp)   # validated
         return raw
 
@@ -478,7 +478,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
     def vjp(M, G, F, xp=None):
         xp = _xp(xp, M, G, F)
         if is_numpy_namespace(xp):
-            from . import _kernels
+            from uhn.models import kernels as _kernels
             if p == 1:
                 return _negate(_kernels.l1_vjp(M, G, F, eps), xp)
             return _negate(_kernels.lp_vjp(M, G, F, p, eps, dist=-score(M, G, xp)), xp)
@@ -496,7 +496,7 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         eps > 0); where a distance overflows (entries ~1e154 and up) the two separately, through
         score's exact rescaling, which raises OverflowError for a distance beyond the range (as
         score alone does: a state that diverged to inf / NaN reads as an overflow, not bad input)."""
-        from . import _kernels
+        from uhn.models import kernels as _kernels
         dist, V = _kernels.l1_scores_vjp(M, G, F, eps, finite=True)
         if not all_finite(dist, np):
             return score(M, G), vjp(M, G, F)
@@ -695,7 +695,7 @@ def _cdist(Q, M, metric):
 def _l1_distances(M, Q):
     """sum_i |q_i - m_i| (B, N) on the compiled L1 kernel (scipy's cdist "cityblock" runs on one
     thread and upcasts float32)."""
-    from . import _kernels
+    from uhn.models import kernels as _kernels
     return _kernels.l1_scores(M, Q, finite=True)     # a Similarity's inputs are validated
 
 

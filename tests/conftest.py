@@ -77,7 +77,7 @@ EPS = np.finfo(np.float64).eps
 
 
 def _score_err(name, convention, A, Q, **params):
-    """Round-off bound (B, N) on sim(A, Q) as models.similarity computes it, for tolerances.
+    """Round-off bound (B, N) on sim(A, Q) as uhn.models.similarity computes it, for tolerances.
 
     A sum of D products is off by at most (D + 2) eps times the sum of its absolute terms (first
     order; 2 for the products and the last operation). GEMM squared distances lose (D + 2) eps
@@ -88,11 +88,11 @@ def _score_err(name, convention, A, Q, **params):
     D = A.shape[1]
     g = (D + 4) * EPS
     nq, nm = np.linalg.norm(Q, axis=1)[:, None], np.linalg.norm(A, axis=1)[None, :]
-    from models import get_similarity
+    from uhn.models import get_similarity
     S = get_similarity(name, convention=convention, **params)(A, Q)
     if convention == "paper_code":
         if name in ("kl", "reverse_kl"):
-            from models.similarity import KL_EPS
+            from uhn.models.similarity import KL_EPS
             xh, zh = A / A.sum(1, keepdims=True), Q / Q.sum(1, keepdims=True)
             p, r = (zh[:, None, :], xh[None, :, :]) if name == "reverse_kl" else (xh[None, :, :], zh[:, None, :])
             lp, lr = np.log(p + KL_EPS), np.log(r + KL_EPS)
@@ -113,7 +113,7 @@ def _score_err(name, convention, A, Q, **params):
     if name == "hamming":
         return np.zeros_like(S)  # integer counts, exact
     if name in ("kl", "reverse_kl"):
-        from models.similarity import KL_EPS
+        from uhn.models.similarity import KL_EPS
         # |log p^_j| <= log(sum(x + eps)/eps) for each normalised entry, two sums of weight 1
         tot = max(A.sum(1).max(), Q.sum(1).max()) + D * KL_EPS
         return 2 * g * np.log(tot / KL_EPS) * np.ones_like(S)

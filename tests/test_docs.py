@@ -146,9 +146,10 @@ def test_theory_anchor_links_resolve():
 
 def test_theory_quotes_the_codes_constants():
     """Numbers the theory states are read from the code, so a change of either shows up here."""
-    from dynamics import dopri, integrate as integ
-    from dynamics import brian2_backend as b2b
-    from models import similarity as sim
+    from uhn.dynamics.solvers import rk45_batched as dopri
+    from uhn.dynamics import integrate as integ
+    from uhn.dynamics.backends import brian2_rate as b2b
+    from uhn.models import similarity as sim
     import inspect
 
     text = theory_text()
@@ -240,8 +241,8 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     for page in ("index.html", "theory.html", "api/models.html", "api/dynamics.html"):
         assert (out / page).is_file(), f"{page} was not built"
     api = (out / "api" / "dynamics.html").read_text(encoding="utf-8")
-    for name in ("dynamics.network.Network", "dynamics.integrate.integrate",
-                 "dynamics.energy.verify_energy", "dynamics.brian2_backend.run_brian2"):
+    for name in ("uhn.dynamics.network.Network", "uhn.dynamics.integrate.integrate",
+                 "uhn.dynamics.analysis.energy.verify_energy", "uhn.dynamics.backends.brian2_rate.run_brian2"):
         assert f'id="{name}"' in api, f"the API reference has no entry for {name}"
     theory = (out / "theory.html").read_text(encoding="utf-8")
     assert 'class="math' in theory and "$$" not in theory, "theory.md math was not rendered"

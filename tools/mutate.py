@@ -27,7 +27,7 @@ Usage (from the repository root, the project's venv active)::
 
     python tools/mutate.py --max-per-module 40 --seed 0 --timeout 120 --out mutation_results.json
     python tools/mutate.py --list                      # the mutants, without running anything
-    python tools/mutate.py --only dynamics/dopri.py:17 # re-run chosen mutants (module:index)
+    python tools/mutate.py --only dynamics/solvers/rk45_batched.py:17 # re-run chosen mutants (module:index)
     python tools/mutate.py --only models/separation.py:12 --tests-from tests/models/test_x.py \
         --tests tests/models/test_x.py --out /tmp/kill.json   # does a new, uncommitted test kill it?
 
@@ -70,30 +70,30 @@ TESTS = {
     # the array-API tests exercise the spec-only branches of these modules (a mutant there is
     # killed only by them); test_kernels.py the L1/Lp path numpy similarities now run on
     "models/similarity.py": ["tests/models/test_similarity.py", "tests/models/test_memory.py",
-                             "tests/models/test_kernels.py", "tests/models/test_array_api.py",
+                             "tests/models/test_kernels.py", "tests/models/test_arrays.py",
                              "tests/models/test_mutants_*.py"],
     "models/separation.py": ["tests/models/test_separation.py", "tests/models/test_memory.py",
-                             "tests/models/test_array_api.py", "tests/models/test_mutants_*.py"],
+                             "tests/models/test_arrays.py", "tests/models/test_mutants_*.py"],
     "models/memory.py": ["tests/models/test_memory.py", "tests/models/test_named_models.py",
-                         "tests/models/test_array_api.py", "tests/models/test_mutants_*.py"],
+                         "tests/models/test_arrays.py", "tests/models/test_mutants_*.py"],
     # test_array_api_dynamics.py: the spec-only branches of the Lagrangians, Network and the
     # array batched integrator
-    "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/test_energy.py",
+    "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/analysis/test_energy.py",
                                 "tests/dynamics/test_array_api_dynamics.py",
                                 "tests/dynamics/test_mutants_*.py"],
     # test_float32_dynamics.py: float32 networks (the float64 twin of the memories, dtypes kept)
-    "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/test_energy.py",
+    "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/analysis/test_energy.py",
                             "tests/dynamics/test_integrate.py", "tests/dynamics/test_array_api_dynamics.py",
                             "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_mutants_*.py"],
-    "dynamics/energy.py": ["tests/dynamics/test_energy.py", "tests/dynamics/test_energy_trajectory.py",
+    "dynamics/analysis/energy.py": ["tests/dynamics/analysis/test_energy.py", "tests/dynamics/analysis/test_energy_trajectory.py",
                            "tests/dynamics/test_mutants_*.py"],
     # test_array_api_dynamics.py: dopri's controller helpers (initial step, error norm, casts)
-    # also run inside dynamics.dopri_array
-    "dynamics/dopri.py": ["tests/dynamics/test_batched_integrator.py", "tests/dynamics/test_float32_dynamics.py",
+    # also run inside uhn.dynamics.solvers.rk45_batched_array
+    "dynamics/solvers/rk45_batched.py": ["tests/dynamics/solvers/test_rk45_batched.py", "tests/dynamics/test_float32_dynamics.py",
                           "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
-    "dynamics/dopri_array.py": ["tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
-    "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/test_batched_integrator.py",
-                              "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_reduced.py",
+    "dynamics/solvers/rk45_batched_array.py": ["tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
+    "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/solvers/test_rk45_batched.py",
+                              "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/solvers/test_reduced.py",
                               "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
 }
 

@@ -6,7 +6,7 @@ Every result must be an array-api-strict array on that device, of the dtype the 
 and agree with the numpy path. Both paths add up the same terms, in another order (np.einsum
 against sum(a * b)) or through an algebraically equal formula (scipy's logsumexp and expit against
 their max-shifted forms), so each side lies within gamma_n T of the exact value and the two sides
-within 2 gamma_n T, with T the sum of the magnitudes of the terms (the sizes dynamics.energy
+within 2 gamma_n T, with T the sum of the magnitudes of the terms (the sizes uhn.dynamics.analysis.energy
 uses for its own round-off allowances: ``value_size``, ``hvp_size``, size(E)) and gamma_n = n eps64
 for the longest chain of roundings, n = (length of the longest sum) + 8 elementwise operations.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynamics import lagrangians as L
-from dynamics.energy import _energy_and_size
-from dynamics.network import Network
-from models import Memory, get_separation
-from models._array_api import namespace, to_numpy
-from models.similarity import get_similarity
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.analysis.energy import _energy_and_size
+from uhn.dynamics.network import Network
+from uhn.models import Memory, get_separation
+from uhn.models.arrays import namespace, to_numpy
+from uhn.models.similarity import get_similarity
 
 xps = pytest.importorskip("array_api_strict")
 
@@ -134,9 +134,9 @@ def test_network_on_strict_arrays_agrees_with_numpy(name, params, L_v, L_h):
     against the same network on numpy memories, at one set of states.
 
     Tolerances (see the module docstring): the right-hand side adds, per entry, the N terms of the
-    gradient contraction (bounded by |f| |M| + |f|_1 |g|, dynamics.energy's drive estimate) and
+    gradient contraction (bounded by |f| |M| + |f|_1 |g|, uhn.dynamics.analysis.energy's drive estimate) and
     |v| + |I|, or a score (|S| + (|m| + |g|)^2) and |h|, each divided by its tau; E adds the terms
-    size(E) of dynamics.energy._energy_and_size; dE/dt = -tau vdot^T H vdot carries the velocity's
+    size(E) of uhn.dynamics.analysis.energy._energy_and_size; dE/dt = -tau vdot^T H vdot carries the velocity's
     error through 2 |H vdot|.|d vdot| plus its own sum; the readout sums N products |f| |P|."""
     net, snet, M, I = _pair(name, params, L_v, L_h)
     rng = np.random.default_rng(1)
@@ -236,14 +236,14 @@ def test_network_from_a_memory_of_strict_arrays():
     assert snet.L_h.name == "log_sum_exp(beta=3)" and namespace(snet.M) is xps
     Q = rng.random((B, D))
     v, h = net.initial_state(Q)
-    # E: the sum of the magnitudes of its terms (dynamics.energy), two sums of up to D + N terms
+    # E: the sum of the magnitudes of its terms (uhn.dynamics.analysis.energy), two sums of up to D + N terms
     E, size_E = _energy_and_size(net, np.concatenate([v, h], axis=1), None, adiabatic=False)
     sv, sh = snet.initial_state(strict(Q))
     assert np.all(np.abs(host(snet.energy(sv, sh)) - E) <= 2 * gamma(D + N) * size_E)
 
 
 def test_strict_network_refuses_numpy_states_and_numpy_only_methods():
-    from dynamics.integrate import integrate
+    from uhn.dynamics.integrate import integrate
     _, snet, M, _ = _pair("dot", {}, L.quadratic(), L.log_sum_exp(1.0))
     Q = np.random.default_rng(5).random((B, D))
     with pytest.raises(TypeError, match="queries is a numpy array but the network's memories are "
@@ -252,14 +252,14 @@ def test_strict_network_refuses_numpy_states_and_numpy_only_methods():
     with pytest.raises(ValueError, match="feature state v contains 1 NaN/inf"):
         bad = Q.copy()
         bad[2, 3] = np.nan
-        snet._check_state(strict(bad))
+        snet.check_state(strict(bad))
     with pytest.raises(ValueError, match=r"memory state h has shape \(5, 3\), expected \(5, 9\)"):
-        snet._check_state(strict(Q), strict(np.zeros((B, 3))))
+        snet.check_state(strict(Q), strict(np.zeros((B, 3))))
     with pytest.raises(TypeError, match="method='RK45' computes in numpy, but this network's memories "
                                         "are array_api_strict arrays; use method='RK45-batched'"):
         integrate(snet, strict(Q), 1.0, method="RK45")
     with pytest.raises(TypeError, match="run_brian2 computes in numpy"):
-        from dynamics.brian2_backend import run_brian2
+        from uhn.dynamics.backends.brian2_rate import run_brian2
         run_brian2(snet, strict(Q), 1.0)
 
 
@@ -295,7 +295,7 @@ def _global_error(n_steps, atol, rtol, y_max):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_solve_batched_array_takes_the_numpy_solvers_steps(dtype):
-    """The array solver (masked rows, on the device) against dynamics.dopri.solve_batched (numpy
+    """The array solver (masked rows, on the device) against uhn.dynamics.solvers.rk45_batched.solve_batched (numpy
     kernels, compacted rows) on a contracting linear system with a rest test. The two do the same
     arithmetic per element except the error norm's sum of squares (W terms, reduced in another
     order), so their step sizes drift apart by at most :func:`_step_drift` relative per step:
@@ -303,8 +303,8 @@ def test_solve_batched_array_takes_the_numpy_solvers_steps(dtype):
     flip (so the step counts are equal), 1e-2 in float32 (counts may differ by a step or two).
     Either way both runs are within the integrator's global error of the exact flow, and their
     stop times within the accumulated drift."""
-    from dynamics.dopri import solve_batched
-    from dynamics.dopri_array import solve_batched_array
+    from uhn.dynamics.solvers.rk45_batched import solve_batched
+    from uhn.dynamics.solvers.rk45_batched_array import solve_batched_array
     B_, W, t_end = 6, 5, 30.0
     F_np, F_xp, Y0, lam_max = _linear(B_, W)
     Y0 = Y0.astype(dtype)
@@ -350,7 +350,7 @@ def test_solve_batched_array_moves_one_small_vector_to_the_host_per_step(monkeyp
     rest is a fixed number before the loop (the first rest test) and after it (the assembly).
     With 601 sample times (about 4 per step) most steps pass several: sampling adds no transfer
     of its own (the loop before this change made one more per sampling pass)."""
-    import dynamics.dopri_array as da
+    import uhn.dynamics.solvers.rk45_batched_array as da
     count = {"n": 0}
     real = da.to_numpy
 
@@ -382,8 +382,8 @@ def test_solve_batched_array_on_a_non_autonomous_system():
     exercises. Row 0 starts at Y = 0, where the initial step selection takes its small-norm branch
     (h0 = 1e-6, so the first step is 100 h0, below the curvature estimate h1). Against the numpy
     solver: the same steps (float64, see :func:`_step_drift`) and samples within the global error."""
-    from dynamics.dopri import solve_batched
-    from dynamics.dopri_array import solve_batched_array
+    from uhn.dynamics.solvers.rk45_batched import solve_batched
+    from uhn.dynamics.solvers.rk45_batched_array import solve_batched_array
     rng = np.random.default_rng(8)
     B_, W, t_end = 4, 3, 12.0
     a, omega = rng.uniform(0.5, 2.0, (B_, W)), 3.0
@@ -410,7 +410,7 @@ def test_solve_batched_array_on_a_non_autonomous_system():
 def test_error_norm_accumulates_in_float64():
     """dopri_array._rms of float32 rows is float64 and equals the float64 root mean square of the
     same (exactly representable) values to float64 round-off (W terms summed: (W + 2) eps64)."""
-    from dynamics.dopri_array import _rms
+    from uhn.dynamics.solvers.rk45_batched_array import _rms
     x = np.random.default_rng(9).standard_normal((4, 1000)).astype(np.float32) * 1e3
     got = host(_rms(strict(x), xps), xps.float64)
     want = np.sqrt((x.astype(np.float64) ** 2).mean(1))
@@ -420,7 +420,7 @@ def test_error_norm_accumulates_in_float64():
 
 
 def test_solve_batched_array_reports_a_stalled_row():
-    from dynamics.dopri_array import solve_batched_array
+    from uhn.dynamics.solvers.rk45_batched_array import solve_batched_array
     _, F_xp, Y0, _ = _linear(3, 4)
     with pytest.raises(RuntimeError, match="row 0 stopped at t=.* more than 20 right-hand-side evaluations"):
         solve_batched_array(F_xp, strict(Y0), 10.0, t_eval=np.linspace(0, 10, 3), max_nfev=20)
@@ -429,7 +429,7 @@ def test_solve_batched_array_reports_a_stalled_row():
 
 
 def _integrate_pair(**kw):
-    from dynamics.integrate import integrate
+    from uhn.dynamics.integrate import integrate
     rng = np.random.default_rng(6)
     M = rng.random((N, D))
     Q = M[:4] + 0.2 * rng.standard_normal((4, D))
@@ -449,7 +449,7 @@ def test_integrate_on_strict_arrays_follows_the_numpy_run_and_passes_the_energy_
     round-off of the two right-hand sides ((D + N + 8) eps of the terms they add, about |y| here,
     per step, on a flow that contracts to its fixed point), and a Trajectory of numpy arrays
     whose stored energies agree with the numpy network's recomputation and pass verify_energy."""
-    from dynamics.energy import verify_energy
+    from uhn.dynamics.analysis.energy import verify_energy
     net, snet, a, b = _integrate_pair(**kw)
     rtol, atol = a.params["rtol"], a.params["atol"]
     assert b.params["nfev_per_query"] == a.params["nfev_per_query"]
@@ -473,7 +473,7 @@ def test_integrate_on_strict_arrays_keeps_the_ends_only_when_asked():
 
 
 def test_integrate_float32_strict_network_keeps_float32_states():
-    from dynamics.integrate import integrate
+    from uhn.dynamics.integrate import integrate
     rng = np.random.default_rng(7)
     M = rng.random((N, D)).astype(np.float32)
     snet = Network(strict(M), "dot", L_h=L.log_sum_exp(4.0))
@@ -487,7 +487,8 @@ def test_fixed_point_tools_analyse_a_strict_network_on_its_host_copy():
     """jacobian, stability and distance_bound of a network on strict arrays, at strict states:
     the numbers of the numpy network with the same memories, exactly (Network.on_host copies the
     memories, so both compute the same expressions on the same values)."""
-    from dynamics.fixed_points import distance_bound, jacobian, jacobian_adiabatic, stability
+    from uhn.dynamics.analysis.fixed_points import (distance_bound, jacobian, jacobian_adiabatic,
+        stability)
     net, snet, M, I = _pair("euclidean", {}, L.quadratic(), L.log_sum_exp(2.0))
     v, h = net.initial_state(M[:1] + 0.05)
     sv, sh = strict(v), strict(h)

@@ -1,4 +1,4 @@
-"""dynamics.autodiff: similarities and Lagrangians from a plain function, derivatives by JAX.
+"""uhn.dynamics.autodiff: similarities and Lagrangians from a plain function, derivatives by JAX.
 
 Tolerances: two float64 computations of the same quantity differ by round-off, a few ulps of the sum
 of |each term| they add, growing at most linearly with the length K of the sums:
@@ -19,14 +19,14 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from dynamics import autodiff as ad  # noqa: E402
-from dynamics import lagrangians as L  # noqa: E402
-from dynamics.energy import verify_energy  # noqa: E402
-from dynamics.fixed_points import stability  # noqa: E402
-from dynamics.integrate import integrate  # noqa: E402
-from dynamics.lagrangians import NonConvexLagrangianError  # noqa: E402
-from dynamics.network import Network  # noqa: E402
-from models.similarity import KL_EPS, get_similarity  # noqa: E402
+from uhn.dynamics import autodiff as ad  # noqa: E402
+from uhn.dynamics import lagrangians as L  # noqa: E402
+from uhn.dynamics.analysis.energy import verify_energy  # noqa: E402
+from uhn.dynamics.analysis.fixed_points import stability  # noqa: E402
+from uhn.dynamics.integrate import integrate  # noqa: E402
+from uhn.dynamics.lagrangians import NonConvexLagrangianError  # noqa: E402
+from uhn.dynamics.network import Network  # noqa: E402
+from uhn.models.similarity import KL_EPS, get_similarity  # noqa: E402
 
 EPS64 = np.finfo(np.float64).eps
 #: ulps per term of one evaluation (an exp, log, sqrt or power is correctly rounded to <= 1-2 ulps;

@@ -4,13 +4,13 @@ the float64 fixed points within the linearised distance bound of each final stat
 import numpy as np
 import pytest
 
-from dynamics import lagrangians as L
-from dynamics.dopri import DEFAULT_RTOL, resolved_rtol
-from dynamics.energy import verify_energy
-from dynamics.fixed_points import distance_bound
-from dynamics.integrate import integrate
-from dynamics.network import Network
-from models.similarity import get_similarity
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.solvers.rk45_batched import DEFAULT_RTOL, resolved_rtol
+from uhn.dynamics.analysis.energy import verify_energy
+from uhn.dynamics.analysis.fixed_points import distance_bound
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.network import Network
+from uhn.models.similarity import get_similarity
 
 EPS32 = float(np.finfo(np.float32).eps)
 RATIO = EPS32 / float(np.finfo(np.float64).eps)

@@ -6,22 +6,14 @@ from hypothesis import given, settings, strategies as st
 from scipy.linalg import expm
 from scipy.sparse import block_diag, csr_matrix
 
-import dynamics.integrate as integrate_module
-from dynamics import lagrangians as L
-from dynamics.fixed_points import jacobian, jacobian_adiabatic
-from dynamics.integrate import NOISE_FACTOR, Trajectory, block_sparsity, integrate
-from dynamics.network import Network
-from models.data import load_dataset
+import uhn.dynamics.integrate as integrate_module
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.analysis.fixed_points import jacobian, jacobian_adiabatic
+from uhn.dynamics.integrate import NOISE_FACTOR, Trajectory, block_sparsity, integrate
+from uhn.dynamics.network import Network
+from uhn.models.data import load_dataset
 
-
-def step_error_bound(nfev, W, rtol, atol, y_max, growth=1.0):
-    """Bound on the global error (2-norm) of an adaptive solution: every accepted step's error
-    estimate passes the controller, ||e / (atol + rtol |y|)||_rms < 1, so its local error has
-    2-norm < sqrt(W) (atol + rtol max|y|); there are fewer steps than right-hand-side calls
-    (``nfev``), and a local error made at time s reaches time t multiplied by at most ``growth``
-    = sup ||dy(t)/dy(s)|| (1 for a contracting flow). The propagated solution is the higher-order
-    one, so the true error is well below this."""
-    return growth * nfev * np.sqrt(W) * (atol + rtol * y_max)
+from error_bounds import step_error_bound
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +97,8 @@ def test_adiabatic_error_shrinks_linearly_with_tau_h(digits20):
 
 
 def test_fixed_point_equals_iterated_single_shot(digits20):
-    from models import Memory
-    from models.separation import get_separation
+    from uhn.models import Memory
+    from uhn.models.separation import get_separation
     M = digits20
     mem = Memory(M, similarity="dot", separation=get_separation("softmax", beta=1.0))
     Q = M[:4] + 0.3 * np.random.default_rng(0).standard_normal((4, 64))
@@ -127,8 +119,8 @@ def test_fixed_point_equals_iterated_single_shot(digits20):
 
 
 def test_squared_euclidean_fixed_point_is_two_thirds(digits20):
-    from models import Memory
-    from models.separation import get_separation
+    from uhn.models import Memory
+    from uhn.models.separation import get_separation
     M = digits20
     mem = Memory(M, similarity="squared_euclidean", separation=get_separation("softmax", beta=5.0))
     net = Network(mem)
@@ -282,7 +274,7 @@ def test_event_stop_counts_as_converged():
     """solve_ivp's fixed-point event stops where max_b ratio_b crosses 1; recomputed at the event
     state the (non-smooth) ratio came out 1 + 4e-6 on this run, which was reported not converged.
     The event, not the recomputed ratio, decides; both integrators must agree on the flag."""
-    from models.data import load_dataset
+    from uhn.models.data import load_dataset
     M = load_dataset("digits", n=20, seed=0).X
     q = M[0] + 0.2 * np.random.default_rng(0).standard_normal(M.shape[1])
     net = Network(M, "squared_euclidean", L_v=L.quadratic(), L_h=L.log_sum_exp(5.0))
@@ -315,7 +307,7 @@ def test_keep_returns_exactly_the_kept_samples(digits20, method, adiabatic):
     sample is the stop time appended after the grid. The energies (and h = S(g) when adiabatic)
     are recomputed from those states in other chunks and other memory alignments, so their sums
     may run in another order (measured: 1 ulp of E): they agree within energy_reorder_bounds."""
-    from dynamics.dopri import kept_indices
+    from uhn.dynamics.solvers.rk45_batched import kept_indices
     net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
     Q = digits20[:3] + 0.3 * np.random.default_rng(4).standard_normal((3, 64))
     kw = dict(method=method, adiabatic=adiabatic, n_samples=61, fixed_point_tol=1e-6)
@@ -432,7 +424,7 @@ def test_at_new_samples_computes_new_rows_once_and_copies_the_held(T, B, chunk, 
     """held_samples finds exactly the planted held samples (a change in one component of one of two
     arrays counts as new); at_new_samples calls fn on exactly those rows, in chunks of whole samples,
     and its outputs equal fn on every row (a row-wise fn, so the values are bit-equal)."""
-    from dynamics.integrate import at_new_samples, held_samples
+    from uhn.dynamics.integrate import at_new_samples, held_samples
     rng = np.random.default_rng(seed)
     a, c = rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2))
     new = _hold(rng, T, B, a, c)
@@ -462,7 +454,7 @@ def test_at_new_samples_chunks_are_chunk_rows_over_b_whole_samples():
     """Where every row is new the chunks are exactly chunk_rows // B samples (at least one), the
     last one short: 10 samples of one query in chunks of 4 rows, of three queries in chunks of
     2 samples (7 // 3), and chunks below one sample's rows still take a whole sample."""
-    from dynamics.integrate import at_new_samples
+    from uhn.dynamics.integrate import at_new_samples
     for T, B, chunk, expect in [(10, 1, 4, [4, 4, 2]), (5, 3, 7, [6, 6, 3]), (3, 4, 2, [4, 4, 4])]:
         seen, out = [], np.empty((T, B))
         at_new_samples(lambda x: (seen.append(len(x)) or x[:, 0],), np.ones((T, B), bool),
@@ -500,7 +492,7 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
     """A query that stopped holds its final state: sample_energies evaluates the energies on the
     new rows only (counted), and the held samples' E, dE/dt (and h = S(g)) equal those of the
     sample they repeat exactly; every sample agrees with its energies computed alone."""
-    from dynamics.integrate import sample_energies
+    from uhn.dynamics.integrate import sample_energies
     T, B = 6, 4
     net, rng, v, h, I = _energy_samples(digits20, 11, T, B)
     new = _hold(rng, T, B, v, h)
@@ -521,7 +513,7 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
 def test_sample_energies_equal_one_sample_at_a_time(monkeypatch, digits20, adiabatic):
     """sample_energies flattens the samples into chunks of whole samples (here 2 of 7 samples
     per chunk, the last chunk short) with each row's own input current."""
-    from dynamics.integrate import sample_energies
+    from uhn.dynamics.integrate import sample_energies
     net, _, v, h, I = _energy_samples(digits20, 5, 7, 3)
     monkeypatch.setattr(integrate_module, "ENERGY_CHUNK_ROWS", 2 * 3)
     hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)

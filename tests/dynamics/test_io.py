@@ -1,4 +1,4 @@
-"""Trajectory save / load (dynamics.io): exact netCDF-4 round trips of every backend's result."""
+"""Trajectory save / load (uhn.dynamics.io): exact netCDF-4 round trips of every backend's result."""
 import math
 
 import numpy as np
@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")
 
-from dynamics import lagrangians as L  # noqa: E402
-from dynamics.integrate import Trajectory, integrate  # noqa: E402
-from dynamics.io import from_xarray, load_trajectory, save_trajectory, to_xarray  # noqa: E402
-from dynamics.network import Network  # noqa: E402
+from uhn.dynamics import lagrangians as L  # noqa: E402
+from uhn.dynamics.integrate import Trajectory, integrate  # noqa: E402
+from uhn.dynamics.io import from_xarray, load_trajectory, save_trajectory, to_xarray  # noqa: E402
+from uhn.dynamics.network import Network  # noqa: E402
 
 ARRAYS = ("t", "v", "h", "E", "dEdt", "I", "converged")
 
@@ -46,7 +46,7 @@ def test_round_trip_of_scipy_and_batched_runs_is_exact(tmp_path, rng, method, ad
 
 def test_round_trip_of_a_brian2_run_is_exact(tmp_path, rng):
     pytest.importorskip("brian2")
-    from dynamics.brian2_backend import run_brian2
+    from uhn.dynamics.backends.brian2_rate import run_brian2
     net = _net(rng)
     tr = run_brian2(net, net.M[:2] + 0.05, t_end=0.5, dt=0.05, target="numpy")
     assert tr.backend == "brian2/numpy"
@@ -117,7 +117,7 @@ def test_non_finite_float_params_and_array_values_survive(tmp_path):
 
 
 def test_bad_inputs_are_refused_with_a_clear_error(tmp_path, rng):
-    with pytest.raises(TypeError, match="traj must be a dynamics.integrate.Trajectory"):
+    with pytest.raises(TypeError, match="traj must be a uhn.dynamics.integrate.Trajectory"):
         save_trajectory({"t": [0.0]}, tmp_path / "x.nc")
     net = _net(rng)
     tr = integrate(net, net.M[:1], t_end=1.0, n_samples=3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dynamics import lagrangians as L
+from uhn.dynamics import lagrangians as L
 
 ALL = [L.quadratic(), L.rectified_polynomial(2.0), L.rectified_polynomial(3.0), L.signed_polynomial(3.0),
        L.log_sum_exp(1.0), L.log_sum_exp(5.0), L.exponential(0.5), L.spherical(), L.log_cosh(),
@@ -14,7 +14,7 @@ ALL = [L.quadratic(), L.rectified_polynomial(2.0), L.rectified_polynomial(3.0), 
                                    lambda x: 3 * x ** 2 + 1, name="quartic")]
 IDS = [lag.name for lag in ALL]
 EPS = np.finfo(np.float64).eps
-#: round-off of one evaluation, in ulps of the summed |terms| it adds (as in dynamics.energy)
+#: round-off of one evaluation, in ulps of the summed |terms| it adds (as in uhn.dynamics.analysis.energy)
 ULPS = 4.0
 #: an error may be this many times its estimate (estimates of the error's size, not bounds)
 SAFETY = 10.0
@@ -259,7 +259,7 @@ def test_hvp_size_covers_hvp(lag):
 def test_log_sum_exp_gradient_names_an_overflowing_beta():
     """softmax(beta x) refuses beta x = inf (or a row that is -inf throughout) with an error naming
     beta, never NaN weights; a lone -inf beside a finite maximum is the exact weight 0."""
-    from dynamics.lagrangians import LogSumExp
+    from uhn.dynamics.lagrangians import LogSumExp
     with pytest.raises(OverflowError, match=r"beta \* x overflows float64 \(beta=1e\+308"):
         LogSumExp(1e308).grad(np.array([[10.0, 0.0]]))
     with pytest.raises(OverflowError, match="overflows float32"):

@@ -8,10 +8,10 @@ asserted here. See docs/testing.md for the run that found them.
 import numpy as np
 import pytest
 
-from dynamics import lagrangians as L
-from dynamics.dopri import solve_batched
-from dynamics.integrate import rest_ratio
-from dynamics.network import Network
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.solvers.rk45_batched import solve_batched
+from uhn.dynamics.integrate import rest_ratio
+from uhn.dynamics.network import Network
 
 EPS = np.finfo(np.float64).eps
 
@@ -127,7 +127,7 @@ def test_batched_rk45_counts_evaluations_steps_and_rejections():
 def test_integrate_defaults():
     """integrate(net, q): t_end = 50, 101 evenly spaced samples, rtol = 1e-8, atol = 1e-10,
     fixed_point_tol = 1e-8 (the documented signature), recorded in the trajectory's params; sample_times has the same 101."""
-    from dynamics.integrate import integrate, sample_times
+    from uhn.dynamics.integrate import integrate, sample_times
     traj = integrate(Network(np.eye(2)), np.array([1.0, 0.0]), stop_at_fixed_point=False)
     np.testing.assert_array_equal(traj.t, np.linspace(0.0, 50.0, 101))
     p = traj.params
@@ -142,8 +142,8 @@ def test_energy_increase_tolerance_uses_max_abs_E_and_one(linear_net):
     v = [1/10, 0], h = 0 it is at most 1/200 < 1, so the allowance is 10 * 1e-8 * 1 + 1e-12 (to
     the rounding of those two products and the sum: 3 eps relative) and the reported relative
     increase is the increase itself (divided by 1)."""
-    from dynamics.energy import verify_energy
-    from dynamics.integrate import integrate
+    from uhn.dynamics.analysis.energy import verify_energy
+    from uhn.dynamics.integrate import integrate
     traj = integrate(linear_net, np.array([0.1, 0.0]), t_end=5.0, h0=np.zeros((1, 2)))
     assert np.abs(traj.E).max() <= 0.005 * (1 + 4 * EPS)
     rep = verify_energy(linear_net, traj)
@@ -154,7 +154,7 @@ def test_energy_increase_tolerance_uses_max_abs_E_and_one(linear_net):
 
 def test_trajectory_query_is_that_query_alone(linear_net):
     """traj.query(b) holds exactly column b of every per-query array, as a batch of one."""
-    from dynamics.integrate import integrate
+    from uhn.dynamics.integrate import integrate
     traj = integrate(linear_net, np.array([[0.1, 0.0], [0.0, 0.2], [0.3, 0.3]]), t_end=1.0,
                      stop_at_fixed_point=False)
     for b in range(3):
@@ -215,7 +215,7 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
 
 def test_sample_times_must_strictly_increase():
     """A repeated sample time is refused like a decreasing one, naming the first pair."""
-    from dynamics.dopri import check_times
+    from uhn.dynamics.solvers.rk45_batched import check_times
     with pytest.raises(ValueError, match=r"strictly increasing, got t_eval\[1\] = 1 >= t_eval\[2\] = 1"):
         check_times([0.0, 1.0, 1.0, 2.0], 5.0)
     np.testing.assert_array_equal(check_times([0.0, 1.0, 2.0], 5.0), [0.0, 1.0, 2.0])
@@ -250,7 +250,7 @@ def test_thinned_samples_are_the_full_outputs_and_velocity_is_the_largest():
     last two sample times, while rate 1 runs to t_end = 8), including the last sample when it is
     not on the stride; the velocity reported at a stop is max_i |dY_i/dt| (components 1 and 2 of
     a row differ by a factor 2)."""
-    from dynamics.dopri import kept_indices
+    from uhn.dynamics.solvers.rk45_batched import kept_indices
     Y0 = np.tile([1.0, 2.0], (4, 1))
     at_rest = lambda Y, dY, rows: np.abs(dY).max(1) < 1e-4
     for T in range(2, 10):

@@ -1,6 +1,6 @@
-"""The bounds of dynamics.energy.verify_energy, each probed just above and just below.
+"""The bounds of uhn.dynamics.analysis.energy.verify_energy, each probed just above and just below.
 
-tools/mutate.py found these mutants of dynamics/energy.py surviving (docs/testing.md, "Remaining
+tools/mutate.py found these mutants of dynamics/analysis/energy.py surviving (docs/testing.md, "Remaining
 survivors and why"): the default ``diverge_factor``, the ``an > slack`` sign test, the pilot step
 and the E''' estimate that choose the finite-difference step, the step count assumed for a method
 without a known stage count, and the fixed-step (brian2) error model. Each test below plants a
@@ -14,10 +14,10 @@ from math import factorial, sqrt
 import numpy as np
 import pytest
 
-from dynamics import lagrangians as L
-from dynamics.energy import FD_SAFETY, ROUNDOFF_ULPS, verify_energy
-from dynamics.integrate import Trajectory, integrate
-from dynamics.network import Network
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.analysis.energy import FD_SAFETY, ROUNDOFF_ULPS, verify_energy
+from uhn.dynamics.integrate import Trajectory, integrate
+from uhn.dynamics.network import Network
 
 EPS = np.finfo(np.float64).eps
 FLOW_VIOLATION = "the samples do not solve this network's ODE"
@@ -138,7 +138,7 @@ def _cubic_net(cls=Network):
 
 
 def _cubic_size(v, h):
-    """size(E) (dynamics.energy._energy_and_size's docstring) of the cubic net at (v, h > 0):
+    """size(E) (uhn.dynamics.analysis.energy._energy_and_size's docstring) of the cubic net at (v, h > 0):
     |v g| + size(L_v) + |h f| + size(L_h) + |f| (|S| + (|m| + |g|)^2) with g = v, L_v = v^2/2,
     f = h^2, L_h = h^3/3, S = v, |m| = 1."""
     return v * v + v * v / 2 + h ** 3 + h ** 3 / 3 + h * h * (abs(v) + (1 + abs(v)) ** 2)
@@ -294,7 +294,7 @@ def test_fixed_step_error_model_of_a_leapfrog_run():
 
 
 # ------------------------------------------------------------------ the size and round-off formulas
-# A second full mutation run of dynamics/energy.py (docs/testing.md, "Full runs with --select
+# A second full mutation run of dynamics/analysis/energy.py (docs/testing.md, "Full runs with --select
 # coverage") left the terms of the round-off estimates, the reports of degenerate trajectories and
 # several verdict thresholds unchecked; the tests below pin each.
 def _size_net():
@@ -330,7 +330,7 @@ def _energy_size_by_hand(net, y, I, adiabatic):
 def test_energy_size_term_by_term(adiabatic):
     """The size of E's terms (what its round-off allowance scales) equals the docstring's sum
     evaluated term by term, to the round-off of a sum of about 20 positive terms (32 eps)."""
-    from dynamics.energy import _energy_and_size
+    from uhn.dynamics.analysis.energy import _energy_and_size
     net = _size_net()
     Y = _SIZE_Y[:, :net.D] if adiabatic else _SIZE_Y
     E, size = _energy_and_size(net, Y, _SIZE_I, adiabatic)
@@ -374,7 +374,7 @@ def test_dEdt_size_and_roundoff_term_by_term(adiabatic):
     query and on one whose velocity is exactly 0 (there the round-off is the second-order term
     tau H(dF) . dF alone: its sign matters). Each side sums a few dozen positive terms in another
     order: 64 eps relative."""
-    from dynamics.energy import _dEdt_and_size
+    from uhn.dynamics.analysis.energy import _dEdt_and_size
     net = _size_net()
     Y = _SIZE_Y[:, :net.D] if adiabatic else _SIZE_Y
     F = net.velocity(Y, _SIZE_I, adiabatic)
@@ -493,7 +493,7 @@ def test_growth_below_the_factor_from_a_large_start_is_no_runaway():
 
 def test_windows_first_half_consecutive_then_spread():
     """_windows(100, 40): windows 0..19, then 20 spread evenly over 20..99 (rounded)."""
-    from dynamics.energy import _windows
+    from uhn.dynamics.analysis.energy import _windows
     w = _windows(100, 40)
     np.testing.assert_array_equal(w[:20], np.arange(20))
     np.testing.assert_array_equal(w[20:], np.round(np.linspace(20, 99, 20)).astype(int))
@@ -522,7 +522,7 @@ def test_flow_model_counts_steps_by_scipy_stage_count(method, scheme):
 
 
 def test_brian2_default_scheme_is_first_order():
-    """A fixed-step trajectory of brian2's default scheme (dynamics.brian2_backend: first order in
+    """A fixed-step trajectory of brian2's default scheme (uhn.dynamics.backends.brian2_rate: first order in
     dt) is judged with the order-1 error model."""
     net = _quad_net()
     tr = _trajectory(net, [0.0, 1.0], [[[1.0, 1.0]], [[1.0, 1.0]]], "brian2", {"dt": 2.0 ** -6, "scheme": "default"})
@@ -530,7 +530,7 @@ def test_brian2_default_scheme_is_first_order():
 
 
 def test_reduced_method_error_norm_counts_its_own_variables():
-    """dynamics.reduced controls the error of (a, h, e), 2N + 1 numbers per query: its flow model
+    """uhn.dynamics.solvers.reduced controls the error of (a, h, e), 2N + 1 numbers per query: its flow model
     is FLOW_SAFETY amp (nfev / 6) sqrt(2N + 1) (atol + rtol |y|) (amp = max(1, max_i sum_mu
     |M_mu,i|) = 1 here). Net: _quad_net (N = 1: sqrt 3; every v = h a fixed point); samples
     (0, 0) and (d, d), so the deviation is d exactly (as in the Radau test above), planted at 0.9
@@ -609,7 +609,7 @@ def test_fd_step_for_a_small_third_derivative_is_the_clipped_balance():
 
 
 # ------------------------------------------------------------------ 4. flow model: the third full run
-# A full run of the second half of dynamics/energy.py's mutants (docs/testing.md) found the
+# A full run of the second half of dynamics/analysis/energy.py's mutants (docs/testing.md) found the
 # fixed-step model's time-constant weights, its step-count and reference-point floors, the
 # reference tolerance and its error term, and the reduced method's norm size unchecked.
 def _fixed_model_by_hand(lam, dt, t1, p, tau_min, longest=None):
@@ -939,7 +939,7 @@ def test_documented_safety_factor_and_roundoff_ulps():
     planted-error tests above compute their thresholds from these names, so a changed constant
     would move the threshold and the tests with it: pinned here against the documentation."""
     import pathlib
-    from dynamics import energy
+    from uhn.dynamics.analysis import energy
     theory = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "theory.md").read_text()
     assert "`FD_SAFETY` $= 10$" in theory and "`ROUNDOFF_ULPS` $= 4$" in theory
     assert (energy.FD_SAFETY, energy.ROUNDOFF_ULPS) == (10.0, 4.0)

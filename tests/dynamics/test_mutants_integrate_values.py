@@ -9,10 +9,10 @@ import inspect
 import numpy as np
 import pytest
 
-from dynamics import integrate as integ
-from dynamics import lagrangians as L
-from dynamics.integrate import JAC_NNZ_LIMIT, check_jacobian_size, integrate
-from dynamics.network import Network
+from uhn.dynamics import integrate as integ
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.integrate import JAC_NNZ_LIMIT, check_jacobian_size, integrate
+from uhn.dynamics.network import Network
 
 
 def _decay_net():

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from dynamics import lagrangians as L
+from uhn.dynamics import lagrangians as L
 
 EPS = np.finfo(np.float64).eps
 

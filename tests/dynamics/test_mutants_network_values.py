@@ -3,9 +3,9 @@ the array-API right-hand side's 1/tau_v at tau_v = 2 and the promotion of float3
 float64 network's dtype (which also found the adiabatic residual failing on array-API arrays). See docs/testing.md ("Full runs with --select coverage")."""
 import numpy as np
 
-from dynamics import lagrangians as L
-from dynamics.network import Network
-from models._array_api import to_numpy
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.network import Network
+from uhn.models.arrays import to_numpy
 
 EPS = np.finfo(np.float64).eps
 

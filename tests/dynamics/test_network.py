@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from dynamics import lagrangians as L
-from dynamics.network import Network, require_count, require_positive
-from models import Memory, get_similarity
+from uhn.dynamics import lagrangians as L
+from uhn.dynamics.network import Network
+from uhn.models.validation import require_count, require_positive
+from uhn.models import Memory, get_similarity
 
 EPS = np.finfo(float).eps
 
@@ -78,11 +79,11 @@ def test_rhs_and_dEdt_scale_with_the_time_constants(tau_v, tau_h):
 def test_nan_state_and_shape_mismatch():
     net = Network(M_())
     with pytest.raises(ValueError, match="feature state v"):
-        net._check_state(np.array([[np.nan, 0, 0, 0]]))
+        net.check_state(np.array([[np.nan, 0, 0, 0]]))
     with pytest.raises(ValueError, match="shape mismatch: feature state has 3 entries, network has D=4"):
-        net._check_state(np.zeros((1, 3)))
+        net.check_state(np.zeros((1, 3)))
     with pytest.raises(ValueError, match=r"shape mismatch: memory state h has shape \(1, 2\)"):
-        net._check_state(np.zeros((1, 4)), np.zeros((1, 2)))
+        net.check_state(np.zeros((1, 4)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="input current I must have shape"):
         Network(M_(), I=np.zeros(3))
 
@@ -106,7 +107,7 @@ def test_separation_without_energy_refused(sep):
 
 
 def test_lagrangian_type_checked():
-    with pytest.raises(TypeError, match="L_v must be a dynamics.lagrangians.Lagrangian"):
+    with pytest.raises(TypeError, match="L_v must be a uhn.dynamics.lagrangians.Lagrangian"):
         Network(M_(), L_v=np.tanh)
 
 
@@ -121,7 +122,7 @@ def test_fixed_point_algebra_dot_softmax():
 
 
 def test_memory_gives_lagrangian_of_its_separation():
-    from models.separation import get_separation
+    from uhn.models.separation import get_separation
     net = Network(Memory(M_(), separation=get_separation("softmax", beta=3.0)))
     assert net.L_h.kind == "log_sum_exp" and net.L_h.beta == 3.0
     assert "N=5" in repr(net) and net.describe()["D"] == 4

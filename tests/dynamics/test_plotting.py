@@ -1,4 +1,4 @@
-"""dynamics.plotting: each figure carries the trajectory's data, labelled axes; the GIF has its frames."""
+"""uhn.dynamics.plotting: each figure carries the trajectory's data, labelled axes; the GIF has its frames."""
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -11,12 +11,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from dynamics import plotting as P  # noqa: E402
-from dynamics.energy import verify_energy  # noqa: E402
-from dynamics.integrate import integrate  # noqa: E402
-from dynamics import lagrangians as L  # noqa: E402
-from dynamics.lagrangians import log_sum_exp  # noqa: E402
-from dynamics.network import Network  # noqa: E402
+from uhn.dynamics import plotting as P  # noqa: E402
+from uhn.dynamics.analysis.energy import verify_energy  # noqa: E402
+from uhn.dynamics.integrate import integrate  # noqa: E402
+from uhn.dynamics import lagrangians as L  # noqa: E402
+from uhn.dynamics.lagrangians import log_sum_exp  # noqa: E402
+from uhn.dynamics.network import Network  # noqa: E402
 
 SHAPE = (8, 8)
 
@@ -194,11 +194,11 @@ def test_bad_query_index(setup):
 def test_uhn_figures_quick(tmp_path, monkeypatch, capsys):
     """uhn figures writes every figure the repository's figures/ holds: here all but the
     capacity ones (--no-capacity; their names are test_uhn_figures_calls_capacity's and
-    tests/models/test_capacity.py's), plus the atlas's results store."""
+    tests/models/experiments/test_capacity.py's), plus the atlas's results store."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
     from pathlib import Path
 
-    from dynamics.cli import main
+    from uhn.cli import main
     assert main(["figures", "--quick", "--no-capacity", "--out", str(tmp_path)]) == 0
     names = {p.name for p in tmp_path.iterdir()}
     tracked = {p.name for p in (Path(__file__).resolve().parents[2] / "figures").iterdir()
@@ -211,8 +211,8 @@ def test_uhn_figures_quick(tmp_path, monkeypatch, capsys):
 
 
 def test_uhn_figures_calls_capacity(tmp_path, monkeypatch):
-    import dynamics.cli.capacity_cmd as cap
-    from dynamics.cli import main
+    import uhn.cli.capacity_cmd as cap
+    from uhn.cli import main
     calls = []
 
     def fake(out_dir, quick=False, progress=None, **kw):
@@ -221,7 +221,7 @@ def test_uhn_figures_calls_capacity(tmp_path, monkeypatch):
         p.write_bytes(b"")
         return [p]
 
-    import dynamics.cli.figures_cmd as fc
+    import uhn.cli.figures_cmd as fc
     monkeypatch.setattr(fc, "make_dynamics_figures", lambda *a, **k: [])
     monkeypatch.setattr(cap, "make_capacity_figures", fake)
     assert main(["figures", "--quick", "--out", str(tmp_path)]) == 0
@@ -232,8 +232,8 @@ def test_violation_sample_points_at_the_trajectory_check_when_only_it_fails():
     """A trajectory of the same network with a 3x slower memory layer: E still falls and dE/dt
     matches its finite difference at every state (those checks use the correct vector field), so
     only the trajectory check fails and the marker must sit at its worst window."""
-    from dynamics.energy import verify_energy
-    from dynamics.plotting import violation_sample
+    from uhn.dynamics.analysis.energy import verify_energy
+    from uhn.dynamics.plotting import violation_sample
     M = np.random.default_rng(0).uniform(0, 1, (4, 6))
     make = lambda tau_h: Network(M, "dot", L.quadratic(), L.log_sum_exp(2.0), tau_v=1.0, tau_h=tau_h)  # noqa: E731
     tr = integrate(make(0.3), M[:2] + 0.1, 5.0, n_samples=21)

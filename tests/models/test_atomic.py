@@ -1,9 +1,9 @@
-"""models._atomic.atomic_path: the target holds the old content or the new, never a partial one."""
+"""uhn.models.atomic.atomic_path: the target holds the old content or the new, never a partial one."""
 import os
 
 import pytest
 
-from models._atomic import atomic_path, umask
+from uhn.models.atomic import atomic_path, umask
 
 
 def test_replaces_on_success_with_usual_mode(tmp_path):

@@ -5,8 +5,8 @@ from hypothesis import given, strategies as st
 from numpy.testing import assert_array_equal
 from scipy import integrate, stats
 
-from models.corruption import (KINDS, border_mask, corrupt, gaussian_noise, mask_rows,
-                               masked_row_count, random_pixel_mask)
+from uhn.models.corruption import (KINDS, border_mask, corrupt, gaussian_noise, mask_rows,
+    masked_row_count, random_pixel_mask)
 
 shapes = st.tuples(st.integers(1, 20), st.integers(1, 20), st.sampled_from([None, 1, 3])).map(
     lambda t: t[:2] if t[2] is None else t)

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, strategies as st
 from numpy.testing import assert_array_equal
 
-import models.data as models_data
-from models.data import (MIN_PATCH_STD, NATURAL_PHOTOS, Dataset, blocks, load_dataset, names,
-                         random_patterns)
+import uhn.models.data as models_data
+from uhn.models.data import (MIN_PATCH_STD, NATURAL_PHOTOS, Dataset, blocks, load_dataset, names,
+    random_patterns)
 
 # name -> (n, image_shape); natural's count depends on skimage's resampling, so only a floor
 EXPECTED = {"mnist": (5000, (28, 28)), "digits": (1797, (8, 8)), "natural": (None, (32, 32, 3)),

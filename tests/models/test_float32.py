@@ -4,11 +4,11 @@ round-off: the bounds of conftest's ``score_err`` (written for eps64) with eps32
 import numpy as np
 import pytest
 
-from models import Memory, get_separation, get_similarity
-from models._array_api import numpy_float
-from models._validate import as_matrix
-from models.similarity import names as similarity_names
-from models.separation import names as separation_names
+from uhn.models import Memory, get_separation, get_similarity
+from uhn.models.arrays import numpy_float
+from uhn.models.validation import as_matrix
+from uhn.models.similarity import names as similarity_names
+from uhn.models.separation import names as separation_names
 
 EPS32, EPS64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
 RATIO = EPS32 / EPS64

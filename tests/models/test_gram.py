@@ -5,14 +5,15 @@ score from Q @ M.T plus per-row quantities; handed the product, they skip their 
 result must be the one retrieval computes without it: bit for bit where the same product enters
 the same arithmetic, within round-off for the paper's dot (it divides the product instead of
 multiplying the normalised operands). The capacity sweep shares one product per (N, block)
-problem among its lines (models.capacity._gram).
+problem among its lines (uhn.models.experiments.capacity._gram).
 """
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from models import Memory, capacity
-from models.similarity import get_similarity
+from uhn.models import Memory
+from uhn.models.experiments import capacity
+from uhn.models.similarity import get_similarity
 
 GRAM_FORMS = ["dot", "euclidean", "squared_euclidean"]
 EPS = np.finfo(np.float64).eps

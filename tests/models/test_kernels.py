@@ -1,4 +1,4 @@
-"""Compiled L1 / Lp kernels (models/_kernels.py) against a broadcast numpy reference written here.
+"""Compiled L1 / Lp kernels (models/kernels.py) against a broadcast numpy reference written here.
 
 Tolerances come from the error of the compared quantity:
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from models import _kernels as K
+from uhn.models import kernels as K
 
 EPS = {np.float64: np.finfo(np.float64).eps / 2, np.float32: np.finfo(np.float32).eps / 2}
 
@@ -134,7 +134,7 @@ def test_sign_of_zero_at_a_stored_memory():
 
 def test_mnist_rows():
     """Real digits: most pixels are exactly 0 in both the memory and the query (x = 0)."""
-    from models.data import load_dataset
+    from uhn.models.data import load_dataset
     X = load_dataset("mnist", n=40, seed=0).X
     M, Q = X[:30], np.vstack([X[25:35], 1.0 - X[:3]])
     F = np.random.default_rng(3).random((Q.shape[0], 30))
@@ -243,7 +243,7 @@ def test_similarities_skip_the_kernels_second_finiteness_pass_but_not_their_own(
     kernels with finite=True: the kernel does not read all of M again for NaN / inf (counted with
     a spy), gives the same bits as the checking call, and NaN memories are still refused by name.
     Without the flag the kernel checks both arrays itself."""
-    from models import Memory, get_similarity
+    from uhn.models import Memory, get_similarity
     M, q = rng.random((50, 12)), rng.random((2, 12))
     seen = []
     real = K.check_finite
@@ -308,7 +308,7 @@ def test_fused_l1_scores_and_vjp(dtype, shape, eps, seed):
 
 
 def test_fused_l1_fallback_and_mnist(monkeypatch):
-    from models.data import load_dataset
+    from uhn.models.data import load_dataset
     X = load_dataset("mnist", n=40, seed=0).X
     M, G = X[:30], X[25:40]
     F = np.random.default_rng(9).random((15, 30))
@@ -329,7 +329,7 @@ def test_similarity_registry_runs_on_these_kernels(monkeypatch, numba_on, name, 
     kernel, and the result is -dist / -vjp within the reference bounds."""
     if numba_on and not K.HAVE_NUMBA:
         pytest.skip("numba not installed")
-    from models.similarity import get_similarity
+    from uhn.models.similarity import get_similarity
     monkeypatch.setattr(K, "HAVE_NUMBA", numba_on)
     calls = []
     real = K._power_sums
@@ -406,10 +406,10 @@ def test_manhattan_rhs_at_a_diverged_state_is_an_overflow_like_score(rng, bad):
     it must raise what score alone raises, OverflowError naming the non-finite entries (the
     atlas files it as "diverged"), not the ValueError of bad user input (a regression of the
     fused path, found when uhn figures redrew the atlas: six points read "invalid")."""
-    from dynamics.atlas import failure_kind
-    from dynamics.lagrangians import log_sum_exp
-    from dynamics.network import Network
-    from models import get_similarity
+    from uhn.dynamics.analysis.atlas import failure_kind
+    from uhn.dynamics.lagrangians import log_sum_exp
+    from uhn.dynamics.network import Network
+    from uhn.models import get_similarity
     sim = get_similarity("manhattan", eps=0.05)
     M, G, F = rng.random((40, 30)), rng.random((5, 30)), rng.random((5, 40))
     G[3, 7] = bad
@@ -426,7 +426,7 @@ def test_manhattan_score_vjp_is_score_and_vjp_in_one_pass(rng, eps):
     sums of the same D terms in another order, so within D eps of the sums of their magnitudes;
     where a distance overflows (entries 1e300) it falls back to score's exact rescaling, finite.
     The dynamics' right-hand side takes this path (one pass over the (B, N, D) pairs)."""
-    from models import get_similarity
+    from uhn.models import get_similarity
     sim = get_similarity("manhattan", eps=eps)
     M, G, F = rng.random((40, 30)), rng.random((5, 30)), rng.random((5, 40))
     S, V = sim.score_vjp(M, G, F)

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import assume, given, strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from models import Memory, get_separation, get_similarity
-from models.separation import Separation
-from models.similarity import Similarity
+from uhn.models import Memory, get_separation, get_similarity
+from uhn.models.separation import Separation
+from uhn.models.similarity import Similarity
 
 STANDARD = ["dot", "cosine", "euclidean", "squared_euclidean", "manhattan", "minkowski", "kl",
             "reverse_kl", "hamming"]

@@ -7,8 +7,8 @@ non-numpy namespace. See docs/testing.md ("Full runs with --select coverage") fo
 import numpy as np
 import pytest
 
-from models import Memory, classical_hopfield, modern_hopfield, sparse_distributed_memory
-from models._array_api import to_numpy
+from uhn.models import Memory, classical_hopfield, modern_hopfield, sparse_distributed_memory
+from uhn.models.arrays import to_numpy
 
 EPS = np.finfo(np.float64).eps
 

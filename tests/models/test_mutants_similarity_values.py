@@ -9,8 +9,8 @@ round-off bounds of the quantity compared. See docs/testing.md ("Full runs with 
 import numpy as np
 import pytest
 
-from models import get_similarity
-from models._array_api import to_numpy
+from uhn.models import get_similarity
+from uhn.models.arrays import to_numpy
 
 EPS = np.finfo(np.float64).eps
 

@@ -8,9 +8,9 @@ See docs/testing.md for the run that found them.
 import numpy as np
 import pytest
 
-from models import Memory, get_separation, get_similarity
-from models.memory import sparse_distributed_memory
-from models.similarity import names
+from uhn.models import Memory, get_separation, get_similarity
+from uhn.models.memory import sparse_distributed_memory
+from uhn.models.similarity import names
 
 EPS = np.finfo(np.float64).eps
 
@@ -128,7 +128,7 @@ def test_paper_kl_is_floored_exactly_within_its_round_off_bound():
     |sum p log r|) (2.3e-12 for uniform D = 784), at RECIPROCAL_FLOOR = 1e-12: a KL of 1.6e-12
     (between the floor and the bound) gives 1/RECIPROCAL_FLOOR, one of 6.5e-12 (above the bound)
     gives 1/KL to within bound/KL."""
-    from models.similarity import KL_EPS, RECIPROCAL_FLOOR
+    from uhn.models.similarity import KL_EPS, RECIPROCAL_FLOOR
     D = 784
     m = np.ones(D)
     P = m / D

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from models import (ClassicalHopfield, classical_hopfield, dense_associative_memory,
-                    modern_hopfield, sign, sparse_distributed_memory)
+from uhn.models import (ClassicalHopfield, classical_hopfield, dense_associative_memory,
+    modern_hopfield, sign, sparse_distributed_memory)
 
 D = 400
 
@@ -169,9 +169,9 @@ def test_sparse_distributed_memory_output_follows_the_values_coding():
 def test_dense_associative_memory_on_real_valued_digits_needs_normalised_weights():
     """README claim: unnormalised polynomial weights scale the output (0% retrieved on masked
     MNIST), the official code's normalisation to sum 1 retrieves most digits."""
-    from models import Memory, get_separation
-    from models.corruption import corrupt
-    from models.data import load_dataset
+    from uhn.models import Memory, get_separation
+    from uhn.models.corruption import corrupt
+    from uhn.models.data import load_dataset
     ds = load_dataset("mnist", n=100, seed=0)
     Q = corrupt(ds.X, "mask_bottom", 0.5, ds.image_shape, seed=0)
 

@@ -1,11 +1,11 @@
-"""models.plotting.save_figure writes the format its suffix names, or refuses."""
+"""uhn.models.plotting.save_figure writes the format its suffix names, or refuses."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from models.plotting import save_figure  # noqa: E402
+from uhn.models.plotting import save_figure  # noqa: E402
 
 #: the first bytes of each format (its file signature)
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF", ".jpg": b"\xff\xd8\xff", ".svg": b"<?xml"}

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose, assert_array_equal
 
-from models.separation import EXP_MAX, get_separation, names
+from uhn.models.separation import EXP_MAX, get_separation, names
 
 EPS = np.finfo(np.float64).eps
 

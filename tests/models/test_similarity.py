@@ -15,7 +15,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from hypothesis.extra.numpy import arrays
 
-from models.similarity import KL_EPS, RECIPROCAL_FLOOR, differentiable_names, get_similarity, names
+from uhn.models.similarity import (KL_EPS, RECIPROCAL_FLOOR, differentiable_names, get_similarity,
+    names)
 
 EPS = np.finfo(np.float64).eps
 
@@ -73,7 +74,7 @@ def test_minkowski_generalises_manhattan_and_euclidean(rng):
     assert_allclose(get_similarity("minkowski", p=1)(A, Q), get_similarity("manhattan")(A, Q),
                     rtol=2 * (9 + 2) * EPS)
     S2, Se = get_similarity("minkowski", p=2)(A, Q), get_similarity("euclidean")(A, Q)
-    # minkowski (a direct sum of D terms, models._kernels) is accurate to (D + 2) eps; euclidean is the GEMM form (module docstring)
+    # minkowski (a direct sum of D terms, uhn.models.kernels) is accurate to (D + 2) eps; euclidean is the GEMM form (module docstring)
     assert_allclose(S2, Se, rtol=2 * (9 + 2) * EPS, atol=_dist_err(_gemm_sq_err(A, Q), -Se).max())
 
 
@@ -518,7 +519,7 @@ def test_bind_reuses_per_memory_work_and_changes_no_value(name, monkeypatch):
     """Similarity.bind(M) computes the memories' normalised rows / logarithms / unit rows once:
     score and vjp with that M give bit for bit what the unbound similarity gives, the per-memory
     normalisation is not redone per call, and another M array falls back to the general formula."""
-    import models.similarity as msim
+    import uhn.models.similarity as msim
     rng = np.random.default_rng(3)
     M, Q, F = rng.random((7, 12)), rng.random((4, 12)), rng.random((4, 7))
     sim = get_similarity(name)
@@ -541,9 +542,9 @@ def test_bind_reuses_per_memory_work_and_changes_no_value(name, monkeypatch):
 def test_memory_keeps_a_private_copy_for_bound_similarities(name):
     """Memory / Network bind such similarities to a read-only copy of the memories: changing the
     caller's array afterwards cannot leave the precomputed rows stale."""
-    from dynamics.lagrangians import softplus
-    from dynamics.network import Network
-    from models import Memory
+    from uhn.dynamics.lagrangians import softplus
+    from uhn.dynamics.network import Network
+    from uhn.models import Memory
     rng = np.random.default_rng(4)
     X, Q = rng.random((6, 10)), rng.random((3, 10))
     mem = Memory(X, similarity=name, separation="max")

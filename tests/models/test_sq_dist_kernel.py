@@ -1,9 +1,9 @@
-"""The compiled finish of the GEMM-form squared distances (models._kernels.finish_sq_dist) is the
+"""The compiled finish of the GEMM-form squared distances (uhn.models.kernels.finish_sq_dist) is the
 numpy reference bit for bit: the same IEEE operations in the same order, per element."""
 import numpy as np
 import pytest
 
-from models import _kernels as K
+from uhn.models import kernels as K
 
 pytestmark = pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
 

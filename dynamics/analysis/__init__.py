@@ -1,0 +1,1 @@
+"""Energy check, fixed points, why a query did not retrieve, and the dynamics atlas."""

@@ -1,0 +1,1 @@
+"""The integration methods below :func:`uhn.dynamics.integrate.integrate`."""

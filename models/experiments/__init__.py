@@ -1,0 +1,1 @@
+"""The paper's experiments: capacity sweeps, the sweep runner and its results store."""

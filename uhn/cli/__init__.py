@@ -1,0 +1,188 @@
+"""The ``uhn`` command line. Each subcommand lives in its own module with ``register(subparsers)``
+which adds a parser and sets ``func`` (called with the parsed args, returns an exit code).
+
+Conventions, kept here once for every subcommand:
+
+- exit status 0 on success, 1 when a check fails (e.g. the energy is not a Lyapunov function),
+  2 on bad input: argparse's own errors, the ``type=`` validators below, and any ValueError,
+  TypeError, OverflowError or FloatingPointError raised while a subcommand runs, which
+  :func:`main` prints as one line ``uhn <command>: error: <message>`` on stderr (set UHN_DEBUG=1
+  for the traceback);
+- ``--help`` shows every option's default; ``uhn --version``;
+- results on stdout, progress notes (:func:`note`) on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+
+#: subcommand modules, in the order ``uhn --help`` lists them
+SUBCOMMANDS = ("demo", "dynamics", "brian2", "capacity", "atlas", "figures")
+
+#: errors a subcommand raises for values it cannot work with: reported as ``error:``, exit 2
+INPUT_ERRORS = (ValueError, TypeError, OverflowError, FloatingPointError)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as _version
+    try:
+        return _version("universal-hopfield")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
+        return "unknown (not installed)"
+
+
+# ------------------------------------------------------------------ argparse type= validators
+def _number(text: str, kind, name: str):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (no nan / inf)."""
+    return _number(text, float, "a finite number")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = _number(text, float, "a positive finite number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. a seed)."""
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def note(message: str) -> None:
+    """A progress note on stderr (stdout keeps the results), flushed at once."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_out_dir(out_dir):
+    """The output folder as a Path; ValueError if it exists and is not a folder (checked before
+    any long computation)."""
+    from pathlib import Path
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out must be a directory, but {str(out)!r} is a file")
+    return out
+
+
+def save_outputs(out_dir, trajectories: dict, figures: dict) -> list:
+    """Write each Trajectory as ``<out_dir>/<name>.nc`` (uhn.dynamics.io) and each matplotlib figure
+    as ``<out_dir>/<name>.png`` (closing it); returns the paths written, in that order."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from uhn.dynamics.io import save_trajectory
+    from uhn.models.plotting import save_figure
+    out = check_out_dir(out_dir)
+    written = [save_trajectory(traj, out / f"{name}.nc") for name, traj in trajectories.items()]
+    for name, fig in figures.items():
+        try:
+            written.extend(save_figure(fig, out / f"{name}.png"))
+        finally:
+            plt.close(fig)
+    return written
+
+
+def fail(command: str, message: str) -> int:
+    """Print ``uhn <command>: error: <message>`` (one line) on stderr; return exit status 2."""
+    message = " ".join(str(message).split())
+    print(f"uhn {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# ------------------------------------------------------------------ parser
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps description / epilog layout and appends '(default: X)' to every option whose help
+    does not already name its default (options defaulting to None or False show nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or "(default" in text or action.default is None
+                or action.default is False or action.default is argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand parser uses :class:`HelpFormatter` (a superset of the raw-description
+    formatter a subcommand may ask for) and reports a bad command line in one line."""
+
+    def __init__(self, *args, formatter_class=None, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        """One line ``<prog>: error: <message> (see <prog> --help)`` on stderr, exit status 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def build_parser(only: str = None) -> argparse.ArgumentParser:
+    """The ``uhn`` parser with every subcommand, or with subcommand ``only`` alone: registering a
+    subcommand imports what its options list (integrators, readouts, brian2 targets), up to 0.8 s
+    of imports a run of another subcommand does not need."""
+    parser = _Parser(prog="uhn", description="Universal Hopfield Networks simulator (Millidge et al. 2022).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in SUBCOMMANDS if only is None else (only,):
+        try:
+            module = importlib.import_module(f"{__name__}.{name}_cmd")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}_cmd":
+                raise
+            continue  # subcommand not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run ``uhn`` with argv (default sys.argv[1:]); returns the exit status (see the module
+    docstring). argparse errors exit through SystemExit(2) as usual."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # a known subcommand first: build its parser alone (anything else: the whole parser, so
+    # --help, --version and a misspelt command read as usual)
+    parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except INPUT_ERRORS as err:
+        if os.environ.get("UHN_DEBUG"):
+            raise
+        return fail(args.command, str(err) or type(err).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
