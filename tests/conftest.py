@@ -140,3 +140,12 @@ def _softmax_leak(S, beta, P):
 def softmax_leak():
     """softmax_leak(S, beta, P): bound on how far softmax retrieval lies from the best memory's value."""
     return _softmax_leak
+
+
+@pytest.fixture
+def linear_net():
+    """M = I_2, dot similarity, quadratic L_v and L_h (g = v, f = h), tau_v = 2, tau_h = 1/2:
+    dv/dt = (h M - v) / 2, dh/dt = (M v - h) / (1/2), exact in floating point for small integers."""
+    from uhn.dynamics import lagrangians as L
+    from uhn.dynamics.network import Network
+    return Network(np.eye(2), similarity="dot", L_h=L.quadratic(), tau_v=2.0, tau_h=0.5)

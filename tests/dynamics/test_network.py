@@ -1,11 +1,13 @@
-"""Network construction errors and the right-hand side's fixed-point algebra."""
+"""Network construction errors, the right-hand side's fixed-point algebra, and closed-form values of
+its defaults, readout, residual, pack layout and dtype promotion."""
 import numpy as np
 import pytest
 
 from uhn.dynamics import lagrangians as L
 from uhn.dynamics.network import Network
-from uhn.models.validation import require_count, require_positive
 from uhn.models import Memory, get_similarity
+from uhn.models.arrays import to_numpy
+from uhn.models.separation import get_separation
 
 EPS = np.finfo(float).eps
 
@@ -22,22 +24,6 @@ def test_bad_time_constant(tau):
         Network(M_(), tau_h=tau)
     with pytest.raises(TypeError, match="tau_v must be a real number, got str '1'"):
         Network(M_(), tau_v="1")
-
-
-def test_require_positive_and_count():
-    assert require_positive(np.float32(0.5), "dt", "time step") == 0.5
-    assert require_positive(np.inf, "max_step", "step size", finite=False) == np.inf
-    with pytest.raises(ValueError, match="max_step must be a positive step size, got nan"):
-        require_positive(np.nan, "max_step", "step size", finite=False)
-    with pytest.raises(ValueError, match="dt must be a positive finite time step, got inf"):
-        require_positive(np.inf, "dt", "time step")
-    with pytest.raises(TypeError, match="dt must be a real number, got bool True"):
-        require_positive(True, "dt", "time step")
-    assert require_count(np.int64(3), "n") == 3
-    with pytest.raises(ValueError, match="record_every must be an integer >= 1, got 0"):
-        require_count(0, "record_every")
-    with pytest.raises(TypeError, match="record_every must be an integer, got float 2.0"):
-        require_count(2.0, "record_every")
 
 
 def linear(tau_v, tau_h, D=5, N=3, seed=0):
@@ -114,7 +100,7 @@ def test_lagrangian_type_checked():
 def test_fixed_point_algebra_dot_softmax():
     """At v = M^T softmax(beta M v), h = M v the RHS vanishes (found by iterating the map)."""
     M = M_()
-    mem = Memory(M, similarity="dot", separation=__import__("models").separation.get_separation("softmax", beta=2.0))
+    mem = Memory(M, similarity="dot", separation=get_separation("softmax", beta=2.0))
     z = mem.iterate(M[0] + 0.1, max_steps=2000, tol=0).states
     net = Network(mem)
     dv, dh = net.rhs(z[None], (M @ z)[None])
@@ -166,3 +152,101 @@ def test_energy_and_dEdt_together_are_the_separate_values_bit_for_bit(sim, L_v, 
         np.testing.assert_array_equal(Ea, net.energy_adiabatic(v))
         np.testing.assert_array_equal(dEa, net.dEdt_adiabatic(v))
         assert E.dtype == dE.dtype == Ea.dtype == np.float64
+
+
+# --------------------------------------------------------------------------------------------------
+# Values mutation testing (tools/mutate.py; docs/testing.md, "Full runs with --select
+# coverage") found unchecked, on inputs where they are exact (dyadic numbers): the defaults, the
+# heteroassociative readout, residual / fun / pack on the linear network (tests/conftest.py
+# linear_net), the array-API right-hand side's 1/tau_v and the promotion of float32 states to a
+# float64 network's dtype (which also found the adiabatic residual failing on array-API arrays).
+
+
+def test_network_defaults():
+    """Network(M): dot similarity, quadratic L_v, log_sum_exp(beta=1) L_h, tau_v = 1, tau_h = 0.1."""
+    net = Network(np.eye(2))
+    assert (net.tau_v, net.tau_h) == (1.0, 0.1)
+    assert net.sim.name == "dot" and net.L_v.name == "quadratic" and net.L_h.name == "log_sum_exp(beta=1)"
+
+
+def test_heteroassociative_readout_closed_form():
+    """z = P^T f(h) with f = softmax (beta = 1): h = [0, log 3] gives f = [1/4, 3/4] (to the
+    rounding of log 3 and exp: a few eps), so P = [[4, 0, 8], [0, 4, 8]] reads out [1, 3, 8]."""
+    P = np.array([[4.0, 0.0, 8.0], [0.0, 4.0, 8.0]])
+    net = Network(np.eye(2), values=P)
+    z = net.readout(np.array([[0.0, np.log(3.0)]]))
+    # f is off by a few eps relative; |P| <= 8 and two terms per output: 4 * 8 * 4 eps bounds it
+    np.testing.assert_allclose(z, [[1.0, 3.0, 8.0]], rtol=0, atol=128 * EPS)
+
+
+def test_residual_and_flat_rhs_closed_form(linear_net):
+    """At v = [2, 0], h = [0, 3]: dv/dt = ([0, 3] - [2, 0]) / 2 = [-1, 3/2] and
+    dh/dt = ([2, 0] - [0, 3]) / (1/2) = [4, -6], so the residual max_i |dy_i/dt| is 6; the flat
+    solve_ivp interface fun(t, y) on the pack() layout returns the same numbers."""
+    v, h = np.array([[2.0, 0.0], [0.0, 0.0]]), np.array([[0.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(linear_net.residual(v, h), [6.0, 0.0])
+    dy = linear_net.fun()(0.0, linear_net.pack(v, h))
+    np.testing.assert_array_equal(dy, [-1.0, 1.5, 4.0, -6.0, 0.0, 0.0, 0.0, 0.0])
+    # adiabatic: h = S(g) = M v, so dv/dt = (M^T M v - v) / 2 = 0 for M = I: a line of fixed points
+    np.testing.assert_array_equal(linear_net.residual(v, adiabatic=True), [0.0, 0.0])
+
+
+def test_pack_unpack_layout(linear_net):
+    """pack(v, h) = [v_0, h_0, v_1, h_1, ...] and unpack is its inverse."""
+    v, h = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[10.0, 11.0], [12.0, 13.0]])
+    y = linear_net.pack(v, h)
+    np.testing.assert_array_equal(y, [1, 2, 10, 11, 3, 4, 12, 13])
+    v2, h2 = linear_net.unpack(y)
+    np.testing.assert_array_equal(v2, v)
+    np.testing.assert_array_equal(h2, h)
+
+
+def test_strict_rhs_divides_by_tau_v_of_two(to_strict):
+    """tau_v dv/dt = M^T f - v with quadratic L_h (f = h) and dot similarity: with dyadic entries
+    every operation is exact, so at tau_v = 2 dv/dt = (M^T h - v) / 2 exactly, on array-api-strict
+    arrays as on numpy; dh/dt = (M v - h) / tau_h."""
+    M = np.array([[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75]])
+    v, h = np.array([[0.5, -1.25]]), np.array([[0.375, -0.75, 1.0]])
+    kw = dict(similarity="dot", L_v=L.quadratic(), L_h=L.quadratic(), tau_v=2.0, tau_h=0.5)
+    expected_v, expected_h = (h @ M - v) / 2.0, (v @ M.T - h) / 0.5
+    dv, dh = Network(to_strict(M), **kw).rhs(to_strict(v), to_strict(h))
+    np.testing.assert_array_equal(to_numpy(dv), expected_v)
+    np.testing.assert_array_equal(to_numpy(dh), expected_h)
+    np.testing.assert_array_equal(Network(M, **kw).rhs(v, h)[0], expected_v)
+
+
+def test_strict_float32_states_compute_in_the_networks_float64(to_strict):
+    """float32 v and h given to a float64 network's residual (max |dy/dt|, which validates its
+    states) are promoted before any arithmetic: with log cosh L_v (g = tanh v) and log-sum-exp L_h
+    (softmax), the result equals the float64 computation from the same (exactly upcast) values to
+    float64 round-off (a few eps64 of the terms, |terms| < 16 here), far below the ~1e-7 that a
+    float32 tanh or softmax would leave. Both forms, (v, h) and adiabatic (h = S(g)): the adiabatic
+    one raised on array-API arrays before (the validated v was unpacked as a pair, splitting rows).
+    """
+    import array_api_strict as xps
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((4, 3))
+    v32, h32 = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)
+    v32[1] += 6     # row 1: |dv/dt| ~ |v| > |dh/dt| ~ |M|, so the residual reads the v part (f = softmax(3 h))
+    kw = dict(similarity="dot", L_v=L.log_cosh(), L_h=L.log_sum_exp(3.0), tau_v=1.0, tau_h=1.0)
+    sM = to_strict(M)
+    snet = Network(sM, **kw)
+    for adiabatic in (False, True):
+        sv, sh = xps.asarray(v32, device=sM.device), xps.asarray(h32, device=sM.device)
+        r = snet.residual(sv, None if adiabatic else sh, adiabatic=adiabatic)
+        assert r.dtype == xps.float64
+        ref = Network(M, **kw).residual(v32.astype(np.float64), None if adiabatic else h32.astype(np.float64),
+                                        adiabatic=adiabatic)
+        np.testing.assert_allclose(to_numpy(r), ref, rtol=0, atol=64 * EPS)
+
+
+def test_strict_initial_state_casts_h0_to_the_common_dtype(to_strict):
+    """initial_state returns (v0, h0) in the common dtype of the queries and the memories: a float32
+    h0 given with float64 queries to a float64 network comes back float64, with the same values
+    (the upcast is exact)."""
+    import array_api_strict as xps
+    M = to_strict(np.eye(3, 2))
+    h0 = xps.asarray(np.array([[0.1, -0.2, 0.3]], dtype=np.float32), device=M.device)
+    v0, h = Network(M, "dot").initial_state(to_strict([[0.5, -0.25]]), h0)
+    assert v0.dtype == xps.float64 and h.dtype == xps.float64
+    np.testing.assert_array_equal(to_numpy(h), to_numpy(h0).astype(np.float64))

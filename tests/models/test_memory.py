@@ -5,6 +5,7 @@ from hypothesis import assume, given, strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 from uhn.models import Memory, get_separation, get_similarity
+from uhn.models.arrays import to_numpy
 from uhn.models.separation import Separation
 from uhn.models.similarity import Similarity
 
@@ -415,3 +416,68 @@ def test_iterate_parameters_are_checked(rng):
         mem.iterate(np.ones(3), max_steps=2.5)
     with pytest.raises(ValueError, match=r"iterate max_steps must be >= 1, got 0"):
         mem.iterate(np.ones(3), max_steps=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Values a full mutation run (tools/mutate.py; docs/testing.md, "Full runs with --select
+# coverage") left unchecked, pinned on inputs where they are known exactly: the iteration cap, dtype
+# promotion, the chunk budget, and the array-API iterate loop.
+
+
+def test_n_memories_counts_rows():
+    assert Memory(np.zeros((5, 7))).n_memories == 5
+
+
+def test_float32_query_on_float64_memory_computes_in_float64():
+    """The query is promoted to the memory's float64 (not the memory demoted to float32): the
+    result equals, bit for bit, that of the same query given in float64."""
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((6, 5))
+    q32 = rng.standard_normal((3, 5)).astype(np.float32)
+    mem = Memory(M, similarity="dot", separation="softmax")
+    z = mem.retrieve(q32)
+    assert z.dtype == np.float64
+    np.testing.assert_array_equal(z, mem.retrieve(q32.astype(np.float64)))
+
+
+def test_iterate_stops_after_100_steps_by_default():
+    """Dot + identity with M = (2, 0): z_{t+1} = M^T M z_t = 4 z_t never converges; after the
+    default cap of 100 steps z = 4^100 q = 2^200 q exactly."""
+    res = Memory(np.array([[2.0, 0.0]])).iterate(np.array([1.0, 0.0]))
+    assert res.steps == 100 and not res.converged
+    np.testing.assert_array_equal(res.states, [2.0**200, 0.0])
+
+
+def test_smallest_chunk_budget_retrieves_one_row_at_a_time():
+    """chunk_bytes = 1 (the smallest allowed) forces one query per chunk: the batch's result is,
+    bit for bit, that of the queries retrieved one at a time (the same 1-row products), and agrees
+    with the one-piece batch to the round-off of z = W P: |dz| <= 2 gamma_N sum_mu |w_mu||p_mu|
+    plus the weights' own round-off (of the same size; N = 7, gamma_N = N eps)."""
+    rng = np.random.default_rng(1)
+    M, Q = rng.standard_normal((7, 4)), rng.standard_normal((5, 4))
+    mem = Memory(M, similarity="euclidean", separation="softmax")
+    z = Memory(M, similarity="euclidean", separation="softmax", chunk_bytes=1).retrieve(Q)
+    np.testing.assert_array_equal(z, np.stack([mem.retrieve(q) for q in Q]))
+    bound = 4 * 7 * EPS * (mem.weights(Q) @ np.abs(M))
+    assert np.all(np.abs(z - mem.retrieve(Q)) <= bound)
+
+
+def test_strict_iterate_stops_when_nothing_moves(to_strict):
+    """The array-API loop of Memory.iterate: from a query one entry away from memory 0, dot + max
+    retrieval moves that entry at step 1 and nothing at step 2 (max change 0, not > tol = 0), so it
+    stops converged after 2 steps, as the numpy loop does."""
+    M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0]])
+    res = Memory(to_strict(M), similarity="dot", separation="max").iterate(to_strict([[1.0, 1.0, 1.0, 0.0]]))
+    np.testing.assert_array_equal(to_numpy(res.states), M[:1])
+    assert to_numpy(res.steps).tolist() == [2] and to_numpy(res.converged).tolist() == [True]
+
+
+def test_iterate_continues_while_any_entry_moves():
+    """Dot / max retrieval from a query that differs from memory 0 in one entry: step 1 moves that
+    entry only (the rest already agree), step 2 retrieves the same memory and nothing moves:
+    two steps, converged. 'moved' must mean the largest change exceeds tol, not the smallest."""
+    M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0]])
+    q = np.array([1.0, 1.0, 1.0, 0.0])
+    res = Memory(M, similarity="dot", separation="max").iterate(q)
+    np.testing.assert_array_equal(res.states, M[0])
+    assert res.steps == 2 and res.converged

@@ -6,8 +6,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from uhn.models import (ClassicalHopfield, classical_hopfield, dense_associative_memory,
     modern_hopfield, sign, sparse_distributed_memory)
+from uhn.models.arrays import to_numpy
 
 D = 400
+EPS = np.finfo(np.float64).eps
 
 
 def test_named_instances_are_the_right_compositions(rng, bipolar):
@@ -229,3 +231,69 @@ def test_sparse_distributed_memory_radius_must_be_finite_and_non_negative():
     for bad in (np.nan, np.inf):
         with pytest.raises(ValueError, match=r"sparse_distributed_memory radius must be a finite number"):
             sparse_distributed_memory(X, radius=bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Values a full mutation run (tools/mutate.py; docs/testing.md, "Full runs with --select
+# coverage") left unchecked, pinned on inputs where they are known exactly: the named models'
+# defaults, the update caps, the async update's seeded order, SDM's majority and the zero diagonal
+# of W on a non-numpy namespace.
+
+
+def test_sdm_default_radius_is_zero():
+    """radius = 0 by default: only a memory equal to the query votes. Memories 1 and 2 are at
+    Hamming distance 1 from memory 0; with radius 1 they outvote its bit 1 (1 of 3 votes)."""
+    M = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], dtype=float)
+    np.testing.assert_array_equal(sparse_distributed_memory(M).retrieve(M[0]), M[0])
+    np.testing.assert_array_equal(sparse_distributed_memory(M, radius=1.0).retrieve(M[0]), M[1])
+
+
+def test_modern_hopfield_default_beta_is_one():
+    """z = M^T softmax(beta M q): scores (ln 3, 0) give weights (3/4, 1/4) at beta = 1 and
+    (9/10, 1/10) at beta = 2 (each entry within a few eps of the exact fraction)."""
+    M = np.eye(2)
+    q = np.array([np.log(3.0), 0.0])
+    np.testing.assert_allclose(modern_hopfield(M).retrieve(q), [0.75, 0.25], rtol=0, atol=8 * EPS)
+    np.testing.assert_allclose(modern_hopfield(M, beta=2.0).retrieve(q), [0.9, 0.1], rtol=0, atol=8 * EPS)
+
+
+def test_sync_update_runs_50_sweeps_by_default_on_a_two_cycle():
+    """W = m m^T with zero diagonal for m = (1, -1) is [[0, -1], [-1, 0]]: synchronous updates send
+    (1, 1) to (-1, -1) and back, so the default cap of 50 sweeps is reached without convergence."""
+    res = classical_hopfield(np.array([[1.0, -1.0]])).update(np.array([1.0, 1.0]), mode="sync")
+    assert res.steps == 50 and not res.converged
+    np.testing.assert_array_equal(res.states, [1.0, 1.0])   # an even number of sweeps
+
+
+def test_async_update_default_seed_is_zero():
+    """One stored pattern m = 1 and a query with overlap m.s = 0: the first neuron updated sees the
+    field m_i (m.s - m_i s_i) = -s_i and flips, after which every neuron aligns with the sign of the
+    new overlap. So the fixed point is -s_i m for the first neuron i of the seeded permutation:
+    with seed 0 that is neuron 2 (s = +1, fixed point -m); seed 1 starts at neuron 5 (+m)."""
+    m = np.ones(8)
+    s = np.array([1.0, 1, 1, 1, -1, -1, -1, -1])
+    hop = classical_hopfield(m[None, :])
+    for seed in (0, 1):
+        first = np.random.default_rng(seed).permutation(8)[0]
+        np.testing.assert_array_equal(hop.update(s, seed=seed).states, -s[first] * m)
+    np.testing.assert_array_equal(hop.update(s).states, hop.update(s, seed=0).states)
+    assert not np.array_equal(hop.update(s, seed=0).states, hop.update(s, seed=1).states)
+
+
+def test_strict_classical_hopfield_has_a_zero_diagonal(to_strict):
+    """W = M^T M with W_ii = 0 (zero_diagonal=True) on array-api-strict arrays, as on numpy."""
+    M = np.array([[1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
+    W = to_numpy(classical_hopfield(to_strict(M)).W)
+    expected = M.T @ M
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_array_equal(W, expected)
+    np.testing.assert_array_equal(to_numpy(classical_hopfield(to_strict(M), zero_diagonal=False).W), M.T @ M)
+
+
+def test_sdm_majority_output_needs_more_than_half_the_votes():
+    """Sparse distributed memory on {0,1} data with every memory in range (radius = D): bit i is
+    on where more than half of the 4 voting memories have it on: 3 of 4 -> 1, 2 of 4 -> 0 (not
+    more than half), 1 of 4 -> 0."""
+    M = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0]], dtype=float)
+    z = sparse_distributed_memory(M, radius=4.0).retrieve(np.zeros(4))
+    np.testing.assert_array_equal(z, [1.0, 0.0, 0.0, 0.0])

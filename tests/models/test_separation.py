@@ -241,3 +241,59 @@ def test_separations_never_write_into_the_scores(name, params):
     W = get_separation(name, **params)(S)
     assert_array_equal(S, S0)
     assert not np.shares_memory(W, S)
+
+
+# --------------------------------------------------------------------------------------------------
+# Values mutation testing (tools/mutate.py; docs/testing.md) found unchecked, pinned on
+# inputs where they are known exactly (dyadic scores, one-hot weights): a changed default, a flipped
+# comparison or a wrong shift changes a number asserted here.
+
+
+def test_threshold_default_theta_is_zero_and_includes_the_boundary():
+    """sep(S)_mu = 1 if S_mu >= theta else 0, theta = 0 by default: a score equal to theta counts."""
+    W = get_separation("threshold")(np.array([-1.0, -2.0**-1074, 0.0, 0.5]))
+    np.testing.assert_array_equal(W, [0.0, 0.0, 1.0, 1.0])
+    W = get_separation("threshold", theta=-3.0)(np.array([-3.0, -3.5]))
+    np.testing.assert_array_equal(W, [1.0, 0.0])
+
+
+@pytest.mark.parametrize("n", [1.0, 1.5])
+def test_polynomial_of_degree_at_least_one_has_a_lagrangian(n):
+    """Convex Lagrangian max(h, 0)^(n+1)/(n+1) for every n >= 1, not only integers >= 2."""
+    sep = get_separation("polynomial", n=n)
+    assert sep.lagrangian == "rectified_polynomial" and sep.no_energy == ""
+    assert get_separation("polynomial", n=0.5).lagrangian is None
+
+
+def test_polynomial_default_degree_is_two():
+    """sep(S) = max(S, 0)^n with n = 2 by default (the docstring's default; a changed default
+    survived a full mutation run of separation.py): exact on dyadic scores."""
+    sep = get_separation("polynomial")
+    np.testing.assert_array_equal(sep(np.array([[-1.5, 0.0, 0.5, 3.0]])), [[0.0, 0.0, 0.25, 9.0]])
+    assert sep.name == "polynomial(n=2)"
+    signed = get_separation("polynomial", rectified=False)
+    np.testing.assert_array_equal(signed(np.array([[-1.5, 0.5]])), [[-2.25, 0.25]])
+
+
+def test_k_max_weights_are_one_over_k_on_the_top_k():
+    """Uniform 1/k on the k largest scores (ties to the lower index): for k = 4 exactly 0.25
+    (a power of two, so exact), 0 elsewhere, summing to 1."""
+    S = np.array([[5.0, 1.0, 4.0, 2.0, 3.0, 0.0]])
+    W = get_separation("k_max", k=4)(S)
+    np.testing.assert_array_equal(W, [[0.25, 0.0, 0.25, 0.25, 0.25, 0.0]])
+    W = get_separation("k_max", k=4)(np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]))
+    np.testing.assert_array_equal(W, [[0.0, 0.0, 0.25, 0.25, 0.25, 0.25]])
+
+
+def test_top_k_names():
+    """k = 1 is the paper's "max"; larger k carry their k (result files are keyed by these names)."""
+    assert get_separation("max").name == "max" and get_separation("k_max", k=1).name == "max"
+    assert get_separation("k_max", k=2).name == "k_max(k=2)"
+
+
+def test_softmax_shifts_by_the_row_maximum():
+    """exp(beta S) / sum exp(beta S) with the maximum shifted out: scores 1000 apart give the
+    one-hot [1, 0] exactly (exp(-1000) underflows to 0); shifting by anything smaller would make
+    exp overflow to inf and the weights NaN."""
+    W = get_separation("softmax", beta=1.0)(np.array([[0.0, -1000.0], [-5000.0, 700.0]]))
+    np.testing.assert_array_equal(W, [[1.0, 0.0], [0.0, 1.0]])

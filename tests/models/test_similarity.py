@@ -15,6 +15,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from hypothesis.extra.numpy import arrays
 
+from uhn.models.arrays import to_numpy
 from uhn.models.similarity import (KL_EPS, RECIPROCAL_FLOOR, differentiable_names, get_similarity,
     names)
 
@@ -556,3 +557,172 @@ def test_memory_keeps_a_private_copy_for_bound_similarities(name):
         mem.M[0, 0] = 1.0
     with pytest.raises(ValueError, match="read-only"):
         net.M[0, 0] = 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Values a full mutation run (tools/mutate.py; docs/testing.md, "Full runs with --select
+# coverage") left unchecked: the minkowski default, the names and smoothness flags the integrators
+# read, cosine on rows of any magnitude (the rescaled route for tiny rows and the error naming
+# all-zero rows), distances near the float64 limits, the paper_code KL floor, and the euclidean /
+# minkowski gradients at a memory and at distances below 1, on numpy and on the array-API branch.
+# Reference values are closed forms or explicit per-memory loops; tolerances are round-off bounds
+# of the quantity compared.
+
+
+def test_minkowski_default_p_is_two():
+    """-(3^p + 4^p)^(1/p) is -5 exactly for p = 2 (and about -4.50 for p = 3)."""
+    sim = get_similarity("minkowski")
+    assert sim.name == "minkowski(p=2)"
+    assert sim(np.zeros((1, 2)), np.array([[3.0, 4.0]]))[0, 0] == -5.0
+
+
+@pytest.mark.parametrize("name, params, label, smooth", [
+    ("euclidean", {}, "euclidean", False),
+    ("euclidean", {"eps": 0.5}, "euclidean(eps=0.5)", True),
+    ("minkowski", {"p": 3}, "minkowski(p=3)", False),
+    ("minkowski", {"p": 3, "eps": 0.5}, "minkowski(p=3, eps=0.5)", True),
+    ("manhattan", {"eps": 0.5}, "manhattan(eps=0.5)", True),
+])
+def test_distance_names_and_smoothness(name, params, label, smooth):
+    """The name says the parameters (results and figures are labelled by it); ``smooth`` is False
+    exactly when eps = 0 (a kink at every memory: integrate refuses stiff solvers on it), True for
+    any eps > 0, including eps < 1."""
+    sim = get_similarity(name, **params)
+    assert sim.name == label and sim.smooth is smooth
+
+
+def test_cosine_error_names_the_all_zero_rows():
+    """Rows 0 (entries 1e-200: its norm underflows) and 2 (all zero) both take the rescaled route;
+    only row 2 is all zero, and the error names it."""
+    M = np.array([[1e-200, 0.0], [1.0, 2.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"all-zero memories \(rows \[2\]\)"):
+        get_similarity("cosine")(M, np.ones((1, 2)))
+
+
+def _cos_closed_form(M, Q):
+    return np.array([[m @ q / np.sqrt((m @ m) * (q @ q)) for m in M] for q in Q])
+
+
+def test_cosine_of_rows_of_any_magnitude(as_array):
+    """One batch with a tiny query (entries 2^-540 ~ 3e-163: squares underflow), a query of norm
+    0.5 and one with a zero entry: every score equals the closed form of the unscaled rows to the
+    round-off of a normalised dot product, (D + 4) eps (D = 3)."""
+    M = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 4.0], [2.0, -1.0, 1.0]])
+    Q = np.array([[1.0, 1.0, 0.0], [0.3, 0.4, 0.0], [1.0, -2.0, 2.0]])
+    Qin = Q.copy()
+    Qin[0] *= 2.0**-540                       # exact: cosine is scale invariant
+    S = get_similarity("cosine")(as_array(M), as_array(Qin))
+    np.testing.assert_allclose(to_numpy(S), _cos_closed_form(M, Q), rtol=0, atol=7 * EPS)
+
+
+def test_cosine_gradient_of_a_tiny_state_scales_as_one_over_its_norm():
+    """dS_mu/dg = M^_mu/|g| - S_mu g/|g|^2 is homogeneous of degree -1: at g 2^-540 (norm underflows,
+    the rescaled route) it is 2^540 times the gradient at g, to the round-off of both routes:
+    2 (D + 4) eps (|F| |M^| + |F S| |g^|) / |g| per entry."""
+    rng = np.random.default_rng(3)
+    M, G, F = rng.standard_normal((5, 4)), rng.standard_normal((2, 4)), rng.standard_normal((2, 5))
+    sim = get_similarity("cosine")
+    ref = sim.vjp(M, G, F)
+    tiny = sim.vjp(M, G * 2.0**-540, F) * 2.0**-540
+    Mh = M / np.linalg.norm(M, axis=1, keepdims=True)
+    gn = np.linalg.norm(G, axis=1, keepdims=True)
+    S = (G / gn) @ Mh.T
+    bound = 2 * 8 * EPS * (np.abs(F) @ np.abs(Mh) + np.abs(F * S).sum(1, keepdims=True) * np.abs(G / gn)) / gn
+    assert np.all(np.abs(tiny - ref) <= bound)
+
+
+def _loop_vjp(M, G, F, p):
+    """sum_mu F_mu dS_mu/dg with dS_mu/dg_i = -|g_i - M_mu,i|^(p-1) sign(g_i - M_mu,i) / |g - M_mu|_p^(p-1),
+    term by term; a memory at distance 0 contributes 0 (its subgradient)."""
+    out = np.zeros_like(G)
+    for b in range(G.shape[0]):
+        for mu in range(M.shape[0]):
+            x = G[b] - M[mu]
+            r = np.sum(np.abs(x) ** p) ** (1.0 / p)
+            if r > 0:
+                out[b] -= F[b, mu] * np.abs(x) ** (p - 1) * np.sign(x) / r ** (p - 1)
+    return out
+
+
+@pytest.mark.parametrize("name, params, p", [("euclidean", {}, 2.0), ("minkowski", {"p": 3}, 3.0)])
+def test_distance_gradient_at_a_memory_and_below_unit_distance(name, params, p, as_array):
+    """State 0 sits on memory 1 (distance 0: that memory's term is 0, not NaN); everything is scaled
+    by 1/100 so every other distance is below 1. The gradient contraction equals the per-memory
+    loop. Error bound: the GEMM route of |g - M_mu|^2 loses (D + 3) eps (|g|^2 + |M_mu|^2) to
+    cancellation, a relative (D + 3) eps (|g|^2 + |M_mu|^2) / r_mu^2 in r^2 (p = 2; the minkowski
+    p-power sums lose only (D + 3) eps relative); each term is bounded by |F_mu|, so the sum
+    within sum_mu |F_mu| (that relative error + 8 eps), times 2 for both sides."""
+    rng = np.random.default_rng(5)
+    D = 6
+    M = rng.standard_normal((4, D)) / 100
+    G = rng.standard_normal((3, D)) / 100
+    G[0] = M[1]
+    F = rng.standard_normal((3, 4))
+    sim = get_similarity(name, **params)
+    got = to_numpy(sim.vjp(as_array(M), as_array(G), as_array(F)))
+    assert np.all(np.isfinite(got))
+    r2 = ((G[:, None, :] - M[None, :, :]) ** 2).sum(-1)
+    big = (G ** 2).sum(1)[:, None] + (M ** 2).sum(1)[None, :]
+    rel = np.where(r2 > 0, (D + 3) * EPS * (big / np.where(r2 > 0, r2, 1.0) if p == 2 else 1.0), 0.0)
+    bound = 2 * (np.abs(F) * (rel + 8 * EPS)).sum(1, keepdims=True)
+    assert np.all(np.abs(got - _loop_vjp(M, G, F, p)) <= bound)
+
+
+def test_similarity_names_per_convention():
+    assert names("paper_code") == ["dot", "euclidean", "manhattan", "kl", "reverse_kl"]
+    assert names() == names("standard")
+    assert "cosine" in names() and "cosine" not in names("paper_code")
+
+
+@pytest.mark.parametrize("name", ["euclidean", "manhattan"])
+def test_distances_near_the_float64_maximum(name, score_err):
+    """M = [1.5e308, 0], q = [1.4e308, 0]: the distance 1e307 is representable although its
+    square (and the memory's) overflows; rescaling by the power of two 2^1023 (exact) gives it
+    within the round-off bound of the score (tests/conftest.py score_err: the GEMM form of the
+    squared distance loses (D + 4) eps (|q| + |m|)^2, which the sqrt divides by 2 d)."""
+    M, Q = np.array([[1.5e308, 0.0]]), np.array([[1.4e308, 0.0]])
+    S = get_similarity(name)(M, Q)
+    s = 2.0**1023  # the power of two that the bound is computed at (exact rescaling)
+    exact = -(1.5e308 - 1.4e308)
+    assert abs(S[0, 0] - exact) <= s * score_err(name, "standard", M / s, Q / s)[0, 0]
+    # a large memory against a unit query and the reverse: the rescaling must come from the
+    # largest entry of either array
+    big, unit = np.array([[1e300, 0.0]]), np.array([[1.0, 0.0]])
+    s = 2.0**996  # 1e300 = f 2^997, f in [1/2, 1)
+    for M, Q in ((big, unit), (unit, big)):
+        S = get_similarity(name)(M, Q)
+        assert abs(S[0, 0] - (-1e300)) <= s * score_err(name, "standard", M / s, Q / s)[0, 0]
+
+
+def test_euclidean_distance_of_tiny_vectors_does_not_underflow():
+    """M = [1e-200, 0], q = [0, 1e-200]: the squares 1e-400 underflow to 0, so the direct GEMM
+    form gives a false match 0; the rescaled computation gives -sqrt(2) 1e-200 to a few ulps
+    (the scale is a power of two: exact; GEMM and sqrt add (D + 4) eps relative at most)."""
+    S = get_similarity("euclidean")(np.array([[1e-200, 0.0]]), np.array([[0.0, 1e-200]]))
+    exact = -np.sqrt(2.0) * 1e-200
+    assert abs(S[0, 0] - exact) <= 6 * EPS * abs(exact)
+
+
+def test_paper_kl_is_floored_exactly_within_its_round_off_bound():
+    """paper_code KL floors a divergence within its GEMM round-off, (D + 2) eps64 (|sum p log p| +
+    |sum p log r|) (2.3e-12 for uniform D = 784), at RECIPROCAL_FLOOR = 1e-12: a KL of 1.6e-12
+    (between the floor and the bound) gives 1/RECIPROCAL_FLOOR, one of 6.5e-12 (above the bound)
+    gives 1/KL to within bound/KL."""
+    D = 784
+    m = np.ones(D)
+    P = m / D
+    self_term = float((P * np.log(P + KL_EPS)).sum())
+    bound = (D + 2) * EPS * 2 * abs(self_term)          # |cross| = |self| up to O(KL)
+    sim = get_similarity("kl", convention="paper_code")
+    for d, inside in ((3.7e-5, True), (7.4e-5, False)):
+        q = m.copy()
+        q[0] += d
+        q[1] -= d
+        R = q / q.sum()
+        kl = float((P * (np.log(P + KL_EPS) - np.log(R + KL_EPS))).sum())
+        assert (RECIPROCAL_FLOOR < kl <= bound) == inside and kl > RECIPROCAL_FLOOR
+        s = float(sim(m[None], q[None])[0, 0])
+        if inside:
+            assert s == 1.0 / RECIPROCAL_FLOOR
+        else:
+            assert abs(s - 1.0 / kl) <= (1.0 / kl) * bound / kl

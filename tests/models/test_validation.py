@@ -1,10 +1,11 @@
-"""uhn.models.validation.check_finite: its fast path (one sum) and the entry-by-entry check
-must refuse exactly the arrays that hold NaN or inf, whatever their size, dtype and layout."""
+"""uhn.models.validation. check_finite: its fast path (one sum) and the entry-by-entry check
+must refuse exactly the arrays that hold NaN or inf, whatever their size, dtype and layout.
+require_positive / require_count: the value back, or an error naming the parameter."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from uhn.models.validation import _sum_finite, check_finite
+from uhn.models.validation import _sum_finite, check_finite, require_count, require_positive
 
 BAD = [np.nan, np.inf, -np.inf]
 
@@ -35,7 +36,7 @@ def test_check_finite_refuses_exactly_the_arrays_with_nan_or_inf(shape, dtype, s
 
 
 def test_the_fast_path_answers_for_ordinary_data_and_defers_for_an_overflowing_sum():
-    """It must be the path taken for ordinary data (the 2.2 ms isfinite pass over 31 MB is what it
+    """It must be the path taken for ordinary data (the isfinite pass over the whole array is what it
     saves), and must not be trusted where the sum overflows; quietly, also where the caller turned
     overflow into an error (integrate runs under np.errstate(over="raise"))."""
     with np.errstate(over="raise", invalid="raise"):
@@ -51,3 +52,19 @@ def test_the_fast_path_answers_for_ordinary_data_and_defers_for_an_overflowing_s
     a = np.ones((3, 4))
     a[0, 0], a[1, 1] = np.inf, -np.inf
     assert not _sum_finite(a)
+
+
+def test_require_positive_and_count():
+    assert require_positive(np.float32(0.5), "dt", "time step") == 0.5
+    assert require_positive(np.inf, "max_step", "step size", finite=False) == np.inf
+    with pytest.raises(ValueError, match="max_step must be a positive step size, got nan"):
+        require_positive(np.nan, "max_step", "step size", finite=False)
+    with pytest.raises(ValueError, match="dt must be a positive finite time step, got inf"):
+        require_positive(np.inf, "dt", "time step")
+    with pytest.raises(TypeError, match="dt must be a real number, got bool True"):
+        require_positive(True, "dt", "time step")
+    assert require_count(np.int64(3), "n") == 3
+    with pytest.raises(ValueError, match="record_every must be an integer >= 1, got 0"):
+        require_count(0, "record_every")
+    with pytest.raises(TypeError, match="record_every must be an integer, got float 2.0"):
+        require_count(2.0, "record_every")

@@ -940,7 +940,7 @@ def test_documented_safety_factor_and_roundoff_ulps():
     would move the threshold and the tests with it: pinned here against the documentation."""
     import pathlib
     from uhn.dynamics.analysis import energy
-    theory = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "theory.md").read_text()
+    theory = (pathlib.Path(__file__).resolve().parents[3] / "docs" / "theory.md").read_text()
     assert "`FD_SAFETY` $= 10$" in theory and "`ROUNDOFF_ULPS` $= 4$" in theory
     assert (energy.FD_SAFETY, energy.ROUNDOFF_ULPS) == (10.0, 4.0)
 
@@ -965,3 +965,21 @@ def test_reference_of_one_step_counts_one_step():
     # |y| = max(|y0|, |y1|) = 1
     expected = FD_SAFETY * sqrt(2) * (rtol + rtol_ref * 1e-2 + rtol_ref)
     assert rep.flow_tol == pytest.approx(expected, rel=8 * EPS, abs=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The increase allowance's max(|E|, 1) (a mutant found by tools/mutate.py, docs/testing.md).
+
+
+def test_energy_increase_tolerance_uses_max_abs_E_and_one(linear_net):
+    """The monotonicity check allows an increase of rtol_factor * rtol * max(|E|, 1) + atol_floor
+    between samples. On the linear network E = |v - h|^2 / 2 (quadratic L_v and L_h, M = I), from
+    v = [1/10, 0], h = 0 it is at most 1/200 < 1, so the allowance is 10 * 1e-8 * 1 + 1e-12 (to
+    the rounding of those two products and the sum: 3 eps relative) and the reported relative
+    increase is the increase itself (divided by 1)."""
+    traj = integrate(linear_net, np.array([0.1, 0.0]), t_end=5.0, h0=np.zeros((1, 2)))
+    assert np.abs(traj.E).max() <= 0.005 * (1 + 4 * EPS)
+    rep = verify_energy(linear_net, traj)
+    assert rep.passed, rep.summary()
+    assert abs(rep.increase_tol - (10 * 1e-8 + 1e-12)) <= 3 * EPS * 1e-7
+    assert rep.max_increase_relative == rep.max_increase

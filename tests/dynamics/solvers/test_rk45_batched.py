@@ -8,7 +8,7 @@ from scipy.integrate import solve_ivp
 
 from uhn.dynamics import lagrangians as L
 from uhn.dynamics.solvers import rk45_batched as dopri
-from uhn.dynamics.solvers.rk45_batched import kept_indices, solve_batched
+from uhn.dynamics.solvers.rk45_batched import check_times, kept_indices, solve_batched
 from uhn.dynamics.analysis.energy import verify_energy
 from uhn.dynamics.integrate import integrate
 from uhn.dynamics.network import Network
@@ -16,6 +16,7 @@ from uhn.models.data import load_dataset
 from uhn.models.similarity import get_similarity
 from error_bounds import step_error_bound
 
+EPS = np.finfo(np.float64).eps
 RATES = np.array([0.5, 1.0, 3.0, 10.0])
 
 
@@ -373,3 +374,121 @@ def test_integrate_progress_option(digits20, method, capsys):
     assert "integrating" in err and "of 5" in err
     plain = integrate(net, Q, 5.0, method=method)
     assert np.array_equal(tr.v, plain.v) and np.array_equal(bar.v, plain.v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Values mutation testing (tools/mutate.py; docs/testing.md) found unchecked: the evaluation
+# and rejection counts, scipy's initial step on slow and time-dependent flows, strictly increasing
+# sample times, the exact evaluation budget, and thinned samples with the velocity at a stop.
+
+
+def test_batched_rk45_counts_evaluations_steps_and_rejections():
+    """Every attempted step of Dormand-Prince costs 6 evaluations (first same as last), plus 2 to
+    start (F(t0) and the initial-step probe): nfev = 2 + 6 (accepted + rejected), per row. A
+    loose tolerance on y' = -50 y from a large state forces rejections, so both counts matter."""
+    rates = np.array([1.0, 50.0])
+
+    def F(t, Y, rows, out):
+        return np.multiply(-rates[rows, None], Y, out=out)
+
+    sol = solve_batched(F, np.full((2, 1), 1e3), 2.0, t_eval=np.linspace(0, 2, 5), rtol=1e-3, atol=1e-6)
+    assert sol.n_rejected[1] > 0
+    np.testing.assert_array_equal(sol.nfev, 2 + 6 * (sol.n_steps + sol.n_rejected))
+
+
+@pytest.mark.parametrize("system", ["slow", "non-autonomous", "from zero", "nonlinear", "flat start",
+                                    "tiny state"])
+def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
+    """The batched solver's first step is scipy's select_initial_step, so each row takes the
+    steps of solve_ivp(RK45) alone: the same evaluation count, samples equal to a few ulps per
+    step. "slow": y' = -1e-7 y, whose scaled derivative norm d1 = |f| / (atol + rtol |y|) ~ 0.1
+    is below 1 (h0 = 0.01 d0 / d1, not a smaller floor); "non-autonomous": y' = e^(10 t), where
+    the probe derivative is taken at t0 + h0 (e^(+0.1) - 1, not e^(-0.1) - 1); "from zero":
+    y' = cos t from y = 0 (d0 = 0: the probe step is 1e-6); "nonlinear": y' = -y^3, whose probe
+    state is y0 + h0 f(y0) (the other side gives another |f(y1) - f(y0)|); "flat start":
+    y' = t^6 from y = 1, where both probe derivatives vanish (d1 = 0, d2 ~ 1e-21 <= 1e-15), so the
+    first step is min(100 h0, max(1e-6, 1e-3 h0)) with h0 = 1e-6; "tiny state": y' = cos t from
+    |y| ~ atol (d0 = |y| / (atol + rtol |y|) ~ 0.5, above the 1e-5 that switches to h0 = 1e-6)."""
+    if system == "slow":
+        f, Y0, t_end, rtol, atol = (lambda t, y: -1e-7 * y), np.array([[1.0], [2.0]]), 5e6, 1e-6, 1e-12
+    elif system == "non-autonomous":
+        f, Y0, t_end, rtol, atol = (lambda t, y: np.exp(10 * t) + 0 * y), np.array([[1.0], [0.5]]), 1.0, 1e-6, 1e-9
+    elif system == "from zero":
+        f, Y0, t_end, rtol, atol = (lambda t, y: np.cos(t) + 0 * y), np.array([[0.0], [0.0]]), 3.0, 1e-6, 1e-9
+    elif system == "nonlinear":
+        f, Y0, t_end, rtol, atol = (lambda t, y: -y ** 3), np.array([[1.0], [3.0]]), 2.0, 1e-6, 1e-9
+    elif system == "flat start":
+        f, Y0, t_end, rtol, atol = (lambda t, y: t ** 6 + 0 * y), np.array([[1.0], [2.0]]), 2.0, 1e-6, 1e-9
+    else:
+        f, Y0, t_end, rtol, atol = (lambda t, y: np.cos(t) + 0 * y), np.array([[5e-10], [2.5e-10]]), 3.0, 1e-6, 1e-9
+
+    def F(t, Y, rows, out):
+        out[:] = f(t[:, None], Y)
+        return out
+
+    te = np.linspace(0.0, t_end, 5)
+    sol = solve_batched(F, Y0, t_end, t_eval=te, rtol=rtol, atol=atol)
+    for b in range(len(Y0)):
+        ref = solve_ivp(f, (0.0, t_end), Y0[b], t_eval=te, rtol=rtol, atol=atol)
+        assert sol.nfev[b] == ref.nfev
+        if system == "tiny state":
+            # stage sums of O(1) terms around a state that starts at 5e-10 round differently
+            # from scipy's by more than an ulp of the final |y| per evaluation (measured up to
+            # ~9): compare with the exact solution y0 + sin t within the adaptive solution's
+            # global error, at most (atol + rtol |y|) per step over nfev / 6 steps
+            exact = Y0[b, 0] + np.sin(te)
+            assert np.abs(sol.y[:, b, 0] - exact).max() <= sol.nfev[b] / 6 * (atol + rtol * 1.0)
+            continue
+        scale = np.abs(ref.y).max()
+        assert np.abs(sol.y[:, b, 0] - ref.y[0]).max() <= sol.nfev[b] * EPS * scale
+
+
+def test_sample_times_must_strictly_increase():
+    """A repeated sample time is refused like a decreasing one, naming the first pair."""
+    from uhn.dynamics.solvers.rk45_batched import check_times
+    with pytest.raises(ValueError, match=r"strictly increasing, got t_eval\[1\] = 1 >= t_eval\[2\] = 1"):
+        check_times([0.0, 1.0, 1.0, 2.0], 5.0)
+    np.testing.assert_array_equal(check_times([0.0, 1.0, 2.0], 5.0), [0.0, 1.0, 2.0])
+
+
+def test_batched_evaluation_budget_is_exact():
+    """max_nfev caps each row's right-hand-side evaluations exactly: rows that need n evaluations
+    finish with max_nfev = n and stop with the budget named at n - 1."""
+    Y0 = np.ones((2, 1))
+    te = np.linspace(0.0, 2.0, 3)
+
+    def F(t, Y, rows, out):
+        np.negative(Y, out=out)
+        return out
+
+    n = int(solve_batched(F, Y0, 2.0, t_eval=te).nfev.max())
+    assert solve_batched(F, Y0, 2.0, t_eval=te, max_nfev=n).nfev.max() == n
+    with pytest.raises(RuntimeError, match=f"more than {n - 1} right-hand-side evaluations"):
+        solve_batched(F, Y0, 2.0, t_eval=te, max_nfev=n - 1)
+
+
+def _decay_rows(t, Y, rows, out):
+    """dY/dt = -k_b Y with k = 1, 3, 9, 27 per row (by the row's index in the batch)."""
+    np.multiply(Y, -(3.0 ** rows)[:, None], out=out)
+    return out
+
+
+def test_thinned_samples_are_the_full_outputs_and_velocity_is_the_largest():
+    """keep_every = k stores exactly the samples kept_indices picks from the k = 1 output, bit for
+    bit, for every sample count and stride here, with rows stopping at their own fixed points
+    (rest when max |dY/dt| < 1e-4: rates 3, 9, 27 stop at t ~ 3.7, 1.3, 0.5, some between the
+    last two sample times, while rate 1 runs to t_end = 8), including the last sample when it is
+    not on the stride; the velocity reported at a stop is max_i |dY_i/dt| (components 1 and 2 of
+    a row differ by a factor 2)."""
+    Y0 = np.tile([1.0, 2.0], (4, 1))
+    at_rest = lambda Y, dY, rows: np.abs(dY).max(1) < 1e-4
+    for T in range(2, 10):
+        te = np.linspace(0.0, 8.0, T)
+        full = solve_batched(_decay_rows, Y0, 8.0, t_eval=te, at_rest=at_rest)
+        assert full.at_fixed_point.tolist() == [False, True, True, True] and full.t[-1] == 8.0
+        np.testing.assert_array_equal(full.velocity[1:], 3.0 ** np.arange(1, 4) * np.abs(full.y_final[1:]).max(1))
+        for k in (2, 3):
+            thin = solve_batched(_decay_rows, Y0, 8.0, t_eval=te, at_rest=at_rest, keep_every=k)
+            kept = kept_indices(len(full.t), k)
+            np.testing.assert_array_equal(thin.t, full.t[kept])
+            np.testing.assert_array_equal(thin.y, full.y[kept])
