@@ -12,6 +12,7 @@ for brian2 runs.
     plot_retrieval_snapshots         v(t) as images at n times
     plot_fixed_point_vs_single_shot  query | fixed point | single shot | target | difference
     animate_retrieval                GIF: v(t) as an image beside E(t) with a moving marker
+    plot_brian2_overlay              a brian2 run (dashed) over the scipy run of the same network
     plot_spiking_network             a spiking run: rasters, memory rates, E(t) beside the rate model
     plot_spiking_convergence         distance to the rate model and energy rises against n
 """
@@ -418,6 +419,36 @@ def animate_retrieval(traj: Trajectory, net: Network, image_shape, path, fps: in
     finally:
         plt.close(fig)
     return path
+
+
+def plot_brian2_overlay(scipy_traj, brian_traj, net, query: int = 0, n_features: int = 4):
+    """E(t), h_mu(t) and v_i(t) of the brian2 run (dashed, ms) over the scipy run (solid, tau_v)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.4))
+    axes[0].plot(scipy_traj.t, scipy_traj.E[:, query], lw=2.2, color="tab:blue", label="scipy RK45")
+    axes[0].plot(brian_traj.t, brian_traj.E[:, query], "--", lw=1.5, color="tab:orange",
+                 label=f"{brian_traj.backend}, dt={brian_traj.params.get('dt')} ms")
+    axes[0].set_ylabel("energy E", fontsize=FONT["label"])
+    tab = plt.get_cmap("tab10")
+    for j, mu in enumerate(top_memories(scipy_traj, net, query, 3)):
+        axes[1].plot(scipy_traj.t, scipy_traj.h[:, query, mu], lw=2.2, color=tab(j), alpha=0.6)
+        axes[1].plot(brian_traj.t, brian_traj.h[:, query, mu], "--", lw=1.3, color=tab(j), label=f"h_{mu}")
+    axes[1].set_ylabel("memory state h_mu", fontsize=FONT["label"])
+    for j, i in enumerate(moving_features(scipy_traj, query, n_features)):
+        axes[2].plot(scipy_traj.t, scipy_traj.v[:, query, i], lw=2.2, color=tab(j), alpha=0.6)
+        axes[2].plot(brian_traj.t, brian_traj.v[:, query, i], "--", lw=1.3, color=tab(j), label=f"v_{i}")
+    axes[2].set_ylabel("feature state v_i", fontsize=FONT["label"])
+    for ax in axes:
+        ax.set_xlabel("time (ms = tau_v units)", fontsize=FONT["label"])
+        ax.tick_params(labelsize=FONT["tick"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=FONT["legend"], frameon=False)
+    n = min(len(scipy_traj.t), len(brian_traj.t))
+    err = float(np.abs(brian_traj.E[:n, query] - scipy_traj.E[:n, query]).max())
+    fig.suptitle(f"brian2 rate model (dashed) vs scipy (solid): {net.sim.name}, N={net.N}, D={net.D}; "
+                 f"max |E difference| {err:.2g}", fontsize=FONT["title"])
+    fig.tight_layout()
+    return fig
 
 
 def plot_spiking_network(study, net: Network, image_shape=None, row: Optional[int] = None,

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from uhn.models.atomic import atomic_path
-from uhn.models.experiments.capacity import AXES, curves, summarise
+from uhn.models.experiments.capacity import AXES
+from uhn.models.experiments.summary import curves, summarise
 
 X_LABELS = {
     "n_memories": "Images stored N",

@@ -3,11 +3,8 @@ across similarity x (L_v, L_h) x beta x tau_h/tau_v x dataset.
 
 One :class:`AtlasPoint` is one network and one batch of B corrupted queries. :func:`evaluate`
 integrates them (uhn.dynamics.integrate, "RK45-batched": each query to its own fixed point) under
-
-    tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I,      tau_h dh/dt = S(g) - h,
-    g = dL_v/dv,   f = dL_h^beta/dh,   L_h^beta(h) = L_h(beta h) / beta,
-
-and records, as one strict-JSON row (every parameter and every measured value):
+the network's equations of motion (docs/theory.md section 2) with the memory Lagrangian at inverse
+temperature beta, L_h^beta(h) = L_h(beta h) / beta, and records, as one strict-JSON row (every parameter and every measured value):
 
 - the energy verdict of uhn.dynamics.analysis.energy.verify_energy: passed, monotone (largest increase of E
   between samples within the integrator's tolerance), sign (analytic dE/dt <= round-off), the
@@ -49,9 +46,8 @@ from uhn.dynamics import lagrangians as lag
 PROTOCOL = 2
 
 #: sample windows per query that verify_energy's trajectory check re-integrates (the first two and
-#: two spread over the rest). Its reference solution (DOP853 at rtol / 1000) was 70-90 % of a
-#: smoothed-manhattan point's time with 8 windows (12 of 14 s; its cost is linear in the windows),
-#: and the worst deviation found in the full digits grid with 4 windows is 0.0065 of the allowed one.
+#: two spread over the rest). Its reference solution (DOP853 at rtol / 1000) costs time linear in
+#: the windows and dominated a point's time with 8; docs/sweeps.md has the measurements behind 4.
 FLOW_WINDOWS = 4
 
 #: feature Lagrangians by name: g = v, tanh v, sigmoid v
@@ -376,6 +372,28 @@ def grid(similarities: Sequence[dict] = FULL_SIMILARITIES, L_v: Sequence[str] = 
                             out.append(AtlasPoint(**{**base, **spec, "dataset": ds, "L_v": lv,
                                                      "L_h": lh, "beta": beta, "tau_ratio": r}))
     return list(dict.fromkeys(out))
+
+
+#: the ``quick`` grid of :func:`grid_options`: two similarities, one L_v, two L_h, two betas, one
+#: tau ratio, 4 queries of 10 digits
+QUICK = {"similarities": ("dot", "squared_euclidean"), "L_v": ("quadratic",),
+         "L_h": ("log_sum_exp", "quadratic"), "betas": (1.0, 20.0), "tau_ratios": (0.1,),
+         "n_memories": 10, "n_queries": 4}
+
+
+def grid_options(quick: bool = False) -> tuple[list, dict]:
+    """(similarity specs, :func:`grid` keywords) of the full atlas or of the :data:`QUICK` one."""
+    if not quick:
+        return list(FULL_SIMILARITIES), {}
+    kw = {k: QUICK[k] for k in ("L_v", "L_h", "betas", "tau_ratios", "n_memories", "n_queries")}
+    return [s for s in FULL_SIMILARITIES if s["similarity"] in QUICK["similarities"]], kw
+
+
+def default_points(quick: bool = False, datasets=("digits",)) -> list[AtlasPoint]:
+    """The points of ``uhn atlas`` (``--quick``) with no other option: those of
+    figures/atlas_digits.png (``uhn figures``)."""
+    sims, kw = grid_options(quick)
+    return grid(sims, datasets=tuple(datasets), **kw)
 
 
 def _failure(message: str) -> dict:

@@ -9,29 +9,26 @@ Protocol of one measurement (:func:`evaluate`, one :class:`Point`):
 4. count query mu correct when sum_i (t_mu,i - z_mu,i)^2 <= threshold * D / 784, where t_mu is
    the stored value (x_mu itself when autoassociative), and report the fraction correct.
 
-A curve point is the mean and std of that fraction over the blocks (:func:`summarise`).
-Experiments are named sweeps (:data:`EXPERIMENTS`) that return lists of independent Points;
-:func:`run` evaluates them into a resumable JSON-lines store that several runs may write at once
-(each write merges by key under a lock and replaces the file atomically; see the results-store
-section). Everything here is a pure function of its Point (no printing, no global state besides a
-read-only dataset cache), so points can be farmed out to other processes or machines as they are.
+A curve point is the mean and std of that fraction over the blocks
+(uhn.models.experiments.summary.summarise). Experiments are named sweeps (:data:`EXPERIMENTS`)
+that return lists of independent Points; :func:`run` evaluates them through
+uhn.models.experiments.sweep into the resumable results store (uhn.models.experiments.store),
+which several runs may write at once. Everything here is a pure function of its Point (no
+printing, no global state besides a read-only dataset cache), so points can be farmed out to
+other processes or machines as they are.
 """
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import math
-import os
 import time
 import zlib
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from uhn.models.atomic import atomic_path
 from uhn.models.validation import all_finite, int_param
 
 #: revision of the protocol implemented by :func:`evaluate`; part of every key, so rows measured
@@ -551,28 +548,6 @@ def experiment(name: str, **kwargs) -> list[Point]:
     return EXPERIMENTS[name](**kwargs)
 
 
-# ----------------------------------------------------------------------------------------------
-# results store: JSON lines, one row per point; merged and rewritten atomically under a lock
-# ----------------------------------------------------------------------------------------------
-#
-# Several runs may write one file at once (a short sweep started during a long one). Each write is
-# "take the exclusive lock <file>.lock, re-read the file, merge my rows by key, write a temporary
-# file, os.replace it": so a writer always merges with whatever the others stored meanwhile, and a
-# reader (who needs no lock) sees the old file or the new one, never a partial one. The lock is an
-# advisory fcntl.flock; on a platform without fcntl (Windows) there is no lock, and concurrent runs
-# of one file may then lose each other's rows (one run at a time stays safe). The sidecar
-# <file>.lock is left in place: deleting a lock file others may hold open would break the lock.
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on POSIX
-    fcntl = None
-
-#: a temporary file older than this (seconds) is a leftover of a killed writer, whoever wrote it
-STALE_TMP_SECONDS = 3600.0
-
-_WHAT_TO_DO = ("move the file aside (or fix that line) and run again; every row of the store is "
-               "a JSON object with a 'key', written by uhn.models.experiments.capacity")
 
 
 def _version() -> str:
@@ -580,212 +555,9 @@ def _version() -> str:
     return __version__
 
 
-#: JSON's names of the values json.loads returns, for error messages
-_JSON_KINDS = {int: "number", float: "number", str: "string", list: "array", bool: "boolean",
-               type(None): "null"}
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON (the store is strict JSON: no NaN or Infinity)")
-
-
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of every non-blank line; ValueError naming ``path:line`` for a line that
-    is not UTF-8, not strict JSON, or not a JSON object."""
-    if not path.exists():
-        return []
-    out = []
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-                if not line:
-                    continue
-                row = json.loads(line, parse_constant=_reject_constant)
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte "
-                                 f"{err.start}); {_WHAT_TO_DO}") from None
-            except ValueError as err:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{n}: not a JSON row ({err}); {_WHAT_TO_DO}") from None
-            if not isinstance(row, dict):
-                kind = _JSON_KINDS.get(type(row), type(row).__name__)
-                raise ValueError(f"{path}:{n}: a JSON {kind}, not a row (a JSON object); "
-                                 f"{_WHAT_TO_DO}")
-            out.append((n, row))
-    return out
-
-
-def load_results(path) -> list[dict]:
-    """Rows of a results file in file order (empty list when it does not exist).
-
-    Raises ValueError naming ``path:line`` and what to do for any line that is not a strict-JSON
-    object (binary garbage, a JSON scalar or list, NaN); nothing is skipped silently.
-    """
-    return [row for _, row in _read_rows(Path(path))]
-
-
-def stored_results(path) -> dict[str, dict]:
-    """The store's rows by key, in file order (a key stored twice: the later row).
-
-    ValueError naming ``path:line`` for a row without a string ``key``: :func:`run` rewrites the
-    file from this dict, so a row it cannot index would otherwise be dropped.
-    """
-    path, out = Path(path), {}
-    for n, row in _read_rows(path):
-        key = row.get("key")
-        if not isinstance(key, str):
-            raise ValueError(f"{path}:{n}: row has no 'key' (a string), so the results store "
-                             f"cannot keep it when it merges new rows; {_WHAT_TO_DO}")
-        out[key] = row
-    return out
-
-
-def _dumps(row: dict) -> str:
-    """One strict-JSON line (sorted keys); ValueError naming the field holding NaN or infinity."""
-    try:
-        return json.dumps(row, sort_keys=True, allow_nan=False)
-    except ValueError:
-        bad = [k for k, v in row.items()
-               if isinstance(v, float) and not math.isfinite(v)] or ["(nested)"]
-        raise ValueError(f"row field {bad[0]!r} = {row.get(bad[0])!r} is not finite: JSON has no "
-                         f"NaN or Infinity, so it cannot be stored") from None
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-class _locked:
-    """Context manager: the exclusive advisory lock of the store at ``path`` (blocks until free).
-
-    On entry it also removes leftover temporary files of killed writers (:func:`_clean_tmp`).
-    Without fcntl it only cleans (no lock; see the section comment).
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is not None:
-            self.fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(self.fd)
-                raise
-        _clean_tmp(self.path)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor releases the flock
-            self.fd = None
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) is not a probe on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:  # not a pid at all
-        return False
-    return True
-
-
-def _clean_tmp(path: Path, stale_seconds: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Remove leftover ``.<name>.<pid>.<random>.tmp`` files of writers killed mid-write.
-
-    A temporary file is removed when it is older than ``stale_seconds`` or its writer pid (the
-    first dotted field after the name) is no longer running on this machine; the files of this
-    process are kept. Returns the paths removed.
-    """
-    removed = []
-    prefix = f".{path.name}."
-    now = time.time()
-    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid_field = tmp.name[len(prefix):].split(".", 1)[0]
-        pid = int(pid_field) if pid_field.isdigit() else None
-        try:
-            age = now - tmp.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
-        if age > stale_seconds or dead:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(tmp)
-    return removed
-
-
-def _replace_file(lines: Sequence[str], path: Path) -> None:
-    """Write lines atomically (:func:`uhn.models.atomic.atomic_path`): ``.<name>.<pid>.<random>.tmp``
-    in the same folder, fsync, os.replace. Callers hold the store's lock."""
-    with atomic_path(path, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp") as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def write_results(rows: Sequence[dict], path) -> None:
-    """Replace the file's rows with ``rows`` as strict-JSON lines, atomically, under the lock.
-
-    A reader (or an interruption) sees the old file or the new one, never a partial one. A row
-    holding NaN or infinity raises ValueError naming the field, and the file is left as it was.
-    (To add rows to a store others may be writing, use :func:`run`, which merges.)
-    """
-    path = Path(path)
-    lines = [_dumps(r) for r in rows]  # before the lock: a bad row changes nothing
-    with _locked(path):
-        _replace_file(lines, path)
-
-
-def merge_results(rows: Sequence[dict], path) -> dict[str, dict]:
-    """Store rows by key: under the lock, re-read the file, replace or append each row by its
-    ``key`` (rows of other keys are kept in file order), write atomically. Returns the merged
-    store by key. ValueError for a row without a key, a NaN value, or an unreadable stored line.
-    """
-    path = Path(path)
-    new = {}
-    for r in rows:
-        if not isinstance(r.get("key"), str):
-            raise ValueError(f"cannot store a row without a 'key' string (fields {sorted(r)})")
-        new[r["key"]] = r
-    lines = {k: _dumps(r) for k, r in new.items()}  # before the lock: a bad row changes nothing
-    with _locked(path):
-        stored = stored_results(path)
-        old_lines = {k: _dumps(r) for k, r in stored.items() if k not in new}
-        stored.update(new)  # stored keys keep their place, new keys are appended
-        _replace_file([old_lines[k] if k in old_lines else lines[k] for k in stored], path)
-    return stored
-
-
-def _file_state(path: Path):
-    """(inode, mtime, size) of the file, or None: changes whenever a writer replaces it."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 def _row(point: Point, result: dict) -> dict:
     return {**point.params(), **result, "key": point.key(), "protocol": PROTOCOL,
             "version": _version(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-#: exceptions of one point's measurement that store it as a failed point instead of stopping a run
-#: (the default policy of uhn.models.experiments.sweep.run)
-POINT_ERRORS = (ValueError, FloatingPointError, OverflowError)
 
 
 def _failure(message: str) -> dict:
@@ -807,7 +579,7 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
     points : Points to measure (duplicates are measured once).
     path : JSON-lines file, or None to keep the rows in memory only. Rows of other points already
         in the file, or stored there by other runs while this one runs, are kept: every write
-        merges by key under the store's lock (:func:`merge_results`). Every row holds all
+        merges by key under the store's lock (uhn.models.experiments.store). Every row holds all
         parameters of its point, its key, the result, the protocol revision, the package version
         and a timestamp.
     resume : reuse stored rows whose key matches, including rows other runs stored since this one
@@ -841,92 +613,21 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
     # measured grouped by problem, so the lines of one (N, block) share one corruption draw and
     # one Q @ M.T (the caches of _problem and _gram), largest N first: glibc's malloc raises its
     # mmap threshold when it frees a large block, so the smaller problems after it reuse the heap
-    # instead of faulting in fresh pages for every array (ascending, the curve's cold sweep took
-    # 100k more page faults, 0.2-0.3 s of 2.5 s); the rows come back in point order
+    # instead of faulting in fresh pages for every array; the rows come back in point order
     first = {}
     for p in unique:
         first.setdefault(_problem_key(p), len(first))
     order = sorted(range(len(unique)),
                    key=lambda i: (-unique[i].n_memories, first[_problem_key(unique[i])]))
     rows = sweep.run([unique[i] for i in order], evaluate_fn, path, engine=engine, resume=resume,
-                     progress=cb, flush_seconds=flush_seconds, errors=POINT_ERRORS,
+                     progress=cb, flush_seconds=flush_seconds, errors=sweep.POINT_ERRORS,
                      failure=_failure, make_row=_row)
     by_key = {r["key"]: r for r in rows}
     return [by_key[p.key()] for p in unique]
 
 
 def select(rows: Iterable[dict], points: Iterable[Point]) -> list[dict]:
-    """The rows (e.g. of :func:`load_results`) measured at the given points, in point order."""
+    """The rows (e.g. of uhn.models.experiments.store.load_results) measured at the given points,
+    in point order."""
     by_key = {r.get("key"): r for r in rows}
     return [by_key[k] for k in dict.fromkeys(p.key() for p in points) if k in by_key]
-
-
-# ----------------------------------------------------------------------------------------------
-# summaries
-# ----------------------------------------------------------------------------------------------
-
-def _label(row: dict, param: str):
-    """Line label: the parameter's value, similarities under paper_code marked as such."""
-    if param == "separation_label" and param not in row:
-        return Point.from_row(row).separation_label
-    if param == "association":
-        return f"{similarity_label(row)} {row['associative']}"
-    if param == "similarity":
-        return similarity_label(row)
-    return row[param]
-
-
-def similarity_label(row: dict) -> str:
-    """``dot`` or, under the paper_code convention, ``dot [paper_code]``."""
-    return row["similarity"] + (" [paper_code]" if row["convention"] == "paper_code" else "")
-
-
-def summarise(rows: Iterable[dict]) -> list[dict]:
-    """Mean and std (ddof=0, as the paper's np.std) of fraction_correct over blocks.
-
-    Rows are grouped by every parameter except ``block``; each summary holds those parameters,
-    ``separation_label``, ``mean``, ``std``, ``n_blocks``, ``blocks`` and ``errors`` (blocks that
-    raised; they count as NaN and are left out of mean and std). Groups keep first-seen order.
-    """
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        gk = tuple((n, r[n]) for n in PARAM_NAMES if n != "block")
-        groups.setdefault(gk, []).append(r)
-    out = []
-    for gk, rs in groups.items():
-        vals = np.array([r["fraction_correct"] if r["fraction_correct"] is not None else np.nan
-                         for r in rs], dtype=float)
-        ok = np.isfinite(vals)
-        s = dict(gk)
-        s["separation_label"] = Point.from_row(rs[0]).separation_label
-        s.update(mean=float(vals[ok].mean()) if ok.any() else math.nan,
-                 std=float(vals[ok].std()) if ok.any() else math.nan,
-                 n_blocks=int(ok.sum()), blocks=sorted(int(r["block"]) for r in rs),
-                 errors=sorted({r["error"] for r in rs if r.get("error")}))
-        out.append(s)
-    return out
-
-
-def curves(summaries: Sequence[dict], experiment_name: str) -> dict:
-    """{line label: (x array, mean array, std array)} for an experiment's summaries, x sorted."""
-    x_param, line_param, _ = AXES[experiment_name]
-    lines: dict = {}
-    for s in summaries:
-        lines.setdefault(_label(s, line_param), []).append((s[x_param], s["mean"], s["std"]))
-    return {k: tuple(np.array(c) for c in zip(*sorted(v))) for k, v in lines.items()}
-
-
-def table(summaries: Sequence[dict], experiment_name: str) -> tuple[list, list, list]:
-    """(x values, line labels, rows of means) for printing a summary table."""
-    cs = curves(summaries, experiment_name)
-    xs = sorted({float(x) for x, _, _ in cs.values() for x in x})
-    labels = list(cs)
-    grid = []
-    for x in xs:
-        row = []
-        for lab in labels:
-            cx, m, _ = cs[lab]
-            hit = np.flatnonzero(np.isclose(cx.astype(float), x))
-            row.append(float(m[hit[0]]) if hit.size else math.nan)
-        grid.append(row)
-    return xs, labels, grid

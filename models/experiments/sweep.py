@@ -9,8 +9,8 @@ from its parameters). :func:`run` turns each point into one row
 
     row = {**point.params(), **evaluate_fn(point), "key": point.key(), "version", "timestamp"}
 
-(``make_row`` overrides that form) and merges the rows into the JSON-lines results store of
-:mod:`uhn.models.experiments.capacity` (merge by key under a lock, atomic replace, strict JSON). Two engines run
+(``make_row`` overrides that form) and merges the rows into the JSON-lines results store :mod:`uhn.models.experiments.store`
+(merge by key under a lock, atomic replace, strict JSON). Two engines run
 the measurements:
 
 - ``engine="local"`` (default): one after another in this process; nothing to start.
@@ -43,8 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from uhn.models.experiments.capacity import (POINT_ERRORS, _dumps, _file_state, _locked,
-    merge_results, stored_results)
+from uhn.models.experiments.store import (dumps_row, file_state, locked, merge_results,
+    stored_results)
+
+#: exceptions of one point's measurement that store it as a failed point instead of stopping a run
+POINT_ERRORS = (ValueError, FloatingPointError, OverflowError)
 
 #: row fields that differ between two runs of the same point (everything else is bit-identical)
 VOLATILE_FIELDS = ("seconds", "timestamp")
@@ -149,7 +152,7 @@ def measure(evaluate_fn: Callable, point, errors: tuple = POINT_ERRORS,
             result = evaluate_fn(point)
         if not isinstance(result, dict):
             raise TypeError(f"evaluate_fn must return a dict, got {type(result).__name__}")
-        _dumps(result)
+        dumps_row(result)
     except errors as err:
         # what the failure cost is worth knowing (a stalled integration runs to its limit)
         return {**failure(f"{type(err).__name__}: {err}"), "seconds": time.perf_counter() - t0}
@@ -223,8 +226,7 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
     try:
         if isinstance(engine, str):  # "local"
             # one BLAS limit around the whole loop: each measurement's own blas_threads() then
-            # nests inside it instead of rescanning the loaded libraries (1.8 ms a point, 0.6 s
-            # of the 330-point MNIST curve)
+            # nests inside it instead of rescanning the loaded libraries at every point
             with _blas_block(blas_threads):
                 for p, k in zip(unique, keys):
                     row = store.lookup(k) if resume else None
@@ -258,16 +260,16 @@ class _Store:
         self.flush_seconds = flush_seconds
         self.by_key, self.seen, self.pending = {}, None, []
         if self.path is not None:
-            with _locked(self.path):  # also removes leftover temporary files of killed writers
-                self.seen = _file_state(self.path)
+            with locked(self.path):  # also removes leftover temporary files of killed writers
+                self.seen = file_state(self.path)
                 self.by_key = stored_results(self.path)
         self.last = time.monotonic()
 
     def lookup(self, key):
         """The stored row of ``key`` or None (re-reading the file if another run replaced it; no
         lock needed: every write is an atomic replace)."""
-        if self.path is not None and key not in self.by_key and _file_state(self.path) != self.seen:
-            self.seen = _file_state(self.path)
+        if self.path is not None and key not in self.by_key and file_state(self.path) != self.seen:
+            self.seen = file_state(self.path)
             self.by_key = stored_results(self.path)
         return self.by_key.get(key)
 
@@ -279,7 +281,7 @@ class _Store:
     def flush(self) -> None:
         if self.path is not None and self.pending:
             self.by_key = merge_results(self.pending, self.path)
-            self.seen = _file_state(self.path)
+            self.seen = file_state(self.path)
             self.pending.clear()
         self.last = time.monotonic()
 

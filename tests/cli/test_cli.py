@@ -256,7 +256,7 @@ def test_brian2_exits_1_when_an_energy_increases(capsys, monkeypatch):
 
 # ------------------------------------------------------------------ figures
 def test_figures_write_only_under_out(capsys, tmp_path, monkeypatch):
-    import uhn.cli.capacity_cmd as capacity_cmd
+    import uhn.models.experiments.figures as capacity_figures
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -265,7 +265,7 @@ def test_figures_write_only_under_out(capsys, tmp_path, monkeypatch):
     def fake_capacity(out_dir, quick=False, progress_bar=None, results_path=None, pdf=False):
         calls.update(out_dir=Path(out_dir), results_path=Path(results_path))
         return []
-    monkeypatch.setattr(capacity_cmd, "make_capacity_figures", fake_capacity)
+    monkeypatch.setattr(capacity_figures, "make_capacity_figures", fake_capacity)
     out = tmp_path / "F"
     rc, text, _ = run(["figures", "--out", str(out), "--quick", "--no-brian2"], capsys)
     assert rc == 0

@@ -211,7 +211,7 @@ def test_uhn_figures_quick(tmp_path, monkeypatch, capsys):
 
 
 def test_uhn_figures_calls_capacity(tmp_path, monkeypatch):
-    import uhn.cli.capacity_cmd as cap
+    import uhn.models.experiments.figures as cap
     from uhn.cli import main
     calls = []
 

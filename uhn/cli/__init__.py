@@ -116,6 +116,34 @@ def save_outputs(out_dir, trajectories: dict, figures: dict) -> list:
     return written
 
 
+# ------------------------------------------------------------------ progress bars
+def describe_capacity_row(row: dict) -> str:
+    """Short description of a finished capacity row for the progress bar."""
+    frac = row.get("fraction_correct")
+    return f"N={row['n_memories']} {row['similarity']} {'failed' if frac is None else f'{frac:.2f}'}"
+
+
+def describe_atlas_row(row: dict) -> str:
+    """Short description of a finished atlas row for the progress bar."""
+    return f"{row['similarity']} {row['L_h']} beta={row['beta']:g}"
+
+
+def capacity_progress_bar(desc: str, threads: int = 1):
+    """uhn.models.experiments.sweep.progress_bar (points done, failed, running) as the
+    ``progress(done, total, row, computed)`` callback of uhn.models.experiments.capacity.run;
+    returns (cb, close). ``threads``: the engine's worker threads; running = min(points left,
+    threads)."""
+    from uhn.models.experiments import sweep
+    draw, close = sweep.progress_bar(desc, describe_capacity_row)
+    failed = [0]
+
+    def cb(done, total, row, computed):
+        failed[0] += sweep.is_failed(row)
+        draw(sweep.Progress(done, total, failed[0], min(total - done, threads), row, computed))
+
+    return cb, close
+
+
 def fail(command: str, message: str) -> int:
     """Print ``uhn <command>: error: <message>`` (one line) on stderr; return exit status 2."""
     message = " ".join(str(message).split())
@@ -152,8 +180,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(only: str = None) -> argparse.ArgumentParser:
     """The ``uhn`` parser with every subcommand, or with subcommand ``only`` alone: registering a
-    subcommand imports what its options list (integrators, readouts, brian2 targets), up to 0.8 s
-    of imports a run of another subcommand does not need."""
+    subcommand imports what its options list (integrators, readouts, brian2 targets), imports a
+    run of another subcommand does not need."""
     parser = _Parser(prog="uhn", description="Universal Hopfield Networks simulator (Millidge et al. 2022).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -20,15 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import fail, finite_float, note, positive_float, positive_int
+from uhn.cli import describe_atlas_row, fail, finite_float, note, positive_float, positive_int
 
 DEFAULT_OUT = Path("results") / "atlas.jsonl"
-
-#: --quick: two similarities, one L_v, two L_h, two betas, one tau ratio, 4 queries of 10 digits
-QUICK = {"similarities": ("dot", "squared_euclidean"), "L_v": ("quadratic",),
-         "L_h": ("log_sum_exp", "quadratic"), "betas": (1.0, 20.0), "tau_ratios": (0.1,),
-         "n_memories": 10, "n_queries": 4}
-
 
 def register(sub) -> None:
     from uhn.dynamics.analysis.atlas import (FEATURE_LAGRANGIANS, FULL_BETAS, FULL_TAU_RATIOS,
@@ -65,27 +59,10 @@ def register(sub) -> None:
     p.set_defaults(func=run_cmd)
 
 
-def _grid_options(quick: bool) -> tuple[list, dict]:
-    """(similarity specs, grid keywords) of the full atlas or of the --quick one."""
-    from uhn.dynamics.analysis.atlas import FULL_SIMILARITIES
-    if not quick:
-        return list(FULL_SIMILARITIES), {}
-    kw = {k: QUICK[k] for k in ("L_v", "L_h", "betas", "tau_ratios", "n_memories", "n_queries")}
-    return [s for s in FULL_SIMILARITIES if s["similarity"] in QUICK["similarities"]], kw
-
-
-def default_points(quick: bool = False, datasets=("digits",)):
-    """The atlas points of ``uhn atlas`` (``--quick``) with no other option: those of
-    figures/atlas_digits.png (``uhn figures``)."""
-    from uhn.dynamics.analysis.atlas import grid
-    sims, kw = _grid_options(quick)
-    return grid(sims, datasets=tuple(datasets), **kw)
-
-
 def points_from_args(args):
     """The atlas points the command line asks for (ValueError for a bad value)."""
-    from uhn.dynamics.analysis.atlas import FULL_SIMILARITIES, grid
-    sims, kw = _grid_options(args.quick)
+    from uhn.dynamics.analysis.atlas import FULL_SIMILARITIES, grid, grid_options
+    sims, kw = grid_options(args.quick)
     if args.similarities is not None:
         known = {s["similarity"]: s for s in FULL_SIMILARITIES}
         sims = [known.get(name, {"similarity": name}) for name in dict.fromkeys(args.similarities)]
@@ -105,7 +82,7 @@ def points_from_args(args):
 def run_cmd(args) -> int:
     from uhn.dynamics.analysis import atlas
     from uhn.models.experiments import sweep
-    from uhn.models.experiments.capacity import load_results, stored_results
+    from uhn.models.experiments.store import load_results, stored_results
 
     from uhn.cli import check_out_dir
     if args.figure is not None:
@@ -124,7 +101,7 @@ def run_cmd(args) -> int:
              f"on the cluster at {args.scheduler}")
     note(f"uhn atlas: {len(points)} points {where} -> {args.out}")
     t0 = time.perf_counter()
-    cb, close = sweep.progress_bar("atlas", _describe)
+    cb, close = sweep.progress_bar("atlas", describe_atlas_row)
     try:
         with sweep.connect(args.workers, args.scheduler) as engine:
             rows = atlas.run(points, args.out, engine=engine, resume=args.resume, progress=cb)
@@ -158,7 +135,3 @@ def run_cmd(args) -> int:
               file=sys.stderr)
     return 0
 
-
-def _describe(row: dict) -> str:
-    """Short description of a finished row for the progress bar."""
-    return f"{row['similarity']} {row['L_h']} beta={row['beta']:g}"

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     d = diagnose(net, tr, q[None], [0])[0]
     print(f"brian2 run: {d.reason()}")
     if args.out is not None:
-        from uhn.cli.figures_cmd import plot_brian2_overlay
+        from uhn.dynamics.plotting import plot_brian2_overlay
         for path in save_outputs(args.out, {"brian2": tr, "scipy": ref},
                                  {"brian2_vs_scipy": plot_brian2_overlay(ref, tr, net)}):
             print(f"wrote {path}")

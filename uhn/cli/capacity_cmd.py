@@ -19,35 +19,13 @@ value (or an unreadable results file) stops the command before anything runs, wi
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from pathlib import Path
 
-from uhn.cli import fail, finite_float, nonnegative_int, note, positive_int
-
-DEFAULT_OUT = Path("results") / "capacity.jsonl"
-
-#: smaller grids for --quick (seconds instead of a minute): 2 blocks, 4 N, 3 levels
-QUICK = {"blocks": 2, "n_memories": (2, 10, 50, 100), "levels": (0.1, 0.5, 0.9),
-         "noise_levels": (0.1, 0.5, 1.0), "thresholds": (10.0, 50.0, 100.0)}
-
-#: the capacity figures ``uhn figures`` regenerates: (file stem, experiment, keyword overrides)
-FIGURES = (
-    ("capacity_similarity_mnist", "similarity_vs_n", {"dataset": "mnist"}),
-    ("capacity_similarity_mnist_halved", "similarity_vs_n",
-     {"dataset": "mnist", "corruption": "mask_bottom", "level": 0.5}),
-    ("capacity_similarity_natural", "similarity_vs_n", {"dataset": "natural"}),
-    ("capacity_separation_mnist", "separation_vs_n", {"dataset": "mnist"}),
-    ("capacity_separation_natural", "separation_vs_n", {"dataset": "natural"}),
-    ("capacity_noise_mnist", "noise", {"dataset": "mnist"}),
-    ("capacity_mask_fraction_mnist", "mask_fraction", {"dataset": "mnist"}),
-    ("capacity_random_pixels_mnist", "random_pixels", {"dataset": "mnist"}),
-    ("capacity_border_mnist", "border", {"dataset": "mnist"}),
-    ("capacity_threshold_mnist", "threshold", {"dataset": "mnist"}),
-    ("capacity_hetero_mnist", "hetero", {"dataset": "mnist"}),
-)
-
+from uhn.cli import capacity_progress_bar, fail, finite_float, nonnegative_int, note, positive_int
+from uhn.models.experiments.figures import DEFAULT_RESULTS as DEFAULT_OUT
+from uhn.models.experiments.figures import QUICK
 
 def register(sub) -> None:
     from uhn.models.experiments.capacity import EXPERIMENTS, THRESHOLD_SCALINGS
@@ -98,59 +76,10 @@ def register(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------
 
-def experiment_kwargs(name: str, quick: bool = False, **overrides) -> dict:
-    """Keyword arguments for uhn.models.experiments.capacity.EXPERIMENTS[name]: --quick grids, then overrides
-    (None values dropped, parameters the experiment does not take ignored)."""
-    from uhn.models.experiments.capacity import EXPERIMENTS
-    accepted = inspect.signature(EXPERIMENTS[name]).parameters
-    kw = {}
-    if quick:
-        kw["blocks"] = QUICK["blocks"]
-        if name in ("similarity_vs_n", "separation_vs_n", "hetero"):
-            kw["n_memories"] = QUICK["n_memories"]
-        if name in ("mask_fraction", "random_pixels", "border"):
-            kw["levels"] = QUICK["levels"]
-        if name == "noise":
-            kw["levels"] = QUICK["noise_levels"]
-        if name == "threshold":
-            kw["thresholds"] = QUICK["thresholds"]
-    for k, v in overrides.items():
-        if v is None or k not in accepted:
-            continue
-        if k == "n_memories" and name not in ("similarity_vs_n", "separation_vs_n", "hetero"):
-            v = v[0] if isinstance(v, (list, tuple)) else v
-        kw[k] = v
-    return kw
-
-
-def figure_stem(name: str, dataset: str) -> str:
-    return f"capacity_{name}_{dataset}"
-
-
-def _describe(row: dict) -> str:
-    """Short description of a finished capacity row for the progress bar."""
-    frac = row.get("fraction_correct")
-    return f"N={row['n_memories']} {row['similarity']} {'failed' if frac is None else f'{frac:.2f}'}"
-
-
-def _progress_bar(desc: str, threads: int = 1):
-    """uhn.models.experiments.sweep.progress_bar (points done, failed, running) as the
-    ``progress(done, total, row, computed)`` callback of uhn.models.experiments.capacity.run; returns (cb, close).
-    ``threads``: the engine's worker threads; running = min(points left, threads)."""
-    from uhn.models.experiments import sweep
-    draw, close = sweep.progress_bar(desc, _describe)
-    failed = [0]
-
-    def cb(done, total, row, computed):
-        failed[0] += sweep.is_failed(row)
-        draw(sweep.Progress(done, total, failed[0], min(total - done, threads), row, computed))
-
-    return cb, close
-
-
 def format_table(summaries, name: str) -> str:
     """Plain-text table: one row per x value, one column per line, mean fraction correct."""
-    from uhn.models.experiments.capacity import AXES, table
+    from uhn.models.experiments.capacity import AXES
+    from uhn.models.experiments.summary import table
     xs, labels, grid = table(summaries, name)
     x_param = AXES[name][0]
     width = max(9, *(len(str(lab)) for lab in labels))
@@ -161,57 +90,11 @@ def format_table(summaries, name: str) -> str:
     return "\n".join(lines)
 
 
-def run_experiment(name: str, kwargs: dict, out: Path, resume: bool = True, progress=None,
-                   figure: Path | None = None, pdf: bool = False, engine="local"):
-    """Points of one experiment -> stored rows -> optional figure. Returns (rows, figure paths).
-    ``engine``: "local" or a distributed.Client (uhn.models.experiments.sweep.connect)."""
-    from uhn.models.experiments.capacity import experiment, run
-    points = experiment(name, **kwargs)
-    rows = run(points, out, resume=resume, progress=progress, engine=engine)
-    written = []
-    if figure is not None:
-        import matplotlib.pyplot as plt
-        from uhn.models.plotting import plot_capacity, save_figure
-        fig = plot_capacity(rows, name)
-        try:
-            written = save_figure(fig, figure, pdf=pdf)
-        finally:
-            plt.close(fig)
-    return rows, written
-
-
-def make_capacity_figures(out_dir, quick: bool = False, progress_bar=None, results_path=None,
-                          pdf: bool = False) -> list[Path]:
-    """Regenerate every capacity figure of :data:`FIGURES` into out_dir; return the paths written.
-
-    Results are kept in ``results_path`` (default results/capacity.jsonl, or
-    results/capacity_quick.jsonl with ``quick``), so a second call only replots.
-    ``progress_bar(desc) -> (progress, close)`` makes one progress callback per figure (each
-    experiment has its own number of points), e.g. :func:`_progress_bar`; ``progress`` is passed to
-    uhn.models.experiments.capacity.run as ``progress(done, total, row, computed)``. Full set measured at about
-    2 minutes from an empty store on a 2-core machine (docs/reproducing.md).
-    """
-    out_dir = Path(out_dir)
-    if results_path is None:
-        results_path = DEFAULT_OUT.with_name("capacity_quick.jsonl") if quick else DEFAULT_OUT
-    written = []
-    for stem, name, overrides in FIGURES:
-        kw = experiment_kwargs(name, quick=quick, **overrides)
-        cb, close = progress_bar(stem) if progress_bar is not None else (None, None)
-        try:
-            _, paths = run_experiment(name, kw, Path(results_path), progress=cb,
-                                      figure=out_dir / f"{stem}.png", pdf=pdf)
-        finally:
-            if close is not None:
-                close()
-        written.extend(paths)
-    return written
-
-
 def check_plan(names, kwargs: dict, out: Path) -> None:
     """Raise ValueError (with a message for the user) before anything runs: a bad value or typo
     in any experiment's points (uhn.models.experiments.capacity.validate) or an unreadable results file."""
-    from uhn.models.experiments.capacity import experiment, stored_results, validate
+    from uhn.models.experiments.capacity import experiment, validate
+    from uhn.models.experiments.store import stored_results
     for name in names:
         for point in dict.fromkeys(experiment(name, **kwargs[name])):
             validate(point)
@@ -243,6 +126,7 @@ def run_cmd(args) -> int:
                      similarities=args.similarities, corruption=args.corruption, level=args.level,
                      threshold=args.threshold, threshold_scaling=args.threshold_scaling,
                      convention=args.convention, seed=args.seed)
+    from uhn.models.experiments.figures import experiment_kwargs
     kwargs = {name: experiment_kwargs(name, quick=args.quick, **overrides) for name in names}
     try:
         check_plan(names, kwargs, args.out)
@@ -260,21 +144,22 @@ def run_cmd(args) -> int:
 
 
 def _run_experiments(args, names, kwargs, engine, threads) -> int:
-    from uhn.models.experiments.capacity import summarise
+    from uhn.models.experiments import figures
+    from uhn.models.experiments.summary import summarise
     t_all = time.perf_counter()
     for name in names:
         kw = kwargs[name]
         figure = args.figure
         if figure is None and args.figures_dir is not None:
-            figure = args.figures_dir / f"{figure_stem(name, args.dataset)}.png"
-        cb, close = _progress_bar(name, threads)
+            figure = args.figures_dir / f"{figures.figure_stem(name, args.dataset)}.png"
+        cb, close = capacity_progress_bar(name, threads)
         t0 = time.perf_counter()
         try:
-            rows, written = run_experiment(name, kw, args.out, resume=args.resume, progress=cb,
+            rows, written = figures.run_experiment(name, kw, args.out, resume=args.resume, progress=cb,
                                            figure=figure, pdf=args.pdf, engine=engine)
         except KeyboardInterrupt:
             close()
-            from uhn.models.experiments.capacity import load_results
+            from uhn.models.experiments.store import load_results
             n = len(load_results(args.out))
             print(f"\ninterrupted during {name}: every finished point is stored in {args.out} "
                   f"({n} rows). Run the same command again to resume "

@@ -14,8 +14,7 @@ memory trajectories, the separation weights over time, a phase portrait in the p
 stored digits, snapshots of v(t), the fixed point beside single-shot retrieval, a GIF, and the
 brian2 (numpy target) simulation of the same network overlaid on scipy's. Then the spiking network's
 approach to its rate model (notebook 05's study), the dynamics atlas of ``uhn atlas`` (its store
-in <out>/results/atlas.jsonl: the full grid of 198 points took 90.8 s in-process on 2 cores),
-and the capacity curves. See docs/figures.md.
+in <out>/results/atlas.jsonl), and the capacity curves. See docs/figures.md.
 """
 from __future__ import annotations
 
@@ -23,6 +22,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+from uhn.cli import capacity_progress_bar, describe_atlas_row
 
 #: the network the dynamics figures use (squared_euclidean + softmax, v* = (2/3) M^T f; docs/theory.md)
 SIMILARITY, BETA, CORRUPTION, LEVEL = "squared_euclidean", 0.3, "mask_bottom", 0.3
@@ -49,38 +50,6 @@ def _save(fig, path: Path, written: list, log) -> None:
     finally:
         plt.close(fig)
     log(f"  wrote {path}")
-
-
-def plot_brian2_overlay(scipy_traj, brian_traj, net, query: int = 0, n_features: int = 4):
-    """E(t), h_mu(t) and v_i(t) of the brian2 run (dashed, ms) over the scipy run (solid, tau_v)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from uhn.dynamics.plotting import FONT, moving_features, top_memories
-    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.4))
-    axes[0].plot(scipy_traj.t, scipy_traj.E[:, query], lw=2.2, color="tab:blue", label="scipy RK45")
-    axes[0].plot(brian_traj.t, brian_traj.E[:, query], "--", lw=1.5, color="tab:orange",
-                 label=f"{brian_traj.backend}, dt={brian_traj.params.get('dt')} ms")
-    axes[0].set_ylabel("energy E", fontsize=FONT["label"])
-    tab = plt.get_cmap("tab10")
-    for j, mu in enumerate(top_memories(scipy_traj, net, query, 3)):
-        axes[1].plot(scipy_traj.t, scipy_traj.h[:, query, mu], lw=2.2, color=tab(j), alpha=0.6)
-        axes[1].plot(brian_traj.t, brian_traj.h[:, query, mu], "--", lw=1.3, color=tab(j), label=f"h_{mu}")
-    axes[1].set_ylabel("memory state h_mu", fontsize=FONT["label"])
-    for j, i in enumerate(moving_features(scipy_traj, query, n_features)):
-        axes[2].plot(scipy_traj.t, scipy_traj.v[:, query, i], lw=2.2, color=tab(j), alpha=0.6)
-        axes[2].plot(brian_traj.t, brian_traj.v[:, query, i], "--", lw=1.3, color=tab(j), label=f"v_{i}")
-    axes[2].set_ylabel("feature state v_i", fontsize=FONT["label"])
-    for ax in axes:
-        ax.set_xlabel("time (ms = tau_v units)", fontsize=FONT["label"])
-        ax.tick_params(labelsize=FONT["tick"])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=FONT["legend"], frameon=False)
-    n = min(len(scipy_traj.t), len(brian_traj.t))
-    err = float(np.abs(brian_traj.E[:n, query] - scipy_traj.E[:n, query]).max())
-    fig.suptitle(f"brian2 rate model (dashed) vs scipy (solid): {net.sim.name}, N={net.N}, D={net.D}; "
-                 f"max |E difference| {err:.2g}", fontsize=FONT["title"])
-    fig.tight_layout()
-    return fig
 
 
 def make_dynamics_figures(out_dir, quick: bool = False, brian2: bool = True, log=None) -> list[Path]:
@@ -146,7 +115,7 @@ def make_dynamics_figures(out_dir, quick: bool = False, brian2: bool = True, log
         b_traj = run_brian2(bnet, q1, t_end=t_end, dt=0.01, record_every=5)
         s_traj = integrate(bnet, q1, t_end=t_end, t_eval=b_traj.t, stop_at_fixed_point=False)
         log(f"  brian2 ({b_traj.backend}) simulated {t_end} ms in {time.perf_counter() - t0:.1f} s")
-        _save(plot_brian2_overlay(s_traj, b_traj, bnet), out / "dynamics_brian2_vs_scipy.png", written, log)
+        _save(P.plot_brian2_overlay(s_traj, b_traj, bnet), out / "dynamics_brian2_vs_scipy.png", written, log)
     return written
 
 
@@ -186,12 +155,11 @@ def make_atlas_figure(out_dir, quick: bool = False, log=None, progress=None) -> 
     matplotlib.use("Agg")
 
     from uhn.dynamics.analysis import atlas
-    from uhn.cli.atlas_cmd import default_points
 
     log = log or (lambda msg: None)
     store = Path(out_dir) / "results" / ("atlas_quick.jsonl" if quick else "atlas.jsonl")
     store.parent.mkdir(parents=True, exist_ok=True)
-    points = default_points(quick)
+    points = atlas.default_points(quick)
     log(f"  atlas: {len(points)} points (stored in {store}, so a second run only replots)")
     rows = atlas.run(points, store, progress=progress)
     written: list[Path] = []
@@ -223,9 +191,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"spiking figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_atlas:
         from uhn.models.experiments import sweep
-        from uhn.cli.atlas_cmd import _describe
         t0 = time.perf_counter()
-        cb, close = sweep.progress_bar("atlas", _describe)
+        cb, close = sweep.progress_bar("atlas", describe_atlas_row)
         try:
             paths = make_atlas_figure(args.out, quick=args.quick, log=log, progress=cb)
         finally:
@@ -233,11 +200,11 @@ def run(args: argparse.Namespace) -> int:
         written.extend(paths)
         print(f"atlas figure: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_capacity:
-        from uhn.cli.capacity_cmd import _progress_bar, make_capacity_figures
+        from uhn.models.experiments.figures import make_capacity_figures
         t0 = time.perf_counter()
         store = results_path(args.out, args.quick)
         print(f"capacity figures (results are stored in {store}, so a second run only replots)", flush=True)
-        paths = make_capacity_figures(args.out, quick=args.quick, progress_bar=_progress_bar,
+        paths = make_capacity_figures(args.out, quick=args.quick, progress_bar=capacity_progress_bar,
                                       results_path=store)
         written.extend(paths)
         print(f"capacity figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)

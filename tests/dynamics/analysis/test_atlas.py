@@ -13,7 +13,7 @@ from uhn.dynamics.analysis import atlas
 from uhn.dynamics import lagrangians as L
 from uhn.dynamics.analysis.atlas import AtlasPoint
 from uhn.models import Memory, get_separation
-from uhn.models.experiments.capacity import load_results
+from uhn.models.experiments.store import load_results
 
 EPS = np.finfo(np.float64).eps
 

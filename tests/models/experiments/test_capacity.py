@@ -12,8 +12,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from uhn.models.experiments import capacity as cap  # noqa: E402
-from uhn.models.experiments.capacity import (Point, effective_threshold, evaluate, load_results,
-    run, summarise, write_results)
+from uhn.models.experiments.capacity import Point, effective_threshold, evaluate, run  # noqa: E402
+from uhn.models.experiments.store import load_results, write_results  # noqa: E402
+from uhn.models.experiments.summary import summarise  # noqa: E402
 from uhn.models.plotting import plot_capacity, plot_line_data, save_figure  # noqa: E402
 
 #: similarities whose score is largest exactly at q = m, so max separation retrieves an uncorrupted
@@ -282,7 +283,7 @@ def test_cli_quick_end_to_end(tmp_path, capsys):
 
 def test_cli_all_quick_and_interrupt(tmp_path, capsys, monkeypatch):
     from uhn.cli import main
-    from uhn.cli import capacity_cmd
+    from uhn.models.experiments import figures
     out = tmp_path / "r.jsonl"
     rc = main(["capacity", "--all", "--quick", "--dataset", "digits", "--out", str(out),
                "--figures-dir", str(tmp_path / "figs")])
@@ -291,14 +292,14 @@ def test_cli_all_quick_and_interrupt(tmp_path, capsys, monkeypatch):
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(capacity_cmd, "run_experiment", interrupted)
+    monkeypatch.setattr(figures, "run_experiment", interrupted)
     assert main(["capacity", "--experiment", "noise", "--out", str(out)]) == 130
     assert "resume" in capsys.readouterr().err
 
 
 def test_make_capacity_figures(tmp_path, monkeypatch):
-    from uhn.cli import capacity_cmd
-    monkeypatch.setattr(capacity_cmd, "FIGURES", (
+    from uhn.models.experiments import figures
+    monkeypatch.setattr(figures, "FIGURES", (
         ("capacity_noise_digits", "noise", {"dataset": "digits"}),
         ("capacity_threshold_digits", "threshold", {"dataset": "digits"})))
     calls, closed = {}, []
@@ -306,8 +307,8 @@ def test_make_capacity_figures(tmp_path, monkeypatch):
     def bar(desc):  # one bar per figure, each counting its own experiment's points
         calls[desc] = []
         return (lambda *a: calls[desc].append(a)), (lambda: closed.append(desc))
-    paths = capacity_cmd.make_capacity_figures(tmp_path / "figs", quick=True, progress_bar=bar,
-                                               results_path=tmp_path / "r.jsonl")
+    paths = figures.make_capacity_figures(tmp_path / "figs", quick=True, progress_bar=bar,
+                                          results_path=tmp_path / "r.jsonl")
     assert [p.name for p in paths] == ["capacity_noise_digits.png", "capacity_threshold_digits.png"]
     assert all(p.exists() for p in paths)
     assert closed == ["capacity_noise_digits", "capacity_threshold_digits"]
@@ -315,8 +316,8 @@ def test_make_capacity_figures(tmp_path, monkeypatch):
         done, total = [a[0] for a in c], c[0][1]
         assert done == list(range(1, total + 1)) and all(a[1] == total for a in c), desc
     from uhn.models.experiments.capacity import experiment
-    for stem, name, kw in capacity_cmd.FIGURES:  # each total is its own experiment's point count
-        n = len(experiment(name, **capacity_cmd.experiment_kwargs(name, quick=True, **kw)))
+    for stem, name, kw in figures.FIGURES:  # each total is its own experiment's point count
+        n = len(experiment(name, **figures.experiment_kwargs(name, quick=True, **kw)))
         assert calls[stem][0][1] == n
 
 

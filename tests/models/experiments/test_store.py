@@ -1,4 +1,4 @@
-"""The capacity results store never loses a row: concurrent writers (real processes) merge, every
+"""The results store never loses a row: concurrent writers (real processes) merge, every
 unreadable line is an error naming file:line, the file is strict JSON, leftovers of killed
 writers are cleaned up."""
 import json
@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uhn.models.experiments import capacity as cap
-from uhn.models.experiments.capacity import Point, load_results, run, stored_results, write_results
+from uhn.models.experiments import store
+from uhn.models.experiments.capacity import Point, run
+from uhn.models.experiments.store import load_results, stored_results, write_results
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -160,7 +162,7 @@ def test_store_is_strict_json(tmp_path):
         with pytest.raises(ValueError, match="field 'x' .* not finite"):
             write_results([{"key": "a", "x": bad}], path)
         with pytest.raises(ValueError, match="field 'x' .* not finite"):
-            cap.merge_results([{"key": "b", "x": bad}], path)
+            store.merge_results([{"key": "b", "x": bad}], path)
     assert path.read_text() == '{"key": "a", "x": 1.5}\n'
     # a measurement returning NaN is a failed point (stored as null + message), not a bare NaN
     p = Point(dataset="digits", n_memories=5)
@@ -182,7 +184,7 @@ def test_leftover_tmp_files_of_killed_writers_are_removed_when_a_run_starts(tmp_
     other = tmp_path / f".other.jsonl.{dead_pid}.x.tmp"  # another store's
     for f in (dead_tmp, old_tmp, live_tmp, other):
         f.write_text('{"key": "partial')
-    stale = time.time() - 2 * cap.STALE_TMP_SECONDS
+    stale = time.time() - 2 * store.STALE_TMP_SECONDS
     os.utime(old_tmp, (stale, stale))
     run([Point(dataset="digits", n_memories=5)], path)  # resumed: nothing computed or written
     assert not dead_tmp.exists() and not old_tmp.exists()
@@ -197,7 +199,7 @@ def test_interrupted_write_leaves_old_file_and_no_tmp(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cap.os, "fsync", disk_full)
+    monkeypatch.setattr(store.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_results([{"key": "a"}, {"key": "b"}], path)
     monkeypatch.undo()
@@ -207,10 +209,10 @@ def test_interrupted_write_leaves_old_file_and_no_tmp(tmp_path, monkeypatch):
 
 def test_without_fcntl_the_store_still_works_unlocked(tmp_path, monkeypatch):
     """A platform without fcntl (Windows) gets no lock but the same merge and atomic write."""
-    monkeypatch.setattr(cap, "fcntl", None)
+    monkeypatch.setattr(store, "fcntl", None)
     path = tmp_path / "r.jsonl"
-    cap.merge_results([{"key": "a", "x": 1}], path)
-    cap.merge_results([{"key": "b", "x": 2}, {"key": "a", "x": 3}], path)
+    store.merge_results([{"key": "a", "x": 1}], path)
+    store.merge_results([{"key": "b", "x": 2}, {"key": "a", "x": 3}], path)
     assert load_results(path) == [{"key": "a", "x": 3}, {"key": "b", "x": 2}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]  # no lock file made
 
@@ -222,7 +224,7 @@ def test_merging_batches_keeps_the_union_with_the_latest_row_per_key(tmp_path_fa
     path = tmp_path_factory.mktemp("merge") / "r.jsonl"
     want = {}
     for batch in batches:
-        cap.merge_results([{"key": k, "v": v} for k, v in batch], path)
+        store.merge_results([{"key": k, "v": v} for k, v in batch], path)
         for k, v in batch:
             want.setdefault(k, None)  # first-stored order
             want[k] = v

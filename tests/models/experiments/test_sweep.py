@@ -10,7 +10,8 @@ import pytest
 
 from uhn.models.experiments import capacity as cap
 from uhn.models.experiments import sweep
-from uhn.models.experiments.capacity import Point, load_results
+from uhn.models.experiments.capacity import Point
+from uhn.models.experiments.store import load_results
 
 distributed = pytest.importorskip("distributed")
 
