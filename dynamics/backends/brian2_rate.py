@@ -48,23 +48,19 @@ network (block-diagonal synapses), one run for the whole batch.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
+from uhn.dynamics.backends.brian2_target import (DEFAULT_TARGET, TARGETS,  # noqa: F401
+    brian2_target, default_cache_dir)
 from uhn.dynamics.integrate import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
 
-TARGETS = ("numpy", "cython", "cpp_standalone")
 SCHEMES = ("leapfrog", "default")
-#: numpy: no compiler and no cold start; see docs/brian2.md for the measurements behind the choice
-DEFAULT_TARGET = "numpy"
 SUPPORTED_SIMILARITIES = ("dot", "squared_euclidean", "cosine", "euclidean", "manhattan", "minkowski",
                           "kl", "reverse_kl")
 #: largest exponent exp() takes in float64 without overflow, and the smallest before the sum underflows
@@ -222,12 +218,6 @@ def _coupling_spec(net: Network) -> _Spec:
                      coupling="(drive - total*log((gm + eps)/sgm) - fSraw/sgm + total*(lgm/sgm "
                               "- log(sgm)))/(sgm*Z)")
     raise Brian2UnsupportedError(f"brian2 backend: no generated code for {net.sim.name}")
-
-
-def default_cache_dir() -> str:
-    """Cython cache of compiled brian2 code: $UHN_BRIAN2_CACHE, else ~/.cache/uhn-brian2."""
-    return os.environ.get("UHN_BRIAN2_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "uhn-brian2")
 
 
 @dataclass
@@ -399,7 +389,7 @@ def _assemble(b2, objs, feature, memory, normaliser, rec_dt, **fields) -> Brian2
                        monitors=monitors, **fields)
 
 
-def _connect_blocks(b2, pre, post, n_pre, n_post, B, eqs, name, params, clock, weights=None):
+def connect_blocks(b2, pre, post, n_pre, n_post, B, eqs, name, params, clock, weights=None):
     """Synapses joining every neuron of each copy's pre block (n_pre) to every neuron of the same
     copy's post block (n_post), block-diagonal over the B copies, listed post-major (synapse k of
     a copy joins pre k % n_pre to post k // n_pre); ``weights`` (n_post, n_pre) then sets w in
@@ -481,18 +471,18 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     objs = [feature, memory, a1, a2]
 
     sums = "".join(f"{k}_post = {e} : 1 (summed)\n" for k, e in spec.mem_sums.items())
-    objs.append(_connect_blocks(b2, feature, memory, D, N, B, "w : 1 (constant)\n" + sums,
+    objs.append(connect_blocks(b2, feature, memory, D, N, B, "w : 1 (constant)\n" + sums,
                                 "uhn_similarity", params, clock, spec.w_sim))
-    drive = _connect_blocks(b2, memory, feature, N, D, B,
+    drive = connect_blocks(b2, memory, feature, N, D, B,
                             f"w : 1 (constant)\ndrive_post = {spec.drive} : 1 (summed)\n",
                             "uhn_drive", params, clock)
     drive.w = np.tile(spec.w_drive.T.ravel(), B)   # synapse (mu -> i) listed feature-major
     objs.append(drive)
     if a1_vars:
-        objs.append(_connect_blocks(b2, feature, a1, D, 1, B, "".join(
+        objs.append(connect_blocks(b2, feature, a1, D, 1, B, "".join(
             f"{k}_post = {e} : 1 (summed)\n" for k, e in a1_vars.items()),
             "uhn_featuresum_syn", params, clock))
-    objs.append(_connect_blocks(b2, memory, a2, N, 1, B, "".join(
+    objs.append(connect_blocks(b2, memory, a2, N, 1, B, "".join(
         f"{k}_post = {e} : 1 (summed)\n" for k, e in a2_vars.items()),
         "uhn_total", params, clock))
     idx_f = np.repeat(np.arange(B, dtype=np.int64), D)
@@ -502,7 +492,7 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     for k in mem_links:
         setattr(memory, k, b2.linked_var(a1, k, index=idx_m))
     if spherical:
-        objs += [a0, _connect_blocks(b2, feature, a0, D, 1, B, "nv2_post = v_pre**2 : 1 (summed)",
+        objs += [a0, connect_blocks(b2, feature, a0, D, 1, B, "nv2_post = v_pre**2 : 1 (summed)",
                                      "uhn_vnorm_syn", params, clock)]
         feature.nv2 = b2.linked_var(a0, "nv2", index=idx_f)
 
@@ -522,44 +512,6 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
                      record_every=record_every, scheme="leapfrog", shift=shift,
                      normalised=normalised,
                      info={"method": "exact", "I": np.array(Iext), "midpoint": "extrapolated"})
-
-
-@contextmanager
-def _brian2_target(target: str, cache_dir: Optional[str], build_dir: Optional[str]):
-    """Select the codegen target (runtime) or the cpp_standalone device for one run, then restore
-    the previous target, cython cache directory and device."""
-    import brian2 as b2
-    from brian2.devices.device import reset_device
-
-    if target not in TARGETS:
-        raise ValueError(f"unknown brian2 target {target!r}; choose one of {TARGETS}")
-    prefs = b2.prefs
-    old_target = prefs.codegen.target
-    old_cache = prefs["codegen.runtime.cython.cache_dir"]
-    cache_dir = cache_dir or default_cache_dir()
-    tmp = None
-    try:
-        if target == "cython":
-            os.makedirs(cache_dir, exist_ok=True)
-            prefs["codegen.runtime.cython.cache_dir"] = cache_dir
-        if target == "cpp_standalone":
-            if build_dir is None:
-                tmp = tempfile.TemporaryDirectory(prefix="uhn-brian2-standalone-")
-                build_dir = tmp.name
-            b2.set_device("cpp_standalone", directory=build_dir, build_on_run=True,
-                          with_output=False)
-        else:
-            prefs.codegen.target = target
-        yield
-    finally:
-        prefs.codegen.target = old_target
-        prefs["codegen.runtime.cython.cache_dir"] = old_cache
-        if target == "cpp_standalone":
-            b2.get_device().reinit()
-            b2.get_device().activate()
-            reset_device()
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def error_norm(v_a, h_a, v_b, h_b) -> float:
@@ -588,7 +540,7 @@ def auto_dt(net: Network, Q, t_end: float, tol: float = DEFAULT_DT_TOL, *, recor
     ("default" scheduling is first order: e = C dt, C = 2 |y_(dt_0) - y_(dt_0/2)| / dt_0.)
 
     Returns (dt, info) with info = {"tol", "C", "order", "pilot_t", "pilot_dt", "pilot_s"}.
-    Cost: 3 n_0 pilot steps (n_0 ~ 10 max(tau)/min(tau)), about 1.5 s on MNIST (D = 784, N = 100).
+    Cost: 3 n_0 pilot steps (n_0 ~ 10 max(tau)/min(tau)).
     """
     tol = require_positive(tol, "dt_tol", "tolerance")
     t_end = require_positive(t_end, "t_end", "time (ms)")
@@ -617,7 +569,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
                h0=None, fixed_point_tol: float = 1e-8, cache_dir: Optional[str] = None,
                build_dir: Optional[str] = None, dt_tol: float = DEFAULT_DT_TOL,
                progress: bool = False) -> Trajectory:
-    """Simulate tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I, tau_h dh/dt = S(g) - h in brian2.
+    """Simulate the network's equations of motion (docs/theory.md section 2) in brian2.
 
     Parameters
     ----------
@@ -671,7 +623,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
     I = Qm.copy() if input_mode == "clamped" else None
 
     import brian2 as b2
-    with _brian2_target(target, cache_dir, build_dir):
+    with brian2_target(target, cache_dir, build_dir):
         t0 = time.perf_counter()
         model = to_brian2(net, Qm, dt, scheme=scheme, record_every=record_every, I=I, h0=h0)
         t1 = time.perf_counter()

@@ -12,11 +12,8 @@ filtered with the network's own time constants:
     tau_h dh_mu/dt = -h_mu      + sum_i  M_mu,i  s_i(t)  / (n r_max)
 
 where s_i(t) = sum over the spikes of population i of delta(t - t_spike). Since E[s_i] = n r_max
-g_i, the expected drift is the rate model's,
-
-    tau_v dv/dt = M^T f - v + I,   tau_h dh/dt = M g - h,
-
-and the fluctuations about it are those of a sum of Poisson counts: relative size
+g_i, the expected drift is the rate model's equations of motion (docs/theory.md section 2, dot
+similarity), and the fluctuations about it are those of a sum of Poisson counts: relative size
 1 / sqrt(n r_max tau g) per unit, so the distance to the rate trajectory falls like n^(-1/2)
 until the O(dt) bias of the discrete scheme (spikes of step k act in step k + 1) is reached.
 
@@ -38,7 +35,8 @@ from typing import Optional
 
 import numpy as np
 
-from uhn.dynamics.backends.brian2_rate import DEFAULT_TARGET, _brian2_target, _connect_blocks
+from uhn.dynamics.backends.brian2_rate import connect_blocks
+from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target
 from uhn.dynamics.integrate import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
@@ -144,7 +142,7 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
     beta = net.L_h.beta
     shift = beta * h0.max(1)
 
-    with _brian2_target(target, None, build_dir):
+    with brian2_target(target, None, build_dir):
         if seed is not None:
             b2.seed(seed)
         t0 = time.perf_counter()
@@ -188,11 +186,11 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
         for grp, nm in ((feat, "v"), (mem, "h")):
             grp.run_regularly("cnt = 0", when="thresholds", order=-1, name=f"spk_clear_{nm}")
         # unit to unit: the counts weighted by M, summed (w = M.ravel() / M.T.ravel() per copy)
-        to_mem = _connect_blocks(b2, feat, mem, D, N, B, "w : 1 (constant)\ninp_post = w*cnt_pre : 1 (summed)",
+        to_mem = connect_blocks(b2, feat, mem, D, N, B, "w : 1 (constant)\ninp_post = w*cnt_pre : 1 (summed)",
                                  "spk_similarity", ns, clock, net.M)
-        to_feat = _connect_blocks(b2, mem, feat, N, D, B, "w : 1 (constant)\ndrive_post = w*cnt_pre : 1 (summed)",
+        to_feat = connect_blocks(b2, mem, feat, N, D, B, "w : 1 (constant)\ndrive_post = w*cnt_pre : 1 (summed)",
                                   "spk_drive", ns, clock, net.M.T)
-        to_norm = _connect_blocks(b2, mem, norm, N, 1, B, "total_post = num_pre : 1 (summed)",
+        to_norm = connect_blocks(b2, mem, norm, N, 1, B, "total_post = num_pre : 1 (summed)",
                                   "spk_total", ns, clock)
         mem.total = b2.linked_var(norm, "total", index=np.repeat(np.arange(B, dtype=np.int64), N))
         feat.v = v0.ravel()
