@@ -2,7 +2,8 @@
 
 * No tracked file sends the reader outside the repository: the mathematical contract is
   docs/theory.md, and a clone has nothing beside it.
-* Every ``python`` code block of README.md runs as written, in order, in one namespace.
+* docs/performance.md is written by benchmarks/write_performance.py; CITATION.cff matches the
+  package (README.md's code blocks: tests/test_readme.py).
 * docs/theory.md exists, every "docs/theory.md section N" cited in a tracked file is one of its
   numbered headings, and the constants it quotes are the code's.
 * The Sphinx build (API reference + theory + docs pages) passes with warnings as errors, and the
@@ -57,30 +58,54 @@ def test_no_tracked_file_points_outside_the_repository(needle):
                       + "\n".join(hits))
 
 
-# ------------------------------------------------------------------------------------ README
-def readme_python_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return re.findall(r"^```python[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+# ------------------------------------------------------------------------------- performance
+def test_performance_page_is_written_by_its_script():
+    """docs/performance.md is what benchmarks/write_performance.py writes from benchmarks/output/
+    (so every number on it is one a benchmark printed); a hand edit or a stale page fails here."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "write_performance.py"), "--check"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_readme_has_python_examples():
-    # the extraction below must find the quick API tour, or the next test would pass vacuously
-    blocks = readme_python_blocks()
-    assert blocks and any("Memory(" in b for b in blocks)
+def test_performance_script_records_verbatim_output(tmp_path):
+    """--record saves a command's printed lines under a header, and the page quotes them."""
+    (tmp_path / "out").mkdir()
+    doc = tmp_path / "performance.md"
+    script = ROOT / "benchmarks" / "write_performance.py"
+    cmd = f"{sys.executable} -c \"print('one reading: 1.25x')\" # fake_bench.py"
+    proc = subprocess.run([sys.executable, str(script), "--record", cmd, "--conditions", "a test",
+                           "--outputs", str(tmp_path / "out"), "--doc", str(doc)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = (tmp_path / "out" / "fake_bench.txt").read_text(encoding="utf-8").splitlines()
+    assert saved[0] == f"# command: {cmd}" and "# conditions: a test" in saved
+    assert saved[-1] == "one reading: 1.25x"
+    text = doc.read_text(encoding="utf-8")
+    assert "## fake_bench" in text and "one reading: 1.25x" in text and "verbatim" in text
 
 
-def test_readme_python_blocks_run_as_written(tmp_path):
-    """All ```python blocks of README.md, concatenated in order, run in a fresh interpreter from
-    the repository root (a subprocess: brian2 keeps global state)."""
-    script = tmp_path / "readme_examples.py"
-    parts = [f"# --- README.md python block {k + 1}\n{b}" for k, b in enumerate(readme_python_blocks())]
-    script.write_text("\n".join(parts), encoding="utf-8")
-    env = dict(os.environ, MPLBACKEND="Agg")
-    env.setdefault("UHN_BRIAN2_CACHE", str(ROOT / ".brian_cache"))
-    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, (f"README example failed (exit {proc.returncode}):\n"
-                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+# ------------------------------------------------------------------------------------ citation
+def test_citation_file_matches_the_package():
+    """CITATION.cff is valid CFF 1.2.0 for this version and cites both papers."""
+    import uhn
+
+    text = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
+    try:
+        import yaml
+    except ImportError:                  # pyyaml is not a dependency: check the few top-level keys
+        top = dict(re.findall(r"^([\w-]+):[ \t]*(.*)$", text, flags=re.M))
+        data = {k: v.strip().strip("\"'") for k, v in top.items()}
+        refs = text
+    else:
+        data = yaml.safe_load(text)
+        refs = " ".join(str(r.get("title", "")) for r in
+                        [data.get("preferred-citation", {})] + list(data.get("references", [])))
+    assert str(data["cff-version"]) == "1.2.0"
+    assert data["title"] == "universal-hopfield"
+    assert str(data["version"]) == uhn.__version__, "CITATION.cff's version is not uhn.__version__"
+    assert data["license"] == "MIT"
+    assert "Universal Hopfield Networks" in refs and "Large Associative Memory Problem" in refs
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
 
 
 # ------------------------------------------------------------------------------------ theory
@@ -170,6 +195,30 @@ def test_theory_quotes_the_codes_constants():
 
 
 # ------------------------------------------------------------------------------------ Sphinx
+def test_api_reference_lists_every_module():
+    """docs/api/*.rst has one automodule per module of the package (tools/import_graph.py's list;
+    `python -m uhn`'s __main__ aside), and names none that does not exist."""
+    spec = importlib.util.spec_from_file_location("import_graph_tool", ROOT / "tools" / "import_graph.py")
+    graph = importlib.util.module_from_spec(spec)
+    sys.modules["import_graph_tool"] = graph
+    spec.loader.exec_module(graph)
+    modules = set(graph.modules(str(ROOT))) - {"uhn.__main__"}
+    documented = set()
+    for rst in (ROOT / "docs" / "api").glob("*.rst"):
+        documented |= set(re.findall(r"^\.\. automodule:: (\S+)$", rst.read_text(encoding="utf-8"), flags=re.M))
+    assert not modules - documented, f"modules without an API page entry: {sorted(modules - documented)}"
+    assert not documented - modules, f"API entries for modules that do not exist: {sorted(documented - modules)}"
+
+
+def test_every_docs_page_is_in_the_toctree():
+    """Each docs/*.md page is reachable from docs/index.md's toctree (Sphinx would only warn)."""
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    toctree = re.search(r"```\{toctree\}\n(.*?)```", index, flags=re.S).group(1)
+    entries = {line.strip() for line in toctree.splitlines() if line.strip() and not line.startswith(":")}
+    pages = {p.stem for p in (ROOT / "docs").glob("*.md")} - {"index"}
+    assert pages <= entries, f"docs pages missing from the toctree: {sorted(pages - entries)}"
+
+
 def _sphinx_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("sphinx", "myst_parser", "numpydoc"))
 
