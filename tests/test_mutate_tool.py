@@ -1,4 +1,5 @@
-"""tools/mutate.py's coverage-guided test selection, on a toy project in a temporary folder.
+"""tools/mutate.py's coverage-guided test selection and its scratch copy's package links, on toy
+projects in a temporary folder.
 
 The selection is only worth having if it is sound: a mutant must be run against every test that
 executes its statement, and a statement no test context executes (import-time code) must fall back
@@ -6,6 +7,7 @@ to the whole list. Checked here end to end: a real coverage run, a real pytest r
 """
 import importlib.util
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -152,3 +154,28 @@ def test_mutant_timeout_is_twice_what_its_tests_took_unmutated():
     assert mutate.mutant_timeout(10, 300.0, ["t::a", "t::c"], {"t::a": 1.5}) == 603.0
     # never below the floor (pytest's own start)
     assert mutate.mutant_timeout(120, 300.0, ["t::a"], {"t::a": 1.5}) == 120
+
+
+def test_a_package_mapped_to_another_folder_is_imported_from_the_copy(tmp_path):
+    """pyproject.toml maps ``toyuhn.models`` to the folder ``models/`` (as this project maps
+    ``uhn.models``): with PYTHONPATH = the copy, that import name must give the copy's folder (a
+    symlink ``toyuhn/models -> ../models``), and check_imports_copy must accept it; an unmapped
+    copy fails to import it."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.setuptools.package-dir]\n"toyuhn" = "toyuhn"\n"toyuhn.models" = "models"\n')
+    (tmp_path / "toyuhn").mkdir()
+    (tmp_path / "toyuhn" / "__init__.py").write_text("")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("VALUE = 1\n")
+    assert mutate.package_dirs(str(tmp_path)) == {"toyuhn": "toyuhn", "toyuhn.models": "models"}
+    with pytest.raises(subprocess.CalledProcessError):
+        mutate.check_imports_copy(str(tmp_path))
+    assert mutate.link_packages(str(tmp_path)) == ["toyuhn", "toyuhn.models"]
+    assert os.readlink(tmp_path / "toyuhn" / "models") == os.path.join("..", "models")
+    assert not os.path.islink(tmp_path / "toyuhn" / "__init__.py")
+    mutate.check_imports_copy(str(tmp_path))
+    # a mutant written to the folder is what the import name runs
+    (tmp_path / "models" / "__init__.py").write_text("VALUE = 2\n")
+    out = subprocess.run([sys.executable, "-c", "import toyuhn.models as m; print(m.VALUE)"],
+                         cwd=tmp_path, env=mutate._env(str(tmp_path)), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"

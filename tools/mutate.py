@@ -8,9 +8,10 @@ Why a small AST mutator of our own and not mutmut / cosmic-ray: both mutate the 
 (mutmut 3 also wants its own ``mutants/`` set-up and a trampoline in every function), while several
 people edit this checkout at once and the tests read it; cosmic-ray needs a session database and a
 config per module. Here every mutant is written into a scratch copy of one *committed* tree
-(``git archive <commit>``), pytest runs there with ``PYTHONPATH`` pointing at the copy (checked
-before the first mutant: the copy's ``models``/``dynamics`` must be the ones imported), and the
-operators are exactly those where one wrong character is a wrong paper result:
+(``git archive <commit>``), pytest runs there with ``PYTHONPATH`` pointing at the copy (its folders
+linked where pyproject.toml's package-dir puts them, ``uhn/models -> ../models``; checked before the
+first mutant: ``uhn.models``, ``uhn.dynamics`` must be the copy's), and the operators are exactly
+those where one wrong character is a wrong paper result:
 
     arith     +  <-> -,  *  <-> /,  ** -> *            (binary operators and augmented assignments)
     augdrop   ``x op= y`` -> ``pass``                    (e.g. ``out /= tau`` dropped)
@@ -65,36 +66,43 @@ from dataclasses import asdict, dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: module -> the test files that check it (globs of this repository's own tests, relative to the root)
+#: module -> the test files that check it (globs of this repository's own tests, relative to the root).
+#: Each module's own test file holds the tests written to kill its survivors (docs/testing.md); the
+#: other files are those whose tests also execute the module (measured under coverage).
 TESTS = {
     # the array-API tests exercise the spec-only branches of these modules (a mutant there is
     # killed only by them); test_kernels.py the L1/Lp path numpy similarities now run on
     "models/similarity.py": ["tests/models/test_similarity.py", "tests/models/test_memory.py",
                              "tests/models/test_kernels.py", "tests/models/test_arrays.py",
-                             "tests/models/test_mutants_*.py"],
+                             "tests/models/test_named_models.py"],
     "models/separation.py": ["tests/models/test_separation.py", "tests/models/test_memory.py",
-                             "tests/models/test_arrays.py", "tests/models/test_mutants_*.py"],
+                             "tests/models/test_arrays.py", "tests/models/test_named_models.py"],
     "models/memory.py": ["tests/models/test_memory.py", "tests/models/test_named_models.py",
-                         "tests/models/test_arrays.py", "tests/models/test_mutants_*.py"],
+                         "tests/models/test_arrays.py"],
     # test_array_api_dynamics.py: the spec-only branches of the Lagrangians, Network and the
     # array batched integrator
     "dynamics/lagrangians.py": ["tests/dynamics/test_lagrangians.py", "tests/dynamics/analysis/test_energy.py",
-                                "tests/dynamics/test_array_api_dynamics.py",
-                                "tests/dynamics/test_mutants_*.py"],
+                                "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_network.py",
+                                "tests/dynamics/test_integrate.py", "tests/dynamics/analysis/test_energy_bounds.py"],
     # test_float32_dynamics.py: float32 networks (the float64 twin of the memories, dtypes kept)
     "dynamics/network.py": ["tests/dynamics/test_network.py", "tests/dynamics/analysis/test_energy.py",
                             "tests/dynamics/test_integrate.py", "tests/dynamics/test_array_api_dynamics.py",
-                            "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/test_mutants_*.py"],
-    "dynamics/analysis/energy.py": ["tests/dynamics/analysis/test_energy.py", "tests/dynamics/analysis/test_energy_trajectory.py",
-                           "tests/dynamics/test_mutants_*.py"],
-    # test_array_api_dynamics.py: dopri's controller helpers (initial step, error norm, casts)
-    # also run inside uhn.dynamics.solvers.rk45_batched_array
-    "dynamics/solvers/rk45_batched.py": ["tests/dynamics/solvers/test_rk45_batched.py", "tests/dynamics/test_float32_dynamics.py",
-                          "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
-    "dynamics/solvers/rk45_batched_array.py": ["tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
+                            "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/analysis/test_energy_bounds.py"],
+    "dynamics/analysis/energy.py": ["tests/dynamics/analysis/test_energy.py",
+                                    "tests/dynamics/analysis/test_energy_trajectory.py",
+                                    "tests/dynamics/analysis/test_energy_bounds.py"],
+    # test_array_api_dynamics.py: rk45_batched's controller helpers (initial step, error norm,
+    # casts) also run inside uhn.dynamics.solvers.rk45_batched_array
+    "dynamics/solvers/rk45_batched.py": ["tests/dynamics/solvers/test_rk45_batched.py",
+                                         "tests/dynamics/test_float32_dynamics.py",
+                                         "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_integrate.py",
+                                         "tests/dynamics/analysis/test_energy_bounds.py"],
+    "dynamics/solvers/rk45_batched_array.py": ["tests/dynamics/test_array_api_dynamics.py",
+                                               "tests/dynamics/test_integrate.py"],
     "dynamics/integrate.py": ["tests/dynamics/test_integrate.py", "tests/dynamics/solvers/test_rk45_batched.py",
                               "tests/dynamics/test_float32_dynamics.py", "tests/dynamics/solvers/test_reduced.py",
-                              "tests/dynamics/test_array_api_dynamics.py", "tests/dynamics/test_mutants_*.py"],
+                              "tests/dynamics/test_array_api_dynamics.py",
+                              "tests/dynamics/analysis/test_energy_bounds.py"],
 }
 
 _ARITH = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult}
@@ -249,7 +257,8 @@ def sample(mutants: list[Mutant], k: int | None, seed: int) -> list[Mutant]:
 
 # ------------------------------------------------------------------------------------------ running
 def export_tree(commit: str, dest: str) -> str:
-    """Unpack the committed tree of ``commit`` into ``dest`` (fresh); return the full hash."""
+    """Unpack the committed tree of ``commit`` into ``dest`` (fresh), its packages linked for import
+    (:func:`link_packages`); return the full hash."""
     full = subprocess.run(["git", "-C", REPO, "rev-parse", commit], check=True, capture_output=True,
                           text=True).stdout.strip()
     if os.path.exists(dest):
@@ -257,7 +266,30 @@ def export_tree(commit: str, dest: str) -> str:
     os.makedirs(dest)
     archive = subprocess.run(["git", "-C", REPO, "archive", full], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    link_packages(dest)
     return full
+
+
+def package_dirs(tree: str) -> dict:
+    """pyproject.toml's ``[tool.setuptools.package-dir]`` of ``tree``: import name -> folder."""
+    import tomllib
+    with open(os.path.join(tree, "pyproject.toml"), "rb") as fh:
+        return tomllib.load(fh).get("tool", {}).get("setuptools", {}).get("package-dir", {})
+
+
+def link_packages(tree: str) -> list[str]:
+    """Make the copy importable as installed with ``PYTHONPATH=tree``: a package whose folder is
+    not where its import name puts it (``"uhn.models" = "models"``) gets a relative symlink there
+    (``uhn/models -> ../models``); the editable install's finder would otherwise serve the
+    repository's folder for it. A mutant is written to the folder itself (``models/x.py``), the
+    one file both paths name. Returns the import names mapped."""
+    names = sorted((n for n in package_dirs(tree) if n), key=lambda n: n.count("."))
+    for name in names:
+        natural = os.path.join(tree, *name.split("."))
+        target = os.path.join(tree, package_dirs(tree)[name])
+        if os.path.realpath(natural) != os.path.realpath(target):
+            os.symlink(os.path.relpath(target, os.path.dirname(natural)), natural)
+    return names
 
 
 def _env(tree: str) -> dict:
@@ -268,9 +300,11 @@ def _env(tree: str) -> dict:
 
 
 def check_imports_copy(tree: str) -> None:
-    """The copy's packages, not the editable install in the repository, must be what pytest imports."""
-    code = "import models, dynamics; print(models.__file__); print(dynamics.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), capture_output=True,
+    """The copy's packages (every import name of its package-dir), not the editable install in the
+    repository, must be what pytest imports."""
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    print(importlib.import_module(n).__file__)"
+    names = [n for n in package_dirs(tree) if n]
+    out = subprocess.run([sys.executable, "-c", code, *names], cwd=tree, env=_env(tree), capture_output=True,
                          text=True, check=True).stdout.split()
     for path in out:
         if not os.path.realpath(path).startswith(os.path.realpath(tree) + os.sep):
@@ -451,7 +485,7 @@ def _clear_pyc(tree: str) -> None:
     """Delete the copy's bytecode (a mutant written within the same second and of the same size
     could otherwise be served from a stale .pyc). numba's on-disk caches beside it are kept: they
     check the source file's own time stamp, so only a mutant of the compiled module recompiles
-    (clearing them made every mutant recompile every kernel, ~25 s each)."""
+    (clearing them made every mutant recompile every kernel)."""
     for root, _, files in os.walk(tree):
         for f in files:
             if f.endswith(".pyc"):
