@@ -31,7 +31,7 @@ import numpy as np
 from uhn.models import Memory
 from uhn.models.arrays import (array_namespace, as_namespace, device, is_numpy_namespace,
     library_name, namespace, numpy_float, rowdot, to_numpy)
-from uhn.models.validation import as_matrix, check_finite, check_same_width
+from uhn.models.validation import as_matrix, check_finite, check_same_width, require_positive
 from uhn.models.similarity import Similarity, bind_private, differentiable_names, get_similarity
 
 from uhn.dynamics.lagrangians import Lagrangian, LogSumExp, for_separation, quadratic
