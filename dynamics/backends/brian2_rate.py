@@ -55,7 +55,7 @@ from typing import Optional
 import numpy as np
 
 from uhn.dynamics.backends.brian2_target import (DEFAULT_TARGET, TARGETS,  # noqa: F401
-    brian2_target, default_cache_dir)
+    brian2_target, default_cache_dir, import_brian2)
 from uhn.dynamics.integrate import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
@@ -269,7 +269,7 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
     I : (D,) or (B, D) input current; default net.I (or 0).
     h0 : initial memory state (default S(g(q))).
     """
-    import brian2 as b2
+    b2 = import_brian2()
 
     check_supported(net)
     if scheme not in SCHEMES:
@@ -427,7 +427,7 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     g(v_0 - dt dv/dt(0)), so the first step is second order too. The explicit midpoint makes the
     coupling's own g-dependence explicit: stable while dt |d c/d g| / tau_v stays below about 1.
     """
-    import brian2 as b2
+    b2 = import_brian2()
 
     spec = _coupling_spec(net)
     B, D, N = v0.shape[0], net.D, net.N
@@ -622,7 +622,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
     Qm = np.atleast_2d(np.asarray(Q, dtype=np.float64))
     I = Qm.copy() if input_mode == "clamped" else None
 
-    import brian2 as b2
+    b2 = import_brian2()
     with brian2_target(target, cache_dir, build_dir):
         t0 = time.perf_counter()
         model = to_brian2(net, Qm, dt, scheme=scheme, record_every=record_every, I=I, h0=h0)

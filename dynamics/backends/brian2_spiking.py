@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from uhn.dynamics.backends.brian2_rate import connect_blocks
-from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target
+from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2
 from uhn.dynamics.integrate import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
@@ -117,7 +117,7 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
     (``loop_s`` the simulation loop alone, as in run_brian2) and ``synapse_events`` (the spikes
     delivered, each to one count synapse, plus the per-step unit-to-unit synaptic updates).
     """
-    import brian2 as b2
+    b2 = import_brian2()
 
     check_spiking(net)
     t_end = require_positive(t_end, "t_end", "time (ms)")

@@ -1,8 +1,10 @@
-"""The brian2 code-generation target of one run, shared by the rate and spiking backends:
-runtime ``numpy`` / ``cython`` (with its compiled-code cache) or the ``cpp_standalone`` device."""
+"""brian2 for the rate and spiking backends: importing it without letting it take over the
+user's error reporting, and the code-generation target of one run (runtime ``numpy`` /
+``cython`` with its compiled-code cache, or the ``cpp_standalone`` device)."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from typing import Optional
@@ -18,11 +20,27 @@ def default_cache_dir() -> str:
         os.path.expanduser("~"), ".cache", "uhn-brian2")
 
 
+def import_brian2():
+    """``import brian2``, keeping the interpreter's own ``sys.excepthook``.
+
+    On first import brian2 installs a hook that prints every uncaught error of the process (ours
+    and the user's alike) as "Brian 2 encountered an unexpected error ... bug" and keeps a debug
+    log in the temp folder. The hook that was there before is put back, so an uncaught error
+    reads as Python prints it and brian2's log is deleted at exit as after a clean run.
+    """
+    before = sys.excepthook
+    import brian2
+
+    if sys.excepthook is not before and getattr(sys.excepthook, "__module__", "").startswith("brian2"):
+        sys.excepthook = before
+    return brian2
+
+
 @contextmanager
 def brian2_target(target: str, cache_dir: Optional[str], build_dir: Optional[str]):
     """Select the codegen target (runtime) or the cpp_standalone device for one run, then restore
     the previous target, cython cache directory and device."""
-    import brian2 as b2
+    b2 = import_brian2()
     from brian2.devices.device import reset_device
 
     if target not in TARGETS:
