@@ -38,7 +38,9 @@ from scipy.integrate import solve_ivp
 from threadpoolctl import threadpool_limits
 
 from uhn.dynamics import lagrangians as L
-from uhn.dynamics.integrate import BLAS_THREADS, NOISE_FACTOR, fixed_point_event, integrate
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.solvers.driver import BLAS_THREADS, NOISE_FACTOR
+from uhn.dynamics.solvers.scipy_ivp import fixed_point_event
 from uhn.dynamics.network import Network
 from uhn.models.corruption import corrupt
 from uhn.models.data import load_dataset

@@ -1,7 +1,12 @@
-"""Save and load a :class:`uhn.dynamics.integrate.Trajectory` as netCDF-4 (HDF5) through xarray.
+"""The netCDF-4 (HDF5) file format of a trajectory, through xarray.
 
-The file is an ordinary netCDF-4 file that ``xarray.open_dataset(path)`` (or netCDF4 / h5py) opens
-directly:
+This module knows the format only: it writes the fields of any object that has a
+:class:`uhn.dynamics.trajectory.Trajectory`'s (read as attributes) and reads them back as a dict
+of that class's keyword arguments; uhn.dynamics.trajectory (``Trajectory.save`` /
+``Trajectory.load``, ``save_trajectory`` / ``load_trajectory``) builds on it.
+
+The file is an ordinary netCDF-4 file that ``xarray.open_dataset(path)`` (or netCDF4 / h5py)
+opens directly:
 
 =============  ==========================  ==========================================
 variable       dimensions                  meaning
@@ -9,7 +14,7 @@ variable       dimensions                  meaning
 ``time``       (time,)                     sample times t (coordinate; ms for brian2)
 ``v``          (time, query, feature)      feature states v
 ``h``          (time, query, memory)       memory states h (h = S(g) when adiabatic)
-``E``          (time, query)               energy E = [(v - I).g - L_v] + [h.f - L_h] - f.S(g)
+``E``          (time, query)               energy E (docs/theory.md section 3)
 ``dEdt``       (time, query)               analytic dE/dt
 ``I``          (query, feature)            input current each query ran with
 ``converged``  (query,)                    fixed point reached (bool)
@@ -20,7 +25,7 @@ Global attributes: ``uhn_format`` = "uhn-trajectory", ``uhn_format_version``, th
 ``Trajectory.params`` as ``param_<name>``. Integers, floats and strings are stored as they are;
 booleans, None, lists, tuples and dicts are JSON-encoded strings, and the attribute
 ``uhn_json_params`` lists which attributes those are (strings netCDF cannot hold, empty or
-with a NUL, are JSON-encoded too), so that :func:`load_trajectory` restores every
+with a NUL, are JSON-encoded too), so that :func:`read` restores every
 value equal to the saved one with its Python type. Arrays round-trip bit for bit with their dtypes
 (no fill value, no compression loss).
 """
@@ -33,8 +38,6 @@ import numpy as np
 
 from uhn.models.atomic import atomic_path
 
-from uhn.dynamics.integrate import Trajectory
-
 FORMAT = "uhn-trajectory"
 FORMAT_VERSION = 1
 ENGINE = "h5netcdf"
@@ -44,6 +47,8 @@ _DIMS = {"v": ("time", "query", "feature"), "h": ("time", "query", "memory"),
          "E": ("time", "query"), "dEdt": ("time", "query"), "I": ("query", "feature"),
          "converged": ("query",)}
 _PARAM = "param_"
+#: every field a trajectory is written from (its attributes) and read back into (keyword arguments)
+FIELDS = ("t",) + tuple(_DIMS) + ("method", "backend", "message", "adiabatic", "params")
 
 
 def _xarray():
@@ -102,12 +107,14 @@ def _native(value) -> bool:
     return True
 
 
-def to_xarray(traj: Trajectory):
-    """The Trajectory as an ``xarray.Dataset`` (dimensions time / query / feature / memory; every
-    parameter an attribute, see the module docstring)."""
+def to_xarray(traj):
+    """A trajectory (any object with the attributes :data:`FIELDS`) as an ``xarray.Dataset``
+    (dimensions time / query / feature / memory; every parameter an attribute, see the module
+    docstring)."""
     xr = _xarray()
-    if not isinstance(traj, Trajectory):
-        raise TypeError(f"traj must be a uhn.dynamics.integrate.Trajectory, got {type(traj).__name__}")
+    if not all(hasattr(traj, name) for name in FIELDS):
+        raise TypeError(f"traj must be a uhn.dynamics.trajectory.Trajectory (or have its fields "
+                        f"{', '.join(FIELDS)}), got {type(traj).__name__}")
     data = {name: (dims, np.asarray(getattr(traj, name))) for name, dims in _DIMS.items()}
     attrs = {"uhn_format": FORMAT, "uhn_format_version": FORMAT_VERSION}
     json_names = []
@@ -133,9 +140,9 @@ def to_xarray(traj: Trajectory):
     return xr.Dataset(data, coords={"time": ("time", np.asarray(traj.t))}, attrs=attrs)
 
 
-def save_trajectory(traj: Trajectory, path) -> Path:
-    """Write ``traj`` to ``path`` as netCDF-4/HDF5 (atomically: a temporary file in the same folder
-    moved into place); returns the path. Read it back with :func:`load_trajectory`."""
+def write(traj, path) -> Path:
+    """Write ``traj`` (:func:`to_xarray`) to ``path`` as netCDF-4/HDF5, atomically (a temporary
+    file in the same folder moved into place); returns the path. Read it back with :func:`read`."""
     path = Path(path)
     ds = to_xarray(traj)
     encoding = {name: {"_FillValue": None} for name in list(ds.data_vars) + ["time"]}
@@ -148,8 +155,9 @@ def _attr(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def from_xarray(ds) -> Trajectory:
-    """The Trajectory stored in an ``xarray.Dataset`` made by :func:`to_xarray`."""
+def read_dataset(ds) -> dict:
+    """The fields stored in an ``xarray.Dataset`` made by :func:`to_xarray`, as the keyword
+    arguments of a Trajectory (:data:`FIELDS`)."""
     if ds.attrs.get("uhn_format") != FORMAT:
         raise ValueError(f"not a uhn trajectory: attribute uhn_format is "
                          f"{ds.attrs.get('uhn_format')!r}, expected {FORMAT!r}")
@@ -168,13 +176,14 @@ def from_xarray(ds) -> Trajectory:
 
     params = {key[len(_PARAM):]: get(key) for key in ds.attrs if key.startswith(_PARAM)}
     arrays = {name: np.asarray(ds[name].values) for name in _DIMS}
-    return Trajectory(t=np.asarray(ds["time"].values), **arrays, method=get("method"),
-                      backend=get("backend"), message=get("message"),
-                      adiabatic=bool(_attr(ds.attrs["adiabatic"])), params=params)
+    return dict(t=np.asarray(ds["time"].values), **arrays, method=get("method"),
+                backend=get("backend"), message=get("message"),
+                adiabatic=bool(_attr(ds.attrs["adiabatic"])), params=params)
 
 
-def load_trajectory(path) -> Trajectory:
-    """Read a Trajectory written by :func:`save_trajectory` (the file is closed on return)."""
+def read(path) -> dict:
+    """The fields of a trajectory written by :func:`write` (:func:`read_dataset`; the file is
+    closed on return)."""
     xr = _xarray()
     path = Path(path)
     if not path.is_file():
@@ -185,7 +194,7 @@ def load_trajectory(path) -> Trajectory:
         raise ValueError(f"cannot read {str(path)!r} as a netCDF-4 trajectory: {err}") from None
     with ds:
         ds.load()
-        return from_xarray(ds)
+        return read_dataset(ds)
 
 
-__all__ = ["save_trajectory", "load_trajectory", "to_xarray", "from_xarray", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["write", "read", "to_xarray", "read_dataset", "FIELDS", "FORMAT", "FORMAT_VERSION"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from uhn.models.atomic import atomic_path
 
-from uhn.dynamics.integrate import Trajectory
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 
 #: font sizes used throughout (readable when a figure is shrunk into a two-column paper)

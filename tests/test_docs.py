@@ -171,7 +171,7 @@ def test_theory_anchor_links_resolve():
 
 def test_theory_quotes_the_codes_constants():
     """Numbers the theory states are read from the code, so a change of either shows up here."""
-    from uhn.dynamics.solvers import rk45_batched as dopri
+    from uhn.dynamics.solvers import dormand_prince as dopri
     from uhn.dynamics import integrate as integ
     from uhn.dynamics.backends import brian2_rate as b2b
     from uhn.models import similarity as sim

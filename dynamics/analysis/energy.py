@@ -45,7 +45,7 @@ from math import factorial
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from uhn.dynamics.integrate import Trajectory
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.lagrangians import NonConvexLagrangianError
 from uhn.dynamics.network import Network
 

@@ -26,7 +26,8 @@ from uhn.models.arrays import to_numpy
 from uhn.models.separation import get_separation
 from uhn.models.similarity import get_similarity
 
-from uhn.dynamics.integrate import NOISE_FACTOR, integrate
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.solvers.driver import NOISE_FACTOR
 from uhn.dynamics.network import Network
 
 READOUTS = ("auto", "v", "v_minus_I", "memory")

@@ -56,7 +56,7 @@ import numpy as np
 
 from uhn.dynamics.backends.brian2_target import (DEFAULT_TARGET, TARGETS,  # noqa: F401
     brian2_target, default_cache_dir, import_brian2)
-from uhn.dynamics.integrate import Trajectory
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
 

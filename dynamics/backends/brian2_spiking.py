@@ -37,7 +37,7 @@ import numpy as np
 
 from uhn.dynamics.backends.brian2_rate import connect_blocks
 from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2
-from uhn.dynamics.integrate import Trajectory
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
 

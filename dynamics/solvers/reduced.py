@@ -1,54 +1,50 @@
-"""Exact reduced solver for the dot-similarity network with linear feature rates (docs/theory.md).
+"""Exact reduced solver for the dot-similarity network with linear feature rates: the method "reduced".
 
 With S(g) = M g (dot similarity), L_v quadratic (g = v), any memory Lagrangian L_h (f = dL_h/dh)
-and a constant input I ((D,) or one row per query), the network is
-
-    tau_v dv/dt = M^T f(h) - v + I,        tau_h dh/dt = M v - h.
-
-Write v(t) = c(t) + M^T a(t), with a(0) = 0 and c the part that never feels the memories:
+and a constant input I ((D,) or one row per query), dS/dg = M is constant and the equations of
+motion (docs/theory.md section 2) keep v(t) = c(t) + M^T a(t), with a(0) = 0 and c the part that
+never feels the memories:
 
     tau_v dc/dt = I - c,  c(0) = v(0)   =>   c(t) = I + (v(0) - I) e^{-t/tau_v}      (closed form)
     tau_v da/dt = f(h) - a
     tau_h dh/dt = M c(t) + G a - h,       G = M M^T (N x N),
-    M c(t) = M I + (M v(0) - M I) e^{-t/tau_v}.
+    M c(t) = M I + (M v(0) - M I) e^{-t/tau_v}
 
-Check: tau_v dv/dt = tau_v dc/dt + M^T tau_v da/dt = (I - c) + M^T f - M^T a = M^T f - v + I, and
-M v = M c + M M^T a = M c + G a. The state of a query is (a, h), 2N numbers instead of D + N, and
-one right-hand side costs the (b, N) x (N, N) product a G plus elementwise work (M v(0) and M I
-are computed once per query), instead of the two (b, D) x (D, N) products of the full system.
-The adiabatic limit tau_h -> 0 (h = M v = M c + G a) reduces the same way to the N numbers a:
+(adding the first two, times M^T, gives back the feature equation, and M v = M c + G a). The
+state of a query is (a, h), 2N numbers instead of D + N, and one right-hand side costs the
+(b, N) x (N, N) product a G plus elementwise work (M v(0) and M I are computed once per query),
+instead of the two (b, D) x (D, N) products of the full system. The adiabatic limit tau_h -> 0
+(h = M v = M c + G a, docs/theory.md section 4) reduces the same way to the N numbers a:
 
     tau_v da/dt = f(M c(t) + G a) - a.
 
 The states of the full system are rebuilt only at the sample times, v = c(t) + M^T a (one GEMM
-per sample), and the energy, dE/dt and the :class:`~uhn.dynamics.integrate.Trajectory` come from the
-Network on those states, exactly as :func:`uhn.dynamics.integrate.integrate` makes them.
+per sample); the energy, dE/dt and the Trajectory come from uhn.dynamics.solvers.driver on those
+states, as for every method.
 
-Integration: :func:`uhn.dynamics.solvers.rk45_batched.solve_batched` (Dormand-Prince 5(4), a step size per query) on
-the rows [a, h, e] (adiabatic: [a, e]), where e is integrated with them, de/dt = -e/tau_v,
-e(0) = 1, and c = I + (v(0) - I) e, M c = M I + (M v(0) - M I) e. The closed form
-e = e^{-t/tau_v} is what e approximates (to the integrator's tolerance; tested), but it is not
-used in the right-hand side: with e a state, the rows are an exact linear image of the full
+Integration: :func:`uhn.dynamics.solvers.rk45_batched.solve_batched` (Dormand-Prince 5(4), a
+step size per query) on the rows [a, h, e] (adiabatic: [a, e]), where e is integrated with them,
+de/dt = -e/tau_v, e(0) = 1, and c = I + (v(0) - I) e, M c = M I + (M v(0) - M I) e. The closed
+form e = e^{-t/tau_v} is what e approximates (to the integrator's tolerance; tested), but it is
+not used in the right-hand side: with e a state, the rows are an exact linear image of the full
 state (v = I + (v(0) - I) e + M^T a, h = h), Runge-Kutta methods commute with linear changes of
-variables, so for the same step sizes every stage equals the full system's stage mapped over. With the exact exponential
-as a forcing term instead, the stiff h equation (tau_h << tau_v) sees a non-autonomous term whose
-quadrature error the 5(4) estimate weighs heavily: that variant took 2.1x the full system's
-right-hand-side calls (989 vs 470 per query, MNIST, N = 100, tau_h = 0.1, rtol 1e-8), this one
-0.84x (395). The clock also serves the rest test, which solve_batched does not give the rows'
-times, and a query that stopped holds its final e in later samples, as it holds a and h.
+variables, so for the same step sizes every stage equals the full system's stage mapped over.
+With the exact exponential as a forcing term instead, the stiff h equation (tau_h << tau_v) sees
+a non-autonomous term whose quadrature error the 5(4) estimate weighs heavily, and the
+controller takes more steps than the full system. The clock also serves the rest test, which
+solve_batched does not give the rows' times, and a query that stopped holds its final e in later
+samples, as it holds a and h.
 
-Error control is on (a, h, e), not on (v, h): dopri bounds the RMS over the 2N + 1 components of
+Error control is on (a, h, e), not on (v, h): the RMS over the 2N + 1 components of
 err / (atol + rtol |y|). h is the same variable in both systems, with its error now averaged over
 2N + 1 components instead of D + N; a local error err_a in a is an error M^T err_a in v, and the
 relative part rtol |a_mu| of a's tolerance is measured on the coefficients a (O(f), mostly small)
-rather than on the pixels v_i. Measured on that MNIST batch over t in [0, 8] against RK45-batched
-at rtol 1e-12: max |v error| 3.5e-9 (full system 8.8e-10), max |h error| 6.1e-7 (full 1.1e-6), in
-0.84x the steps. The Jacobian of the full system is the reduced one plus the eigenvalue -1/tau_v
-on the directions orthogonal to M's rows, so the stiffness (which sets an explicit method's step
-size here) is the same.
+rather than on the pixels v_i (the tests bound the difference to the full system). The Jacobian
+of the full system is the reduced one plus the eigenvalue -1/tau_v on the directions orthogonal
+to M's rows, so the stiffness (which sets an explicit method's step size here) is the same.
 
-Fixed points: a query stops when integrate's test :func:`uhn.dynamics.integrate.rest_ratio` on the
-full state Y = [v, h] and velocity [dv/dt, dh/dt] is <= 1, with
+Fixed points: a query stops when the driver's test :func:`uhn.dynamics.solvers.driver.rest_ratio`
+on the full state Y = [v, h] and velocity [dv/dt, dh/dt] is <= 1, with
 
     dv/dt = dc/dt + M^T da/dt = (I - v(0)) e / tau_v + M^T da/dt.
 
@@ -60,20 +56,19 @@ Evaluating it costs an (b, N) x (N, D) product, so it is only done where two che
 - sufficient: |dv/dt|_inf <= e |I - v(0)|_inf / tau_v + |M^T w|_2 with w = da/dt and
   |M^T w|_2 = sqrt(w^T G w) (:meth:`ReducedSystem.speed_bound`), against the smallest threshold
   of any v component, tol + noise atol / tau_v; a row passing it and the h test is at rest.
-
-On the MNIST benchmark (B = 256) the exact test ran on 512 rows in all, about two steps per query.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from uhn.dynamics.solvers.rk45_batched import solve_batched
-from uhn.dynamics.integrate import (NOISE_FACTOR, Trajectory, _stall_message, at_new_samples,
-    check_arguments, held_samples, rest_ratio, sample_energies, sample_times)
 from uhn.dynamics.lagrangians import Quadratic
 from uhn.dynamics.network import Network
+from uhn.dynamics.solvers.driver import (Method, Problem, Samples, Settings, at_new_samples,
+    held_samples, rest_ratio, run)
+from uhn.dynamics.solvers.rk45_batched import solve_batched
+from uhn.dynamics.trajectory import Trajectory
 
-METHOD = "reduced"
+NAME = "reduced"
 
 
 def check_reducible(net: Network) -> None:
@@ -86,26 +81,6 @@ def check_reducible(net: Network) -> None:
         raise ValueError(f"the reduced solver needs a quadratic L_v (linear feature rates g = v), got "
                          f"{net.L_v.name}: with nonlinear rates v does not stay in span(M) + c(t); "
                          f"use integrate()")
-
-
-def _input_current(net: Network, v0: np.ndarray, input_mode: str, I) -> np.ndarray:
-    """(B, D) constant input current: ``I`` if given ((D,) or (B, D)), else integrate's rule
-    (v(0) when clamped, net.I or 0 otherwise). A callable (time-varying) input is refused."""
-    B = v0.shape[0]
-    if I is None:
-        return v0.copy() if input_mode == "clamped" else net.input_current(None, B).copy()
-    if input_mode == "clamped":
-        raise ValueError("give either input_mode='clamped' (I = the queries) or an input current I, "
-                         "not both")
-    if callable(I):
-        raise ValueError("the reduced solver needs a constant input current I: with a time-varying "
-                         "I(t), c(t) has no closed form; use integrate()")
-    I = np.asarray(I, dtype=np.float64)
-    if I.shape not in ((net.D,), (B, net.D)):
-        raise ValueError(f"input current I must have shape ({net.D},) or ({B}, {net.D}), got {I.shape}")
-    if not np.all(np.isfinite(I)):
-        raise ValueError("input current I must be finite")
-    return np.broadcast_to(I, (B, net.D)).copy()
 
 
 class ReducedSystem:
@@ -158,7 +133,7 @@ class ReducedSystem:
     def F(self, t, Y, rows, out):
         """dY/dt of the rows Y (b, width), written into ``out`` (autonomous: t is not used)."""
         net, N = self.net, self.N
-        a, e = np.ascontiguousarray(Y[:, :N]), Y[:, -1]   # a strided a @ G misses BLAS (60x slower)
+        a, e = np.ascontiguousarray(Y[:, :N]), Y[:, -1]   # a strided a @ G misses BLAS
         if self.adiabatic:
             s = self._Mc(e, rows, a @ self.G)            # h = M v = M c + G a
             np.subtract(net.L_h.grad(s), a, out=out[:, :N])
@@ -198,7 +173,7 @@ class ReducedSystem:
         return Y[:, -1] * self.dI_inf[rows] / self.net.tau_v + MTw
 
     def rest_test(self, tol, noise, rtol, atol):
-        """at_rest(Y, dY, rows) for solve_batched: integrate's rest_ratio(...) <= 1 on the full
+        """at_rest(Y, dY, rows) for solve_batched: driver.rest_ratio(...) <= 1 on the full
         state, decided by the cheap necessary and sufficient tests where they can (module docstring)."""
         net, N = self.net, self.N
         v_floor = tol + noise * atol / net.tau_v          # smallest threshold of a v component
@@ -224,8 +199,8 @@ class ReducedSystem:
     def rebuild(self, Ys, new):
         """States of the full system at the samples: (v (T, B, D), h (T, B, N), or None when
         adiabatic) from the rows Ys (T, B, width), v = I + (v0 - I) e + M^T a. A query that
-        stopped holds its final row, so its later samples (``new`` False: integrate.held_samples
-        of Ys) are copied (integrate.at_new_samples)."""
+        stopped holds its final row, so its later samples (``new`` False: driver.held_samples
+        of Ys) are copied (driver.at_new_samples)."""
         N = self.N
         T, B, _ = Ys.shape
         v = np.empty((T, B, self.M.shape[1]), dtype=np.result_type(Ys, self.M))
@@ -235,64 +210,46 @@ class ReducedSystem:
         return v, None if self.adiabatic else Ys[:, :, N:2 * N]
 
 
-def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, rtol: float = 1e-8,
-                      atol: float = 1e-10, t_eval=None, n_samples: int = 101,
-                      stop_at_fixed_point: bool = True, fixed_point_tol: float = 1e-8,
-                      noise_factor: float = NOISE_FACTOR, adiabatic: bool = False,
-                      input_mode: str = "initial", h0=None, max_step: float = np.inf,
-                      max_nfev: int = 100_000, I=None, progress=None) -> Trajectory:
-    """Integrate tau_v dv/dt = M^T f(h) - v + I, tau_h dh/dt = M v - h (dot similarity, g = v)
-    through the reduced state v = c(t) + M^T a (module docstring), each query with its own step
-    size and stopping at its own fixed point.
+def check(net: Network, settings: Settings) -> None:
+    """The method's refusals, before any work: a ``keep`` other than "all", and a network that is
+    not reducible (:func:`check_reducible`)."""
+    if isinstance(settings.keep, str) and settings.keep == "all":
+        check_reducible(net)
+        return
+    raise ValueError(f"method='reduced' keeps every sample (it rebuilds v from them); "
+                     f"got keep={settings.keep!r}, use keep='all'")
 
-    Takes integrate()'s arguments with their meaning (method "RK45-batched": the same tableau,
-    controller and fixed-point rule), plus ``I``: a constant input current (D,) or (B, D) that
-    replaces the one ``input_mode`` would choose. Returns the same :class:`Trajectory` as
-    ``integrate(method="RK45-batched")`` with ``method="reduced"``.
-    Refuses (ValueError) a network that is not dot similarity with quadratic L_v, and a
-    time-varying (callable) input. ``progress(t, n)``: as for :func:`uhn.dynamics.solvers.rk45_batched.solve_batched`.
-    """
-    check_reducible(net)
-    t_end, max_step, max_nfev = check_arguments(t_end, rtol, atol, fixed_point_tol, noise_factor,
-                                                input_mode, max_step, max_nfev)
-    v0, h0 = net.initial_state(Q, h0)
-    B = len(v0)
-    I = _input_current(net, v0, input_mode, I)
-    t_eval = sample_times(t_end, t_eval, n_samples)
-    red = ReducedSystem(net, v0, I, adiabatic)
 
-    def stall(row, t, reason):
-        return RuntimeError(_stall_message(net, t, t_end, f"query {row}: {reason}"))
-
-    tol = fixed_point_tol if stop_at_fixed_point else None
-    with np.errstate(over="raise", invalid="raise", divide="raise"):
-        try:
-            sol = solve_batched(red.F, red.initial_rows(h0), t_end, t_eval=t_eval, rtol=rtol,
-                                atol=atol, max_step=max_step, max_nfev=max_nfev, on_stall=stall,
-                                at_rest=None if tol is None else red.rest_test(tol, noise_factor, rtol, atol),
-                                progress=progress)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"integration of {net!r} hit a floating-point error ({err}); "
-                                     f"the state left the range this network can represent") from None
+def solve(p: Problem) -> Samples:
+    """The method "reduced" (uhn.dynamics.solvers.driver's contract): solve_batched on the
+    reduced rows (module docstring), the full states rebuilt at the samples."""
+    red = ReducedSystem(p.net, p.v0, p.I, p.adiabatic)
+    at_rest = red.rest_test(p.fixed_point_tol, p.noise_factor, p.rtol, p.atol) if p.stop else None
+    sol = solve_batched(red.F, red.initial_rows(p.h0), p.t_end, t_eval=p.t_eval, rtol=p.rtol,
+                        atol=p.atol, max_step=p.max_step, max_nfev=p.max_nfev, on_stall=p.on_stall,
+                        at_rest=at_rest, progress=p.progress)
     new = held_samples(sol.y)       # v and h repeat where their rows do: one mask for both uses
     v, h = red.rebuild(sol.y, new)
-    # samples in the queries' dtype, as integrate's other methods return them (float32 queries on
-    # float32 memories: float32 samples); E and dE/dt below are those of the stored samples
-    v = v.astype(v0.dtype, copy=False)
-    h = None if h is None else h.astype(v0.dtype, copy=False)
-    h, E, dE = sample_energies(net, v, h, I, new)
-    Yf = v[-1] if adiabatic else np.concatenate([v[-1], h[-1]], axis=1)
-    ratio = rest_ratio(net, Yf, net.velocity(Yf, I, adiabatic), fixed_point_tol, noise_factor,
-                       rtol, atol, adiabatic)
-    n_fp = int(sol.at_fixed_point.sum())
-    message = (f"{n_fp} of {B} queries reached a fixed point" if tol is not None
-               else "reached t_end")
-    params = {"rtol": rtol, "atol": atol, "t_end": float(t_end), "fixed_point_tol": fixed_point_tol,
-              "noise_factor": noise_factor, "input_mode": input_mode,
-              "nfev": int(sol.nfev.sum()), "nfev_per_query": sol.nfev.tolist(),
-              "t_final_per_query": sol.t_final.tolist(), **net.describe()}
-    # integrate's rule: converged where the solver stopped the query at a fixed point (the rest
-    # test decided it) or where its final state passes the test
-    return Trajectory(t=sol.t, v=v, h=h, E=E, dEdt=dE, I=I, converged=sol.at_fixed_point | (ratio <= 1.0),
-                      method=METHOD, backend="numpy", message=message, adiabatic=adiabatic,
-                      params=params)
+    return Samples(t=sol.t, v=v, h=h, stopped=sol.at_fixed_point, backend="numpy", new=new,
+                   info={"nfev": int(sol.nfev.sum()), "nfev_per_query": sol.nfev.tolist(),
+                         "t_final_per_query": sol.t_final.tolist()})
+
+
+#: its row of uhn.dynamics.integrate.METHODS: the rows are float64 whatever the queries' dtype
+#: (N-sized, cheap); the samples come back in the queries' dtype
+METHOD = Method(solve, float64_rows=True, check=check)
+
+
+def integrate_reduced(net: Network, Q, t_end: float = 50.0, *, I=None, blas_threads=None,
+                      **options) -> Trajectory:
+    """``integrate(net, Q, t_end, method="reduced", **options)`` (the same trajectory, bit for
+    bit), with two differences: ``I``, a constant input current (D,) or (B, D), replaces the one
+    ``input_mode`` would choose, and ``blas_threads`` defaults to None (BLAS left as it is).
+
+    The options are integrate()'s (uhn.dynamics.solvers.driver.Settings) but ``keep``: "all"
+    only. Refuses (ValueError) a network that is not dot similarity with quadratic L_v, and a
+    time-varying (callable) input."""
+    if callable(I):
+        raise ValueError("the reduced solver needs a constant input current I: with a time-varying "
+                         "I(t), c(t) has no closed form; use integrate()")
+    return run(METHOD, NAME, net, Q, t_end, I=I, blas_threads=blas_threads, **options)

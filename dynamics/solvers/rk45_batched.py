@@ -8,27 +8,20 @@ each stage is one vectorised call F(t, Y[active], rows, out) over the rows still
 leaves the batch when it reaches t_end or when ``at_rest(Y, dY/dt, rows)`` says it sits at a
 fixed point (dY/dt is read off the last stage of the step for free: first same as last).
 
-Per row, one step from (t, y) with size h (c, A, b, e the Butcher tableau):
+The tableau, error norm and step-size controller are uhn.dynamics.solvers.dormand_prince's
+(written once for every array namespace); uhn.dynamics.solvers.rk45_batched_array runs the same
+step on other libraries' arrays (torch, CuPy) with frozen rows in place of this module's
+compaction.
 
-    k_1 = F(t, y),  k_i = F(t + c_i h, y + h sum_j A_ij k_j),  y_new = y + h sum_i b_i k_i
-    err = || h sum_i e_i k_i / (atol + rtol max(|y|, |y_new|)) ||_rms,   accept iff err < 1
-    accept: h <- h min(10, 0.9 err^(-1/5)) (factor <= 1 right after a rejection)
-    reject: h <- h max(0.2, 0.9 err^(-1/5))
-
-and samples inside an accepted step come from the method's quartic dense output
-y(t + theta h) = y + h K^T P [theta, theta^2, theta^3, theta^4].
-
-The module knows nothing of networks: it is plain array math (docs/theory.md section 6). The
-controller's arithmetic (initial step, error norm, step-size factor, dense-output weights) is
-written once for any array-API namespace; uhn.dynamics.solvers.rk45_batched_array runs it on other libraries'
-arrays (torch, CuPy) with frozen rows in place of this module's compaction.
+:func:`solve_batched` knows nothing of networks: it is plain array math (docs/theory.md section
+6). :func:`solve` is the method "RK45-batched" of uhn.dynamics.solvers.driver on it.
 
 Cost. Per step the right-hand side runs 6 times; everything else is the stage sums
 Y + h sum_j A_ij k_j (5 of them plus y_new), the error norm, the dense output at sample times
 and the rest test. These are memory-bound passes over (b, W) arrays, so they run as fused loops
 that read each stage once and write nothing but the result: compiled with numba when it is
 importable (``kernels="numba"``: one pass per stage sum, y_new and the error estimate's stage
-sum in one pass, the scaled error in one more; compiled on first use, ~5 s, then cached on disk
+sum in one pass, the scaled error in one more; compiled on first use, then cached on disk
 beside this file), else in-place numpy operations into buffers allocated once
 (``kernels="numpy"``, the reference; a few passes each). Both compute the same expressions in
 the same order per element (numba without fastmath contracts nothing into fused multiply-adds)
@@ -36,19 +29,19 @@ and share the error norm's sum of squares, so they agree bit for bit (tested). E
 buffer (the seven stages, the stage state, y_new, the error estimate, the samples) is allocated
 once; the running rows are the first b rows of each buffer, rows that stop are compacted out in
 place, and the first-same-as-last stage changes places with the first by a swap of indices.
-Measured (benchmarks/bench_dynamics.py, B = 256 MNIST queries, N = 100, 1 BLAS thread): the
-whole batched integration costs ~1.9x its share of the two matmuls per query-evaluation.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.integrate import RK45
 
-from uhn.models.arrays import is_numpy_namespace, numpy_float
+from uhn.models.arrays import numpy_float
+
+from uhn.dynamics.solvers import dormand_prince as dp
+from uhn.dynamics.solvers.driver import (Problem, Samples, check_keep_every, check_times,
+    resolved_rtol)
 
 try:  # numba is optional: without it the numpy reference kernels below do the step arithmetic
     import numba as _nb
@@ -57,165 +50,10 @@ except ImportError:  # pragma: no cover - the numpy path is tested with kernels=
     _nb = None
     HAVE_NUMBA = False
 
-SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0  # scipy.integrate._ivp.rk's controller constants
-_C, _A, _B, _E, _P = RK45.C, RK45.A, RK45.B, RK45.E, RK45.P
-_ORDER = RK45.error_estimator_order  # 4: the error exponent is -1/5
-_N_STAGES = _E.size                     # 7: six stages plus the first-same-as-last one
-_A_ROWS = [np.ascontiguousarray(_A[i, :i]) for i in range(_C.size)]
-_B_ROW = np.ascontiguousarray(_B)
-_E_ROW = np.ascontiguousarray(_E)
+_A_ROWS = [np.ascontiguousarray(dp.A[i, :i]) for i in range(dp.C.size)]
+_B_ROW = np.ascontiguousarray(dp.B)
+_E_ROW = np.ascontiguousarray(dp.E)
 KERNELS = ("auto", "numba", "numpy")
-
-
-@dataclass
-class BatchSolution:
-    """Output of :func:`solve_batched`.
-
-    t : (T,) sample times, cut at the last row's end (thinned by ``keep_every``: the times
-    :func:`kept_indices` picks);  y : (T, B, W) samples; a row that ended before a sample time
-    holds its final state there.
-    t_final : (B,) time at which each row stopped;  y_final : (B, W) its state then.
-    at_fixed_point : (B,) True where the row stopped because ``at_rest`` said so.
-    velocity : (B,) max |dY/dt| at t_final.
-    nfev : (B,) right-hand-side evaluations per row;  n_steps, n_rejected : (B,) step counts.
-    """
-
-    t: np.ndarray
-    y: np.ndarray
-    t_final: np.ndarray
-    y_final: np.ndarray
-    at_fixed_point: np.ndarray
-    velocity: np.ndarray
-    nfev: np.ndarray
-    n_steps: np.ndarray
-    n_rejected: np.ndarray
-
-
-# ----------------------------------------------------------------------------------------------
-# the controller's arithmetic, written once for numpy and every array-API namespace ``xp``
-# (uhn.dynamics.solvers.rk45_batched_array runs the same functions on other libraries' arrays)
-# ----------------------------------------------------------------------------------------------
-
-def _astype(x, dtype, xp=np):
-    """x in ``dtype`` (no copy when it already is)."""
-    if x.dtype == dtype:
-        return x
-    return x.astype(dtype) if is_numpy_namespace(xp) else xp.astype(x, dtype)
-
-
-def _rms(x, xp=np):
-    """Row-wise root mean square of a (b, W) array, accumulated and returned in float64 (the
-    step-size control stays float64 for float32 states); numpy sums the squares with einsum,
-    other namespaces with sum(x * x) (another order: the last bits may differ)."""
-    if is_numpy_namespace(xp):
-        return np.sqrt(np.einsum("bw,bw->b", x, x, dtype=np.float64) / x.shape[1])
-    x = _astype(x, xp.float64, xp)
-    return xp.sqrt(xp.sum(x * x, axis=1) / x.shape[1])
-
-
-def _initial_step(F, t0, Y0, F0, t_end, max_step, rtol, atol, xp=np):
-    """scipy's select_initial_step (Hairer, Norsett & Wanner II.4), one step size per row:
-    h0 = 0.01 d0 / d1 (1e-6 if d0 or d1 < 1e-5), h1 = (0.01 / max(d1, d2))^(1/5) with
-    d0 = |y0|, d1 = |f(y0)|, d2 = |f(y0 + h0 f(y0)) - f(y0)| / h0 (rms norms scaled by
-    atol + rtol |y0|), h = min(100 h0, h1, t_end - t0, max_step). ``F(t, Y)`` returns dY/dt."""
-    scale = atol + xp.abs(Y0) * rtol
-    d0, d1 = _rms(Y0 / scale, xp), _rms(F0 / scale, xp)
-    tiny = xp.full_like(d1, 1e-300)
-    h0 = xp.where((d0 < 1e-5) | (d1 < 1e-5), xp.full_like(d0, 1e-6), 0.01 * d0 / xp.maximum(d1, tiny))
-    h0 = xp.minimum(h0, t_end - t0)
-    F1 = F(t0 + h0, _astype(Y0 + h0[:, None] * F0, Y0.dtype, xp))
-    d2 = _rms((F1 - F0) / scale, xp) / h0
-    dmax = xp.maximum(d1, d2)
-    h1 = xp.where(dmax <= 1e-15, xp.maximum(xp.full_like(h0, 1e-6), h0 * 1e-3),
-                  (0.01 / xp.maximum(dmax, tiny)) ** (1.0 / (_ORDER + 1)))
-    cap = min(float(t_end) - float(xp.max(t0)), float(max_step))
-    return xp.minimum(xp.minimum(100 * h0, h1), xp.full_like(h1, cap))
-
-
-def _step_factor(err, ok, rejected, xp=np):
-    """scipy RK45's step-size factor: SAFETY err^(-1/5), clipped to [MIN_FACTOR, MAX_FACTOR]
-    (MAX_FACTOR where err = 0), at most 1 for an accepted step right after a rejection."""
-    err_pos = xp.where(err == 0, xp.ones_like(err), err)
-    factor = xp.where(err == 0, xp.full_like(err, MAX_FACTOR), SAFETY * err_pos ** (-1.0 / (_ORDER + 1)))
-    factor = xp.where(ok, xp.minimum(xp.full_like(factor, MAX_FACTOR), factor),
-                      xp.maximum(xp.full_like(factor, MIN_FACTOR), factor))
-    return xp.where(ok & rejected, xp.minimum(xp.ones_like(factor), factor), factor)
-
-
-def _dense_weights(theta, hs, xp=np):
-    """(7, m) weights h sum_p P_sp theta^p (p = 1..4) of the quartic dense output
-    y(t + theta h) = y + sum_s weights_s k_s, per row."""
-    rows = [xp.zeros_like(theta) for _ in range(len(_P))]
-    power = theta
-    for p in range(_P.shape[1]):
-        for s in range(len(_P)):
-            rows[s] = rows[s] + float(_P[s, p]) * power
-        power = power * theta
-    return xp.stack([w * hs for w in rows])
-
-
-#: default relative tolerance per state dtype: float64 as scipy's solvers are used here; float32
-#: ~840 eps32, comfortably above the floor below
-DEFAULT_RTOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-4}
-
-
-def resolved_rtol(rtol, dtype) -> float:
-    """``rtol`` checked against what states of ``dtype`` resolve, or the dtype's default for None.
-
-    The error estimate h sum_i e_i k_i of a step is a difference of stage sums that each carry
-    round-off of a few eps |y|, so a relative tolerance near eps cannot be met honestly (the
-    controller would chase round-off, shrinking h until the step underflows). Like scipy (which
-    silently raises rtol to 100 eps), the floor is 100 eps of the dtype (2.2e-14 in float64,
-    1.2e-5 in float32); below it this raises ValueError naming the dtype instead."""
-    dtype = np.dtype(dtype)
-    if rtol is None:
-        return DEFAULT_RTOL[dtype]
-    floor = 100 * float(np.finfo(dtype).eps)
-    if not rtol >= floor:
-        raise ValueError(f"rtol={rtol:g} is below what {dtype} states resolve (100 eps = {floor:.2g}); "
-                         f"use rtol >= {floor:.2g}" + (" or float64 queries and memories"
-                                                       if dtype == np.float32 else ""))
-    return float(rtol)
-
-
-def check_times(t_eval, t_end: float) -> np.ndarray:
-    """``t_eval`` as a float64 array if it is a non-empty 1-D array of finite, strictly increasing
-    times within [0, t_end]; else ValueError saying which condition fails and where."""
-    t = np.asarray(t_eval, dtype=np.float64)
-    if t.ndim != 1 or not len(t):
-        raise ValueError(f"t_eval must be a non-empty 1-D array of times, got shape {t.shape}")
-    if not np.all(np.isfinite(t)):
-        k = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise ValueError(f"t_eval must be finite, got t_eval[{k}] = {t[k]}")
-    if np.any(np.diff(t) <= 0):
-        k = int(np.flatnonzero(np.diff(t) <= 0)[0])
-        raise ValueError(f"t_eval must be strictly increasing, got t_eval[{k}] = {t[k]:g} >= "
-                         f"t_eval[{k + 1}] = {t[k + 1]:g}")
-    if t[0] < 0 or t[-1] > t_end:
-        raise ValueError(f"t_eval must lie within [0, t_end] = [0, {t_end:g}], got "
-                         f"[{t[0]:g}, {t[-1]:g}]")
-    return t
-
-
-def check_keep_every(keep_every) -> Optional[int]:
-    """``keep_every`` as an int >= 1, or None (keep the first and the last sample only); else
-    TypeError / ValueError naming the parameter."""
-    if keep_every is None:
-        return None
-    if isinstance(keep_every, (bool, np.bool_)) or not isinstance(keep_every, (int, np.integer)):
-        raise TypeError(f"keep_every must be an integer >= 1 or None, got "
-                        f"{type(keep_every).__name__} {keep_every!r}")
-    if keep_every < 1:
-        raise ValueError(f"keep_every must be an integer >= 1 or None, got {keep_every}")
-    return int(keep_every)
-
-
-def kept_indices(count: int, keep_every: Optional[int]) -> np.ndarray:
-    """Indices into an output of ``count`` >= 1 samples that ``keep_every`` keeps: every k-th
-    sample 0, k, 2k, ... plus the last (count - 1); None keeps the first and the last. The one
-    rule for thinning samples: :func:`solve_batched` stores exactly these of its full output."""
-    stride = count if keep_every is None else keep_every
-    return np.union1d(np.arange(0, count, stride), [count - 1]).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +91,7 @@ def _last_stage_numpy(out, err, Y, K, slots, a, e, h, scratch):
 def _error_numpy(err, Y, Y_new, K, last, e_last, h, rtol, atol, scale):
     """err = h (err + e_7 K[last]) / (atol + rtol max(|Y|, |Y_new|)) in place on the b = len(Y)
     running rows: with err = sum_{j<6} e_j K_j from :func:`_last_stage_numpy`, the scaled error
-    estimate h sum_i e_i K_i / scale whose row-wise rms (:func:`_rms`) is the error norm."""
+    estimate h sum_i e_i K_i / scale whose row-wise rms (:func:`uhn.dynamics.solvers.dormand_prince.rms`) is the error norm."""
     b = len(Y)
     np.multiply(K[last, :b], e_last, out=scale)
     err += scale
@@ -317,7 +155,7 @@ def _last_stage_loops(out, err, Y, K, slots, a, e, h, scratch):
 def _error_loops(err, Y, Y_new, K, last, e_last, h, rtol, atol, scale):
     """Compiled form of :func:`_error_numpy`: the last stage, the step size and the scaling in
     one pass. The same operations per element in the same order, so the two agree bit for bit
-    (the sums of squares stay with numpy, :func:`_rms`)."""
+    (the sums of squares stay with numpy, :func:`uhn.dynamics.solvers.dormand_prince.rms`)."""
     b, W = Y.shape
     for r in range(b):
         x = err[r]
@@ -424,7 +262,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
                   max_step: float = np.inf, max_nfev: int = 100_000,
                   on_stall: Callable[[int, float, str], Exception] = None,
                   keep_every: Optional[int] = 1, kernels: str = "auto",
-                  progress: Optional[Callable[[float, int], None]] = None) -> BatchSolution:
+                  progress: Optional[Callable[[float, int], None]] = None) -> dp.BatchSolution:
     """Integrate dY_b/dt = F(t_b, Y_b) for every row b of Y0 (B, W) from t = 0 to t_end.
 
     F(t, Y, rows, out) gets the times t (b,), states Y (b, W) of the rows still running and their
@@ -434,14 +272,15 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     ``t_eval`` (non-empty, strictly increasing, within [0, t_end]: :func:`check_times`) are the
     sample times. float32 Y0 is integrated in float32 (every state, stage and sample; times, step
     sizes and the error norm stay float64), anything else in float64; ``rtol`` defaults to
-    :data:`DEFAULT_RTOL` of that dtype and is refused below what it resolves (:func:`resolved_rtol`). A row stops at t_end, or once
+    :data:`uhn.dynamics.solvers.driver.DEFAULT_RTOL` of that dtype and is refused below what it
+    resolves (:func:`uhn.dynamics.solvers.driver.resolved_rtol`). A row stops at t_end, or once
     ``at_rest(Y, dYdt, rows)`` (a (b,) boolean mask) is True for it. A row that needs more than
     ``max_nfev`` evaluations, or whose step size underflows, raises the exception built by
     ``on_stall(row, t, reason)`` (RuntimeError by default); a non-finite state or derivative
     raises FloatingPointError naming the row.
 
     ``keep_every`` = k stores only every k-th sample and the last one (None: the first and the
-    last), exactly the samples :func:`kept_indices` picks from the k = 1 output, bit for bit, in
+    last), exactly the samples :func:`uhn.dynamics.solvers.driver.kept_indices` picks from the k = 1 output, bit for bit, in
     memory for those alone. ``kernels`` picks the step arithmetic (module docstring): "auto"
     (numba when importable), "numba" or "numpy". ``progress(t, n)``, if given, is called after
     every step with the earliest time t of the n rows still running (and (t_end, 0) at the end).
@@ -478,8 +317,8 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             samples[j[kept] // stride, r[kept]] = y[kept]
 
     # buffers, allocated once: the running rows are the first n rows of each
-    K = np.empty((_N_STAGES, B, W), dtype)  # stage i lives in K[slot[i]]; slot[0] <-> slot[6] is FSAL
-    slot = np.arange(_N_STAGES)
+    K = np.empty((dp.N_STAGES, B, W), dtype)  # stage i lives in K[slot[i]]; slot[0] <-> slot[6] is FSAL
+    slot = np.arange(dp.N_STAGES)
     Y_new, Ys, scratch, err_buf, dense_out = (np.empty((B, W), dtype) for _ in range(5))
     n = B
     rows = np.arange(B)
@@ -491,7 +330,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         nxt[take] += 1
     F(t, Y, rows, K[slot[0]])
     nfev += 1
-    h = _initial_step(lambda tt, YY: F(tt, YY, rows, np.empty_like(YY)), t, Y, K[slot[0]], t_end,
+    h = dp.initial_step(lambda tt, YY: F(tt, YY, rows, np.empty_like(YY)), t, Y, K[slot[0]], t_end,
                       max_step, rtol, atol)
     nfev += 1
     rejected = np.zeros(B, bool)    # this step was rejected before (scipy's rule: no growth then)
@@ -526,20 +365,20 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
         t_new = np.minimum(t + h, t_end)
         hs = t_new - t
         Yr, Ysr, Ynr = Y[:n], Ys[:n], Y_new[:n]
-        for i in range(1, _C.size):             # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
+        for i in range(1, dp.C.size):           # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
             stage(Ysr, Yr, K, slot[:i], _A_ROWS[i], hs, scratch[:n])
-            F(t + _C[i] * hs, Ysr, rows, K[slot[i], :n])
+            F(t + dp.C[i] * hs, Ysr, rows, K[slot[i], :n])
         # y_new = Y + h sum_i b_i k_i, and the error estimate's sum over the same six stages
         last_stage(Ynr, err_buf[:n], Yr, K, slot[:-1], _B_ROW, _E_ROW, hs, scratch[:n])
         F(t_new, Ynr, rows, K[slot[-1], :n])
-        nfev[rows] += _C.size
-        err = _rms(error(err_buf[:n], Yr, Ynr, K, slot[-1], _E_ROW[-1], hs, rtol, atol, scratch[:n]))
+        nfev[rows] += dp.C.size
+        err = dp.rms(error(err_buf[:n], Yr, Ynr, K, slot[-1], _E_ROW[-1], hs, rtol, atol, scratch[:n]))
         if not np.all(np.isfinite(err)):
             b = int(np.flatnonzero(~np.isfinite(err))[0])
             raise FloatingPointError(f"row {int(rows[b])}: the state or its derivative became "
                                      f"non-finite in the step from t={t[b]:.6g}")
         ok = err < 1
-        h = hs * _step_factor(err, ok, rejected)
+        h = hs * dp.step_factor(err, ok, rejected)
         rejected = ~ok
         n_rej[rows[~ok]] += 1
         all_ok = bool(ok.all())
@@ -548,7 +387,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
             # samples inside (t, t_new] from the dense output
             while np.any(take := ok & (nxt < T) & (t_eval[np.minimum(nxt, T - 1)] <= t_new)):
                 idx = np.flatnonzero(take)
-                weights = _dense_weights((t_eval[nxt[idx]] - t[idx]) / hs[idx], hs[idx])
+                weights = dp.dense_weights((t_eval[nxt[idx]] - t[idx]) / hs[idx], hs[idx])
                 y = dense(dense_out[:len(idx)], Yr, K, slot, weights, idx)
                 store(nxt[idx], rows[idx], y)
                 nxt[idx] += 1
@@ -578,7 +417,7 @@ def solve_batched(F: Callable[..., np.ndarray], Y0, t_end: float, *, t_eval, rto
     if progress is not None:
         progress(float(t_end), 0)
     return _assemble(t_eval, stride, samples, latest, t_final, y_final, nxt_final,
-                     BatchSolution(t=None, y=None, t_final=t_final, y_final=y_final,
+                     dp.BatchSolution(t=None, y=None, t_final=t_final, y_final=y_final,
                                    at_fixed_point=at_fp, velocity=velocity, nfev=nfev,
                                    n_steps=n_steps, n_rejected=n_rej))
 
@@ -605,3 +444,33 @@ def _assemble(t_eval, stride, samples, latest, t_final, y_final, nxt_final, sol)
         t_out, S = np.append(t_out, t_last), S + 1
     sol.t, sol.y = t_out, samples[:S]
     return sol
+
+
+def solve(p: Problem) -> Samples:
+    """The method "RK45-batched" (uhn.dynamics.solvers.driver's contract): :func:`solve_batched`
+    on the (B, width) batch, each query stopping at its own fixed point (:func:`rows_within` on
+    driver.rest_floor's threshold)."""
+    net, I, adiabatic = p.net, p.I, p.adiabatic
+    current = {"rows": None, "I": None}     # I of the running queries, redone when the set shrinks
+    zero_input = not I.any()
+
+    def F(t, Y, rows, out):
+        if not zero_input and current["rows"] is not rows:
+            current["rows"], current["I"] = rows, I[rows]
+        return net.velocity(Y, None if zero_input else current["I"], adiabatic, out)
+
+    Y0 = p.Y0
+    at_rest = None
+    if p.stop:        # rest_ratio <= 1 without the division, stopping at a row's first miss
+        base, slope = p.rest_floor()
+
+        def at_rest(Y, dY, rows):
+            return rows_within(dY, Y, base, slope)
+
+    sol = solve_batched(F, Y0, p.t_end, t_eval=p.t_eval, rtol=p.rtol, atol=p.atol, at_rest=at_rest,
+                        max_step=p.max_step, max_nfev=p.max_nfev, on_stall=p.on_stall,
+                        keep_every=p.keep_every, progress=p.progress)
+    return Samples(t=sol.t, v=sol.y[:, :, :net.D], h=None if adiabatic else sol.y[:, :, net.D:],
+                   stopped=np.asarray(sol.at_fixed_point, dtype=bool), backend="numpy",
+                   info={"nfev": int(sol.nfev.sum()), "nfev_per_query": sol.nfev.tolist(),
+                         "t_final_per_query": sol.t_final.tolist()})

@@ -25,29 +25,29 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from uhn.models.arrays import device, namespace, to_numpy
+from uhn.models.arrays import device, library_name, namespace, to_numpy
 
-from uhn.dynamics.solvers.rk45_batched import (BatchSolution, _A, _B, _C, _E, _astype,
-    _dense_weights, _initial_step, _rms, _step_factor, check_times, resolved_rtol)
+from uhn.dynamics.solvers import dormand_prince as dp
+from uhn.dynamics.solvers.driver import Problem, Samples, check_times, kept_indices, resolved_rtol
 
-_A_ROWS = [[float(a) for a in _A[i, :i]] for i in range(_C.size)]
-_B_ROW, _E_ROW = [float(b) for b in _B], [float(e) for e in _E]
+_A_ROWS = [[float(a) for a in dp.A[i, :i]] for i in range(dp.C.size)]
+_B_ROW, _E_ROW = [float(b) for b in dp.B], [float(e) for e in dp.E]
 
 
 def _weighted(Y, K, coef, h, xp):
-    """Y + h[:, None] * sum_j coef_j K_j, summed in the numpy solver's order (dopri._stage_numpy;
+    """Y + h[:, None] * sum_j coef_j K_j, summed in the numpy solver's order (rk45_batched._stage_numpy;
     its in-place ``out *= h`` on float32 rows multiplies in float64 and rounds: so here)."""
     s = K[0] * coef[0]
     for j in range(1, len(coef)):
         s = s + K[j] * coef[j]
-    return _astype(s * h[:, None], Y.dtype, xp) + Y
+    return dp.astype(s * h[:, None], Y.dtype, xp) + Y
 
 
 def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional[float] = None,
                         atol: float = 1e-10, at_rest: Optional[Callable] = None,
                         max_step: float = np.inf, max_nfev: int = 100_000,
                         on_stall: Optional[Callable[[int, float, str], Exception]] = None,
-                        progress: Optional[Callable[[float, int], None]] = None) -> BatchSolution:
+                        progress: Optional[Callable[[float, int], None]] = None) -> dp.BatchSolution:
     """Integrate dY_b/dt = F(t_b, Y_b) for every row b of Y0 (B, W) from t = 0 to t_end, in the
     namespace and on the device of Y0.
 
@@ -56,7 +56,7 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
     ``at_rest(Y, dYdt)`` returns a (B,) boolean array. Otherwise as
     :func:`uhn.dynamics.solvers.rk45_batched.solve_batched` with ``keep_every=1``: ``t_eval`` sample times (numpy),
     ``rtol`` per dtype, ``max_nfev``, ``on_stall``, ``progress``; a non-finite state raises
-    FloatingPointError naming the row. Returns a BatchSolution whose ``y`` (T, B, W) and
+    FloatingPointError naming the row. Returns a dp.BatchSolution whose ``y`` (T, B, W) and
     ``y_final`` are arrays of Y0's namespace and the rest numpy.
     """
     xp = namespace(Y0)
@@ -104,7 +104,7 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
     records.extend([(Y, run)] * n0)
     nxt = nxt + n0
     K0 = F(t, Y)
-    h = _initial_step(F, t, Y, K0, t_end, max_step, rtol, atol, xp)
+    h = dp.initial_step(F, t, Y, K0, t_end, max_step, rtol, atol, xp)
     nfev = nfev + 2
     rejected = xp.zeros((B,), dtype=xp.bool, device=dev)
 
@@ -133,30 +133,30 @@ def solve_batched_array(F: Callable, Y0, t_end: float, *, t_eval, rtol: Optional
         t_new = xp.where(run, xp.minimum(t + h, xp.full_like(t, float(t_end))), t)
         hs = t_new - t                                          # 0 for finished rows
         K = [K0]
-        for i in range(1, _C.size):                             # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
-            K.append(F(t + float(_C[i]) * hs, _weighted(Y, K, _A_ROWS[i], hs, xp)))
+        for i in range(1, dp.C.size):                             # k_i = F(t + c_i h, Y + h sum_j A_ij k_j)
+            K.append(F(t + float(dp.C[i]) * hs, _weighted(Y, K, _A_ROWS[i], hs, xp)))
         Y_new = _weighted(Y, K, _B_ROW, hs, xp)
         err_sum = K[0] * _E_ROW[0]
         for j in range(1, len(_E_ROW) - 1):
             err_sum = err_sum + K[j] * _E_ROW[j]
         K.append(F(t_new, Y_new))
-        nfev = nfev + _C.size * xp.astype(run, xp.int64)
+        nfev = nfev + dp.C.size * xp.astype(run, xp.int64)
         scale = xp.maximum(xp.abs(Y), xp.abs(Y_new)) * rtol + atol
-        err = _rms(_astype((err_sum + K[-1] * _E_ROW[-1]) * hs[:, None], dtype, xp) / scale, xp)
+        err = dp.rms(dp.astype((err_sum + K[-1] * _E_ROW[-1]) * hs[:, None], dtype, xp) / scale, xp)
         err = xp.where(run, err, xp.zeros_like(err))
         bad = ~xp.isfinite(err)
         ok = run & (err < 1)
-        h = xp.where(run, hs * _step_factor(err, ok, rejected, xp), h)
+        h = xp.where(run, hs * dp.step_factor(err, ok, rejected, xp), h)
         rejected = run & ~ok
         n_rej = n_rej + xp.astype(rejected, xp.int64)
         n_steps = n_steps + xp.astype(ok, xp.int64)
 
         def dense(tk, mask, Y=Y, K=K, t=t, hs=hs):
             theta = xp.where(mask, (tk - t) / xp.where(mask, hs, xp.ones_like(hs)), xp.zeros_like(hs))
-            weights = _dense_weights(theta, hs, xp)
+            weights = dp.dense_weights(theta, hs, xp)
             out = Y
             for s in range(weights.shape[0]):                    # y + sum_s weights_s k_s, 7 stages
-                out = _astype(out + weights[s, :][:, None] * K[s], dtype, xp)
+                out = dp.astype(out + weights[s, :][:, None] * K[s], dtype, xp)
             return out
 
         # sample times this step passes, per row: t_eval[j] for nxt <= j < nxt + cnt (t_eval[j] <= t_new)
@@ -223,7 +223,7 @@ def _gather_samples(records, n, B, W, xp):
 
 def _assemble(t_eval, records, t_final, y_final, nxt_final, at_fp, velocity, nfev, n_steps,
               n_rej, xp):
-    """dopri._assemble for keep_every = 1: samples up to the last row's stop time, a stopped row
+    """rk45_batched._assemble for keep_every = 1: samples up to the last row's stop time, a stopped row
     holding its final state, and the final states at that time when it is not a sample time."""
     t_final_h = to_numpy(t_final)
     t_last = float(t_final_h.max())
@@ -239,6 +239,38 @@ def _assemble(t_eval, records, t_final, y_final, nxt_final, at_fp, velocity, nfe
     if not (n and t_eval[n - 1] >= t_last):
         y = xp.concat([y, y_final[None, ...]], axis=0)
         t_out = np.append(t_out, t_last)
-    return BatchSolution(t=t_out, y=y, t_final=t_final_h, y_final=y_final,
+    return dp.BatchSolution(t=t_out, y=y, t_final=t_final_h, y_final=y_final,
                          at_fixed_point=to_numpy(at_fp), velocity=to_numpy(velocity),
                          nfev=to_numpy(nfev), n_steps=to_numpy(n_steps), n_rejected=to_numpy(n_rej))
+
+
+def solve(p: Problem) -> Samples:
+    """The method "RK45-batched" on a network of another array-API namespace
+    (uhn.dynamics.solvers.driver's contract): :func:`solve_batched_array` on the arrays' device,
+    the rest test on driver.rest_floor's threshold there, the kept samples taken on the device."""
+    net, xp = p.net, p.net.xp
+    Y0 = p.Y0
+    dev = device(Y0)
+
+    def F(t, Y):
+        return net.velocity(Y, p.current, p.adiabatic)
+
+    at_rest = None
+    if p.stop:
+        base, slope = (xp.asarray(a, dtype=xp.float64, device=dev) for a in p.rest_floor())
+
+        def at_rest(Y, dY):
+            return xp.all(xp.abs(dY) <= base + slope * xp.abs(Y), axis=1)
+
+    sol = solve_batched_array(F, Y0, p.t_end, t_eval=p.t_eval, rtol=p.rtol, atol=p.atol,
+                              at_rest=at_rest, max_step=p.max_step, max_nfev=p.max_nfev,
+                              on_stall=p.on_stall, progress=p.progress)
+    ts, Y = sol.t, sol.y
+    if p.keep_every != 1:
+        kept = kept_indices(len(ts), p.keep_every)
+        ts, Y = ts[kept], xp.take(Y, xp.asarray(kept, device=dev), axis=0)
+    D = net.D
+    return Samples(t=ts, v=Y[:, :, :D], h=None if p.adiabatic else Y[:, :, D:],
+                   stopped=sol.at_fixed_point, backend=f"{library_name(xp)} on {dev}",
+                   info={"nfev": int(sol.nfev.sum()), "nfev_per_query": sol.nfev.tolist(),
+                         "t_final_per_query": sol.t_final.tolist()})

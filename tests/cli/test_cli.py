@@ -157,7 +157,7 @@ DYN = ["dynamics", "--n-queries", "4"]
 
 
 def test_dynamics_defaults_retrieve_every_query_and_keep_the_trajectory(capsys, tmp_path):
-    from uhn.dynamics.io import load_trajectory
+    from uhn.dynamics.trajectory import load_trajectory
     rc, out, err = run(DYN + ["--out", str(tmp_path / "run")], capsys)
     assert rc == 0, err
     assert "energy check: PASS" in out
@@ -216,7 +216,7 @@ B2 = ["brian2", "--target", "numpy"]
 
 def test_brian2_short_run_prints_comparison_and_keeps_both_trajectories(capsys, tmp_path):
     pytest.importorskip("brian2")
-    from uhn.dynamics.io import load_trajectory
+    from uhn.dynamics.trajectory import load_trajectory
     rc, out, err = run(B2 + ["--t-end", "5", "--dt", "0.02", "--record-every", "5",
                              "--out", str(tmp_path)], capsys)
     assert rc == 0, err

@@ -410,7 +410,7 @@ def test_solve_batched_array_on_a_non_autonomous_system():
 def test_error_norm_accumulates_in_float64():
     """dopri_array._rms of float32 rows is float64 and equals the float64 root mean square of the
     same (exactly representable) values to float64 round-off (W terms summed: (W + 2) eps64)."""
-    from uhn.dynamics.solvers.rk45_batched_array import _rms
+    from uhn.dynamics.solvers.dormand_prince import rms as _rms
     x = np.random.default_rng(9).standard_normal((4, 1000)).astype(np.float32) * 1e3
     got = host(_rms(strict(x), xps), xps.float64)
     want = np.sqrt((x.astype(np.float64) ** 2).mean(1))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from uhn.dynamics import lagrangians as L
-from uhn.dynamics.solvers.rk45_batched import DEFAULT_RTOL, resolved_rtol
+from uhn.dynamics.solvers.driver import DEFAULT_RTOL, resolved_rtol
 from uhn.dynamics.analysis.energy import verify_energy
 from uhn.dynamics.analysis.fixed_points import distance_bound
 from uhn.dynamics.integrate import integrate

@@ -1,5 +1,6 @@
 """Integration: batch vs single queries, the linear system's exact solution for time constants
 other than 1, adiabatic limit, fixed points, input validation and errors."""
+import dataclasses
 import inspect
 
 import numpy as np
@@ -9,10 +10,13 @@ from scipy.linalg import expm
 from scipy.sparse import block_diag, csr_matrix
 
 import uhn.dynamics.integrate as integrate_module
+from uhn.dynamics.solvers import driver, scipy_ivp
 from uhn.dynamics import lagrangians as L
 from uhn.dynamics.analysis.fixed_points import jacobian, jacobian_adiabatic
-from uhn.dynamics.integrate import (JAC_NNZ_LIMIT, NOISE_FACTOR, Trajectory, block_sparsity,
-    check_jacobian_size, integrate, rest_ratio, sample_times)
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.solvers.driver import NOISE_FACTOR, rest_ratio, sample_times
+from uhn.dynamics.solvers.scipy_ivp import JAC_NNZ_LIMIT, block_sparsity, check_jacobian_size
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.data import load_dataset
 
@@ -310,7 +314,7 @@ def test_keep_returns_exactly_the_kept_samples(digits20, method, adiabatic):
     sample is the stop time appended after the grid. The energies (and h = S(g) when adiabatic)
     are recomputed from those states in other chunks and other memory alignments, so their sums
     may run in another order (measured: 1 ulp of E): they agree within energy_reorder_bounds."""
-    from uhn.dynamics.solvers.rk45_batched import kept_indices
+    from uhn.dynamics.solvers.driver import kept_indices
     net = Network(digits20, "dot", L_h=L.log_sum_exp(2.0), tau_h=0.2)
     Q = digits20[:3] + 0.3 * np.random.default_rng(4).standard_normal((3, 64))
     kw = dict(method=method, adiabatic=adiabatic, n_samples=61, fixed_point_tol=1e-6)
@@ -427,7 +431,7 @@ def test_at_new_samples_computes_new_rows_once_and_copies_the_held(T, B, chunk, 
     """held_samples finds exactly the planted held samples (a change in one component of one of two
     arrays counts as new); at_new_samples calls fn on exactly those rows, in chunks of whole samples,
     and its outputs equal fn on every row (a row-wise fn, so the values are bit-equal)."""
-    from uhn.dynamics.integrate import at_new_samples, held_samples
+    from uhn.dynamics.solvers.driver import at_new_samples, held_samples
     rng = np.random.default_rng(seed)
     a, c = rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2))
     new = _hold(rng, T, B, a, c)
@@ -457,7 +461,7 @@ def test_at_new_samples_chunks_are_chunk_rows_over_b_whole_samples():
     """Where every row is new the chunks are exactly chunk_rows // B samples (at least one), the
     last one short: 10 samples of one query in chunks of 4 rows, of three queries in chunks of
     2 samples (7 // 3), and chunks below one sample's rows still take a whole sample."""
-    from uhn.dynamics.integrate import at_new_samples
+    from uhn.dynamics.solvers.driver import at_new_samples
     for T, B, chunk, expect in [(10, 1, 4, [4, 4, 2]), (5, 3, 7, [6, 6, 3]), (3, 4, 2, [4, 4, 4])]:
         seen, out = [], np.empty((T, B))
         at_new_samples(lambda x: (seen.append(len(x)) or x[:, 0],), np.ones((T, B), bool),
@@ -495,7 +499,7 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
     """A query that stopped holds its final state: sample_energies evaluates the energies on the
     new rows only (counted), and the held samples' E, dE/dt (and h = S(g)) equal those of the
     sample they repeat exactly; every sample agrees with its energies computed alone."""
-    from uhn.dynamics.integrate import sample_energies
+    from uhn.dynamics.solvers.driver import sample_energies
     T, B = 6, 4
     net, rng, v, h, I = _energy_samples(digits20, 11, T, B)
     new = _hold(rng, T, B, v, h)
@@ -516,7 +520,7 @@ def test_sample_energies_of_held_samples_are_copied(monkeypatch, digits20, adiab
 def test_sample_energies_equal_one_sample_at_a_time(monkeypatch, digits20, adiabatic):
     """sample_energies flattens the samples into chunks of whole samples (here 2 of 7 samples
     per chunk, the last chunk short) with each row's own input current."""
-    from uhn.dynamics.integrate import sample_energies
+    from uhn.dynamics.solvers.driver import sample_energies
     net, _, v, h, I = _energy_samples(digits20, 5, 7, 3)
     monkeypatch.setattr(integrate_module, "ENERGY_CHUNK_ROWS", 2 * 3)
     hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)

@@ -10,8 +10,9 @@ xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")
 
 from uhn.dynamics import lagrangians as L  # noqa: E402
-from uhn.dynamics.integrate import Trajectory, integrate  # noqa: E402
-from uhn.dynamics.io import from_xarray, load_trajectory, save_trajectory, to_xarray  # noqa: E402
+from uhn.dynamics.integrate import integrate  # noqa: E402
+from uhn.dynamics.io import to_xarray  # noqa: E402
+from uhn.dynamics.trajectory import Trajectory, from_xarray, load_trajectory, save_trajectory  # noqa: E402
 from uhn.dynamics.network import Network  # noqa: E402
 
 ARRAYS = ("t", "v", "h", "E", "dEdt", "I", "converged")
@@ -117,7 +118,7 @@ def test_non_finite_float_params_and_array_values_survive(tmp_path):
 
 
 def test_bad_inputs_are_refused_with_a_clear_error(tmp_path, rng):
-    with pytest.raises(TypeError, match="traj must be a uhn.dynamics.integrate.Trajectory"):
+    with pytest.raises(TypeError, match="traj must be a uhn.dynamics.trajectory.Trajectory"):
         save_trajectory({"t": [0.0]}, tmp_path / "x.nc")
     net = _net(rng)
     tr = integrate(net, net.M[:1], t_end=1.0, n_samples=3)

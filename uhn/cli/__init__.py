@@ -104,7 +104,7 @@ def save_outputs(out_dir, trajectories: dict, figures: dict) -> list:
 
     import matplotlib.pyplot as plt
 
-    from uhn.dynamics.io import save_trajectory
+    from uhn.dynamics.trajectory import save_trajectory
     from uhn.models.plotting import save_figure
     out = check_out_dir(out_dir)
     written = [save_trajectory(traj, out / f"{name}.nc") for name, traj in trajectories.items()]

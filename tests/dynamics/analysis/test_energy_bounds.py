@@ -16,7 +16,8 @@ import pytest
 
 from uhn.dynamics import lagrangians as L
 from uhn.dynamics.analysis.energy import FD_SAFETY, ROUNDOFF_ULPS, verify_energy
-from uhn.dynamics.integrate import Trajectory, integrate
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 
 EPS = np.finfo(np.float64).eps

@@ -10,7 +10,8 @@ pytest.importorskip("brian2")
 
 from uhn.dynamics.backends.brian2_rate import (Brian2UnsupportedError, check_supported, run_brian2,
     to_brian2)
-from uhn.dynamics.integrate import Trajectory, integrate
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.lagrangians import (elementwise, exponential, log_cosh, log_sum_exp, quadratic,
     rectified_polynomial, signed_polynomial, softplus, spherical)
 from uhn.dynamics.network import Network

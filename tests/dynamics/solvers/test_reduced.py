@@ -12,7 +12,8 @@ from uhn.dynamics import lagrangians as L
 from uhn.dynamics.solvers.rk45_batched import solve_batched
 from uhn.dynamics.analysis.energy import ROUNDOFF_ULPS, _energy_and_size, verify_energy
 from uhn.dynamics.analysis.fixed_points import stability
-from uhn.dynamics.integrate import NOISE_FACTOR, integrate, rest_ratio
+from uhn.dynamics.integrate import integrate
+from uhn.dynamics.solvers.driver import NOISE_FACTOR, rest_ratio
 from uhn.dynamics.network import Network
 from uhn.dynamics.solvers.reduced import ReducedSystem, integrate_reduced
 from error_bounds import step_error_bound

@@ -8,7 +8,8 @@ from scipy.integrate import solve_ivp
 
 from uhn.dynamics import lagrangians as L
 from uhn.dynamics.solvers import rk45_batched as dopri
-from uhn.dynamics.solvers.rk45_batched import check_times, kept_indices, solve_batched
+from uhn.dynamics.solvers.driver import check_times, kept_indices
+from uhn.dynamics.solvers.rk45_batched import solve_batched
 from uhn.dynamics.analysis.energy import verify_energy
 from uhn.dynamics.integrate import integrate
 from uhn.dynamics.network import Network
@@ -322,7 +323,7 @@ def test_rows_within_is_the_fixed_point_test(digits20, kernels):
     """rows_within(dY, Y, base, slope) with integrate's rest_floor is rest_ratio <= 1: checked on
     rows whose velocities sit at 0.5, 0.999, 1.001 and 2 times the threshold in one component
     (away from the rounding of the ratio's division, ~1e-16); a NaN velocity is never at rest."""
-    from uhn.dynamics.integrate import rest_floor, rest_ratio
+    from uhn.dynamics.solvers.driver import rest_floor, rest_ratio
     net = Network(digits20, "dot", tau_v=2.0, tau_h=0.1)
     rng = np.random.default_rng(0)
     Y = rng.standard_normal((8, 84))
@@ -445,7 +446,7 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
 
 def test_sample_times_must_strictly_increase():
     """A repeated sample time is refused like a decreasing one, naming the first pair."""
-    from uhn.dynamics.solvers.rk45_batched import check_times
+    from uhn.dynamics.solvers.driver import check_times
     with pytest.raises(ValueError, match=r"strictly increasing, got t_eval\[1\] = 1 >= t_eval\[2\] = 1"):
         check_times([0.0, 1.0, 1.0, 2.0], 5.0)
     np.testing.assert_array_equal(check_times([0.0, 1.0, 2.0], 5.0), [0.0, 1.0, 2.0])
