@@ -134,3 +134,18 @@ def test_bad_inputs_are_refused_with_a_clear_error(tmp_path, rng):
     xr.Dataset({"x": ("a", np.arange(3.0))}).to_netcdf(tmp_path / "other.nc", engine="h5netcdf")
     with pytest.raises(ValueError, match="not a uhn trajectory"):
         load_trajectory(tmp_path / "other.nc")
+
+
+def test_the_format_reads_and_writes_plain_fields(tmp_path, rng):
+    """uhn.dynamics.io knows the format only: it writes any object with a Trajectory's fields and
+    reads them back as the keyword arguments of Trajectory, which Trajectory.load builds on."""
+    from types import SimpleNamespace
+    from uhn.dynamics import io
+    net = _net(rng)
+    tr = integrate(net, net.M[:2], t_end=1.0, n_samples=4)
+    plain = SimpleNamespace(**{name: getattr(tr, name) for name in io.FIELDS})
+    path = io.write(plain, tmp_path / "plain.nc")
+    fields = io.read(path)
+    assert set(fields) == set(io.FIELDS)
+    assert_identical(tr, Trajectory(**fields))
+    assert_identical(tr, Trajectory.load(tr.save(tmp_path / "method.nc")))

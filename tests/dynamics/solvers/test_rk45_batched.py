@@ -284,14 +284,6 @@ def test_unknown_kernels_and_bad_keep_every_are_refused():
         solve_batched(decay, np.ones(4), 1.0, t_eval=[0.0])
 
 
-def test_kept_indices():
-    assert kept_indices(10, 1).tolist() == list(range(10))
-    assert kept_indices(10, 3).tolist() == [0, 3, 6, 9]
-    assert kept_indices(11, 3).tolist() == [0, 3, 6, 9, 10]
-    assert kept_indices(11, None).tolist() == [0, 10]
-    assert kept_indices(1, None).tolist() == [0] and kept_indices(1, 4).tolist() == [0]
-
-
 @pytest.mark.parametrize("stop", ["t_end", "at_rest"])
 @pytest.mark.parametrize("keep_every", [2, 3, 7, 25, None])
 def test_keep_every_stores_exactly_the_kept_samples(stop, keep_every):
@@ -442,14 +434,6 @@ def test_initial_step_is_scipys_on_slow_and_time_dependent_flows(system):
             continue
         scale = np.abs(ref.y).max()
         assert np.abs(sol.y[:, b, 0] - ref.y[0]).max() <= sol.nfev[b] * EPS * scale
-
-
-def test_sample_times_must_strictly_increase():
-    """A repeated sample time is refused like a decreasing one, naming the first pair."""
-    from uhn.dynamics.solvers.driver import check_times
-    with pytest.raises(ValueError, match=r"strictly increasing, got t_eval\[1\] = 1 >= t_eval\[2\] = 1"):
-        check_times([0.0, 1.0, 1.0, 2.0], 5.0)
-    np.testing.assert_array_equal(check_times([0.0, 1.0, 2.0], 5.0), [0.0, 1.0, 2.0])
 
 
 def test_batched_evaluation_budget_is_exact():
