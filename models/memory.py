@@ -7,6 +7,7 @@ gives exactly what looping over its rows gives.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -18,6 +19,12 @@ from uhn.models.validation import all_finite, as_matrix, check_same_width, int_p
 from uhn.models.separation import Separation, get_separation, top_k_indices
 from uhn.models.similarity import (CONVENTIONS, Similarity, bind_private, check_binary,
     common_float, get_similarity)
+
+
+#: a positive ``tol`` of :meth:`Memory.iterate` is at least this many ulps (eps of the state dtype)
+#: of the row's largest |z|: one retrieval's round-off moves a state at its fixed point by a few
+#: ulps (up to 5 seen in float32), so a smaller tol could never be met
+ITERATE_RESOLUTION_ULPS = 16
 
 
 def sign(x, *, xp=None):
@@ -99,6 +106,14 @@ class Memory:
         self.convention = convention
         self.similarity = get_similarity(similarity, convention=convention)
         self.separation = get_separation(separation)
+        if self.similarity.nonpositive and self.separation.zero_at_nonpositive:
+            # docs/theory.md 1.1 and 1.3: every score <= 0, every weight sep(S) = 0, so z = 0
+            raise ValueError(
+                f"separation {self.separation.name} weights every score <= 0 with 0, and every "
+                f"{self.similarity.name!r} score is <= 0 (a negated distance): this memory would "
+                f"return z = 0 for every query. Use a similarity with positive scores (dot, cosine, "
+                f"or convention='paper_code', whose reciprocal distances are > 0), or a "
+                f"shift-invariant separation (softmax, max, k_max)")
         self.similarity.namespace(self.M)   # numpy-only similarities / separations refuse other
         self.separation.namespace(self.M)   # namespaces here, not at the first query
         # per-memory work (normalised rows, logarithms, norms) done once, on a private copy
@@ -288,7 +303,12 @@ class Memory:
     def iterate(self, Q, max_steps: int = 100, tol: float = 0.0) -> IterationResult:
         """Iterate z_{t+1} = retrieve(z_t) from z_0 = q until max|z_{t+1} - z_t| <= tol, at most
         ``max_steps`` (an integer >= 1) times; ``tol`` must be finite and >= 0 (a negative tol could
-        never be met).
+        never be met). ``tol = 0`` asks for an exact repetition of the state.
+
+        A positive ``tol`` below the resolution of the state dtype, ITERATE_RESOLUTION_ULPS eps
+        max_i |z_{t+1, i}| per query (eps = 1.2e-7 in float32, 2.2e-16 in float64), is raised to
+        it with a RuntimeWarning: a retrieval's own round-off moves a state by a few ulps, so a
+        tol of 1e-12 on float32 states of size 1 (1e5 times below one ulp) would never be met.
 
         Autoassociative memories only (the output must live in the query space).
         """
@@ -310,11 +330,12 @@ class Memory:
         Z = Z.copy()  # never write into the caller's array
         steps = np.zeros(Z.shape[0], dtype=int)
         active = np.ones(Z.shape[0], dtype=bool)
+        limit = _Resolution(tol, np)
         for _ in range(max_steps):
             if not active.any():
                 break
             new = np.atleast_2d(self.retrieve(Z[active]))
-            moved = np.abs(new - Z[active]).max(axis=1) > tol
+            moved = np.abs(new - Z[active]).max(axis=1) > limit(new)
             Z[active] = new
             idx = np.flatnonzero(active)
             steps[idx] += 1
@@ -328,13 +349,14 @@ class Memory:
         B = Z.shape[0]
         steps = xp.zeros(B, dtype=xp.int64, device=dev)
         active = xp.ones(B, dtype=xp.bool, device=dev)
+        limit = _Resolution(tol, xp)
         for _ in range(max_steps):
             idx = xp.nonzero(active)[0]
             if idx.shape[0] == 0:
                 break
             old = xp.take(Z, idx, axis=0)
             new = self._retrieve(old)
-            moved = xp.max(xp.abs(new - old), axis=1) > tol
+            moved = xp.max(xp.abs(new - old), axis=1) > limit(new)
             # slot[b] = position of row b among the active rows (any value where inactive)
             slot = xp.cumulative_sum(xp.astype(active, xp.int64)) - 1
             slot = xp.where(active, slot, 0)
@@ -342,6 +364,33 @@ class Memory:
             steps = steps + xp.astype(active, xp.int64)
             active = xp.where(active, xp.take(moved, slot, axis=0), active)
         return Z, steps, ~active
+
+
+class _Resolution:
+    """The stopping threshold of :meth:`Memory.iterate` for new states Z (b, D): ``tol`` itself
+    when it is 0 or above ITERATE_RESOLUTION_ULPS eps max_i |Z_bi| for every row, else per row
+    the larger of the two, with one RuntimeWarning per call naming both."""
+
+    def __init__(self, tol: float, xp):
+        self.tol, self.xp, self.warned = tol, xp, False
+
+    def __call__(self, Z):
+        if self.tol == 0:
+            return self.tol
+        xp = self.xp
+        eps = float(xp.finfo(Z.dtype).eps)
+        floor = ITERATE_RESOLUTION_ULPS * eps * xp.max(xp.abs(Z), axis=1)
+        top = float(xp.max(floor))
+        if top <= self.tol:
+            return self.tol
+        if not self.warned:
+            self.warned = True
+            warnings.warn(f"iterate: tol={self.tol:g} is below what {Z.dtype} resolves for these "
+                          f"states ({ITERATE_RESOLUTION_ULPS} eps max|z| = {top:.3g}, eps = {eps:.3g}): "
+                          f"a retrieval's round-off alone moves a state by a few ulps, so the tol "
+                          f"is raised to that resolution per query (use float64 for a tighter tol)",
+                          RuntimeWarning, stacklevel=4)
+        return xp.where(floor > self.tol, floor, xp.full_like(floor, self.tol))
 
 
 def _normalise_sum(A, what: str, xp):

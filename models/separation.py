@@ -33,6 +33,9 @@ class Separation:
         instead of a dense product.
     lagrangian : name of the convex L_h with dL_h/dh = sep (see uhn.dynamics.lagrangians), or None.
     no_energy : why there is no convex Lagrangian, when ``lagrangian`` is None.
+    zero_at_nonpositive : True where every weight is 0 for a score <= 0 (the rectified
+        polynomial; threshold with theta > 0): on a similarity whose scores are all <= 0
+        (:attr:`uhn.models.similarity.Similarity.nonpositive`) it weights nothing.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Separation:
     top_k: Optional[int] = None
     lagrangian: Optional[str] = None
     no_energy: str = ""
+    zero_at_nonpositive: bool = False
     params: dict = field(default_factory=dict)
     array_api: bool = False
 
@@ -84,7 +88,7 @@ def _threshold(theta: float = 0.0):
     return _separation(f"threshold(theta={theta:g})", lambda S, xp: xp.astype(S >= theta, S.dtype),
                       no_energy="a step function is not the gradient of a differentiable convex "
                                 "function (its Lagrangian max(h - theta, 0) has no Hessian at theta)",
-                      params={"theta": theta})
+                      zero_at_nonpositive=theta > 0, params={"theta": theta})
 
 
 def _polynomial(n: float = 2.0, rectified: bool = True):
@@ -103,7 +107,7 @@ def _polynomial(n: float = 2.0, rectified: bool = True):
                       lagrangian=("rectified_polynomial" if rectified else "signed_polynomial") if ok else None,
                       no_energy="" if ok else f"for n < 1 the Hessian n h^(n-1) of h^{n + 1:g}/{n + 1:g} is "
                                              f"unbounded at h = 0, so dE/dt is undefined there",
-                      params={"n": n, "rectified": rectified})
+                      zero_at_nonpositive=rectified, params={"n": n, "rectified": rectified})
 
 
 def _softmax(beta: float = 1.0):

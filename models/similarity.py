@@ -51,6 +51,9 @@ class Similarity:
     binary_only : True for hamming, which is defined on {0,1} or {-1,1} data only.
     nonnegative_only : True for kl / reverse_kl, which read their inputs as distributions after
         sum-normalisation: the dynamics need non-negative feature rates g = dL_v/dv for them.
+    nonpositive : True where every score is <= 0 by construction (the standard convention's
+        negated distances and divergences): a separation that zeroes every score <= 0 (a
+        rectified polynomial) then weights nothing, and :class:`uhn.models.memory.Memory` refuses it.
     array_api : True when ``score`` and ``vjp`` take an ``xp=`` keyword (the array namespace,
         found from the inputs when omitted) and compute in any array-API namespace (numpy, torch,
         CuPy, ...; see models/arrays.py). False (paper_code similarities, custom ones): numpy
@@ -75,6 +78,7 @@ class Similarity:
     smooth: bool = True
     binary_only: bool = False
     nonnegative_only: bool = False
+    nonpositive: bool = False
     params: dict = field(default_factory=dict)
     array_api: bool = False
     prepare: Optional[Callable[..., Any]] = None
@@ -371,7 +375,7 @@ def _squared_euclidean():
         xp = _xp(xp, M, G, F)
         return 2.0 * (F @ M - xp.sum(F, axis=1, keepdims=True) * G)
 
-    return _standard("squared_euclidean", score, vjp, prepare=_row_sq_norms, gram=True)
+    return _standard("squared_euclidean", score, vjp, prepare=_row_sq_norms, gram=True, nonpositive=True)
 
 
 def _euclidean(eps: float = 0.0):
@@ -406,7 +410,7 @@ def _euclidean(eps: float = 0.0):
 
     name = "euclidean" if eps == 0 else f"euclidean(eps={eps:g})"
     return _standard(name, score, vjp, smooth=eps > 0, params={"eps": eps}, prepare=_row_sq_norms,
-                     gram=True)
+                     gram=True, nonpositive=True)
 
 
 def _chunked_pairwise_vjp(M, G, F, elementwise, xp, chunk_bytes=CHUNK_BYTES):
@@ -508,7 +512,8 @@ def _minkowski(p: float = 2.0, eps: float = 0.0, name: str | None = None):
         name = f"{name}(eps={eps:g})" if "(" not in name else name[:-1] + f", eps={eps:g})"
     # p = inf (max norm): the p-power gradient formula is inf/inf, so offer no gradient rather than NaN
     return _standard(name, score, vjp if np.isfinite(p) else None, smooth=eps > 0,
-                     params={"p": p, "eps": eps}, score_vjp=score_vjp if p == 1 else None)
+                     params={"p": p, "eps": eps}, score_vjp=score_vjp if p == 1 else None,
+                     nonpositive=True)
 
 
 def _manhattan(eps: float = 0.0):
@@ -530,7 +535,7 @@ def _hamming():
             return -(M.shape[1] - Q @ M.T) / 2.0
         return -(xp.sum(Q, axis=1)[:, None] + xp.sum(M, axis=1)[None, :] - 2.0 * (Q @ M.T))
 
-    return _standard("hamming", score, None, smooth=False, binary_only=True)
+    return _standard("hamming", score, None, smooth=False, binary_only=True, nonpositive=True)
 
 
 def _normalise_rows(A, name, eps, xp):
@@ -565,7 +570,8 @@ def _kl(eps: float = KL_EPS):
         Gp = G + eps
         return (F @ Mh) / Gp - xp.sum(F, axis=1, keepdims=True) / xp.sum(Gp, axis=1, keepdims=True)
 
-    return _standard("kl", score, vjp, nonnegative_only=True, params={"eps": eps}, prepare=prepare)
+    return _standard("kl", score, vjp, nonnegative_only=True, nonpositive=True, params={"eps": eps},
+                     prepare=prepare)
 
 
 def _reverse_kl(eps: float = KL_EPS):
@@ -590,8 +596,8 @@ def _reverse_kl(eps: float = KL_EPS):
         return (F @ logMh - xp.sum(F, axis=1, keepdims=True) * xp.log(Gh)
                 - xp.sum(F * S, axis=1, keepdims=True)) / s
 
-    return _standard("reverse_kl", score, vjp, nonnegative_only=True, params={"eps": eps},
-                     prepare=prepare)
+    return _standard("reverse_kl", score, vjp, nonnegative_only=True, nonpositive=True,
+                     params={"eps": eps}, prepare=prepare)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def _valid(sim, sep, convention):
     """The (similarity, separation) pairs that are defined on positive data."""
     if sep == "log":  # needs positive scores: the reciprocal paper_code forms, or dot/cosine of positive data
         return convention == "paper_code" or sim in ("dot", "cosine")
+    if sep == "polynomial":  # rectified: 0 on every score <= 0, so Memory refuses the distances
+        return convention == "paper_code" or sim in ("dot", "cosine")
     return True
 
 
@@ -481,3 +483,79 @@ def test_iterate_continues_while_any_entry_moves():
     res = Memory(M, similarity="dot", separation="max").iterate(q)
     np.testing.assert_array_equal(res.states, M[0])
     assert res.steps == 2 and res.converged
+
+
+@pytest.mark.parametrize("sim", ["euclidean", "squared_euclidean", "manhattan", "minkowski", "kl",
+                                 "reverse_kl", "hamming"])
+def test_rectified_polynomial_on_distance_scores_is_refused(sim):
+    """Every standard distance score is <= 0 (docs/theory.md §1.1) and the rectified polynomial
+    max(S, 0)^n is 0 there (§1.3): such a memory returned z = 0 for every query, silently (issue
+    29). It is refused at construction, naming both; the signed polynomial, the paper_code
+    reciprocal distances (> 0) and softmax stay allowed."""
+    X = (np.random.default_rng(0).random((4, 6)) > 0.5).astype(float)
+    X[:, 0] = 1.0                                     # no all-zero row (kl, paper_code)
+    assert get_similarity(sim).nonpositive
+    with pytest.raises(ValueError, match=rf"polynomial\(n=2\) weights every score <= 0 with 0, and "
+                                         rf"every '{sim}.*' score is <= 0.*z = 0 for every query"):
+        Memory(X, similarity=sim, separation=get_separation("polynomial", n=2))
+    with pytest.raises(ValueError, match="z = 0 for every query"):
+        Memory(X, similarity=sim, separation=get_separation("threshold", theta=0.5))
+    for sep in (get_separation("polynomial", n=2, rectified=False), get_separation("softmax")):
+        assert np.any(Memory(X, similarity=sim, separation=sep).weights(X[:2]) != 0)
+    if sim in ("euclidean", "manhattan", "kl", "reverse_kl"):
+        mem = Memory(X, similarity=sim, separation=get_separation("polynomial", n=2), convention="paper_code")
+        assert np.all(mem.weights(X[:2]) > 0)
+
+
+def test_positive_similarities_keep_the_rectified_polynomial():
+    for sim in ("dot", "cosine"):
+        assert not get_similarity(sim).nonpositive
+    X = np.random.default_rng(1).random((4, 6))
+    assert np.all(Memory(X, similarity="dot", separation=get_separation("polynomial", n=2)).weights(X) > 0)
+
+
+def _float32_cycle():
+    """50 random images, 10 half-masked queries: cosine + identity iterates to a fixed point that
+    float32 round-off keeps moving by 1-5 ulps from step to step."""
+    rng = np.random.default_rng(0)
+    M = rng.random((50, 784))
+    return M, M[:10] * (rng.random((10, 784)) > 0.5)
+
+
+def test_iterate_raises_a_tol_below_the_float32_resolution_with_a_warning():
+    """float32 iterate(tol=1e-12) ran all 500 steps and reported not converged, where float64
+    converges in 8 (issue 29): 1e-12 is 1e5 times below one float32 ulp of these states. The tol is
+    raised to ITERATE_RESOLUTION_ULPS eps32 max|z| with a RuntimeWarning, and the states are the
+    float64 fixed point to float32 accuracy."""
+    from uhn.models.memory import ITERATE_RESOLUTION_ULPS
+    M, Q = _float32_cycle()
+    m64 = Memory(M, similarity="cosine", separation="identity")
+    r64 = m64.iterate(Q, max_steps=500, tol=1e-12)
+    assert r64.converged.all() and r64.steps.max() < 20
+    m32 = Memory(M.astype(np.float32), similarity="cosine", separation="identity")
+    with pytest.warns(RuntimeWarning, match=r"tol=1e-12 is below what float32 resolves for these states "
+                                            rf"\({ITERATE_RESOLUTION_ULPS} eps max\|z\| = "):
+        r32 = m32.iterate(Q.astype(np.float32), max_steps=500, tol=1e-12)
+    assert r32.converged.all() and r32.steps.max() < 20
+    scale = np.abs(r64.states).max(axis=1, keepdims=True)
+    assert np.all(np.abs(r32.states - r64.states) <= 1e-5 * scale)
+    with pytest.warns(RuntimeWarning, match="float32 resolves"):   # one array-API path, one rule
+        xps = pytest.importorskip("array_api_strict")
+        rs = Memory(xps.asarray(M.astype(np.float32)), similarity="cosine", separation="identity").iterate(
+            xps.asarray(Q.astype(np.float32)), max_steps=500, tol=1e-12)
+    assert bool(xps.all(rs.converged))
+
+
+def test_iterate_keeps_a_resolvable_tol_and_tol_zero_as_given():
+    """No warning where tol is above the resolution (float64 at 1e-12, float32 at 1e-4) and for
+    tol = 0 (an exact repetition is asked for; float32 may then run to max_steps)."""
+    import warnings
+    M, Q = _float32_cycle()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Memory(M, similarity="cosine", separation="identity").iterate(Q, max_steps=50, tol=1e-12)
+        r = Memory(M.astype(np.float32), similarity="cosine", separation="identity").iterate(
+            Q.astype(np.float32), max_steps=50, tol=1e-4)
+        assert r.converged.all()
+        Memory(M.astype(np.float32), similarity="cosine", separation="identity").iterate(
+            Q.astype(np.float32), max_steps=5, tol=0.0)

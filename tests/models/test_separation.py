@@ -297,3 +297,17 @@ def test_softmax_shifts_by_the_row_maximum():
     exp overflow to inf and the weights NaN."""
     W = get_separation("softmax", beta=1.0)(np.array([[0.0, -1000.0], [-5000.0, 700.0]]))
     np.testing.assert_array_equal(W, [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_separations_say_whether_they_zero_every_nonpositive_score():
+    """The record Memory reads to refuse a separation that weights nothing on distance scores
+    (issue 29): a rectified polynomial is 0 at every S <= 0, a signed one is not; threshold
+    theta > 0 zeroes every S <= 0, theta <= 0 keeps the matches (S = 0); softmax never zeroes."""
+    S = np.array([[-3.0, -0.5, 0.0]])
+    cases = [(get_separation("polynomial", n=2), True), (get_separation("polynomial", n=2, rectified=False), False),
+             (get_separation("threshold", theta=0.5), True), (get_separation("threshold", theta=0.0), False),
+             (get_separation("threshold", theta=-1.0), False), (get_separation("softmax"), False),
+             (get_separation("identity"), False), (get_separation("max"), False)]
+    for sep, zeroes in cases:
+        assert sep.zero_at_nonpositive is zeroes, sep.name
+        assert bool(np.all(sep(S) == 0)) is zeroes, sep.name      # the record says what fn does
