@@ -48,7 +48,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from uhn.models.similarity import Similarity, names as _similarity_names
 
-from uhn.dynamics.lagrangians import Lagrangian, NonConvexLagrangianError
+from uhn.dynamics.lagrangians import (Lagrangian, NonConvexLagrangianError, check_finite_values,
+    check_tol)
 
 _EPS64 = np.finfo(np.float64).eps
 #: round-off of a dense AD Hessian's smallest eigenvalue, in units of K eps64 |H|_F (eigvalsh is
@@ -105,7 +106,8 @@ def _with_params(label: str, params: dict) -> str:
 
 
 def _scalar_output(fn, shapes, what: str) -> None:
-    """Trace fn on zero-cost abstract arrays of the given shapes; refuse a non-scalar result."""
+    """Trace fn on abstract float64 arrays of the given shapes (no computation); refuse a result
+    that is not a real floating scalar (TypeError for an integer, boolean or complex one)."""
     with jax.enable_x64(True):
         try:
             out = jax.eval_shape(fn, *(jax.ShapeDtypeStruct(s, jnp.float64) for s in shapes))
@@ -115,6 +117,13 @@ def _scalar_output(fn, shapes, what: str) -> None:
     if getattr(out, "shape", None) != ():
         raise ValueError(f"{what} must return a scalar, got {getattr(out, 'shape', type(out).__name__)} "
                          f"for arguments of shapes {shapes}")
+    if jnp.issubdtype(out.dtype, jnp.complexfloating):
+        raise TypeError(f"{what} returns a complex scalar ({out.dtype}); it must be real (its imaginary "
+                        f"part would be discarded): return e.g. jnp.real(...) or jnp.abs(...) explicitly")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"{what} returns {out.dtype}; it must return a real floating scalar: an "
+                        f"integer or boolean output has no gradient, so it would drive nothing "
+                        f"(compute in floating point, e.g. without .astype(int) or a comparison)")
 
 
 # ----------------------------------------------------------------------------------- similarity
@@ -212,7 +221,10 @@ class AutodiffLagrangian(Lagrangian):
         self._hess = _x64(jax.jit(jax.vmap(jax.hessian(one))))
         self._one = one
         self._widths: set = set()
-        self.check_convex(self._probe(probe, size), tol=tol)
+        tol = check_tol(tol)
+        P = self._probe(probe, size)
+        check_finite_values(self.name, P, value=self.value(P), gradient=self.grad(P))
+        self.check_convex(P, tol=tol)
 
     @property
     def name(self) -> str:
@@ -259,7 +271,8 @@ class AutodiffLagrangian(Lagrangian):
         """Raise NonConvexLagrangianError if the Hessian at some row of x (B, K) has an eigenvalue
         below -(tol + HESSIAN_ULPS K eps64 |H|_F) (the second term: round-off of the AD Hessian and
         of eigvalsh). Dense Hessians for K <= DENSE_HESSIAN_MAX, in chunks; wider layers use the
-        base class's random-direction probes u^T H u < -tol |u|^2."""
+        base class's random-direction probes u^T H u < -tol |u|^2. ``tol`` finite and >= 0."""
+        tol = check_tol(tol)
         x = self._rows(x)
         B, K = x.shape
         if K > DENSE_HESSIAN_MAX:

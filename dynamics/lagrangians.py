@@ -23,10 +23,32 @@ from uhn.models.arrays import array_namespace, errstate, is_numpy_namespace, row
 from uhn.models.arrays import logsumexp as xp_logsumexp
 from uhn.models.arrays import softmax as stable_softmax
 from uhn.models.separation import EXP_MAX, Separation, get_separation
+from uhn.models.validation import real_param
 
 
 class NonConvexLagrangianError(ValueError):
     """The Lagrangian's Hessian is not positive semidefinite, so E is no Lyapunov function."""
+
+
+def check_tol(tol) -> float:
+    """The convexity tolerance ``tol`` of ``check_convex`` as a float, or ValueError/TypeError:
+    finite and >= 0 (a NaN tolerance makes every comparison false and would accept any Hessian)."""
+    return real_param(tol, "convexity check tol", low=0.0)
+
+
+def check_finite_values(name: str, where, **values) -> None:
+    """Raise ValueError naming the Lagrangian ``name``, the quantity and the probe state where any
+    of ``values`` (quantity name -> array of per-state values, first axis = probe states of
+    ``where``) is NaN or inf: a Lagrangian must be finite on its probes."""
+    for what, a in values.items():
+        a = np.asarray(a, dtype=np.float64)
+        bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            at = np.array2string(np.asarray(where)[k], precision=3, threshold=8)
+            raise ValueError(f"Lagrangian {name}: its {what} is NaN/inf at the probe state {at}; a "
+                             f"Lagrangian must be finite on the states the dynamics visit (give probe= "
+                             f"states inside its domain if it has one)")
 
 
 class Lagrangian:
@@ -79,12 +101,19 @@ class Lagrangian:
     def check_convex(self, x, n_probes: int = 8, seed: int = 0, tol: float = 1e-10) -> None:
         """Raise NonConvexLagrangianError if u^T H(x) u < -tol |u|^2 for random probe directions u
         at any of the states x (B, K) (e.g. the states a trajectory visited); the check runs in
-        numpy on a host copy of x (its probe directions come from numpy's generator)."""
+        numpy on a host copy of x (its probe directions come from numpy's generator). ``tol`` must
+        be finite and >= 0 (NaN would turn the check off); a NaN/inf curvature is refused too."""
+        tol = check_tol(tol)
         x = np.atleast_2d(np.asarray(to_numpy(x), dtype=np.float64))
         rng = np.random.default_rng(seed)
         for _ in range(n_probes):
             u = rng.standard_normal(x.shape)
             c = self.curvature(x, u)
+            if not np.isfinite(c).all():
+                b = int(np.flatnonzero(~np.isfinite(c))[0])
+                raise NonConvexLagrangianError(
+                    f"Lagrangian {self.name} has a NaN/inf curvature u^T H u = {c[b]} at state row {b}: "
+                    f"its energy is not a Lyapunov function there")
             scale = np.einsum("bk,bk->b", u, u)
             bad = c < -tol * scale
             if np.any(bad):
@@ -386,7 +415,11 @@ class Elementwise(Lagrangian):
         self.F, self.dF, self.d2F, self.label = F, dF, d2F, name
         xs = np.linspace(-20, 20, 2001) if probe is None else np.asarray(probe, dtype=np.float64)
         with np.errstate(all="ignore"):
-            c = np.asarray(d2F(xs), dtype=np.float64)
+            vals = {what: np.broadcast_to(np.asarray(fn(xs), dtype=np.float64), xs.shape).ravel()
+                    for what, fn in (("F(x)", F), ("F'(x)", dF), ("F''(x)", d2F))}
+        xs = xs.ravel()
+        check_finite_values(self.name, xs, **vals)
+        c = vals["F''(x)"]
         bad = ~(c >= -1e-12)
         if np.any(bad):
             raise NonConvexLagrangianError(

@@ -441,3 +441,56 @@ def test_x64_is_scoped_and_outputs_are_fresh_float64(gauss_sim):
     S[:] = 0.0  # the caller may overwrite it (the dynamics do)
     assert not jax.config.jax_enable_x64        # the user's global JAX setting is untouched
     assert jnp.ones(2).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("fn,kind", [
+    (lambda m, g: jnp.sum(m * g).astype(jnp.int32), "int32"),
+    (lambda m, g: jnp.sum(m * g) > 0.5, "bool"),
+])
+def test_similarity_with_integer_output_is_refused(fn, kind):
+    """An integer output has zero gradient: it was taken as smooth, and its vjp of zeros drove
+    nothing (issue 29). Refused at the first call, naming the dtype."""
+    sim = ad.similarity(fn, name=f"rounded_{kind}")
+    M = np.random.default_rng(0).random((3, 4))
+    for call in (lambda: sim.score(M, M), lambda: sim.vjp(M, M, np.ones((3, 3)))):
+        with pytest.raises(TypeError, match=rf"similarity fn 'rounded_{kind}' returns {kind}; it must "
+                                            r"return a real floating scalar.*would drive nothing"):
+            call()
+
+
+def test_similarity_with_complex_output_is_refused():
+    """A complex output lost its imaginary part with a ComplexWarning only (issue 29)."""
+    sim = ad.similarity(lambda m, g: jnp.sum(m * g) * (1.0 + 1.0j), name="phased")
+    M = np.random.default_rng(0).random((3, 4))
+    with pytest.raises(TypeError, match=r"returns a complex scalar \(complex128\); it must be real"):
+        sim.score(M, M)
+
+
+def test_lagrangian_with_integer_output_is_refused():
+    with pytest.raises(TypeError, match=r"Lagrangian value_fn 'autodiff\(rounded\)' returns int"):
+        ad.lagrangian(lambda x: jnp.sum(x * x).astype(int), name="rounded")
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_lagrangian_nan_or_inf_at_its_probes_is_refused(bad):
+    """A Lagrangian whose value is NaN/inf at the probes (finite Hessian) was accepted, and a NaN
+    one failed only after 100,000 right-hand sides as "stiff or non-smooth" (issue 29)."""
+    with pytest.raises(ValueError, match=r"Lagrangian autodiff\(broken\): its value is NaN/inf at the probe state"):
+        ad.lagrangian(lambda x: l_quadratic(x) + bad, name="broken")
+    with pytest.raises(ValueError, match=r"its gradient is NaN/inf at the probe state \[2\. 2\.\]"):
+        # finite value, infinite slope at x = 2 (sqrt at 0)
+        ad.lagrangian(lambda x: l_quadratic(x) + jnp.sum(jnp.sqrt(jnp.abs(x - 2.0))), name="edge",
+                      probe=[[0.5, 0.5], [2.0, 2.0]])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_lagrangian_tol_nan_does_not_turn_the_convexity_check_off(bad):
+    """tol=nan made `eigenvalue < -tol` false for every Hessian: a concave L was accepted."""
+    with pytest.raises(ValueError, match="convexity check tol must be"):
+        ad.lagrangian(lambda x: -l_quadratic(x), name="concave", tol=bad)
+    lag = ad.lagrangian(l_quadratic)
+    with pytest.raises(ValueError, match="convexity check tol must be"):
+        lag.check_convex(np.ones((2, 4)), tol=bad)
+    with pytest.raises(ValueError, match="convexity check tol must be"):   # the wide, probed path
+        ad.lagrangian(l_quadratic, size=ad.DENSE_HESSIAN_MAX + 1).check_convex(
+            np.ones((1, ad.DENSE_HESSIAN_MAX + 1)), tol=bad)

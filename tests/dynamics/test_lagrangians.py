@@ -366,3 +366,42 @@ def test_check_convex_tolerance_is_relative_to_u_squared():
     """-1e-12 |u|^2 with |u|^2 about 100 (K = 100) is within -1e-10 |u|^2: accepted (an absolute
     tolerance, or one divided by |u|^2, would refuse it)."""
     _Concave(1e-12).check_convex(np.zeros((2, 100)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e-3])
+def test_check_convex_refuses_a_tol_that_would_turn_it_off(bad):
+    """tol=nan made every comparison c < -tol |u|^2 false, so a concave Hessian passed (issue 29)."""
+    with pytest.raises(ValueError, match="convexity check tol must be"):
+        _Concave(1.0).check_convex(np.ones((2, 3)), tol=bad)
+    with pytest.raises(L.NonConvexLagrangianError):           # the same call with a real tol
+        _Concave(1.0).check_convex(np.ones((2, 3)))
+
+
+class _NaNCurvature(_Concave):
+    kind = "test_nan_curvature"
+
+    def hvp(self, x, u):
+        return np.where(x > 1.5, np.nan, u)
+
+
+def test_check_convex_refuses_a_nan_curvature_at_a_visited_state():
+    """u^T H u = NaN compared false with -tol |u|^2 and was accepted (issue 29)."""
+    lag = _NaNCurvature(1.0)
+    lag.check_convex(np.ones((2, 3)))
+    with pytest.raises(L.NonConvexLagrangianError, match=r"NaN/inf curvature u\^T H u = nan at state row 1"):
+        lag.check_convex(np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 1.0]]))
+
+
+@pytest.mark.parametrize("which,fns", [
+    ("F(x)", (lambda x: x * x / 2 + np.where(x > 10, np.inf, 0.0), lambda x: x, np.ones_like)),
+    ("F'(x)", (lambda x: x * x / 2, lambda x: np.where(x < -5, np.nan, x), np.ones_like)),
+    ("F''(x)", (lambda x: x * x / 2, lambda x: x, lambda x: np.where(x > 0, np.inf, 1.0))),
+])
+def test_elementwise_refuses_nan_or_inf_on_its_probe(which, fns):
+    """An F, F' or F'' that is NaN or inf on the probe grid was accepted (an inf F'' passes
+    F'' >= 0; a NaN F fails later, in the integration): refused, naming which and where."""
+    import re
+    with pytest.raises(ValueError, match=rf"Lagrangian elementwise\(bad\): its {re.escape(which)} is NaN/inf "
+                                         r"at the probe state"):
+        L.elementwise(*fns, name="bad")
+    L.elementwise(*fns, name="bad", probe=np.linspace(-4.0, -0.5, 8))   # finite on its own probe
