@@ -36,8 +36,8 @@ _API = {
     "verify_energy": "uhn.dynamics.analysis.energy",
     "compare_table": "uhn.dynamics.analysis.fixed_points",
     "diagnose": "uhn.dynamics.analysis.diagnose",
-    "save_trajectory": "uhn.dynamics.io",
-    "load_trajectory": "uhn.dynamics.io",
+    "save_trajectory": "uhn.dynamics.trajectory",
+    "load_trajectory": "uhn.dynamics.trajectory",
     "run_brian2": "uhn.dynamics.backends.brian2_rate",
 }
 # name -> a module offered whole

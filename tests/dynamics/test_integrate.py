@@ -229,7 +229,7 @@ def test_jacobian_limit_applies_to_the_batch(monkeypatch):
     refused, 2 x 36 = 72 integrates (the adiabatic system's width is D alone)."""
     net, _, Q = linear_network(1.0, 0.1)
     Q = np.vstack([Q, Q[:1]])
-    monkeypatch.setattr(integrate_module, "JAC_NNZ_LIMIT", 100)
+    monkeypatch.setattr(scipy_ivp, "JAC_NNZ_LIMIT", 100)
     with pytest.raises(ValueError, match="B=3 queries of 10 variables"):
         integrate(net, Q, 1.0, method="Radau")
     with pytest.raises(ValueError, match="B=3 queries of 6 variables.*at most 2 queries"):
@@ -359,20 +359,19 @@ def test_blas_threads_are_limited_while_integrating(monkeypatch, method):
     blas_threads=None leaves the setting as it is, and the setting is restored afterwards."""
     from threadpoolctl import threadpool_info, threadpool_limits
     seen = []
-    name = "_solve_batched" if method == "RK45-batched" else "_solve_scipy"
-    real = getattr(integrate_module, name)
+    real = integrate_module.METHODS[method]
 
-    def spy(*args, **kw):
+    def spy(problem):
         seen.append(max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
-        return real(*args, **kw)
-    monkeypatch.setattr(integrate_module, name, spy)
+        return real.solve(problem)
+    monkeypatch.setitem(integrate_module.METHODS, method, dataclasses.replace(real, solve=spy))
     net = Network(np.eye(3))
     with threadpool_limits(limits=2, user_api="blas"):
         integrate(net, np.ones(3), 1.0, method=method)
         integrate(net, np.ones(3), 1.0, method=method, blas_threads=None)
         integrate(net, np.ones(3), 1.0, method=method, blas_threads=2)
         after = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
-    assert seen == [integrate_module.BLAS_THREADS, 2, 2] and integrate_module.BLAS_THREADS == 1
+    assert seen == [driver.BLAS_THREADS, 2, 2] and driver.BLAS_THREADS == 1
     assert after == 2
 
 
@@ -522,7 +521,7 @@ def test_sample_energies_equal_one_sample_at_a_time(monkeypatch, digits20, adiab
     per chunk, the last chunk short) with each row's own input current."""
     from uhn.dynamics.solvers.driver import sample_energies
     net, _, v, h, I = _energy_samples(digits20, 5, 7, 3)
-    monkeypatch.setattr(integrate_module, "ENERGY_CHUNK_ROWS", 2 * 3)
+    monkeypatch.setattr(driver, "ENERGY_CHUNK_ROWS", 2 * 3)
     hs, E, dE = sample_energies(net, v, None if adiabatic else h, I)
     _assert_each_sample_alone(net, v, h, I, hs, E, dE, adiabatic)
 
@@ -600,10 +599,10 @@ def test_integrate_documented_defaults():
     p = tr.params
     assert (tr.method, p["rtol"], p["atol"], p["t_end"]) == ("RK45", 1e-8, 1e-10, 50.0)
     assert (p["fixed_point_tol"], p["noise_factor"], p["blas_threads"]) == (1e-8, 30.0, 1)
-    assert integrate_module.NOISE_FACTOR == 30.0
+    assert driver.NOISE_FACTOR == 30.0
     full = integrate(net, np.array([1.0]), 1.0, stop_at_fixed_point=False)
     np.testing.assert_array_equal(full.t, np.linspace(0.0, 1.0, 101))
-    np.testing.assert_array_equal(integrate_module.sample_times(2.0), np.linspace(0.0, 2.0, 101))
+    np.testing.assert_array_equal(driver.sample_times(2.0), np.linspace(0.0, 2.0, 101))
     assert inspect.signature(integrate).parameters["max_nfev"].default == 100_000
 
 
@@ -649,7 +648,7 @@ def test_time_bar_advances_by_simulated_time_and_counts_running_queries(monkeypa
     import tqdm
     monkeypatch.setattr(tqdm, "tqdm", _Bar)
     _Bar.instances.clear()
-    with integrate_module._time_bar(True, 5.0, 4) as report:
+    with driver.time_bar(True, 5.0, 4) as report:
         report(1.5, 4)           # +1.5, count unchanged: no postfix
         report(1.5, 4)           # nothing new: no update at all
         report(1.0, 3)           # earlier time (another row), one query fewer: +0, postfix
@@ -660,10 +659,10 @@ def test_time_bar_advances_by_simulated_time_and_counts_running_queries(monkeypa
     assert bar.total == 5.0 and bar.closed
     assert bar.updates == [1.5, 0.0, 0.75, 0.0, 2.75] and bar.n == 5.0
     assert bar.postfix == [f"({n} of 4 queries running)" for n in (3, 2, 0)]
-    with integrate_module._time_bar(False, 5.0, 4) as report:
+    with driver.time_bar(False, 5.0, 4) as report:
         assert report is None
     fn = lambda t, n: None
-    with integrate_module._time_bar(fn, 5.0, 4) as report:
+    with driver.time_bar(fn, 5.0, 4) as report:
         assert report is fn
 
 
