@@ -1,6 +1,6 @@
-"""Single-shot associative memory z = P^T sep(sim(M, q)) and its named instances.
+"""Single-shot associative memory (docs/theory.md §1 Single-shot retrieval) and its named instances.
 
-:class:`Memory` composes a similarity (uhn.models.similarity), a separation (uhn.models.separation) and a
+:class:`Memory`, whose docstring states the formula, composes a similarity (uhn.models.similarity), a separation (uhn.models.separation) and a
 projection P: P = M is autoassociative, any other (N, O) value matrix is heteroassociative.
 Every method takes one query (D,) or a batch (B, D); a batch is one vectorised computation and
 gives exactly what looping over its rows gives.
@@ -62,7 +62,9 @@ class IterationResult:
 
 
 class Memory:
-    """Universal Hopfield network z = P^T sep(sim(M, q)) (Millidge et al. 2022, eq. 1).
+    """Universal Hopfield network z = P^T sep(sim(M, q)) (Millidge et al. 2022, eq. 1; docs/theory.md
+    §1): a similarity scores each memory against the query, a separation sharpens the scores
+    into weights w, and the projection returns z = sum_mu w_mu P_mu.
 
     Computes in the array namespace and on the device of ``memories`` (numpy, torch, CuPy, ...;
     see docs/gpu.md): M and P are stored as arrays of that library, queries must be arrays of the
@@ -232,13 +234,13 @@ class Memory:
         return W
 
     def weights(self, Q):
-        """w = sep(sim(M, q)): (N,) or (B, N)."""
+        """The separation weights w of the class formula: (N,) or (B, N)."""
         Q, single = self._queries(Q)
         W = self._weights(self._scores(Q))
         return W[0, ...] if single else W
 
     def retrieve(self, Q, *, gram=None):
-        """z = P^T sep(sim(M, q)), then the output function: (O,) for one query, (B, O) for a batch.
+        """z of the class formula, then the output function: (O,) for one query, (B, O) for a batch.
 
         A batch whose (B, N) scores would exceed ``chunk_bytes`` runs in chunks of rows (each row
         is computed on its own either way; chunking changes the result by round-off at most, where
@@ -269,7 +271,7 @@ class Memory:
         return z[0, ...] if single else z
 
     def _retrieve(self, Q, gram=None):
-        """z = output(P^T sep(sim(M, q))) for validated (b, D) queries (``gram``: their Q @ M.T)."""
+        """:meth:`retrieve` of validated (b, D) queries in one piece (``gram``: their Q @ M.T)."""
         xp = self.xp
         S = self._scores(Q, gram)
         _, P = self._MP(Q.dtype)
@@ -307,8 +309,9 @@ class Memory:
 
         A positive ``tol`` below the resolution of the state dtype, ITERATE_RESOLUTION_ULPS eps
         max_i |z_{t+1, i}| per query (eps = 1.2e-7 in float32, 2.2e-16 in float64), is raised to
-        it with a RuntimeWarning: a retrieval's own round-off moves a state by a few ulps, so a
-        tol of 1e-12 on float32 states of size 1 (1e5 times below one ulp) would never be met.
+        it, with a RuntimeWarning when that stops a query: a retrieval's own round-off moves a
+        state by a few ulps, so a tol of 1e-12 on float32 states of size 1 (1e5 times below one
+        ulp) would never be met.
 
         Autoassociative memories only (the output must live in the query space).
         """
@@ -335,7 +338,7 @@ class Memory:
             if not active.any():
                 break
             new = np.atleast_2d(self.retrieve(Z[active]))
-            moved = np.abs(new - Z[active]).max(axis=1) > limit(new)
+            moved = limit.moved(np.abs(new - Z[active]).max(axis=1), new)
             Z[active] = new
             idx = np.flatnonzero(active)
             steps[idx] += 1
@@ -356,7 +359,7 @@ class Memory:
                 break
             old = xp.take(Z, idx, axis=0)
             new = self._retrieve(old)
-            moved = xp.max(xp.abs(new - old), axis=1) > limit(new)
+            moved = limit.moved(xp.max(xp.abs(new - old), axis=1), new)
             # slot[b] = position of row b among the active rows (any value where inactive)
             slot = xp.cumulative_sum(xp.astype(active, xp.int64)) - 1
             slot = xp.where(active, slot, 0)
@@ -367,30 +370,30 @@ class Memory:
 
 
 class _Resolution:
-    """The stopping threshold of :meth:`Memory.iterate` for new states Z (b, D): ``tol`` itself
-    when it is 0 or above ITERATE_RESOLUTION_ULPS eps max_i |Z_bi| for every row, else per row
-    the larger of the two, with one RuntimeWarning per call naming both."""
+    """The stopping test of :meth:`Memory.iterate`: ``moved(move, Z)`` is True for the rows whose
+    largest change ``move`` (b,) exceeds ``tol``, or, for a positive tol below it,
+    ITERATE_RESOLUTION_ULPS eps max_i |Z_bi| of the new states Z (b, D); one RuntimeWarning per
+    call when that resolution is what stops a row."""
 
     def __init__(self, tol: float, xp):
         self.tol, self.xp, self.warned = tol, xp, False
 
-    def __call__(self, Z):
-        if self.tol == 0:
-            return self.tol
-        xp = self.xp
+    def moved(self, move, Z):
+        xp, tol = self.xp, self.tol
+        if tol == 0:
+            return move > tol
         eps = float(xp.finfo(Z.dtype).eps)
         floor = ITERATE_RESOLUTION_ULPS * eps * xp.max(xp.abs(Z), axis=1)
-        top = float(xp.max(floor))
-        if top <= self.tol:
-            return self.tol
-        if not self.warned:
+        raised = (move > tol) & (move <= floor)
+        if not self.warned and bool(xp.any(raised)):
             self.warned = True
-            warnings.warn(f"iterate: tol={self.tol:g} is below what {Z.dtype} resolves for these "
-                          f"states ({ITERATE_RESOLUTION_ULPS} eps max|z| = {top:.3g}, eps = {eps:.3g}): "
-                          f"a retrieval's round-off alone moves a state by a few ulps, so the tol "
-                          f"is raised to that resolution per query (use float64 for a tighter tol)",
-                          RuntimeWarning, stacklevel=4)
-        return xp.where(floor > self.tol, floor, xp.full_like(floor, self.tol))
+            top = float(xp.max(xp.where(raised, floor, xp.zeros_like(floor))))
+            hint = "" if Z.dtype == xp.float64 else " (float64 resolves a tighter tol)"
+            warnings.warn(f"iterate: tol={tol:g} is below what {Z.dtype} resolves for these states "
+                          f"({ITERATE_RESOLUTION_ULPS} eps max|z| = {top:.3g}, eps = {eps:.3g}): a "
+                          f"retrieval's round-off alone moves a state by a few ulps, so the tol is "
+                          f"raised to that resolution per query{hint}", RuntimeWarning, stacklevel=4)
+        return (move > tol) & ~raised
 
 
 def _normalise_sum(A, what: str, xp):
