@@ -1,16 +1,6 @@
-"""The two-layer Krotov-Hopfield network for any differentiable similarity (docs/theory.md section 2).
-
-Feature neurons v (D) with rates g = dL_v/dv, memory neurons h (N) with rates f = dL_h/dh, and a
-similarity S_mu(g) = sim(M_mu, g) from uhn.models.similarity:
-
-    tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I
-    tau_h dh/dt = S(g) - h
-
-    E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g)
-    dE/dt = -tau_v vdot^T Hess(L_v) vdot - tau_h hdot^T Hess(L_h) hdot   (<= 0 for convex L)
-
-In the adiabatic limit tau_h -> 0, h = S(g) and only v evolves; then E = (v - I).g - L_v(v) -
-L_h(S(g)) and dE/dt = -tau_v vdot^T Hess(L_v) vdot.
+"""The two-layer Krotov-Hopfield network for any differentiable similarity: :class:`Network`,
+whose docstring states its equations (docs/theory.md §2 The two-layer network, §3 The energy, §4
+The adiabatic limit).
 
 Every method is batched: v (B, D), h (B, N), I (D,) or (B, D). float32 memories and states stay
 float32 in the dynamics (the right-hand side, the integrators' states); energies and their time
@@ -49,11 +39,24 @@ def _f64(x, xp):
 class Network:
     """Krotov-Hopfield network with memories M (N, D), optional values P (N, O) for the readout.
 
+    Feature neurons v (D) with rates g = dL_v/dv, memory neurons h (N) with rates f = dL_h/dh, a
+    similarity S_mu(g) = sim(M_mu, g) and a constant input current I (docs/theory.md §2):
+
+        tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I,        tau_h dh/dt = S(g) - h,
+
+    with the energy (docs/theory.md §3; dE/dt <= 0 for convex L_v, L_h: :meth:`dEdt`)
+
+        E(v, h) = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g).
+
+    The adiabatic limit tau_h -> 0 (h = S(g), docs/theory.md §4) is :meth:`rhs_adiabatic` and
+    :meth:`energy_adiabatic`.
+
     Parameters
     ----------
     memories : (N, D) array, or a models.Memory (its M, P and similarity are used and, unless
         ``L_h`` is given, the memory Lagrangian whose gradient is its separation).
-    similarity : name or Similarity with a gradient (``uhn.models.similarity.differentiable_names()``).
+    similarity : name or Similarity with a gradient (``uhn.models.similarity.differentiable_names()``);
+        default ``"dot"`` (a Memory's own similarity when ``memories`` is one).
     L_v, L_h : Lagrangians of the feature and memory layers (default quadratic and
         log_sum_exp(beta=1): the modern continuous Hopfield network).
     tau_v, tau_h : time constants (> 0), in the time unit of the integration.
@@ -258,8 +261,8 @@ class Network:
 
     # ------------------------------------------------------------------ dynamics
     def _drive(self, g, f, v, I, out, V=None):
-        """(sum_mu f_mu dS_mu/dg - v + I) / tau_v into ``out``; vjp returns a fresh array, so the
-        sum is built in place (this runs once per stage of every integrator step); other
+        """dv/dt of the class's equations into ``out``; vjp returns a fresh array, so the sum is
+        built in place (this runs once per stage of every integrator step); other
         namespaces (``out=None``) return a new array. ``V``: the contraction sum_mu f_mu dS_mu/dg
         when already computed (numpy; :meth:`_rhs` with a fused score_vjp)."""
         sim, M = self.bound(g.dtype)
@@ -279,7 +282,7 @@ class Network:
         return out
 
     def rhs(self, v, h, I=None, out=None):
-        """(dv/dt, dh/dt) = ((sum_mu f_mu dS_mu/dg - v + I)/tau_v, (S(g) - h)/tau_h).
+        """(dv/dt, dh/dt), (B, D) and (B, N): the equations of motion of the class docstring.
 
         ``out``: optional (B, D + N) array to write [dv/dt, dh/dt] into (the returned pair are
         views of it; numpy only)."""
@@ -307,7 +310,8 @@ class Network:
         return dv, dh, S
 
     def rhs_adiabatic(self, v, I=None, out=None):
-        """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0)."""
+        """dv/dt = (sum_mu f_mu(S(g)) dS_mu/dg - v + I) / tau_v, with h = S(g) (tau_h -> 0;
+        docs/theory.md §4)."""
         return self._rhs_adiabatic(v, I, out)
 
     def _rhs_adiabatic(self, v, I, out, g=None, S=None):
@@ -344,7 +348,7 @@ class Network:
         return np.abs(self.velocity(Y, I, adiabatic)).max(axis=1)
 
     def energy(self, v, h, I=None):
-        """E = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g), (B,), in float64."""
+        """E(v, h) of the class docstring (docs/theory.md §3), (B,), in float64."""
         v, h = _f64(v, self.xp), _f64(h, self.xp)
         g = self.L_v.grad(v)
         return self._energy(v, h, I, g, self.similarity(g))
@@ -357,7 +361,8 @@ class Network:
         return (self.L_v.legendre(v) - rowdot(Iv, g, xp) + self.L_h.legendre(h) - rowdot(f, S, xp))
 
     def energy_adiabatic(self, v, I=None):
-        """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g), in float64."""
+        """E(v) = (v - I).g - L_v(v) - L_h(S(g)): the energy with h = S(g) (docs/theory.md §4),
+        (B,), in float64."""
         v = _f64(v, self.xp)
         g = self.L_v.grad(v)
         return self._energy_adiabatic(v, I, g, self.similarity(g))
@@ -367,21 +372,23 @@ class Network:
         return self.L_v.legendre(v) - rowdot(self.input_current(I, v.shape[0]), g, self.xp) - self.L_h.value(S)
 
     def dEdt(self, v, h, I=None):
-        """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot, (B,), in float64."""
+        """dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot (docs/theory.md §3), with
+        H = Hess(L) of each layer; (B,), in float64."""
         v, h = _f64(v, self.xp), _f64(h, self.xp)
         return self._dEdt(v, h, *self.rhs(v, h, I))
 
     def _dEdt(self, v, h, dv, dh):
-        """-tau_v dv'H_v dv - tau_h dh'H_h dh from the velocities (dv, dh) at (v, h)."""
+        """:meth:`dEdt` from the velocities (dv, dh) at (v, h)."""
         return -self.tau_v * self.L_v.curvature(v, dv) - self.tau_h * self.L_h.curvature(h, dh)
 
     def dEdt_adiabatic(self, v, I=None):
-        """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow, (B,), in float64."""
+        """dE/dt = -tau_v vdot^T H_v vdot along the adiabatic flow (docs/theory.md §4), (B,), in
+        float64."""
         v = _f64(v, self.xp)
         return self._dEdt_adiabatic(v, self.rhs_adiabatic(v, I))
 
     def _dEdt_adiabatic(self, v, dv):
-        """-tau_v dv'H_v dv from the adiabatic velocity dv at v."""
+        """:meth:`dEdt_adiabatic` from the adiabatic velocity dv at v."""
         return -self.tau_v * self.L_v.curvature(v, dv)
 
     def energy_and_dEdt(self, v, h, I=None):

@@ -1,10 +1,11 @@
-"""Numerical verification that the energy is a Lyapunov function along a trajectory (docs/theory.md).
+"""Numerical verification that the energy is a Lyapunov function along a trajectory (docs/theory.md
+§7 Energy verification; the energy and its theorem: §3).
 
 Checks, each reported with where it was worst (sample index, time, query):
 
 1. monotonicity: the largest increase E(t_{k+1}) - E(t_k) between samples, relative to
    ``increase_tol = rtol_factor * rtol * max(|E|, 1) + atol_floor`` (rtol: the integrator's);
-2. sign: the analytic dE/dt = -tau_v vdot^T H_v vdot - tau_h hdot^T H_h hdot at every sample must be
+2. sign: the analytic dE/dt (Network.dEdt, docs/theory.md §3) at every sample must be
    <= FD_SAFETY times its round-off (that of the quadratic forms and of the velocity, see
    :func:`_dEdt_and_size`);
 3. consistency: the analytic dE/dt against a central finite difference of E along the flow,
@@ -142,7 +143,7 @@ def _energy_and_size(net: Network, Y, I, adiabatic: bool):
         sum_i |v_i g_i| + size(L_v(v)) + sum_i |I_i g_i| + sum_mu |h_mu f_mu| + size(L_h(h))
         + sum_mu |f_mu| (|S_mu| + (|m_mu| + |g|)^2)
 
-    (adiabatic: h = S(g), E = (v - I).g - L_v(v) - L_h(S): sum_mu |S_mu f_mu(S)| + size(L_h(S)) for
+    (adiabatic: h = S(g) and the E of docs/theory.md §4: sum_mu |S_mu f_mu(S)| + size(L_h(S)) for
     the memory part). size(L) is :meth:`Lagrangian.value_size`, the terms the Lagrangian's value
     adds; (|m_mu| + |g|)^2 bounds the terms a similarity score adds before they cancel (the GEMM
     form |m|^2 - 2 m.g + |g|^2 of squared_euclidean, m.g of dot). ROUNDOFF_ULPS eps64 size(E)
@@ -176,10 +177,10 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     the quadratic form, (F + dF)^T H (F + dF) - F^T H F = 2 F^T H dF + dF^T H dF, bounded by
     2 tau hvp_size(F) . |dF| + tau hvp_size(dF) . |dF| (the second term is what remains at a fixed
     point, where F may come out exactly 0 in one evaluation and a few ulps in another). dF is a few
-    ulps of what the right-hand side adds,
-    tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I and tau_h dh/dt = S - h, whose terms are bounded by
-    |f| |M| + |f|_1 |g| (the vjp of dot / squared_euclidean-type similarities) and |S| + (|m| + |g|)^2:
-    near a fixed point they cancel to a velocity many orders below them."""
+    ulps of what the right-hand side (Network, docs/theory.md §2) adds: for dv/dt the terms of
+    the contraction, bounded by |f| |M| + |f|_1 |g| (the vjp of dot / squared_euclidean-type
+    similarities), and |v| + |I|; for dh/dt |S| + (|m| + |g|)^2 and |h|. Near a fixed point they
+    cancel to a velocity many orders below them."""
     D = net.D
     v = Y if adiabatic else Y[:, :D]
     g = net.L_v.grad(v)

@@ -1,14 +1,11 @@
 """Fixed points of the Krotov-Hopfield dynamics: Jacobian, stability, and comparison with single shot.
 
-At a fixed point of
-
-    tau_v dv/dt = sum_mu f_mu(h) dS_mu/dg(g) - v + I,     tau_h dh/dt = S(g) - h
-
-h* = S(g*) and v* = I + sum_mu f_mu(h*) dS_mu/dg(g*). For dot similarity, L_v = |v|^2/2 and I = 0
-that is v* = M^T f(M v*), the fixed point of iterating the single-shot map z = M^T sep(M q)
-(models.Memory.iterate); for other similarities it is not (squared_euclidean with softmax gives
-v* = (2/3) M^T f). :func:`compare` measures that gap per query, :func:`compare_table` per
-(similarity, separation) pair.
+At a fixed point of the network's equations of motion (Network; docs/theory.md §2, and §5 for
+what follows) h* = S(g*) and v* = I + sum_mu f_mu(h*) dS_mu/dg(g*). For dot similarity,
+L_v = |v|^2/2 and I = 0 that is v* = M^T f(M v*), the fixed point of iterating the single-shot
+map z = M^T sep(M q) (models.Memory.iterate); for other similarities it is not
+(squared_euclidean with softmax gives v* = (2/3) M^T f). :func:`compare` measures that gap per
+query, :func:`compare_table` per (similarity, separation) pair.
 
 Readout of the dynamics (``readout=``): ``"v"`` the feature state v* itself; ``"v_minus_I"`` the
 recurrent part v* - I = sum_mu f_mu dS_mu/dg (the natural output when the query is clamped as

@@ -250,3 +250,15 @@ def test_strict_initial_state_casts_h0_to_the_common_dtype(to_strict):
     v0, h = Network(M, "dot").initial_state(to_strict([[0.5, -0.25]]), h0)
     assert v0.dtype == xps.float64 and h.dtype == xps.float64
     np.testing.assert_array_equal(to_numpy(h), to_numpy(h0).astype(np.float64))
+
+
+def test_network_docstring_names_its_default_similarity():
+    """Network's docstring did not say that similarity=None means dot (issue 29): it names the
+    default the constructor uses, and states the equations it integrates (docs/theory.md §2-3)."""
+    M = np.eye(3, 2)
+    assert Network(M).sim.name == "dot" == get_similarity("dot").name
+    similarity_doc = Network.__doc__.split("similarity :")[1].split("L_v, L_h :")[0]
+    assert 'default ``"dot"``' in similarity_doc
+    for equation in ("tau_v dv/dt = sum_mu f_mu dS_mu/dg - v + I", "tau_h dh/dt = S(g) - h",
+                     "E(v, h) = [(v - I).g - L_v(v)] + [h.f - L_h(h)] - f.S(g)"):
+        assert equation in Network.__doc__
