@@ -6,16 +6,12 @@ differentiation, and the result is an ordinary :class:`uhn.models.similarity.Sim
 ``verify_energy``, the fixed-point and Jacobian tools and the plots take it unchanged.
 
 * :func:`similarity` ``(fn)`` with ``fn(m, g) -> scalar`` for one memory row m (D,) and one state
-  g (D,):
-
-      score(M, Q)[b, mu] = fn(M_mu, Q_b)                                      (B, N)
-      vjp(M, G, F)[b]    = sum_mu F[b, mu] d fn(M_mu, g)/dg at g = G[b]        (B, D)
-
-  (the second is ``jax.vjp`` of the (N,) score vector at G[b] with cotangent F[b], vmapped over b).
-* :func:`lagrangian` ``(value_fn)`` with ``value_fn(x) -> scalar`` for one layer state x (K,):
-  value L(x), activation dL/dx (``jax.grad``) and Hessian-vector product (d^2 L/dx^2) u (forward
-  over reverse: ``jax.jvp`` of the gradient), each vmapped over the rows of a batch. Convexity is
-  checked as the built-in Lagrangians are: at construction on probe states, and later by
+  g (D,): its score and gradient contraction (``jax.vjp`` of the (N,) score vector, vmapped over
+  the queries) are stated at the function.
+* :func:`lagrangian` ``(value_fn)`` with ``value_fn(x) -> scalar`` for one layer state x (K,): an
+  :class:`AutodiffLagrangian`, whose value, activation (``jax.grad``) and Hessian-vector product
+  (``jax.jvp`` of the gradient) are vmapped over the rows of a batch. Convexity is checked as the
+  built-in Lagrangians are: at construction on probe states, and later by
   :meth:`AutodiffLagrangian.check_convex` on the states a trajectory visited (``verify_energy``
   calls it); a Hessian with an eigenvalue below -tol raises NonConvexLagrangianError.
 

@@ -1,9 +1,10 @@
 """Lagrangians of neuron layers: L(x), its gradient (the activation) and Hessian-vector products.
 
 A layer of the Krotov-Hopfield network is a Lagrangian plus a size: feature neurons v have
-g = dL_v/dv, memory neurons h have f = dL_h/dh (f plays the separation function). The energy needs
-each layer's Legendre term x . dL/dx - L(x), and the Lyapunov argument needs each Hessian to be
-positive semidefinite on the states visited; :meth:`Lagrangian.check_convex` verifies that and
+g = dL_v/dv, memory neurons h have f = dL_h/dh (f plays the separation function; docs/theory.md
+§2, whose table lists every Lagrangian here; each class states its own L). The energy needs each
+layer's Legendre term (:meth:`Lagrangian.legendre`), and the Lyapunov argument (§3) needs each
+Hessian to be positive semidefinite on the states visited; :meth:`Lagrangian.check_convex` verifies that and
 :class:`NonConvexLagrangianError` refuses a Lagrangian that fails.
 
 All methods act row-wise on a batch x (B, K) and compute in the array namespace and on the device

@@ -1,4 +1,5 @@
-"""Single-shot Universal Hopfield Networks: z = P^T sep(sim(M, q)) (Millidge et al., ICML 2022).
+"""Single-shot Universal Hopfield Networks (Millidge et al., ICML 2022; docs/theory.md §1, the
+formula at :class:`Memory`).
 
 models/ never imports dynamics/; the continuous-time networks build on this package.
 """

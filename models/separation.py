@@ -1,9 +1,10 @@
-"""Separation functions sep(S): sharpen the (B, N) similarity scores into memory weights.
+"""Separation functions sep(S): sharpen the (B, N) similarity scores into memory weights
+(docs/theory.md §1.3 Separations; each factory below states its own formula).
 
 Each :class:`Separation` acts row-wise on S (one row per query). The record ``lagrangian`` names
 the convex Lagrangian L_h whose gradient is the separation (so it may serve as the memory-neuron
 activation f = dL_h/dh of the continuous-time dynamics), or is None with ``no_energy`` saying why
-no valid energy exists (docs/theory.md sections 2 and 3; log and max have none).
+no valid energy exists (docs/theory.md §2 and §3; log and max have none).
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class Separation:
 
 
 def _identity():
-    """sep(S) = S.  Gradient of L_h = sum h^2/2."""
+    """sep(S) = S: the gradient of the ``quadratic`` Lagrangian."""
     return _separation("identity", lambda S, xp: xp.asarray(S, copy=True), lagrangian="quadratic")
 
 
@@ -92,9 +93,9 @@ def _threshold(theta: float = 0.0):
 
 
 def _polynomial(n: float = 2.0, rectified: bool = True):
-    """Rectified: sep(S) = max(S, 0)^n (gradient of sum max(h,0)^(n+1)/(n+1), convex for n >= 1).
-    Signed: sep(S) = sign(S) |S|^n (odd-symmetric DAM form; its Lagrangian |h|^(n+1)/(n+1) is
-    convex too)."""
+    """Rectified: sep(S) = max(S, 0)^n, the gradient of ``rectified_polynomial(n)`` (convex for
+    n >= 1). Signed: sep(S) = sign(S) |S|^n (odd-symmetric DAM form), the gradient of
+    ``signed_polynomial(n)``, convex too."""
     n = real_param(n, "polynomial degree n", low=0.0, low_open=True)
     if rectified:
         fn = lambda S, xp: xp.clip(S, min=0.0) ** n  # noqa: E731
@@ -112,7 +113,7 @@ def _polynomial(n: float = 2.0, rectified: bool = True):
 
 def _softmax(beta: float = 1.0):
     """sep(S)_mu = exp(beta S_mu) / sum_nu exp(beta S_nu), computed with the max shifted out so it
-    stays finite for any finite beta S. Gradient of L_h = (1/beta) log sum exp(beta h)."""
+    stays finite for any finite beta S. The gradient of ``log_sum_exp(beta)``."""
     beta = real_param(beta, "softmax beta", low=0.0, low_open=True)
 
     def fn(S, xp):
@@ -126,8 +127,8 @@ def _softmax(beta: float = 1.0):
 
 
 def _exp(beta: float = 1.0):
-    """sep(S)_mu = exp(beta S_mu), unnormalised: the gradient of L_h = sum exp(beta h)/beta, whose
-    Hessian beta exp(beta h) is positive (an energy) only for beta > 0, so beta <= 0 is refused."""
+    """sep(S)_mu = exp(beta S_mu), unnormalised: the gradient of ``exponential(beta)``, whose
+    Hessian is positive (an energy) only for beta > 0, so beta <= 0 is refused."""
     beta = real_param(beta, "exp beta", low=0.0, low_open=True)
 
     def fn(S, xp):

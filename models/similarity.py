@@ -1,18 +1,15 @@
 """Similarity functions sim(M, Q): "larger = more similar", one registry for every consumer.
 
 Each :class:`Similarity` maps memories ``M`` (N, D) and queries ``Q`` (B, D) to a score matrix
-(B, N) without building a (B, N, D) array. Differentiable ones also provide the contraction the
-continuous-time dynamics needs (docs/theory.md section 2),
-
-    vjp(M, G, F)[b] = sum_mu F[b, mu] * dS_mu/dg (G[b])        (B, D),
-
-which is the only derivative of S that the right-hand side, the energy and its time derivative
-use. Single-shot retrieval (models/), iterated retrieval and the ODE dynamics (dynamics/) all take
+(B, N) without building a (B, N, D) array; differentiable ones also provide the gradient
+contraction :attr:`Similarity.vjp`, the only derivative of S that the continuous-time dynamics,
+the energy and its time derivative use (docs/theory.md §1.1 Similarities, §2 The two-layer
+network). Each factory below states its own S_mu and gradient. Single-shot retrieval (models/), iterated retrieval and the ODE dynamics (dynamics/) all take
 their similarities from :func:`get_similarity`.
 
 Two conventions:
 
-* ``"standard"`` (default): the clean negative-distance forms of docs/theory.md section 1.
+* ``"standard"`` (default): the clean negative-distance forms of docs/theory.md §1.1.
 * ``"paper_code"``: what the official code of Millidge et al. computes, kept so published curves
   can be matched: reciprocal distances 1/sum|q-m| and 1/sum (q-m)^2 (squared, not the euclidean
   norm), 1/KL in the official form (below), and a "dot" that is the dot product of sum-normalised
@@ -45,7 +42,8 @@ class Similarity:
     ----------
     name : registry name, with parameters, e.g. ``"minkowski(p=3)"``.
     score : ``score(M, Q) -> (B, N)`` on validated floating arrays.
-    vjp : ``vjp(M, G, F) -> (B, D)`` = sum_mu F_mu dS_mu/dg, or None when S has no gradient.
+    vjp : ``vjp(M, G, F) -> (B, D)``, vjp(M, G, F)[b] = sum_mu F[b, mu] dS_mu/dg at g = G[b], or
+        None when S has no gradient.
         Both return a fresh array the caller may overwrite (the dynamics do, in place).
     smooth : False where the gradient is a subgradient (a kink at a memory or at zero).
     binary_only : True for hamming, which is defined on {0,1} or {-1,1} data only.
@@ -151,7 +149,8 @@ class Similarity:
         return S
 
     def grad_contract(self, M, G, F):
-        """sum_mu F[b, mu] dS_mu/dg evaluated at G[b]: the (B, D) term of the feature dynamics."""
+        """:attr:`vjp` (M, G, F) on validated arrays, (B, D): the coupling term of the feature
+        dynamics (docs/theory.md §2)."""
         if self.vjp is None:
             raise ValueError(
                 f"similarity {self.name!r} has no gradient, so it cannot drive the continuous-time "
@@ -692,8 +691,8 @@ _STANDARD: dict[str, Callable[..., Similarity]] = {
 }
 
 def _cdist(Q, M, metric):
-    """scipy's cdist, imported on first use: scipy.spatial costs 0.3 s to import, and only the
-    chebyshev (p = inf) and the paper_code euclidean distances use it."""
+    """scipy's cdist, imported on first use (scipy.spatial is slow to import, and only the
+    chebyshev (p = inf) and the paper_code euclidean distances use it)."""
     from scipy.spatial.distance import cdist
     return cdist(Q, M, metric)
 
