@@ -429,9 +429,7 @@ def _blocking(B, N, D, itemsize):
 
 #: below this many element operations (B N D) a compiled kernel runs on the calling thread alone:
 #: starting numba's worker threads costs more than they save on so little work, and far more on a
-#: loaded machine, where a worker waits for a core (measured on 2 shared cores, manhattan B = 2,
-#: N = 4, D = 6: 0.07-1.7 ms per call with both threads against 0.06 ms with one; a test's 1556
-#: right-hand sides took 109 s)
+#: loaded machine, where a worker waits for a core
 SERIAL_WORK = 2 ** 18
 
 
@@ -607,9 +605,8 @@ if HAVE_NUMBA:
     def _finish_sq_dist_kernel(G, q2, m2, minus_two, zero, eps, eps2, root, smooth):
         # the numpy reference's operations in its order, per element (no fastmath: nothing is
         # contracted or reordered, so the two agree bit for bit); constants come in G's dtype.
-        # One thread: the pass is memory-bound and ~0.1 ms per 10^6 float32 entries, and a
-        # parallel loop measured 40x slower whenever another process held one of the two cores
-        # (its static schedule waits for the descheduled thread)
+        # One thread: the pass is memory-bound, and a parallel loop's static schedule waits for
+        # any thread that another process has descheduled
         B, N = G.shape
         for b in range(B):
             qb = q2[b]
