@@ -43,7 +43,7 @@ from typing import Callable, Optional
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from uhn.models.arrays import device, is_numpy_namespace, library_name, to_numpy
+from uhn.models.arrays import device, is_numpy_namespace, to_numpy
 from uhn.models.validation import require_count, require_positive
 
 from uhn.dynamics.trajectory import Trajectory
@@ -181,8 +181,7 @@ def run(method: Method, name: str, net, Q, t_end, *, I=None, **options) -> Traje
     numpy = is_numpy_namespace(xp)
     solve = method.solve if numpy else method.solve_array
     if solve is None:
-        raise TypeError(f"method={name!r} computes in numpy, but this network's memories are "
-                        f"{library_name(xp)} arrays; use a network of numpy memories")
+        net.require_numpy(f"method={name!r}")
     v0, h0 = net.initial_state(Q, s.h0)
     float32 = not method.float64_rows and v0.dtype == xp.float32
     rtol = resolved_rtol(s.rtol, np.float32 if float32 else np.float64)
