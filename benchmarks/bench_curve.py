@@ -94,8 +94,8 @@ import json, time
 t0 = time.perf_counter()
 import numpy as np
 import uhn.models.experiments.capacity as C
-from dynamics import cli
-from models import _kernels as K
+from uhn import cli
+from uhn.models import kernels as K
 t1 = time.perf_counter()
 K.l1_scores(np.ones((2, 784)), np.zeros((2, 784)))
 t2 = time.perf_counter()

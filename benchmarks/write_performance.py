@@ -34,14 +34,16 @@ ORDER = ["bench_retrieval", "bench_float32", "bench_dynamics", "bench_reduced", 
 
 # (output file, what is measured, regular expression whose first group is the reading, goal)
 SUMMARY = [
-    ("bench_retrieval", "manhattan + max retrieval / one `Q @ M.T`", r"manhattan \+ max (\S+x) \(goal", "<= 4x"),
-    ("bench_retrieval", "minkowski(p=3) + max retrieval / one `Q @ M.T`", r"minkowski\(p=3\) \+ max (\S+x)", "<= 8x"),
-    ("bench_retrieval", "one query, N = 5000: manhattan / dot", r"manhattan (\S+x) dot \(goal", "<= 2x"),
-    ("bench_retrieval", "manhattan(eps) RHS / dot RHS, float64",
-     r"(\S+x - \S+x) the dot RHS in float64", "<= 5x"),
-    ("bench_retrieval", "manhattan(eps) RHS / dot RHS, float32", r"float64, (\S+x - \S+x) in float32", "<= 5x"),
-    ("bench_float32", "dot + max / float32 GEMM", r"dot \+ max (\S+x - \S+x) a float32 GEMM", "<= 1.2x"),
-    ("bench_float32", "euclidean + max / float32 GEMM", r"euclidean \+ max (\S+x - \S+x) a float32 GEMM", "<= 1.2x"),
+    ("bench_retrieval", "manhattan + max retrieval / one `Q @ M.T`", r"manhattan \+ max\s+[\d.]+\s+([\d.]+)\s+<= 4x", "<= 4x"),
+    ("bench_retrieval", "minkowski(p=3) + max retrieval / one `Q @ M.T`", r"minkowski\(p=3\) \+ max\s+[\d.]+\s+([\d.]+)\s+<= 8x", "<= 8x"),
+    ("bench_retrieval", "one query, N = 5000: manhattan / dot (median)",
+     r"  manhattan \+ max\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+[\d.]+\s+<= 2x", "<= 2x"),
+    ("bench_retrieval", "manhattan(eps) RHS / dot RHS, float64 (median)",
+     r"float64: dot RHS[^\n]*\n[^\n]*\n  manhattan\(eps=0\.05\) RHS, fused kernel\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "<= 5x"),
+    ("bench_retrieval", "manhattan(eps) RHS / dot RHS, float32 (median)",
+     r"float32: dot RHS[^\n]*\n[^\n]*\n  manhattan\(eps=0\.05\) RHS, fused kernel\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "<= 5x"),
+    ("bench_float32", "dot + max / float32 GEMM (median)", r"dot \+ max float32\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "<= 1.2x"),
+    ("bench_float32", "euclidean + max / float32 GEMM (median)", r"euclidean \+ max float32\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "<= 1.2x"),
     ("bench_dynamics", "RK45-batched per query / bare solve_ivp one at a time",
      r"([\d.]+ \([\d.]+ - [\d.]+\)x) over bare solve_ivp", ">= 10x"),
     ("bench_dynamics", "batched query-evaluation / its share of the two matmuls",
@@ -49,10 +51,12 @@ SUMMARY = [
     ("bench_dynamics", "one RHS / its two matmuls", r"ratio ([\d.]+ \([\d.]+ - [\d.]+\)x)", "<= 3x"),
     ("bench_dynamics", "`method=\"reduced\"` per query / bare solve_ivp",
      r"ms/query, ([\d.]+ \([\d.]+ - [\d.]+\)x) per query", ""),
-    ("bench_reduced", "reduced / RK45-batched, integration alone", r"n_samples = 2\): ([\d.]+x)", ""),
-    ("bench_curve", "MNIST similarity-vs-N curve, whole process", r"median of 5 runs: ([\d.]+ s)", "<= 2.2 s"),
-    ("bench_load", "MNIST load (median of 5)", r"median of 5: ([\d.]+ s)", ""),
-    ("bench_sweep", "sweep overhead per point, LocalCluster(2)", r"LocalCluster\(2\) ([\d.]+ %)\n", "<= 5 %"),
+    ("bench_reduced", "reduced / RK45-batched, integration alone (medians)",
+     r"n_samples = 2 \(integration alone\)[\s\S]*?speed-up: ([\d.]+x) \(medians\)", ">= 5x"),
+    ("bench_curve", "MNIST similarity-vs-N curve, whole process (median of 5)", r"median whole process ([\d.]+ s)", "<= 2.2 s"),
+    ("bench_load", "MNIST load, uhn reader (median of 5)", r"uhn reader \(loadtxt uint8\)\s+min [\d.]+ s\s+median ([\d.]+ s)", ""),
+    ("bench_sweep", "sweep overhead per point, LocalCluster(2) (median over repeats)",
+     r"median over repeats: [^\n]*LocalCluster\(2\) ([\d.]+ %)", "<= 5 %"),
 ]
 
 INTRO = """\
@@ -157,10 +161,14 @@ def record(command: str, conditions: str, folder: Path = OUTPUTS) -> Path:
     if script is None:
         raise ValueError(f"cannot tell the benchmark of {command!r} (no .py argument)")
     proc = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
+    # exit status 1 with printed lines: the benchmark ran and reports a goal it did not meet
+    crashed = "Traceback (most recent call last)" in proc.stderr
+    if proc.returncode not in (0, 1) or crashed or not proc.stdout.strip():
         raise RuntimeError(f"{command!r} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     header = [f"# command: {command}", f"# date: {datetime.date.today().isoformat()}",
               f"# conditions: {conditions}", "# source: verbatim output (--record)"]
+    if proc.returncode == 1:
+        header.append("# note: the benchmark exited with status 1: a goal below is not met")
     path = folder / (Path(script).stem + ".txt")
     path.write_text("\n".join(header) + "\n" + proc.stdout.strip("\n") + "\n", encoding="utf-8")
     return path
