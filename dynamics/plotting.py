@@ -313,11 +313,47 @@ def snapshot_indices(T: int, n: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, T - 1, min(n, T))).astype(int))
 
 
-def plot_retrieval_snapshots(traj: Trajectory, image_shape, query: int = 0, n: int = 6, target=None):
-    """v(t) of one query as images at n times spread over the trajectory (target last if given)."""
+def change_indices(states, n: int) -> np.ndarray:
+    """At most n sample indices spread evenly over the path length of ``states`` (T, ...).
+
+    With s_k = sum_{j<=k} ||x_j - x_{j-1}|| (s_0 = 0), index k_i is the first sample with
+    s_k >= s_T i / (n - 1), i = 0..n-1, first and last included: each frame moves the state by
+    about s_T / (n - 1). Samples evenly spaced in time are mostly at rest (the state moves early,
+    then settles); this puts the frames where it moves. A state that never moves gives [0, T-1].
+    """
+    x = np.asarray(states, dtype=np.float64)
+    T = x.shape[0]
+    if T == 0:
+        raise ValueError("no samples to choose frames from")
+    if n < 2 or T < 2:
+        return np.array([0] if T == 1 or n < 1 else [0, T - 1])
+    steps = np.linalg.norm(x[1:].reshape(T - 1, -1) - x[:-1].reshape(T - 1, -1), axis=1)
+    s = np.concatenate(([0.0], np.cumsum(steps)))
+    if not np.isfinite(s[-1]):
+        raise ValueError("states are not finite; cannot space frames by their change")
+    if s[-1] == 0.0:
+        return np.array([0, T - 1])
+    ks = np.searchsorted(s, s[-1] * np.linspace(0.0, 1.0, min(n, T)), side="left")
+    return np.unique(np.clip(np.concatenate(([0], ks, [T - 1])), 0, T - 1))
+
+
+def frame_indices(traj: Trajectory, query: int, n: int, spacing: str) -> np.ndarray:
+    """Sample indices for n frames of one query: ``spacing`` "change" (even in the path length of
+    v, :func:`change_indices`) or "time" (even in the sample index, :func:`snapshot_indices`)."""
+    if spacing == "change":
+        return change_indices(traj.v[:, query], n)
+    if spacing == "time":
+        return snapshot_indices(len(traj.t), n)
+    raise ValueError(f"spacing must be 'change' or 'time', got {spacing!r}")
+
+
+def plot_retrieval_snapshots(traj: Trajectory, image_shape, query: int = 0, n: int = 6, target=None,
+                             spacing: str = "change"):
+    """v(t) of one query as images at n samples (target last if given), spaced by
+    :func:`frame_indices` (default: evenly in the state's change, so no two panels repeat)."""
     plt = _plt()
     q = _check_query(traj, query)
-    ks = snapshot_indices(len(traj.t), n)
+    ks = frame_indices(traj, q, n, spacing)
     cols = len(ks) + (target is not None)
     fig, axes = plt.subplots(1, cols, figsize=(1.6 * cols, 2.0), squeeze=False)
     axes = axes[0]
@@ -345,7 +381,9 @@ def plot_fixed_point_vs_single_shot(query, fixed_point, single_shot, target, ima
     B = arrs[0].shape[0]
     if any(a.shape != arrs[0].shape for a in arrs):
         raise ValueError(f"shape mismatch: {[a.shape for a in arrs]}")
-    fig, axes = plt.subplots(B, 5, figsize=(8.5, 1.75 * B + 0.4), squeeze=False)
+    # constrained layout gives the colorbar its own space beside the last column (a colorbar
+    # stolen from axes without a layout engine overlaps that column's titles)
+    fig, axes = plt.subplots(B, 5, figsize=(9.0, 1.75 * B + 0.6), squeeze=False, layout="constrained")
     diff_im = None
     dmax = max(float(np.abs(arrs[1] - arrs[2]).max()), 1e-12)
     for r in range(B):
@@ -374,11 +412,14 @@ def plot_fixed_point_vs_single_shot(query, fixed_point, single_shot, target, ima
 
 # ---------------------------------------------------------------------------- animation
 def animate_retrieval(traj: Trajectory, net: Network, image_shape, path, fps: int = 12,
-                      query: int = 0, max_frames: int = 60, dpi: int = 80) -> Path:
+                      query: int = 0, max_frames: int = 60, dpi: int = 80,
+                      spacing: str = "change") -> Path:
     """Write an animation of v(t) as an image beside E(t) with a moving marker; return its path.
 
     ``path`` ending in .gif uses PillowWriter; .mp4 uses FFMpegWriter and needs ffmpeg on PATH
-    (ValueError otherwise). Frames are ``snapshot_indices(T, max_frames)``. The file is drawn into
+    (ValueError otherwise). Frames are ``frame_indices(traj, query, max_frames, spacing)``: by
+    default evenly in the change of v, so frames do not stand still while v settles (evenly in
+    time, "time", most frames of a run to rest repeat the last image). The file is drawn into
     a temporary file in the same folder and moved into place (a reader never sees half a file).
     """
     from matplotlib import animation
@@ -394,7 +435,7 @@ def animate_retrieval(traj: Trajectory, net: Network, image_shape, path, fps: in
     else:
         raise ValueError(f"animation path must end in .gif or .mp4, got {path.name!r}")
     q = _check_query(traj, query)
-    ks = snapshot_indices(len(traj.t), max_frames)
+    ks = frame_indices(traj, q, max_frames, spacing)
     fig, (ax_img, ax_e) = plt.subplots(1, 2, figsize=(7.0, 3.2), gridspec_kw={"width_ratios": [1, 1.5]})
     im = _show_image(ax_img, traj.v[0, q], image_shape)
     title = ax_img.set_title("", fontsize=FONT["title"])

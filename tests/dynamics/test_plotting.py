@@ -148,7 +148,7 @@ def test_phase_portrait(setup):
 
 def test_retrieval_snapshots_show_v_at_those_times(setup):
     X, net, Q, traj = setup
-    fig = P.plot_retrieval_snapshots(traj, SHAPE, query=1, n=5, target=X[1])
+    fig = P.plot_retrieval_snapshots(traj, SHAPE, query=1, n=5, target=X[1], spacing="time")
     ks = P.snapshot_indices(len(traj.t), 5)
     assert list(ks) == [0, 10, 20, 30, 40]
     assert len(fig.axes) == 6
@@ -156,6 +156,42 @@ def test_retrieval_snapshots_show_v_at_those_times(setup):
         np.testing.assert_array_equal(ax.images[0].get_array(), traj.v[k, 1].reshape(SHAPE))
         assert ax.get_title().startswith(f"t = {traj.t[k]:.3g}")
     np.testing.assert_array_equal(fig.axes[-1].images[0].get_array(), X[1].reshape(SHAPE))
+
+
+def test_change_indices_space_frames_evenly_in_path_length():
+    # x(t) = 1 - exp(-t) on 1001 samples of [0, 10]: path length s(t) = 1 - exp(-t), so frame i of n
+    # sits at the first sample with s >= s_T i/(n-1); the state moves by s_T/(n-1) between frames,
+    # give or take one sample's step (at most 0.01 here)
+    t = np.linspace(0, 10, 1001)
+    x = (1 - np.exp(-t))[:, None]
+    ks = P.change_indices(x, 6)
+    assert ks[0] == 0 and ks[-1] == 1000
+    s = x[:, 0]
+    moves = np.diff(s[ks[:-1]])
+    step = np.abs(np.diff(s)).max()
+    np.testing.assert_allclose(moves, s[-1] / 5, atol=step)
+    # evenly in time, 4 of the 6 frames sit after t = 2, where x moves by less than 14 % of its path
+    assert (t[P.snapshot_indices(1001, 6)] >= 2).sum() == 5
+    assert P.change_indices(np.zeros((7, 3)), 5).tolist() == [0, 6]     # no motion: first, last
+    with pytest.raises(ValueError, match="not finite"):
+        P.change_indices(np.array([0.0, np.inf, 1.0]), 3)
+
+
+def test_frames_by_change_do_not_stand_still(setup):
+    # the retrieval figure's complaint: frames evenly in time repeat the rest image; spaced by the
+    # change of v, no frame (but possibly the last, the rest state) is a near-copy of the one before
+    X, net, Q, traj = setup
+    total = np.abs(np.diff(traj.v[:, 0], axis=0)).sum(axis=1).sum()
+
+    def still(ks):   # frames whose L1 move from the previous frame is below 1 % of the path length
+        return int((np.abs(np.diff(traj.v[ks, 0], axis=0)).sum(axis=1) < 0.01 * total).sum())
+
+    by_time = P.frame_indices(traj, 0, 20, "time")
+    by_change = P.frame_indices(traj, 0, 20, "change")
+    assert still(by_time) >= 5          # this run settles early: many repeated frames in time
+    assert still(by_change) <= 1
+    with pytest.raises(ValueError, match="spacing must be"):
+        P.frame_indices(traj, 0, 5, "even")
 
 
 def test_fixed_point_vs_single_shot(setup):
@@ -167,6 +203,14 @@ def test_fixed_point_vs_single_shot(setup):
     np.testing.assert_array_equal(image_axes[1].images[0].get_array(), traj.v_final[0].reshape(SHAPE))
     np.testing.assert_allclose(image_axes[4].images[0].get_array(),
                                np.abs(traj.v_final[0] - single[0]).reshape(SHAPE))
+    # the colorbar sits beside the last column, overlapping no panel or panel title
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (cbar,) = [ax for ax in fig.axes if not ax.images]
+    cb_box = cbar.get_window_extent(renderer)
+    for ax in image_axes:
+        assert not cb_box.overlaps(ax.get_window_extent(renderer))
+        assert not cb_box.overlaps(ax.title.get_window_extent(renderer))
     with pytest.raises(ValueError, match="shape mismatch"):
         P.plot_fixed_point_vs_single_shot(Q, traj.v_final[:2], single, X[:3], SHAPE)
 
@@ -177,7 +221,7 @@ def test_animation_gif_frames(setup, tmp_path):
     out = P.animate_retrieval(traj, net, SHAPE, tmp_path / "anim.gif", fps=10, max_frames=8, dpi=40)
     assert out == tmp_path / "anim.gif" and out.exists()
     with Image.open(out) as im:
-        assert sum(1 for _ in ImageSequence.Iterator(im)) == 8
+        assert sum(1 for _ in ImageSequence.Iterator(im)) == len(P.frame_indices(traj, 0, 8, "change"))
     assert [p.name for p in tmp_path.iterdir()] == ["anim.gif"]  # no temporary left behind
     with pytest.raises(ValueError, match="gif or .mp4"):
         P.animate_retrieval(traj, net, SHAPE, tmp_path / "anim.avi")
