@@ -20,7 +20,7 @@ variable       dimensions                  meaning
 ``converged``  (query,)                    fixed point reached (bool)
 =============  ==========================  ==========================================
 
-Global attributes: ``uhn_format`` = "uhn-trajectory", ``uhn_format_version``, the Trajectory's
+Global attributes: ``uhn_format`` = "uhn-trajectory", ``uhn_format_version`` (2), the Trajectory's
 ``method``, ``backend``, ``message`` and ``adiabatic`` (0 / 1), and every entry of
 ``Trajectory.params`` as ``param_<name>``. Integers, floats and strings are stored as they are;
 booleans, None, lists, tuples and dicts are JSON-encoded strings, and the attribute
@@ -28,24 +28,51 @@ booleans, None, lists, tuples and dicts are JSON-encoded strings, and the attrib
 with a NUL, are JSON-encoded too), so that :func:`read` restores every
 value equal to the saved one with its Python type. Arrays round-trip bit for bit with their dtypes
 (no fill value, no compression loss).
+
+Integrity (format version 2): every array (``time`` and the six above) has its checksum in the
+attribute ``uhn_sha256_<name>``, the SHA-256 of its dtype, shape and little-endian C-order bytes
+(:func:`checksum`). :func:`read` checks the format and its version, that every variable and
+attribute is there, each variable's dimensions and dtype (floating point; ``converged`` bool) and
+each checksum, and raises ValueError naming the file, the variable and what was expected against
+what was found. Files of version 1 (written before the checksums) are still read, after the same
+structural checks, with a warning that their arrays cannot be verified: they were written by
+this package whole (atomic writes), so refusing them would strand results that are most likely
+intact, while the warning says that a corruption cannot be told apart.
+
+Writing (:func:`write`) serialises the whole file in memory first and then writes those bytes
+through uhn.models.atomic.write_bytes: no HDF5 file is ever open on the disk being written, so a
+full disk is an OSError naming the file, with the old file kept and the temporary file removed
+(letting the HDF5 library write a file in place that a full disk cuts short crashed the process
+in its close of the half-written file). The price is one copy of the file in memory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from uhn.models.atomic import atomic_path
+from uhn.models.atomic import write_bytes
 
 FORMAT = "uhn-trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the versions :func:`read` knows: 1 (no checksums, read with a warning) and 2
+READABLE_VERSIONS = (1, 2)
+#: global attribute holding the checksum of array ``name`` (:func:`checksum`)
+CHECKSUM_ATTR = "uhn_sha256_{}"
+#: global attributes every trajectory file has (besides ``param_*`` and the checksums)
+REQUIRED_ATTRS = ("uhn_format", "uhn_format_version", "method", "backend", "message",
+                  "adiabatic", "uhn_json_params")
 ENGINE = "h5netcdf"
 
 #: Trajectory array fields and their netCDF dimensions
 _DIMS = {"v": ("time", "query", "feature"), "h": ("time", "query", "memory"),
          "E": ("time", "query"), "dEdt": ("time", "query"), "I": ("query", "feature"),
          "converged": ("query",)}
+#: the dtype kind each array must have (f: floating point, b: bool)
+_KINDS = {"time": "f", "v": "f", "h": "f", "E": "f", "dEdt": "f", "I": "f", "converged": "b"}
 _PARAM = "param_"
 #: every field a trajectory is written from (its attributes) and read back into (keyword arguments)
 FIELDS = ("t",) + tuple(_DIMS) + ("method", "backend", "message", "adiabatic", "params")
@@ -107,6 +134,16 @@ def _native(value) -> bool:
     return True
 
 
+def checksum(array) -> str:
+    """SHA-256 (hex) of an array's dtype name, shape and little-endian C-order bytes: equal for
+    two arrays exactly when they are equal bit for bit with the same dtype and shape."""
+    a = np.asarray(array)
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    digest = hashlib.sha256(f"{a.dtype.name}{a.shape}".encode())
+    digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
 def to_xarray(traj):
     """A trajectory (any object with the attributes :data:`FIELDS`) as an ``xarray.Dataset``
     (dimensions time / query / feature / memory; every parameter an attribute, see the module
@@ -137,48 +174,115 @@ def to_xarray(traj):
             raise TypeError(f"params keys must be strings to be saved, got {key!r}")
         put(_PARAM + key, value)
     attrs["uhn_json_params"] = json.dumps(json_names)
-    return xr.Dataset(data, coords={"time": ("time", np.asarray(traj.t))}, attrs=attrs)
+    for name, (_, array) in data.items():
+        attrs[CHECKSUM_ATTR.format(name)] = checksum(array)
+    t = np.asarray(traj.t)
+    attrs[CHECKSUM_ATTR.format("time")] = checksum(t)
+    return xr.Dataset(data, coords={"time": ("time", t)}, attrs=attrs)
 
 
 def write(traj, path) -> Path:
-    """Write ``traj`` (:func:`to_xarray`) to ``path`` as netCDF-4/HDF5, atomically (a temporary
-    file in the same folder moved into place); returns the path. Read it back with :func:`read`."""
+    """Write ``traj`` (:func:`to_xarray`) to ``path`` as netCDF-4/HDF5, atomically; returns the
+    path. Read it back with :func:`read`.
+
+    The file is built in memory and its bytes written through uhn.models.atomic.write_bytes (a
+    temporary ``.<name>.<pid>.<random>.tmp`` in the same folder, fsynced, moved into place;
+    leftovers of killed saves into that folder are removed first). A full disk raises OSError
+    naming the path; the old file is kept and no temporary file is left.
+    """
     path = Path(path)
     ds = to_xarray(traj)
     encoding = {name: {"_FillValue": None} for name in list(ds.data_vars) + ["time"]}
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
-    return path
+    data = ds.to_netcdf(engine=ENGINE, encoding=encoding)  # no path: the file's bytes
+    return write_bytes(path, data)
 
 
 def _attr(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_dataset(ds) -> dict:
-    """The fields stored in an ``xarray.Dataset`` made by :func:`to_xarray`, as the keyword
-    arguments of a Trajectory (:data:`FIELDS`)."""
-    if ds.attrs.get("uhn_format") != FORMAT:
-        raise ValueError(f"not a uhn trajectory: attribute uhn_format is "
-                         f"{ds.attrs.get('uhn_format')!r}, expected {FORMAT!r}")
-    version = _attr(ds.attrs.get("uhn_format_version"))
-    if version != FORMAT_VERSION:
-        raise ValueError(f"uhn trajectory format version {version!r} is not supported "
-                         f"(this reader knows version {FORMAT_VERSION})")
+def _check_structure(ds) -> list[str]:
+    """What is wrong with the variables of a trajectory Dataset (empty when nothing): missing
+    variables, wrong dimensions, wrong dtypes."""
+    problems = []
+    if "time" not in ds.variables:
+        problems.append("variable 'time' (the sample times, dimension (time,)) is missing")
     missing = [name for name in _DIMS if name not in ds.data_vars]
     if missing:
-        raise ValueError(f"not a complete uhn trajectory: variables {missing} are missing")
-    json_names = set(json.loads(ds.attrs["uhn_json_params"]))
+        problems.append(f"variables {missing} are missing")
+    expected = {"time": ("time",), **_DIMS}
+    for name, dims in expected.items():
+        if name not in ds.variables:
+            continue
+        var = ds.variables[name]
+        if tuple(var.dims) != dims:
+            problems.append(f"variable {name!r} has dimensions {tuple(var.dims)}, expected {dims}")
+        kind = _KINDS[name]
+        if var.dtype.kind != kind:
+            want = "bool" if kind == "b" else "floating point"
+            problems.append(f"variable {name!r} has dtype {var.dtype}, expected {want}")
+    return problems
+
+
+def read_dataset(ds, source: str = "dataset") -> dict:
+    """The fields stored in an ``xarray.Dataset`` made by :func:`to_xarray`, as the keyword
+    arguments of a Trajectory (:data:`FIELDS`), after the checks of the module docstring (format,
+    version, variables, attributes, dimensions, dtypes, checksums). ValueError naming ``source``
+    (the file, for :func:`read`) and everything that is wrong."""
+    def fail(problems):
+        raise ValueError(f"{source}: not a valid uhn trajectory: " + "; ".join(problems))
+
+    if ds.attrs.get("uhn_format") != FORMAT:
+        raise ValueError(f"{source}: not a uhn trajectory: attribute uhn_format is "
+                         f"{ds.attrs.get('uhn_format')!r}, expected {FORMAT!r}")
+    version = _attr(ds.attrs.get("uhn_format_version"))
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{source}: uhn trajectory format version {version!r} is not supported "
+                         f"(this reader knows versions {READABLE_VERSIONS})")
+    problems = _check_structure(ds)
+    missing_attrs = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
+    if missing_attrs:
+        problems.append(f"global attributes {missing_attrs} are missing")
+    if problems:
+        fail(problems)
+    try:
+        json_names = set(json.loads(ds.attrs["uhn_json_params"]))
+    except (TypeError, ValueError) as err:
+        fail([f"attribute 'uhn_json_params' is not a JSON list of names ({err})"])
+    arrays = {name: np.asarray(ds[name].values) for name in _DIMS}
+    arrays["time"] = np.asarray(ds["time"].values)
+    if version >= 2:
+        bad = []
+        for name, array in arrays.items():
+            stored = ds.attrs.get(CHECKSUM_ATTR.format(name))
+            if stored is None:
+                bad.append(f"attribute {CHECKSUM_ATTR.format(name)!r} (the checksum of {name!r}) "
+                           f"is missing")
+            elif _attr(stored) != checksum(array):
+                bad.append(f"variable {name!r} does not match its checksum (stored sha256 "
+                           f"{str(_attr(stored))[:12]}..., found {checksum(array)[:12]}...): the "
+                           f"file was changed or corrupted after it was written")
+        if bad:
+            fail(bad)
+    else:
+        warnings.warn(f"{source}: uhn trajectory format version 1 has no checksums, so its arrays "
+                      f"cannot be verified (structure checked); save it again to add them",
+                      UserWarning, stacklevel=3)
 
     def get(name):
         value = ds.attrs[name]
-        return _from_jsonable(json.loads(value)) if name in json_names else _attr(value)
+        if name not in json_names:
+            return _attr(value)
+        try:
+            return _from_jsonable(json.loads(value))
+        except (TypeError, ValueError) as err:
+            fail([f"attribute {name!r} is listed as JSON but is not ({err})"])
 
     params = {key[len(_PARAM):]: get(key) for key in ds.attrs if key.startswith(_PARAM)}
-    arrays = {name: np.asarray(ds[name].values) for name in _DIMS}
-    return dict(t=np.asarray(ds["time"].values), **arrays, method=get("method"),
-                backend=get("backend"), message=get("message"),
-                adiabatic=bool(_attr(ds.attrs["adiabatic"])), params=params)
+    t = arrays.pop("time")
+    return dict(t=t, **arrays, method=get("method"), backend=get("backend"),
+                message=get("message"), adiabatic=bool(_attr(ds.attrs["adiabatic"])),
+                params=params)
 
 
 def read(path) -> dict:
@@ -194,7 +298,8 @@ def read(path) -> dict:
         raise ValueError(f"cannot read {str(path)!r} as a netCDF-4 trajectory: {err}") from None
     with ds:
         ds.load()
-        return read_dataset(ds)
+        return read_dataset(ds, str(path))
 
 
-__all__ = ["write", "read", "to_xarray", "read_dataset", "FIELDS", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["write", "read", "to_xarray", "read_dataset", "checksum", "FIELDS", "FORMAT",
+           "FORMAT_VERSION", "READABLE_VERSIONS", "CHECKSUM_ATTR", "REQUIRED_ATTRS"]

@@ -15,23 +15,18 @@ Used by uhn.models.experiments.sweep (which writes it) and by whoever reads its 
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
-from uhn.models.atomic import atomic_path
+from uhn.models.atomic import STALE_TMP_SECONDS, atomic_path, clean_stale
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
-
-#: a temporary file older than this (seconds) is a leftover of a killed writer, whoever wrote it
-STALE_TMP_SECONDS = 3600.0
 
 _WHAT_TO_DO = ("move the file aside (or fix that line) and run again; every row of the store is "
                "a JSON object with a 'key', written by uhn.models.experiments.sweep.run")
@@ -141,51 +136,16 @@ class locked:
             self.fd = None
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) is not a probe on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:  # not a pid at all
-        return False
-    return True
-
-
 def clean_tmp(path: Path, stale_seconds: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Remove leftover ``.<name>.<pid>.<random>.tmp`` files of writers killed mid-write.
-
-    A temporary file is removed when it is older than ``stale_seconds`` or its writer pid (the
-    first dotted field after the name) is no longer running on this machine; the files of this
-    process are kept. Returns the paths removed.
-    """
-    removed = []
-    prefix = f".{path.name}."
-    now = time.time()
-    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid_field = tmp.name[len(prefix):].split(".", 1)[0]
-        pid = int(pid_field) if pid_field.isdigit() else None
-        try:
-            age = now - tmp.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
-        if age > stale_seconds or dead:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(tmp)
-    return removed
+    """Remove leftover ``.<name>.<pid>.<random>.tmp`` files of writers of the store at ``path``
+    killed mid-write (:func:`uhn.models.atomic.clean_stale`); returns the paths removed."""
+    return clean_stale(path, stale_seconds=stale_seconds)
 
 
 def _replace_file(lines: Sequence[str], path: Path) -> None:
     """Write lines atomically (:func:`uhn.models.atomic.atomic_path`): ``.<name>.<pid>.<random>.tmp``
     in the same folder, fsync, os.replace. Callers hold the store's lock."""
-    with atomic_path(path, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp") as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(line + "\n")

@@ -149,3 +149,164 @@ def test_the_format_reads_and_writes_plain_fields(tmp_path, rng):
     assert set(fields) == set(io.FIELDS)
     assert_identical(tr, Trajectory(**fields))
     assert_identical(tr, Trajectory.load(tr.save(tmp_path / "method.nc")))
+
+
+# ---------------------------------------------------------------------------------------------
+# files you can trust: checksums, schema checks, full disks, killed saves
+# ---------------------------------------------------------------------------------------------
+
+def _small(rng):
+    net = _net(rng, N=4, D=6)
+    return integrate(net, net.M[:3] + 0.1, t_end=2.0, n_samples=9)
+
+
+def _write_ds(ds, path):
+    """Write a (tampered) Dataset as the file a foreign writer would leave."""
+    enc = {name: {"_FillValue": None} for name in list(ds.data_vars)
+           + (["time"] if "time" in ds.variables else [])}
+    ds.to_netcdf(path, engine="h5netcdf", encoding=enc)
+    return path
+
+
+def test_flipped_bytes_of_an_array_are_found_by_its_checksum(tmp_path, rng):
+    tr = _small(rng)
+    path = save_trajectory(tr, tmp_path / "run.nc")
+    raw = bytearray(path.read_bytes())
+    at = raw.find(tr.v.tobytes())  # no compression: the array's bytes lie in the file as they are
+    assert at > 0
+    raw[at + 40:at + 56] = bytes(b ^ 0xFF for b in raw[at + 40:at + 56])  # 16 flipped bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"run\.nc.*variable 'v' does not match its checksum"):
+        load_trajectory(path)
+
+
+def test_checksum_is_exactly_bitwise_equality_with_dtype_and_shape():
+    from uhn.dynamics.io import checksum
+    a = np.arange(6.0)
+    assert checksum(a) == checksum(a.copy()) == checksum(a.astype(">f8"))  # same values
+    assert checksum(a) != checksum(a.reshape(2, 3))                          # shape
+    b = a.copy()
+    b[5] = np.nextafter(b[5], np.inf)                                         # one ulp
+    assert checksum(a) != checksum(b)
+    assert checksum(np.zeros(3, bool)) != checksum(np.zeros(3, np.int8))     # dtype
+
+
+def _without_attr(ds, name):
+    return ds.drop_attrs(deep=False).assign_attrs({k: v for k, v in ds.attrs.items() if k != name})
+
+
+@pytest.mark.parametrize("tamper,match", [
+    (lambda ds: ds.drop_vars("time"), r"variable 'time' .* is missing"),
+    (lambda ds: ds.assign(converged=ds["converged"].astype(float)),
+     r"variable 'converged' has dtype float64, expected bool"),
+    (lambda ds: ds.assign(E=(("sample", "query"), np.zeros((4, 3)))),
+     r"variable 'E' has dimensions \('sample', 'query'\), expected \('time', 'query'\)"),
+    (lambda ds: ds.assign(v=(("time", "query"), ds["v"].values[:, :, 0])),
+     r"variable 'v' has dimensions \('time', 'query'\), expected \('time', 'query', 'feature'\)"),
+    (lambda ds: ds.assign(h=ds["h"].astype(int)), r"variable 'h' has dtype int64, expected floating"),
+    (lambda ds: _without_attr(ds, "method"), r"global attributes \['method'\] are missing"),
+    (lambda ds: _without_attr(ds, "uhn_sha256_E"),
+     r"attribute 'uhn_sha256_E' \(the checksum of 'E'\) is missing"),
+])
+def test_a_malformed_file_is_an_error_naming_file_variable_and_what_is_expected(tmp_path, rng,
+                                                                                 tamper, match):
+    ds = to_xarray(_small(rng))
+    path = _write_ds(tamper(ds), tmp_path / "bad.nc")
+    with pytest.raises(ValueError, match=r"bad\.nc: not a valid uhn trajectory: .*" + match):
+        load_trajectory(path)
+
+
+def test_a_version_1_file_without_checksums_loads_with_a_warning_naming_it(tmp_path, rng):
+    tr = _small(rng)
+    ds = to_xarray(tr)
+    attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("uhn_sha256_")}
+    attrs["uhn_format_version"] = 1
+    path = _write_ds(ds.drop_attrs(deep=False).assign_attrs(attrs), tmp_path / "old.nc")
+    with pytest.warns(UserWarning, match=r"old\.nc: uhn trajectory format version 1 has no checksums"):
+        back = load_trajectory(path)
+    assert_identical(tr, back)
+    ds2 = ds.drop_attrs(deep=False).assign_attrs({**attrs, "uhn_format_version": 3})
+    with pytest.raises(ValueError, match=r"version 3 is not supported"):
+        load_trajectory(_write_ds(ds2, tmp_path / "new.nc"))
+
+
+def test_a_full_disk_raises_oserror_and_keeps_the_old_file_and_no_temporary(tmp_path, rng,
+                                                                              monkeypatch):
+    import errno
+    from uhn.models import atomic
+    old, new = _small(rng), _small(np.random.default_rng(7))
+    path = save_trajectory(old, tmp_path / "run.nc")
+    real_open = open
+
+    class FillingDisk:
+        """A file that takes 1000 bytes and then reports ENOSPC, as a full disk does."""
+
+        def __init__(self, *a, **k):
+            self.fh = real_open(*a, **k)
+
+        def write(self, data):
+            if self.fh.tell() >= 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(bytes(data[:1000]))
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(atomic, "open", FillingDisk, raising=False)
+    with pytest.raises(OSError, match=r"cannot write .*run\.nc.*No space left") as info:
+        new.save(path)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["run.nc"]
+    assert_identical(old, load_trajectory(path))
+
+
+def test_stale_temporary_files_of_dead_savers_are_removed_by_the_next_save(tmp_path, rng):
+    import os
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_tmp = tmp_path / f".run.nc.{int(dead.stdout)}.x1y2.tmp"
+    live_tmp = tmp_path / f".run.nc.{os.getppid()}.z3.tmp"  # a live saver's: kept
+    for f in (dead_tmp, live_tmp):
+        f.write_bytes(b"\0" * 4096)
+    save_trajectory(_small(rng), tmp_path / "run.nc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run.nc", live_tmp.name])
+
+
+def test_a_save_killed_midway_leaves_a_temporary_that_the_next_save_removes(tmp_path, rng):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = (
+        "import os, time, numpy as np\n"
+        "from uhn.models import atomic\n"
+        "from uhn.dynamics.trajectory import Trajectory\n"
+        "atomic.os.fsync = lambda fd: (print('writing', flush=True), time.sleep(60))\n"
+        "T, B, D, N = 50, 8, 64, 20\n"
+        "z = np.zeros\n"
+        "tr = Trajectory(np.arange(T, dtype=float), z((T, B, D)), z((T, B, N)), z((T, B)), z((T, B)),"
+        " z((B, D)), z(B, bool), 'RK45', 'scipy')\n"
+        f"tr.save({str(tmp_path / 'run.nc')!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"  # the bytes are written, not yet moved
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(f".run.nc.{proc.pid}.")]
+    assert len(left) == 1 and left[0].stat().st_size > 50 * 8 * 64 * 8  # the half-saved file
+    time.sleep(0.05)
+    save_trajectory(_small(rng), tmp_path / "run.nc")
+    assert [p.name for p in tmp_path.iterdir()] == ["run.nc"]
