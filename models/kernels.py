@@ -21,9 +21,13 @@ Two implementations with one API:
   block, e.g. one query against N = 5000 memories, over tiles of memories instead), memories tiled
   so a block of M stays in L2 while the queries of a block pass over it, four queries per memory row in
   registers (one load of M feeds four accumulators), the inner loop over D vectorised (SIMD).
-  Compiled lazily on the first call of each dtype, cached on disk (``cache=True``: numba's
-  ``__pycache__`` beside this file or its user-wide cache; where neither is writable it compiles
-  in memory instead, with a warning).
+  One compiled variant per (kernel, smoothing eps > 0 or not, exponent code), built and compiled
+  on its first call of each dtype, so a call compiles only what it runs (~1 s a variant; one
+  kernel holding every variant took ~16 s), and each variant is cached on disk as soon as it is
+  compiled (``cache=True``: numba's ``__pycache__`` beside this file, NUMBA_CACHE_DIR or its
+  user-wide cache; where none is writable it compiles in memory instead, with a warning), so an
+  interrupted first run keeps what it finished. A compile (not a load from the cache) is logged at
+  INFO on ``uhn.models.kernels`` (:func:`compile_notice`); the ``uhn`` command shows it.
 * chunked numpy (the reference, and the path used when numba is not importable): one block of
   queries at a time against all memories, never a (B, N, D) array larger than ``CHUNK_BYTES``.
 
@@ -34,6 +38,8 @@ their common dtype (``np.result_type``); integer or bool inputs compute in float
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import warnings
 
@@ -47,6 +53,9 @@ try:  # numba is optional: without it the chunked-numpy reference below does the
 except ImportError:  # pragma: no cover - exercised by the fallback tests via monkeypatch
     _nb = None
     HAVE_NUMBA = False
+
+#: where the compile notices go (INFO): ``uhn`` on the command line shows them on stderr
+log = logging.getLogger(__name__)
 
 #: the chunked numpy path keeps its (chunk, N, D) temporaries under this many bytes
 CHUNK_BYTES = 32 * 2**20
@@ -292,85 +301,6 @@ if HAVE_NUMBA:
                     x = G[bb, i] - M[mu, i]
                     out[bb, i] += w * (_pow_nb(_absx_nb(x, eps, smooth), e, one, ecode) * _dabsx_nb(x, eps, one, smooth))
 
-    # reassoc lets the D-sum run as SIMD partial sums (a different order of the same nonnegative
-    # terms: error still <= D eps sum); contract allows FMA. Nothing that touches NaN/inf/sign(0).
-    @_jit(parallel=True, fastmath={"reassoc", "contract"})
-    def _sums_kernel(M, Q, out, p, eps, zero, one, smooth, ecode, qb, nb, groups):
-        """Parallel over (query block, group of memory tiles) pairs: ``groups`` = 1 splits the
-        query blocks only; a single block (one query against N = 5000 memories) splits its
-        tiles into ``groups`` runs. Every out[b, mu] is the same _sum_tile sum either way."""
-        B = Q.shape[0]
-        N = M.shape[0]
-        nblocks = (B + qb - 1) // qb
-        ntiles = (N + nb - 1) // nb
-        per = (ntiles + groups - 1) // groups
-        for k in _nb.prange(nblocks * groups):
-            b0 = (k // groups) * qb
-            b1 = min(B, b0 + qb)
-            for t in range((k % groups) * per, min(ntiles, (k % groups + 1) * per)):
-                m0 = t * nb
-                m1 = min(N, m0 + nb)
-                # one call site per (smooth, ecode): constants fold, each inner loop vectorises
-                if smooth:
-                    if ecode == 1:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, True, 1)
-                    elif ecode == 2:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, True, 2)
-                    elif ecode == 3:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, True, 3)
-                    else:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, True, 7)
-                else:
-                    if ecode == 1:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, False, 1)
-                    elif ecode == 2:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, False, 2)
-                    elif ecode == 3:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, False, 3)
-                    elif ecode == 4:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, False, 4)
-                    elif ecode == 6:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, False, 6)
-                    else:
-                        _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, False, 7)
-
-    # contract only (FMA): the sum over memories runs in order per element, so no reassoc needed
-    @_jit(parallel=True, fastmath={"contract"})
-    def _vjp_kernel(M, G, W, out, e, eps, one, smooth, ecode, qb, nb):
-        B = G.shape[0]
-        N = M.shape[0]
-        nblocks = (B + qb - 1) // qb
-        for k in _nb.prange(nblocks):
-            b0 = k * qb
-            b1 = min(B, b0 + qb)
-            for b in range(b0, b1):
-                out[b, :] = 0
-            for m0 in range(0, N, nb):
-                m1 = min(N, m0 + nb)
-                if smooth:
-                    if ecode == 0:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, True, 0)
-                    elif ecode == 1:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, True, 1)
-                    elif ecode == 2:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, True, 2)
-                    else:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, True, 7)
-                else:
-                    if ecode == 0:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 0)
-                    elif ecode == 1:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 1)
-                    elif ecode == 2:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 2)
-                    elif ecode == 3:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 3)
-                    elif ecode == 5:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 5)
-                    else:
-                        _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, False, 7)
-
-
     @_jit(inline="always")
     def _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, smooth):
         """S[b, mu] = sum_i absx(x_i) and V[b] += sum_mu W[b, mu] dabsx(x), x = G[b] - M[mu]:
@@ -391,8 +321,57 @@ if HAVE_NUMBA:
                         V[b, i] += w * ((x > 0) * one - (x < 0) * one)
                 S[b, mu] = s
 
+
+def _make_sums_kernel(smooth: bool, ecode: int):
+    """The distance-sum kernel for one (smooth, ecode): those two are closure constants, so the
+    compiled body holds one inlined _sum_tile (one variant compiles in ~1 s, where a kernel with
+    every variant inlined behind runtime branches took ~16 s) and numba caches each variant on
+    disk under its own key (the closure's cell contents are part of numba's cache key)."""
+    # reassoc lets the D-sum run as SIMD partial sums (a different order of the same nonnegative
+    # terms: error still <= D eps sum); contract allows FMA. Nothing that touches NaN/inf/sign(0).
     @_jit(parallel=True, fastmath={"reassoc", "contract"})
-    def _fused_l1_kernel(M, G, W, S, V, eps, zero, one, smooth, qb, nb):
+    def _sums_kernel(M, Q, out, p, eps, zero, one, qb, nb, groups):
+        """Parallel over (query block, group of memory tiles) pairs: ``groups`` = 1 splits the
+        query blocks only; a single block (one query against N = 5000 memories) splits its
+        tiles into ``groups`` runs. Every out[b, mu] is the same _sum_tile sum either way."""
+        B = Q.shape[0]
+        N = M.shape[0]
+        nblocks = (B + qb - 1) // qb
+        ntiles = (N + nb - 1) // nb
+        per = (ntiles + groups - 1) // groups
+        for k in _nb.prange(nblocks * groups):
+            b0 = (k // groups) * qb
+            b1 = min(B, b0 + qb)
+            for t in range((k % groups) * per, min(ntiles, (k % groups + 1) * per)):
+                m0 = t * nb
+                m1 = min(N, m0 + nb)
+                _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, smooth, ecode)
+    return _sums_kernel
+
+
+def _make_vjp_kernel(smooth: bool, ecode: int):
+    """The gradient-contraction kernel for one (smooth, ecode), as :func:`_make_sums_kernel`."""
+    # contract only (FMA): the sum over memories runs in order per element, so no reassoc needed
+    @_jit(parallel=True, fastmath={"contract"})
+    def _vjp_kernel(M, G, W, out, e, eps, one, qb, nb):
+        B = G.shape[0]
+        N = M.shape[0]
+        nblocks = (B + qb - 1) // qb
+        for k in _nb.prange(nblocks):
+            b0 = k * qb
+            b1 = min(B, b0 + qb)
+            for b in range(b0, b1):
+                out[b, :] = 0
+            for m0 in range(0, N, nb):
+                m1 = min(N, m0 + nb)
+                _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, smooth, ecode)
+    return _vjp_kernel
+
+
+def _make_fused_l1_kernel(smooth: bool, ecode: int = 1):
+    """The fused L1 distance + contraction kernel for one smoothing, as :func:`_make_sums_kernel`."""
+    @_jit(parallel=True, fastmath={"reassoc", "contract"})
+    def _fused_l1_kernel(M, G, W, S, V, eps, zero, one, qb, nb):
         B = G.shape[0]
         N = M.shape[0]
         nblocks = (B + qb - 1) // qb
@@ -403,10 +382,55 @@ if HAVE_NUMBA:
                 V[b, :] = 0
             for m0 in range(0, N, nb):
                 m1 = min(N, m0 + nb)
-                if smooth:
-                    _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, True)
-                else:
-                    _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, False)
+                _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, smooth)
+    return _fused_l1_kernel
+
+
+#: kernel factories by kind, and what a compile notice calls each kind
+_FACTORIES = {"sums": _make_sums_kernel, "vjp": _make_vjp_kernel, "fused": _make_fused_l1_kernel}
+_LABELS = {"sums": "L1 / Lp distance", "vjp": "L1 / Lp gradient",
+           "fused": "fused L1 distance + gradient", "sq_dist": "squared-distance"}
+#: the variants built in this process, by (kind, smooth, ecode)
+_BUILT: dict = {}
+
+
+def _kernel(kind: str, smooth: bool, ecode: int):
+    """The compiled kernel ``kind`` for (smooth, ecode), built on first use (compiled, or loaded
+    from numba's disk cache, on its first call of each dtype)."""
+    key = (kind, bool(smooth), int(ecode))
+    if key not in _BUILT:
+        _BUILT[key] = _FACTORIES[kind](*key[1:])
+    return _BUILT[key]
+
+
+#: (kernel, dtype) pairs called in this process: a later call neither loads nor compiles
+_CALLED: set = set()
+
+
+@contextlib.contextmanager
+def compile_notice(kernel, label: str, dtype):
+    """Around the first call of a numba ``kernel`` with arrays of ``dtype`` in this process: if
+    numba finds no cached build and compiles (its ``numba:compile`` event, which a load from the
+    disk cache does not raise), log at INFO what it compiles and where the build is cached, so a
+    first run does not sit silent for the second or more a compile takes."""
+    key = (kernel, np.dtype(dtype).name)
+    if key in _CALLED or not HAVE_NUMBA:
+        yield
+        return
+    from numba.core import event
+
+    class Notice(event.Listener):
+        def on_start(self, ev):
+            if ev.data.get("dispatcher") is kernel:
+                log.info("compiling the %s kernel for %s (first run only; numba caches it in %s)",
+                         label, key[1], kernel.stats.cache_path)
+
+        def on_end(self, ev):
+            pass
+
+    with event.install_listener("numba:compile", Notice()):
+        yield
+    _CALLED.add(key)
 
 
 #: exponent codes with a compiled closed form, per smoothing (others take the general pow)
@@ -461,13 +485,14 @@ def _power_sums(M, Q, p, eps, out):
     code = code if code in _SUM_CODES[smooth] else _EGEN
     qb, nb = _blocking(Q.shape[0], *M.shape, M.itemsize)
     t = M.dtype.type
-    if Q.shape[0] <= qb and M.shape[0] > nb and Q.size * M.shape[0] >= SERIAL_WORK:
-        # one block of queries against several tiles of memories (one query at N = 5000): the
-        # threads split the tiles (the same sums: equal to the one-thread result bit for bit)
-        _sums_kernel(M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb,
-                     2 * _nb.get_num_threads())
-    else:
-        _launch(_sums_kernel, qb, M, Q, out, t(p), t(eps), t(0), t(1), smooth, code, qb, nb, 1)
+    kernel = _kernel("sums", smooth, code)
+    with compile_notice(kernel, _LABELS["sums"], M.dtype):
+        if Q.shape[0] <= qb and M.shape[0] > nb and Q.size * M.shape[0] >= SERIAL_WORK:
+            # one block of queries against several tiles of memories (one query at N = 5000): the
+            # threads split the tiles (the same sums: equal to the one-thread result bit for bit)
+            kernel(M, Q, out, t(p), t(eps), t(0), t(1), qb, nb, 2 * _nb.get_num_threads())
+        else:
+            _launch(kernel, qb, M, Q, out, t(p), t(eps), t(0), t(1), qb, nb, 1)
     return out
 
 
@@ -480,7 +505,9 @@ def _weighted_terms(M, G, W, e, eps, out):
     code = code if code in _VJP_CODES[smooth] else _EGEN
     qb, nb = _blocking(G.shape[0], *M.shape, M.itemsize)
     t = M.dtype.type
-    _launch(_vjp_kernel, qb, M, G, W, out, t(e), t(eps), t(1), smooth, code, qb, nb)
+    kernel = _kernel("vjp", smooth, code)
+    with compile_notice(kernel, _LABELS["vjp"], M.dtype):
+        _launch(kernel, qb, M, G, W, out, t(e), t(eps), t(1), qb, nb)
     return out
 
 
@@ -574,7 +601,9 @@ def l1_scores_vjp(M, G, F, eps=0.0, *, finite=False):
         return _np_power_sums(M, G, 1.0, eps, S), _np_weighted_terms(M, G, F, 0.0, eps, V)
     t = dtype.type
     qb, nb = _blocking(G.shape[0], *M.shape, M.itemsize)
-    _launch(_fused_l1_kernel, qb, M, G, F, S, V, t(eps), t(0), t(1), eps > 0.0, qb, nb)
+    kernel = _kernel("fused", eps > 0.0, 1)
+    with compile_notice(kernel, _LABELS["fused"], dtype):
+        _launch(kernel, qb, M, G, F, S, V, t(eps), t(0), t(1), qb, nb)
     return S, V
 
 
@@ -632,5 +661,6 @@ def finish_sq_dist(G, q2, m2, eps: float = 0.0, root: bool = False):
             not (q2.dtype == m2.dtype == G.dtype) or not G.flags.c_contiguous:
         return _finish_sq_dist_np(G, q2, m2, eps, root)
     t = G.dtype.type
-    return _finish_sq_dist_kernel(G, q2, m2, t(-2.0), t(0.0), t(eps), t(eps * eps), bool(root),
-                                  eps > 0.0)
+    with compile_notice(_finish_sq_dist_kernel, _LABELS["sq_dist"], G.dtype):
+        return _finish_sq_dist_kernel(G, q2, m2, t(-2.0), t(0.0), t(eps), t(eps * eps), bool(root),
+                                      eps > 0.0)

@@ -355,8 +355,12 @@ def test_one_query_against_many_memories_splits_the_memories(monkeypatch, p, eps
     rng = np.random.default_rng(8)
     M, Q = rng.uniform(0, 1, (700, 400)), rng.uniform(0, 1, (3, 400))     # 3 * 700 * 400 > 2^18
     groups = []
-    real = K._sums_kernel
-    monkeypatch.setattr(K, "_sums_kernel", lambda *a: (groups.append(a[-1]), real(*a))[1])
+    real = K._kernel
+
+    def kernel(kind, *variant):          # the built kernel, its last argument (groups) recorded
+        compiled = real(kind, *variant)
+        return lambda *a: (groups.append(a[-1]), compiled(*a))[1]
+    monkeypatch.setattr(K, "_kernel", kernel)
     qb, nb = K._blocking(3, 700, 400, 8)
     assert qb >= 3 and nb < 700                        # one block, several tiles
     split = K.lp_scores(M, Q, p, eps=eps) if p != 1 else K.l1_scores(M, Q, eps=eps)
@@ -446,3 +450,58 @@ def test_manhattan_score_vjp_is_score_and_vjp_in_one_pass(rng, eps):
         np.testing.assert_array_equal(S, S0)        # the fallback: score's own rescaled values
     else:
         np.testing.assert_array_less(np.abs(S - S0), D * eps64 * np.abs(S0))
+
+
+_FIRST_RUN = """
+import logging, sys, numpy as np
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
+from uhn.models import kernels as K
+M, Q = np.random.default_rng(0).random((30, 50)), np.random.default_rng(1).random((9, 50))
+print("scores", float(np.abs(K.l1_scores(M, Q) - np.abs(Q[:, None] - M[None]).sum(2)).max()), flush=True)
+if sys.argv[1] == "vjp":
+    K.l1_vjp(M, Q, np.ones((9, 30)))
+    print("vjp done", flush=True)
+"""
+
+
+def _first_run(cache, what, kill_on=None):
+    """Run _FIRST_RUN in a fresh process with NUMBA_CACHE_DIR=cache; with ``kill_on``, SIGKILL it
+    as soon as a line containing that text appears. Returns its stdout lines."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", _FIRST_RUN, what], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.strip())
+        if kill_on is not None and kill_on in line:
+            proc.kill()
+            break
+    proc.stdout.close()
+    proc.wait(timeout=120)
+    return lines
+
+
+@pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
+def test_first_run_compiles_only_what_it_calls_says_so_and_keeps_it(tmp_path):
+    """A call compiles its own kernel variant alone (the scores of eps = 0, p = 1: no gradient or
+    fused kernel), logs at INFO that it compiles it and where numba caches it, and the build is
+    on disk when the process ends: a second process loads it without a compile notice. A
+    process killed while compiling a second kernel keeps the first (numba writes each function's
+    cache once it is compiled): the next run compiles the second alone."""
+    lines = _first_run(tmp_path, "scores")
+    notices = [x for x in lines if x.startswith("LOG compiling")]
+    assert len(notices) == 1 and "L1 / Lp distance kernel for float64" in notices[0], lines
+    assert str(tmp_path) in notices[0]
+    assert float(lines[-1].split()[1]) < 1e-12
+    built = sorted(p.name for p in tmp_path.rglob("*.nbi"))
+    assert any("_sums_kernel" in n for n in built) and not any("vjp" in n or "fused" in n for n in built), built
+    # killed while compiling the gradient kernel: the scores kernel is kept
+    lines = _first_run(tmp_path, "vjp", kill_on="LOG compiling the L1 / Lp gradient")
+    assert not any("distance kernel" in x for x in lines) and "gradient kernel" in lines[-1], lines
+    lines = _first_run(tmp_path, "vjp")
+    notices = [x for x in lines if x.startswith("LOG compiling")]
+    assert len(notices) == 1 and "L1 / Lp gradient kernel" in notices[0] and lines[-1] == "vjp done", lines
+    assert not any(x.startswith("LOG") for x in _first_run(tmp_path, "vjp"))
