@@ -148,6 +148,8 @@ def _energy_and_size(net: Network, Y, I, adiabatic: bool):
     adds; (|m_mu| + |g|)^2 bounds the terms a similarity score adds before they cancel (the GEMM
     form |m|^2 - 2 m.g + |g|^2 of squared_euclidean, m.g of dot). ROUNDOFF_ULPS eps64 size(E)
     estimates the round-off of E: round-off follows the size of what is added, not of the result."""
+    if hasattr(net, "energy_and_size"):     # a network of more layers (uhn.dynamics.hierarchical)
+        return net.energy_and_size(Y, I, adiabatic)
     n = len(Y)
     v = Y if adiabatic else Y[:, :net.D]
     g = net.L_v.grad(v)
@@ -181,6 +183,8 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     the contraction, bounded by |f| |M| + |f|_1 |g| (the vjp of dot / squared_euclidean-type
     similarities), and |v| + |I|; for dh/dt |S| + (|m| + |g|)^2 and |h|. Near a fixed point they
     cancel to a velocity many orders below them."""
+    if hasattr(net, "dEdt_and_size"):       # a network of more layers (uhn.dynamics.hierarchical)
+        return net.dEdt_and_size(Y, F, I, adiabatic, ROUNDOFF_ULPS)
     D = net.D
     v = Y if adiabatic else Y[:, :D]
     g = net.L_v.grad(v)
@@ -517,9 +521,13 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     if check_convexity:
         stride = max(1, T * B // CONVEXITY_ROWS)
         try:
-            net.L_v.check_convex(traj.v.reshape(-1, traj.v.shape[-1])[::stride])
-            if not traj.adiabatic:
-                net.L_h.check_convex(traj.h.reshape(-1, traj.h.shape[-1])[::stride])
+            if hasattr(net, "layer_states"):    # a network of more layers: every layer's Lagrangian
+                net.check_convex(traj.v.reshape(-1, traj.v.shape[-1])[::stride],
+                                 traj.h.reshape(-1, traj.h.shape[-1])[::stride])
+            else:
+                net.L_v.check_convex(traj.v.reshape(-1, traj.v.shape[-1])[::stride])
+                if not traj.adiabatic:
+                    net.L_h.check_convex(traj.h.reshape(-1, traj.h.shape[-1])[::stride])
         except NonConvexLagrangianError as err:
             convex, cmsg = False, str(err)
             violations.append(cmsg)

@@ -78,9 +78,10 @@ def jacobian(net: Network, v, h, I=None, eps: float = 1e-6, method: str = "auto"
     v, h = _one_state(net, v, h)
     I = _I_row(net, I)
     D, N = net.D, net.N
-    dot = net.sim.name == "dot"
+    dot = isinstance(net, Network) and net.sim.name == "dot"
     if method == "analytic" and not dot:
-        raise ValueError(f"analytic Jacobian is implemented for dot similarity only, not {net.sim.name!r}; "
+        what = f"{net.sim.name!r}" if isinstance(net, Network) else f"a {type(net).__name__}"
+        raise ValueError(f"analytic Jacobian is implemented for dot similarity only, not {what}; "
                          f"use method='fd'")
     if dot and method != "fd":
         Hv, Hh = _hessian(net.L_v, v), _hessian(net.L_h, h)

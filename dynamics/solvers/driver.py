@@ -264,8 +264,9 @@ def message(p: Problem, out: Samples) -> str:
 
 def stall_message(net, t, t_end, reason) -> str:
     """The one message of an integration that cannot go on at time t of t_end."""
+    what = f"{net.sim.name}, smooth={net.sim.smooth}" if hasattr(net, "sim") else repr(net)
     return (f"integration stopped at t={t:.6g} of {t_end}: {reason}; the system is stiff or "
-            f"non-smooth ({net.sim.name}, smooth={net.sim.smooth}); use a smoothed similarity "
+            f"non-smooth ({what}); use a smoothed similarity "
             f"(eps > 0), a stiff method (Radau/BDF) or raise max_nfev")
 
 
@@ -412,8 +413,11 @@ def rest_floor(net, width: int, tol, noise, rtol, atol):
     |dy_i/dt| <= base_i + slope_i |y_i| = tol + noise (atol + rtol |y_i|) / tau_i, with
     base_i = tol + noise atol / tau_i and slope_i = noise rtol / tau_i; tau_i = tau_v for the D
     feature neurons, tau_h for the N memory neurons after them (width D: the adiabatic rows)."""
-    tau = np.full(width, net.tau_v)
-    tau[net.D:] = net.tau_h
+    if hasattr(net, "time_constants"):      # a network of more layers (uhn.dynamics.hierarchical)
+        tau = net.time_constants(width)
+    else:
+        tau = np.full(width, net.tau_v)
+        tau[net.D:] = net.tau_h
     return tol + noise * atol / tau, noise * rtol / tau
 
 

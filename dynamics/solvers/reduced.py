@@ -74,6 +74,9 @@ NAME = "reduced"
 def check_reducible(net: Network) -> None:
     """ValueError unless ``net`` has dot similarity and a quadratic feature Lagrangian (g = v): the
     only networks whose feature state splits exactly into c(t) + M^T a(t)."""
+    if not isinstance(net, Network):
+        raise ValueError(f"the reduced solver is for the two-layer Network, not {type(net).__name__}; "
+                         f"use integrate() with another method")
     if net.sim.name != "dot":
         raise ValueError(f"the reduced solver needs dot similarity (S(g) = M g), got {net.sim.name!r}: "
                          f"only then is dS/dg = M a constant matrix; use integrate()")
