@@ -1,0 +1,144 @@
+"""Capacity against theory (uhn.models.experiments.theory): the theory functions against known
+values and independent implementations, the measurements against exact laws."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from uhn.models.experiments import theory as t
+from uhn.models.memory import classical_hopfield
+
+
+def test_ags_critical_load_and_overlap_are_the_published_values():
+    # Amit, Gutfreund & Sompolinsky (1985): alpha_c = 0.138, with m = 0.967 just below it
+    assert t.ags_critical_load() == pytest.approx(0.1379, abs=1e-4)
+    assert t.ags_overlap(0.1379) == pytest.approx(0.967, abs=2e-3)
+    assert math.isnan(t.ags_overlap(0.139))
+    assert t.ags_overlap(0.05) > 0.999
+
+
+def test_dam_theory_of_degree_two_is_the_classical_theory():
+    # F(x) = x^2: F(y + 1) - F(y - 1) = 4 y, so the K&H SNR is sqrt((D - 1)/(N - 1))
+    for D, N in [(50, 3), (100, 14), (400, 60)]:
+        assert t.dam_stability_theory(D, N, 2) == pytest.approx(t.stable_fraction_theory(D, N),
+                                                                rel=1e-12)
+
+
+def test_krotov_hopfield_step_of_degree_two_is_the_zero_diagonal_classical_update():
+    rng = np.random.default_rng(0)
+    M = rng.choice([-1.0, 1.0], (7, 21))
+    Q = rng.choice([-1.0, 1.0], (40, 21))
+    W = classical_hopfield(M).W
+    assert np.array_equal(t.krotov_hopfield_step(M, Q, 2), np.where(Q @ W >= 0, 1.0, -1.0))
+
+
+def test_krotov_hopfield_step_is_the_energy_difference_rule():
+    # brute force: s_i = +1 iff E(s with s_i = +1) <= E(s with s_i = -1), E = -sum_mu F(xi_mu . s)
+    rng = np.random.default_rng(1)
+    M = rng.choice([-1.0, 1.0], (5, 9))
+    Q = rng.choice([-1.0, 1.0], (6, 9))
+    for n in (3, 4):
+        got = t.krotov_hopfield_step(M, Q, n, chunk=4)
+        for b, i in itertools.product(range(6), range(9)):
+            up, down = Q[b].copy(), Q[b].copy()
+            up[i], down[i] = 1.0, -1.0
+            E = lambda s: -np.sum((M @ s) ** n)  # noqa: E731
+            assert got[b, i] == (1.0 if E(up) <= E(down) else -1.0)
+
+
+def test_max_separation_capacity_follows_the_exact_nearest_pattern_law():
+    D, f, N = 32, 8, 20
+    p = t.TheoryPoint("softmax_capacity", dim=D, n_memories=N, separation="max", flips=f,
+                      networks=1, min_probes=6000, seed=4)
+    row = t.evaluate(p)
+    want = t.nearest_retrieval_law(D, f, N)
+    n = row["n_probes"]
+    assert n >= 6000
+    assert abs(row["n_correct"] / n - want) < 4.5 * math.sqrt(want * (1 - want) / n)
+
+
+def test_nearest_capacity_inverts_the_law():
+    cap = t.nearest_capacity_theory(48, 12)
+    assert t.nearest_retrieval_law(48, 12, cap) == pytest.approx(0.99, abs=1e-9)
+
+
+def test_one_memory_is_always_stable_in_every_network():
+    for mode in ("sync", "async"):
+        row = t.evaluate(t.TheoryPoint("classical", dim=50, n_memories=1, mode=mode, networks=3))
+        assert row["n_stable"] == row["n_retrieved"] == row["n_probes"] == 3
+        assert row["mean_overlap"] == 1.0
+    for coding in ("binary", "bipolar"):
+        row = t.evaluate(t.TheoryPoint("hopfield1982", dim=100, n_memories=1, mode=coding,
+                                       networks=5))
+        assert row["error_histogram"][0] == row["n_probes"] == 5
+
+
+def test_async_update_ends_where_no_neuron_would_change():
+    rng = np.random.default_rng(2)
+    V = rng.integers(0, 2, (15, 100)).astype(float)
+    S = 2 * V - 1
+    T = S.T @ S
+    np.fill_diagonal(T, 0)
+    for binary, X0 in ((True, V), (False, S)):
+        X, conv = t.async_update(X0, T, binary=binary, rng=np.random.default_rng(3))
+        assert conv.all()
+        h = X @ T
+        off = 0.0 if binary else -1.0
+        assert np.array_equal(np.where(h > 0, 1.0, np.where(h < 0, off, X)), X)
+
+
+def test_binary_coding_makes_more_first_step_errors_than_bipolar():
+    # the {0,1} bias sum_j T_ij roughly doubles the crosstalk variance at n = 15
+    rows = t.run(t.hopfield1982_points(ns=(15,), networks=40))
+    h = {e["coding"]: e for e in t.analyse_hopfield1982(rows)}
+    assert h["binary"]["first_error_ci"][0] > h["bipolar"]["first_error_ci"][1]
+    assert h["binary"]["p0_ci"][1] < h["bipolar"]["p0_ci"][0]
+
+
+def test_softmax_fixed_points_follow_the_theory_thresholds():
+    # below 1/lambda_max(C) the mean is the stable fixed point; above Ramsauer's sufficient
+    # condition for every pattern, the iteration stays at the pattern
+    D, N = 64, 8
+    rng = t._rng(t.TheoryPoint("softmax_fixed_points", dim=D, n_memories=N), 0)
+    M = t._patterns(rng, N, D)
+    th = t.softmax_thresholds(M)
+    lo, hi = 0.5 * th["average"], 1.01 * max(th["single_per_pattern"])
+    assert lo < hi
+    rows = t.run(t.softmax_fixed_point_points(dim=D, n_memories=N, betas=(lo, hi), networks=1))
+    fp = {e["beta"]: e for e in t.analyse_fixed_points(rows)}
+    assert fp[lo]["iterate_average"] == 1.0
+    assert fp[hi]["iterate_single"] == 1.0 and fp[hi]["single_shot_single"] == 1.0
+
+
+def test_crossing_and_slope_recover_known_values():
+    x = np.array([1.0, 2.0, 4.0, 8.0])
+    n = np.full(4, 1000)
+    c = t.crossing(x, np.array([1000, 1000, 0, 0]), n, 0.99, boots=50, log=True)
+    # log-interpolated between 2 (p = 1) and 4 (p = 0): 2 * 2^0.01
+    assert c["value"] == pytest.approx(2 * 2 ** 0.01) and c["std"] == 0.0
+    D = np.array([10.0, 20.0, 40.0])
+    fit = t.fit_slope(D, [(3 * d ** 2.5, [3 * d ** 2.5] * 5) for d in D])
+    assert fit["slope"] == pytest.approx(2.5) and fit["std"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_points_refuse_bad_parameters():
+    with pytest.raises(ValueError, match="mode"):
+        t.TheoryPoint("classical", mode="binary")
+    with pytest.raises(ValueError, match="experiment"):
+        t.TheoryPoint("nope")
+    with pytest.raises(ValueError, match="cannot flip"):
+        t.TheoryPoint("softmax_capacity", dim=10, flips=11)
+    with pytest.raises(ValueError, match="beta"):
+        t.TheoryPoint(beta=float("nan"))
+
+
+def test_report_runs_on_a_small_study():
+    rows = t.run(t.classical_points(dims=(60,), loads=(0.05, 0.2, 0.4), modes=("sync",),
+                                    networks=2, min_probes=0)
+                 + t.dam_points(degrees=(2,), dims=(50, 100), n_steps=4, min_probes=200)
+                 + t.softmax_capacity_points(dims=(32, 40), separations=("max",), n_steps=4,
+                                             min_probes=200))
+    text = t.report(rows, boots=50)
+    for heading in ("sync  D=   60", "dense associative memory", "n=2: D=50", "max-law 14.9"):
+        assert heading in text
