@@ -783,3 +783,163 @@ def report(rows, *, boots: int = 1000, seed: int = 0) -> str:
 def softmax_theory(row) -> float:
     """The exact nearest-pattern capacity at a row's (dim, flips)."""
     return nearest_capacity_theory(row["dim"], row["flips"])
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole study and its figures
+# ----------------------------------------------------------------------------------------------
+
+#: the parts of the study, in the order :func:`study_points` lists them
+PARTS = ("classical", "hopfield1982", "dam", "softmax_capacity", "softmax_fixed_points")
+
+
+def study_points(scale: str = "small", parts: Sequence[str] = PARTS, seed: int = 0) -> list:
+    """Every point of the study: ``small`` (a minute on one core) or ``paper`` (the issue's
+    sizes: classical D = 100 .. 1000, 100 networks for Hopfield 1982, >= 10,000 probes per DAM
+    and softmax point)."""
+    if scale not in ("small", "paper"):
+        raise ValueError(f"scale must be 'small' or 'paper', got {scale!r}")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
+    make = {"classical": lambda: classical_points(scale=scale, seed=seed),
+            "hopfield1982": lambda: hopfield1982_points(networks=100 if scale == "paper" else 20,
+                                                        seed=seed),
+            "dam": lambda: dam_points(scale=scale, seed=seed),
+            "softmax_capacity": lambda: softmax_capacity_points(scale=scale, seed=seed),
+            "softmax_fixed_points": lambda: softmax_fixed_point_points(
+                networks=10 if scale == "paper" else 2, seed=seed)}
+    return [p for part in parts for p in make[part]()]
+
+
+def _save(fig, path):
+    from uhn.models.plotting import save_figure
+    save_figure(fig, path)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def plot_classical(curves_: list[dict], path=None):
+    """Classical Hopfield: fraction of exact fixed points (theory dashed), fraction retrieved
+    (m >= 0.9) with Wilson bands, and the mean final overlap beside AGS m(alpha), vs alpha = N/D;
+    AGS alpha_c dotted."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for c in curves_:
+        lab = f"{c['mode']} D={c['dim']}"
+        ln, = axes[0].plot(c["loads"], c["stable"], "o-", ms=3, label=lab)
+        axes[0].plot(c["loads"], c["stable_theory"], "--", color=ln.get_color(), lw=1)
+        axes[1].plot(c["loads"], c["retrieved"], "o-", ms=3, color=ln.get_color(), label=lab)
+        axes[1].fill_between(c["loads"], *c["retrieved_ci"], color=ln.get_color(), alpha=0.2, lw=0)
+        axes[2].plot(c["loads"], c["overlap"], "o-", ms=3, color=ln.get_color(), label=lab)
+    a = np.linspace(0.005, ags_critical_load(), 200)
+    axes[2].plot(a, [ags_overlap(v) for v in a], "k-", lw=1.5, label="AGS m(alpha)")
+    for ax, yl in zip(axes, ("exact fixed points (theory dashed)", f"P(m >= {RETRIEVED_OVERLAP})",
+                             "mean final overlap")):
+        ax.axvline(AGS_ALPHA_C, color="k", ls=":", lw=1)
+        ax.set(xlabel="load alpha = N / D", ylabel=yl)
+    axes[1].axhline(0.5, color="0.5", lw=0.8)
+    axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path) if path is not None else fig
+
+
+def plot_hopfield1982(analysis: list[dict], path=None):
+    """Hopfield (1982) Fig. 2: the distribution of final errors from each stored state, N = 100,
+    per n, {0, 1} against bipolar."""
+    import matplotlib.pyplot as plt
+    ns = sorted({h["n"] for h in analysis})
+    fig, axes = plt.subplots(1, len(ns), figsize=(4 * len(ns), 3.4), squeeze=False)
+    for ax, n in zip(axes[0], ns):
+        for h in analysis:
+            if h["n"] == n:
+                k = np.arange(len(h["histogram"]))
+                ax.step(k[:41], h["histogram"][:41], where="mid",
+                        label=f"{h['coding']} (P0 = {h['p0']:.2f})")
+        ax.set(title=f"n = {n}", xlabel="errors in the final state", ylabel="fraction of states",
+               yscale="log", ylim=(1e-3, 1.05))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path) if path is not None else fig
+
+
+def plot_capacities(dam: list[dict], softmax: list[dict], path=None):
+    """Left: DAM capacity N* (P >= 0.99) vs D, log-log, with the SNR theory (dashed) and the
+    fitted exponent; right: softmax / max capacity vs D, log-linear, with the exact max law."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, entries, logx in ((axes[0], dam, True), (axes[1], softmax, False)):
+        for d in entries:
+            caps = d["capacity"]
+            ok = [(D, c) for D, c in zip(d["dims"], caps) if c["value"] is not None]
+            if not ok:
+                continue
+            D = np.array([v for v, _ in ok], dtype=float)
+            y = np.array([c["value"] for _, c in ok])
+            err = np.array([[c["value"] - (c["low"] or c["value"]), (c["high"] or c["value"]) - c["value"]]
+                            for _, c in ok]).T
+            fit = d.get("fit", {})
+            lab = ", ".join(f"{k}={v}" for k, v in d["line"].items())
+            if fit.get("slope") is not None:
+                lab += f" (slope {fit['slope']:.2f})"
+            ln = ax.errorbar(D, y, yerr=err, fmt="o", ms=4, capsize=2, label=lab)
+            ax.plot(d["dims"], d["theory"], "--", color=ln[0].get_color(), lw=1)
+        ax.set(yscale="log", xscale="log" if logx else "linear", xlabel="D",
+               ylabel="largest N with P >= 0.99")
+        if logx:
+            from matplotlib.ticker import NullFormatter
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7)
+    axes[0].set_title("dense associative memory (theory dashed)")
+    axes[1].set_title("softmax / max (exact max law dashed)")
+    fig.tight_layout()
+    return _save(fig, path) if path is not None else fig
+
+
+def plot_fixed_points(analysis: list[dict], thresholds: Optional[dict] = None, path=None):
+    """Fraction of probes ending at a single pattern, a metastable mixture or the global average
+    against beta, single shot (dashed) and iterated (solid); theory betas dotted."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    b = np.array([e["beta"] for e in analysis])
+    for kind, color in zip(FIXED_POINT_KINDS, ("C0", "C1", "C2")):
+        ax.plot(b, [e[f"iterate_{kind}"] for e in analysis], "-o", ms=3, color=color,
+                label=f"{kind} (iterate)")
+        ax.plot(b, [e[f"single_shot_{kind}"] for e in analysis], "--", color=color,
+                label=f"{kind} (single shot)")
+    if thresholds:
+        ax.axvline(thresholds["average"], color="k", ls=":", lw=1)
+        ax.axvline(thresholds["single"], color="k", ls="-.", lw=1)
+    ax.set(xscale="log", xlabel="beta", ylabel="fraction of probes")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path) if path is not None else fig
+
+
+def make_theory_figures(rows, out_dir, *, boots: int = 1000, seed: int = 0) -> list:
+    """Every figure of the study that ``rows`` hold, written to ``out_dir``
+    (theory_classical.png, theory_hopfield1982.png, theory_capacities.png,
+    theory_fixed_points.png); returns the paths written."""
+    from pathlib import Path
+    out = Path(out_dir)
+    paths = []
+    cl = analyse_classical(rows, boots=boots, seed=seed)
+    if cl:
+        paths.append(plot_classical(cl, out / "theory_classical.png"))
+    hp = analyse_hopfield1982(rows)
+    if hp:
+        paths.append(plot_hopfield1982(hp, out / "theory_hopfield1982.png"))
+    dam = analyse_capacity(rows, "dam", ("degree",), dam_theory, boots=boots, seed=seed)
+    sm = analyse_capacity(rows, "softmax_capacity", ("separation", "beta"), softmax_theory,
+                          boots=boots, seed=seed, log_y=False)
+    if dam or sm:
+        paths.append(plot_capacities(dam, sm, out / "theory_capacities.png"))
+    fp = analyse_fixed_points(rows)
+    if fp:
+        e = fp[0]
+        rng = _rng(TheoryPoint("softmax_fixed_points", dim=e["dim"], n_memories=e["n_memories"],
+                               beta=e["beta"], seed=seed), 0)
+        th = softmax_thresholds(_patterns(rng, e["n_memories"], e["dim"]))
+        paths.append(plot_fixed_points(fp, th, out / "theory_fixed_points.png"))
+    return paths

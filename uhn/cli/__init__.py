@@ -20,7 +20,7 @@ import os
 import sys
 
 #: subcommand modules, in the order ``uhn --help`` lists them
-SUBCOMMANDS = ("demo", "dynamics", "brian2", "capacity", "atlas", "figures")
+SUBCOMMANDS = ("demo", "dynamics", "brian2", "capacity", "atlas", "basins", "figures")
 
 #: errors a subcommand raises for values it cannot work with: reported as ``error:``, exit 2
 INPUT_ERRORS = (ValueError, TypeError, OverflowError, FloatingPointError)
