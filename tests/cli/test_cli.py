@@ -164,6 +164,9 @@ def test_dynamics_defaults_retrieve_every_query_and_keep_the_trajectory(capsys, 
     assert "retrieved 4/4 queries" in out
     assert "| squared_euclidean | softmax(beta=5) | memory | 4 | 1.00 |" in out
     assert "integrating 4 queries" in err   # progress on stderr, results on stdout
+    # the header says which command-line defaults differ from the API's
+    assert "command-line defaults: --similarity squared_euclidean (the API's default, Memory / " \
+           "Network, is dot); --input-mode clamped (the API's default, integrate, is initial)" in out
     traj = load_trajectory(tmp_path / "run" / "trajectory.nc")
     assert traj.v.shape[1:] == (4, 64) and traj.h.shape[1:] == (4, 20) and traj.converged.all()
     assert traj.params["similarity"] == "squared_euclidean" and traj.params["input_mode"] == "clamped"

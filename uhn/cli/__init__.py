@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import math
 import os
 import sys
@@ -87,14 +88,67 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def check_out_dir(out_dir):
-    """The output folder as a Path; ValueError if it exists and is not a folder (checked before
-    any long computation)."""
+class _NoteHandler(logging.Handler):
+    """A library log record (``uhn.*`` at INFO and above) as a :func:`note`."""
+
+    def emit(self, record):
+        try:
+            note(self.format(record))
+        except Exception:  # pragma: no cover - a note must never stop a run
+            self.handleError(record)
+
+
+def show_library_notes() -> None:
+    """Show the library's INFO log records (``uhn.*``: e.g. numba's first-run compile notices
+    from uhn.models.kernels) on stderr as notes; idempotent."""
+    logger = logging.getLogger("uhn")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+def _writable(path, folder: bool, option: str):
+    """``path`` as a Path; ValueError (one line, naming ``option``) unless a file (``folder``
+    False) or a folder (True) can be written there: the path must not be a folder where a file is
+    wanted or a file where a folder is, and its nearest existing folder must accept a new file (a
+    probe file is created there and removed). Missing folders below it pass: the writers create them."""
+    import tempfile
     from pathlib import Path
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out must be a directory, but {str(out)!r} is a file")
-    return out
+    path = Path(path)
+    want = "a folder" if folder else "a file"
+    if path.is_dir() and not folder:
+        raise ValueError(f"{option} must name a file, but {str(path)!r} is a folder")
+    if path.exists() and not path.is_dir() and folder:
+        raise ValueError(f"{option} must name a folder, but {str(path)!r} is a file")
+    base = path if folder else path.parent
+    base = base.absolute()
+    existing = base
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be {want}: {str(existing)!r} is a file, "
+                         f"not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".uhn-probe-", dir=existing)
+    except OSError as err:
+        raise ValueError(f"{option} {str(path)!r} cannot be written: {str(existing)!r} does not "
+                         f"accept new files ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def check_out_dir(out_dir, option: str = "--out"):
+    """The output folder as a Path, checked before any long computation: ValueError (one line)
+    if it is a file, lies under a file, or cannot be created or written (see :func:`_writable`)."""
+    return _writable(out_dir, True, option)
+
+
+def check_out_file(path, option: str = "--out"):
+    """An output file as a Path, checked before any long computation: ValueError (one line) if it
+    is a folder, lies under a file, or its folder cannot be created or written."""
+    return _writable(path, False, option)
 
 
 def save_outputs(out_dir, trajectories: dict, figures: dict) -> list:
@@ -128,13 +182,68 @@ def describe_atlas_row(row: dict) -> str:
     return f"{row['similarity']} {row['L_h']} beta={row['beta']:g}"
 
 
+class Eta:
+    """Seconds left in a sweep: the points left times the mean wall time between the points
+    measured in this run after the first one, t_left = (total - done) (t_last - t_first) / k for
+    k measured points after the first. The first measured point carries the run's start-up
+    (numba's first-run compile, tens of seconds on a fresh install, a worker's imports) and points
+    read from the store take no time, so neither is extrapolated; None until two are measured."""
+
+    def __init__(self):
+        self.first = self.last = None
+        self.count = 0
+
+    def update(self, done: int, total: int, computed: bool, now: float):
+        """Record a finished point (``computed`` False when it came from the store) at time
+        ``now``; return the seconds left, or None while there is nothing to extrapolate from."""
+        if computed:
+            if self.first is None:
+                self.first = now
+            else:
+                self.count, self.last = self.count + 1, now
+        if not self.count:
+            return None
+        return max(0, total - done) * (self.last - self.first) / self.count
+
+
+def sweep_progress_bar(desc: str, describe=None):
+    """A tqdm bar on stderr for a sweep (uhn.models.experiments.sweep.run's ``progress``,
+    called with a sweep.Progress): points done, the :class:`Eta` (not tqdm's, which extrapolates
+    from the compile-laden first point), failed and running counts and ``describe(row)`` of the last
+    computed row. Returns (callback, close)."""
+    import time
+
+    from tqdm import tqdm
+    state = {"bar": None, "eta": Eta()}
+
+    def callback(p):
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=p.total, desc=desc, unit="pt", leave=False, file=sys.stderr,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        bar = state["bar"]
+        left = state["eta"].update(p.done, p.total, p.computed, time.monotonic())
+        eta = "eta ?" if left is None else f"eta {tqdm.format_interval(left)}"
+        text = f"{eta}, failed={p.failed} running={p.running}"
+        if p.computed and describe is not None:
+            text += " " + describe(p.row)
+        bar.set_postfix_str(text, refresh=False)
+        bar.update(p.done - bar.n)
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+
+    return callback, close
+
+
 def capacity_progress_bar(desc: str, threads: int = 1):
-    """uhn.models.experiments.sweep.progress_bar (points done, failed, running) as the
+    """:func:`sweep_progress_bar` (points done, eta, failed, running) as the
     ``progress(done, total, row, computed)`` callback of uhn.models.experiments.capacity.run;
     returns (cb, close). ``threads``: the engine's worker threads; running = min(points left,
     threads)."""
     from uhn.models.experiments import sweep
-    draw, close = sweep.progress_bar(desc, describe_capacity_row)
+    draw, close = sweep_progress_bar(desc, describe_capacity_row)
     failed = [0]
 
     def cb(done, total, row, computed):
@@ -204,6 +313,7 @@ def main(argv=None) -> int:
     # --help, --version and a misspelt command read as usual)
     parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
+    show_library_notes()
     try:
         return int(args.func(args) or 0)
     except INPUT_ERRORS as err:

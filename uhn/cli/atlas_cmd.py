@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import describe_atlas_row, fail, finite_float, note, positive_float, positive_int
+from uhn.cli import (describe_atlas_row, fail, finite_float, note, positive_float, positive_int,
+    sweep_progress_bar)
 
 DEFAULT_OUT = Path("results") / "atlas.jsonl"
 
@@ -84,11 +85,12 @@ def run_cmd(args) -> int:
     from uhn.models.experiments import sweep
     from uhn.models.experiments.store import load_results, stored_results
 
-    from uhn.cli import check_out_dir
+    from uhn.cli import check_out_file
     if args.figure is not None:
         if args.figure.suffix.lower() != ".png":
             return fail("atlas", f"--figure must be a .png file, got {str(args.figure)!r}")
-        check_out_dir(args.figure.parent)
+        check_out_file(args.figure, "--figure")
+    check_out_file(args.out)
     try:
         points = points_from_args(args)
         for p in points:
@@ -101,7 +103,7 @@ def run_cmd(args) -> int:
              f"on the cluster at {args.scheduler}")
     note(f"uhn atlas: {len(points)} points {where} -> {args.out}")
     t0 = time.perf_counter()
-    cb, close = sweep.progress_bar("atlas", describe_atlas_row)
+    cb, close = sweep_progress_bar("atlas", describe_atlas_row)
     try:
         with sweep.connect(args.workers, args.scheduler) as engine:
             rows = atlas.run(points, args.out, engine=engine, resume=args.resume, progress=cb)

@@ -101,6 +101,17 @@ def check_plan(names, kwargs: dict, out: Path) -> None:
     stored_results(out)
 
 
+def check_outputs(args) -> None:
+    """ValueError (one line) before anything runs if the results file, --figure or --figures-dir
+    cannot be written (uhn.cli.check_out_file / check_out_dir)."""
+    from uhn.cli import check_out_dir, check_out_file
+    check_out_file(args.out)
+    if args.figure is not None:
+        check_out_file(args.figure, "--figure")
+    if args.figures_dir is not None:
+        check_out_dir(args.figures_dir, "--figures-dir")
+
+
 def failure_report(rows) -> str | None:
     """``k of n points failed ...; first: message`` for rows whose measurement raised, or None."""
     failed = [r for r in rows if r.get("fraction_correct") is None]
@@ -129,6 +140,7 @@ def run_cmd(args) -> int:
     from uhn.models.experiments.figures import experiment_kwargs
     kwargs = {name: experiment_kwargs(name, quick=args.quick, **overrides) for name in names}
     try:
+        check_outputs(args)
         check_plan(names, kwargs, args.out)
     except ValueError as err:
         return fail("capacity", str(err))

@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--n-memories", type=positive_int, default=20, help="stored patterns N")
     p.add_argument("--similarity", default="squared_euclidean",
                    help="differentiable similarity (dot, cosine, euclidean, squared_euclidean, "
-                        "manhattan, minkowski, kl, reverse_kl)")
+                        "manhattan, minkowski, kl, reverse_kl) (default: squared_euclidean; "
+                        "the API's default, Memory / Network, is dot)")
     p.add_argument("--eps", type=nonnegative_float, default=None,
                    help="smoothing of euclidean / manhattan / minkowski (manhattan defaults to 0.05)")
     p.add_argument("--p", type=positive_float, default=3.0, help="minkowski exponent")
@@ -54,10 +55,12 @@ def register(sub) -> None:
     p.add_argument("--tau-h", type=positive_float, default=0.1, help="memory time constant")
     p.add_argument("--input-mode", default="clamped", choices=["initial", "clamped"],
                    help="the query as v(0) with I = 0 ('initial') or also held on as an input "
-                        "current I = q ('clamped')")
+                        "current I = q ('clamped') (default: clamped; the API's default, "
+                        "integrate's input_mode, is initial)")
     p.add_argument("--readout", default="memory", choices=READOUTS,
                    help="what the fixed point vs single shot table compares: the memory layer's "
-                        "P^T f(h*) ('memory'), v* ('v'), v* - I ('v_minus_I'), or 'auto'")
+                        "P^T f(h*) ('memory'), v* ('v'), v* - I ('v_minus_I'), or 'auto' "
+                        "(default: memory; the API's default, compare's readout, is auto)")
     p.add_argument("--adiabatic", action="store_true", help="integrate the tau_h -> 0 reduced system")
     p.add_argument("--method", default="RK45", choices=METHODS,
                    help="a solve_ivp method, or RK45-batched: a step size per query, each query "
@@ -90,6 +93,20 @@ def _separation(args):
     return get_separation(args.separation)
 
 
+#: options whose command-line default differs from the API's: (CLI default, API default, where)
+API_DEFAULTS = {"similarity": ("squared_euclidean", "dot", "Memory / Network"),
+                "input_mode": ("clamped", "initial", "integrate"),
+                "readout": ("memory", "auto", "compare")}
+
+
+def cli_defaults_note(args) -> str:
+    """One line naming the options of this run left at a command-line default that differs from
+    the API's (so a script that calls the API with its defaults knows what to pass), or ''."""
+    parts = [f"--{name.replace('_', '-')} {cli} (the API's default, {where}, is {api})"
+             for name, (cli, api, where) in API_DEFAULTS.items() if getattr(args, name) == cli]
+    return "command-line defaults: " + "; ".join(parts) if parts else ""
+
+
 def _figures(traj, report, net, ds, targets) -> dict:
     import matplotlib
     matplotlib.use("Agg")
@@ -116,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out_dir(args.out)
     sim, sep = _similarity(args), _separation(args)   # bad names stop here, before any loading
+    if sim.nonpositive and sep.zero_at_nonpositive:
+        raise ValueError(f"--separation {args.separation} weights nothing on --similarity "
+                         f"{args.similarity}: its scores are all <= 0 and the rectified polynomial "
+                         f"maps them to 0; use --similarity dot (or cosine), or --separation softmax")
     note(f"loading {args.n_memories} {args.dataset} images ...")
     ds = load_dataset(args.dataset, n=args.n_memories, seed=args.seed)
     M = ds.X
@@ -128,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     mode = args.input_mode
     print(f"{net!r}\ndataset {ds.name}: {nq} queries, corruption {args.corruption}({args.level:g}), "
           f"input {mode}, {'adiabatic' if args.adiabatic else 'full'} system, {args.method}")
+    differ = cli_defaults_note(args)
+    if differ:
+        print(differ)
     note(f"integrating {nq} queries to t = {args.t_end:g} with {args.method} ...")
     t0 = time.perf_counter()
     try:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import capacity_progress_bar, describe_atlas_row
+from uhn.cli import capacity_progress_bar, describe_atlas_row, sweep_progress_bar
 
 #: the network the dynamics figures use (squared_euclidean + softmax, v* = (2/3) M^T f; docs/theory.md)
 SIMILARITY, BETA, CORRUPTION, LEVEL = "squared_euclidean", 0.3, "mask_bottom", 0.3
@@ -190,9 +190,8 @@ def run(args: argparse.Namespace) -> int:
         written.extend(paths)
         print(f"spiking figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_atlas:
-        from uhn.models.experiments import sweep
         t0 = time.perf_counter()
-        cb, close = sweep.progress_bar("atlas", describe_atlas_row)
+        cb, close = sweep_progress_bar("atlas", describe_atlas_row)
         try:
             paths = make_atlas_figure(args.out, quick=args.quick, log=log, progress=cb)
         finally:
