@@ -36,8 +36,10 @@ from uhn.models.validation import int_param
 
 #: revision of :func:`evaluate`'s protocol; part of every key
 PROTOCOL = 1
-#: retrieval rules: one shot, iterated single shot, and the classical network's updates
-RETRIEVALS = ("single", "iterate", "async", "sync")
+#: retrieval rules: one shot, iterated single shot, the classical network's updates, and the
+#: continuous-time dynamics' fixed point (built outside this layer: uhn.models never imports
+#: uhn.dynamics, so :func:`run` takes its builder, uhn.dynamics.analysis.basin_retrieval.RETRIEVERS)
+RETRIEVALS = ("single", "iterate", "async", "sync", "dynamics")
 #: network kinds: ``classical`` (dot + identity + sign, W = M^T M) or ``memory`` (any similarity
 #: and separation, the named parameter ``sep_param``)
 NETWORKS = ("classical", "memory")
@@ -102,6 +104,9 @@ class BasinPoint:
         if self.retrieval in ("async", "sync") and self.network != "classical":
             raise ValueError(f"retrieval {self.retrieval!r} is the classical network's update; "
                              f"use network='classical' or retrieval 'single' / 'iterate'")
+        if self.retrieval == "dynamics" and self.network != "memory":
+            raise ValueError("retrieval 'dynamics' integrates a network of a similarity and a "
+                             "separation: use network='memory'")
         if self.output not in (None, "sign"):
             raise ValueError(f"output must be 'sign' or None, got {self.output!r}")
         if self.data == "random":
@@ -171,9 +176,16 @@ def _separation(point: BasinPoint):
     return get_separation(point.separation, **{SEP_PARAM_NAMES[point.separation]: point.sep_param})
 
 
-def retriever(M, point: BasinPoint) -> Callable[[np.ndarray], np.ndarray]:
-    """The retrieval rule of ``point`` over memories M: a function queries (B, D) -> states (B, D)."""
+def retriever(M, point: BasinPoint, builders: Optional[dict] = None) -> Callable:
+    """The retrieval rule of ``point`` over memories M: a function queries (B, D) -> states (B, D).
+    ``builders``: {retrieval name: builder(M, point) -> that function} for rules built outside
+    this module (``dynamics``)."""
     from uhn.models.memory import Memory, classical_hopfield
+    if builders and point.retrieval in builders:
+        return builders[point.retrieval](M, point)
+    if point.retrieval == "dynamics":
+        raise ValueError("retrieval 'dynamics' needs its builder: run(..., retrievers="
+                         "uhn.dynamics.analysis.basin_retrieval.RETRIEVERS)")
     if point.network == "classical":
         net = classical_hopfield(M)
     else:
@@ -239,13 +251,15 @@ def memories(point: BasinPoint):
     return np.array(ds.X), ds.image_shape
 
 
-def evaluate(point: BasinPoint) -> dict:
+def evaluate(point: BasinPoint, builders: Optional[dict] = None) -> dict:
     """One measurement: ``per_memory`` successes of ``trials`` per stored pattern, their total
-    ``n_correct`` of ``n_queries`` and ``probability`` = n_correct / n_queries."""
+    ``n_correct`` of ``n_queries`` and ``probability`` = n_correct / n_queries (``builders``:
+    see :func:`retriever`)."""
     t0 = time.perf_counter()
     M, shape = memories(point)
     rng = np.random.default_rng(_seed(point, "corrupt"))
-    counts = success_counts(M, retriever(M, point), point.corruption, point.level, point.trials,
+    counts = success_counts(M, retriever(M, point, builders), point.corruption, point.level,
+                            point.trials,
                             image_shape=shape, threshold=point.threshold, seed=rng)
     n = int(M.shape[0] * point.trials)
     return {"per_memory": [int(c) for c in counts], "n_correct": int(counts.sum()),
@@ -327,11 +341,15 @@ def _failure(message: str) -> dict:
 
 
 def run(points: Iterable[BasinPoint], path=None, *, engine="local", resume: bool = True,
-        progress=None) -> list[dict]:
+        progress=None, retrievers: Optional[dict] = None) -> list[dict]:
     """Evaluate points into the results store ``path`` (uhn.models.experiments.sweep.run: in
-    process or on a dask Client, resumable); the rows in point order."""
+    process or on a dask Client, resumable); the rows in point order. ``retrievers``: builders of
+    rules defined outside this layer (:func:`retriever`; module-level functions, so a dask
+    worker can unpickle them)."""
+    import functools
     from uhn.models.experiments import sweep
-    return sweep.run(list(points), evaluate, path, engine=engine, resume=resume,
+    fn = evaluate if not retrievers else functools.partial(evaluate, builders=dict(retrievers))
+    return sweep.run(list(points), fn, path, engine=engine, resume=resume,
                      progress=progress, failure=_failure)
 
 
@@ -423,11 +441,13 @@ def plot(curves_: dict, path=None, *, xlabel: str = "corruption level", title: s
 
 
 def make_basins_figure(path, *, points: Optional[list] = None, store=None, engine="local",
-                       progress=None):
-    """The MNIST figure: :func:`mnist_points` (or ``points``) run into ``store`` and plotted to
-    ``path``; returns the curves."""
+                       progress=None, retrievers: Optional[dict] = None):
+    """The MNIST figure: :func:`mnist_points` (or ``points``; with ``retrievers`` =
+    uhn.dynamics.analysis.basin_retrieval.RETRIEVERS and ``retrievals=("single", "iterate",
+    "dynamics")`` the dynamics' fixed point too) run into ``store`` and plotted to ``path``;
+    returns the curves."""
     rows = run(points if points is not None else mnist_points(), store, engine=engine,
-               progress=progress)
+               progress=progress, retrievers=retrievers)
     cs = curves(rows)
-    plot(cs, path, xlabel="Gaussian noise std", title="MNIST basins: single shot vs iterated")
+    plot(cs, path, xlabel="corruption level", title="MNIST basins: single shot vs fixed points")
     return cs

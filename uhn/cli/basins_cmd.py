@@ -4,6 +4,7 @@ which it falls to 1/2.
     uhn basins --dim 101 --n-memories 1                     one pattern: radius D/2 (bit flips)
     uhn basins --dim 200 --n-memories 20 --retrievals single async sync
     uhn basins --mnist --figure figures/basins_mnist.png    single shot vs iterated, per similarity
+    uhn basins --mnist --retrievals single dynamics         single shot vs the dynamics' fixed point
     uhn basins --mnist --workers 2                          on a dask LocalCluster
 
 Random bipolar patterns are corrupted by flipping exactly L bits (levels: bit counts) and count as
@@ -51,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--sep-param", type=finite_float, default=None,
                    help="its parameter (softmax beta, polynomial n, ...; --mnist default 1)")
     p.add_argument("--retrievals", nargs="+", choices=RETRIEVALS, default=None,
-                   help="retrieval rules (default single iterate; async/sync: classical only)")
+                   help="retrieval rules (default single iterate; async/sync: classical only; "
+                        "dynamics: the fixed point of uhn.integrate, network memory / --mnist)")
     p.add_argument("--corruption", default="gaussian",
                    help="--mnist: a uhn.corrupt kind (gaussian, mask_bottom, random_pixels, ...)")
     p.add_argument("--levels", type=nonnegative_float, nargs="+", default=None,
@@ -127,8 +129,12 @@ def run_cmd(args) -> int:
     t0 = time.perf_counter()
     cb, close = sweep.progress_bar("basins")
     try:
+        retrievers = None
+        if any(p.retrieval == "dynamics" for p in points):
+            from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS as retrievers
         with sweep.connect(args.workers, args.scheduler) as engine:
-            rows = basins.run(points, args.out, engine=engine, resume=args.resume, progress=cb)
+            rows = basins.run(points, args.out, engine=engine, resume=args.resume, progress=cb,
+                              retrievers=retrievers)
     except KeyboardInterrupt:
         close()
         note(f"\ninterrupted: every finished point is stored in {args.out} "

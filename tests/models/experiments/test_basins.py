@@ -134,3 +134,24 @@ def test_mnist_iterated_softmax_has_a_wider_basin_than_single_shot_is_measurable
     for c in cs.values():
         assert c["n"].tolist() == [20, 20]
         assert c["p"][0] >= c["p"][1]          # more noise never helps on this pair of levels
+
+
+def test_one_softmax_memory_is_retrieved_from_anywhere_by_every_rule():
+    # N = 1: softmax weights are 1 whatever the query, so z = xi (single shot, iterate) and the
+    # dynamics' fixed point v = P^T softmax(...) = xi: P = 1 up to D flips (the query -xi too)
+    from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS
+    D = 12
+    base = b.BasinPoint(dim=D, n_memories=1, network="memory", separation="softmax",
+                        sep_param=1.0, output=None, trials=3)
+    lines = [{"retrieval": r} for r in ("single", "iterate", "dynamics")]
+    rows = b.run(b.grid(base, [0, 6, 12], lines), retrievers=RETRIEVERS)
+    assert [r["probability"] for r in rows] == [1.0] * 9
+
+
+def test_dynamics_without_its_builder_is_a_clear_error():
+    p = b.BasinPoint(dim=8, network="memory", separation="softmax", sep_param=1.0,
+                     retrieval="dynamics")
+    with pytest.raises(ValueError, match="needs its builder"):
+        b.evaluate(p)
+    with pytest.raises(ValueError, match="network='memory'"):
+        b.BasinPoint(retrieval="dynamics")

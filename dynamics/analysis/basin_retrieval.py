@@ -1,0 +1,46 @@
+"""The continuous-time dynamics' fixed point as a retrieval rule of the basin experiments
+(uhn.models.experiments.basins, which cannot import uhn.dynamics: it takes this builder).
+
+``fixed_point_retriever(M, point)`` builds the Network of the point's similarity with a quadratic
+feature Lagrangian (L_v = |v|^2 / 2, so g(v) = v) and the memory Lagrangian whose gradient is the
+point's separation (uhn.dynamics.lagrangians.for_separation: softmax(beta) -> log_sum_exp(beta),
+...), tau_v = 1, tau_h = 0.1, and returns queries -> v at the fixed point (integrate, batched
+RK45, stopped at rest, t_end = :data:`T_END`). A query that is not at rest by then counts with its
+final state, which the basin criterion then judges like any other.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: integration horizon of one retrieval (tau_v = 1)
+T_END = 200.0
+
+
+def fixed_point_retriever(M, point):
+    """queries (B, D) -> the dynamics' final feature state v (B, D) for memories M (see the
+    module docstring); ValueError for a separation without an energy (max, threshold, ...)."""
+    from uhn.dynamics.integrate import integrate
+    from uhn.dynamics.lagrangians import NonConvexLagrangianError, for_separation, quadratic
+    from uhn.dynamics.network import Network
+    from uhn.models.experiments.basins import SEP_PARAM_NAMES
+    from uhn.models.separation import get_separation
+    from uhn.models.similarity import get_similarity
+    params = {} if point.sep_param is None else \
+        {SEP_PARAM_NAMES.get(point.separation, "param"): point.sep_param}
+    try:
+        L_h = for_separation(get_separation(point.separation, **params))
+    except NonConvexLagrangianError as err:
+        raise ValueError(f"the dynamics need a separation with an energy: {err}") from None
+    net = Network(np.asarray(M, dtype=np.float64), get_similarity(point.similarity),
+                  L_v=quadratic(), L_h=L_h, tau_v=1.0, tau_h=0.1)
+
+    def retrieve(Q):
+        traj = integrate(net, Q, T_END, method="RK45-batched", stop_at_fixed_point=True,
+                         keep="ends")
+        return np.asarray(traj.v_final)
+
+    return retrieve
+
+
+#: the builders uhn.models.experiments.basins.run takes (``retrievers=``)
+RETRIEVERS = {"dynamics": fixed_point_retriever}
