@@ -60,7 +60,12 @@ from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
 
+from uhn.dynamics.solvers.driver import DEFAULT_RTOL, NOISE_FACTOR, Settings, rest_ratio
+
 SCHEMES = ("leapfrog", "default")
+#: the tolerances of the rest test behind ``converged``: integrate's float64 defaults, so that a
+#: brian2 run and a solve_ivp run of the same network call the same states fixed points
+REST_RTOL, REST_ATOL = DEFAULT_RTOL[np.dtype(np.float64)], Settings.atol
 SUPPORTED_SIMILARITIES = ("dot", "squared_euclidean", "cosine", "euclidean", "manhattan", "minkowski",
                           "kl", "reverse_kl")
 #: largest exponent exp() takes in float64 without overflow, and the smallest before the sum underflows
@@ -299,7 +304,10 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
             bh = net.L_h.beta * np.concatenate([h0, h_start], axis=1)
         if not np.all(np.isfinite(bh)):
             raise OverflowError(f"brian2 backend: beta * h(0) overflows (beta={net.L_h.beta:g})")
-        shift = bh[:, :N].max(1)       # c = beta max_mu h_mu(0), the initial state itself
+        # c0 = log sum_mu exp(beta h_mu) at the state of the memories the first numerators
+        # are relative to (h_start); see _follow_shift
+        top = bh[:, N:].max(1)
+        shift = top + np.log(np.exp(bh[:, N:] - top[:, None]).sum(1))
     elif net.L_h.kind == "exponential":
         if net.L_h.beta * h_start.max() > _EXP_OVER:
             raise OverflowError(f"brian2 backend: exp(beta h) overflows at the initial state "
@@ -316,8 +324,9 @@ def to_brian2(net: Network, Q, dt: float = 0.01, *, scheme: str = "leapfrog",
                                    record_every)
     leap = scheme == "leapfrog"
     # orders inside the "groups" slot; a summed variable is refreshed at (target order - 1)
-    mem_order, num_order = (0, 2) if leap else (0, -5)
-    norm_order, feat_order = (4, 6) if leap else (-2, 0)
+    # (the running softmax shift's group at num_order - 1, its summed dsum at num_order - 2)
+    mem_order, num_order = (0, 3) if leap else (0, -5)
+    norm_order, feat_order = (5, 7) if leap else (-2, 0)
 
     feat_eqs = f"""dv/dt = ({coupling} - v + I_ext)/tau_v : 1
 g = {g_expr} : 1
@@ -331,11 +340,11 @@ I_ext : 1 (constant)
     mem_eqs = """dh/dt = (S - h)/tau_h : 1
 S : 1
 num : 1
-c : 1 (constant)
-"""
+""" + ("c : 1 (linked)\nhp : 1\n" if shift is not None else "c : 1 (constant)\n")
     memory = b2.NeuronGroup(B * N, mem_eqs, method="exact", clock=clock, order=mem_order,
                             namespace=params, name="uhn_memory")
-    memory.run_regularly(numerator, when="groups", order=num_order, name="uhn_numerator")
+    memory.run_regularly(numerator + ("\nhp = h" if shift is not None else ""), when="groups",
+                         order=num_order, name="uhn_numerator")
     objs = [feature, memory]
 
     # w = M.ravel() per copy: synapse k of copy b joins memory mu_k and feature d_k of that copy
@@ -357,7 +366,8 @@ c : 1 (constant)
 
     normaliser = None
     if needs_total:
-        normaliser = b2.NeuronGroup(B, "total : 1", clock=clock, order=norm_order, name="uhn_normaliser")
+        normaliser = b2.NeuronGroup(B, "total : 1\nc : 1", clock=clock, order=norm_order,
+                                    name="uhn_normaliser")
         to_norm = b2.Synapses(memory, normaliser, "total_post = num_pre : 1 (summed)", clock=clock,
                               name="uhn_total")
         to_norm.connect(i=np.arange(B * N, dtype=np.int64),
@@ -365,16 +375,51 @@ c : 1 (constant)
         feature.total = b2.linked_var(normaliser, "total",
                                       index=np.repeat(np.arange(B, dtype=np.int64), D))
         objs += [normaliser, to_norm]
+        if shift is not None:
+            objs += _follow_shift(b2, memory, normaliser, h_start, shift, N, B, num_order - 1,
+                                  clock, params)
 
     feature.v = v0.ravel()
     feature.I_ext = Iext.ravel()
     memory.h = h_start.ravel()
-    if shift is not None:
-        memory.c = np.repeat(shift, N)
 
     return _assemble(b2, objs, feature, memory, normaliser, rec_dt, B=B, dt=float(dt),
                      record_every=record_every, scheme=scheme, shift=shift, normalised=normalised,
                      info={"method": method, "I": np.array(Iext)})
+
+
+def _follow_shift(b2, memory, normaliser, h_start, c0, N, B, order, clock, params) -> list:
+    """The softmax shift that follows the state (docs/theory.md section 8): one neuron per copy
+    at ``order`` (just before the numerators) renews c from the numerators of the previous step,
+
+        c <- c + log(total) + beta sum_mu num_mu (h_mu - hp_mu) / total,
+
+    hp the memory state those numerators were computed at: c = log sum exp(beta hp) + beta
+    <h - hp>_p, the log-sum-exp at the last state moved by the softmax-weighted mean change of
+    beta h (p the last softmax), a lower bound of log sum exp(beta h) by Jensen's inequality.
+    Softmax is shift-invariant (num and total carry the same exp(-c)), so the shift changes no
+    f_mu beyond round-off; exp overflows only where some beta h_mu ends a step more than ~709
+    above c, i.e. a memory overtakes those that held the softmax weight by 709 / beta within one
+    step (a step that does not resolve the dynamics). The memory neurons read c through a linked
+    variable and set hp = h with each num.
+    Sets the state before the first step (hp = h_start, num = exp(beta h_start - c0), total) and
+    returns the new objects."""
+    idx = np.repeat(np.arange(B, dtype=np.int64), N)
+    shifter = b2.NeuronGroup(B, "c : 1\ndsum : 1\ntotal : 1 (linked)\n", clock=clock, order=order,
+                             namespace=params, name="uhn_shift")
+    shifter.total = b2.linked_var(normaliser, "total")
+    syn = connect_blocks(b2, memory, shifter, N, 1, B, "dsum_post = num_pre*(h_pre - hp_pre) : 1 "
+                         "(summed)", "uhn_shift_syn", params, clock)
+    shifter.run_regularly("c = c + log(total) + beta*dsum/total", when="groups", order=order,
+                          name="uhn_follow_shift")
+    memory.c = b2.linked_var(shifter, "c", index=idx)
+    beta = float(params["beta"])
+    num0 = np.exp(beta * h_start - c0[:, None])
+    memory.hp = h_start.ravel()
+    memory.num = num0.ravel()
+    normaliser.total = num0.sum(1)
+    shifter.c = c0
+    return [shifter, syn]
 
 
 def _assemble(b2, objs, feature, memory, normaliser, rec_dt, **fields) -> Brian2Model:
@@ -384,6 +429,10 @@ def _assemble(b2, objs, feature, memory, normaliser, rec_dt, **fields) -> Brian2
                                      name="uhn_monitor_v"),
                 "h": b2.StateMonitor(memory, "h", record=True, dt=rec_dt, when="start",
                                      name="uhn_monitor_h")}
+    shifter = [o for o in objs if getattr(o, "name", None) == "uhn_shift"]
+    if shifter:   # the running softmax shift (_follow_shift), for the range check
+        monitors["c"] = b2.StateMonitor(shifter[0], ["c", "total"], record=True, dt=rec_dt,
+                                        when="start", name="uhn_monitor_c")
     network = b2.Network(*objs, *monitors.values(), name="uhn_network")
     return Brian2Model(network=network, feature=feature, memory=memory, normaliser=normaliser,
                        monitors=monitors, **fields)
@@ -443,7 +492,7 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     a1 = b2.NeuronGroup(B, "".join(f"{k} : 1\n" for k in a1_vars) or "dummy1 : 1\n",
                         clock=clock, order=-20, name="uhn_featuresums")
     a2_vars = {"total": "num_pre", **spec.rate_sums}
-    a2 = b2.NeuronGroup(B, "".join(f"{k} : 1\n" for k in a2_vars), clock=clock, order=4,
+    a2 = b2.NeuronGroup(B, "".join(f"{k} : 1\n" for k in a2_vars), clock=clock, order=5,
                         name="uhn_normaliser")
 
     g_line = "g : 1\n" if spherical else f"g = {_L_V_RATES[net.L_v.kind][0]} : 1\n"
@@ -455,7 +504,7 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     feat_links = {k: a1 for k in a1_vars if k in spec.coupling}
     feat_links.update({k: a2 for k in a2_vars})
     feat_eqs += "".join(f"{k} : 1 (linked)\n" for k in feat_links)
-    feature = b2.NeuronGroup(B * D, feat_eqs, method="exact", clock=clock, order=6,
+    feature = b2.NeuronGroup(B * D, feat_eqs, method="exact", clock=clock, order=7,
                              namespace=params, name="uhn_feature")
     prep = ("g = v/sqrt(nv2)\n" if spherical else "") + "gm = 1.5*g - 0.5*g_prev\ng_prev = g"
     feature.run_regularly(prep, when="groups", order=-30, name="uhn_midpoint")
@@ -464,10 +513,12 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     mem_eqs = ("dh/dt = (S - h)/tau_h : 1\n" + spec.mem_exprs
                + "".join(f"{k} : 1\n" for k in spec.mem_sums)
                + "".join(f"{k} : 1 (linked)\n" for k in mem_links)
-               + "num : 1\nc : 1 (constant)\nk0 : 1 (constant)\n")
+               + "num : 1\nk0 : 1 (constant)\n"
+               + ("c : 1 (linked)\nhp : 1\n" if shift is not None else "c : 1 (constant)\n"))
     memory = b2.NeuronGroup(B * N, mem_eqs, method="exact", clock=clock, order=0,
                             namespace=params, name="uhn_memory")
-    memory.run_regularly(numerator, when="groups", order=2, name="uhn_numerator")
+    memory.run_regularly(numerator + ("\nhp = h" if shift is not None else ""), when="groups",
+                         order=3, name="uhn_numerator")
     objs = [feature, memory, a1, a2]
 
     sums = "".join(f"{k}_post = {e} : 1 (summed)\n" for k, e in spec.mem_sums.items())
@@ -507,11 +558,145 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     if spec.k0 is not None:
         memory.k0 = np.tile(spec.k0, B)
     if shift is not None:
-        memory.c = np.repeat(shift, N)
+        objs += _follow_shift(b2, memory, a2, h_start, shift, N, B, 2, clock, params)
     return _assemble(b2, objs, feature, memory, a2, rec_dt, B=B, dt=float(dt),
                      record_every=record_every, scheme="leapfrog", shift=shift,
                      normalised=normalised,
                      info={"method": "exact", "I": np.array(Iext), "midpoint": "extrapolated"})
+
+
+#: relative margin of the stability test: the finite-difference products carry ~1e-8 relative
+#: error, raised to the power 1000 in the ODE growth estimate (stability_bound)
+_STABILITY_MARGIN = 1e-3
+
+
+class Brian2StabilityWarning(RuntimeWarning):
+    """The fixed step is beyond the explicit scheme's linear stability bound (see
+    :func:`stability_bound`)."""
+
+
+def step_map_operator(net: Network, v, h, dt: float, I=None):
+    """The Jacobian of one leapfrog step (v_k, h_(k-1/2)) -> (v_(k+1), h_(k+1/2)) linearised at
+    the state (v, h) (each (D,), (N,)), as a scipy LinearOperator of size D + N, with the
+    coupling c = tau_v dv/dt + v - I and the score S = tau_h dh/dt + h frozen over the step
+    (docs/theory.md section 8):
+
+        dh' = a_h dh + (1 - a_h) tau_h J_hv dv,
+        dv' = a_v dv + (1 - a_v) (dv + tau_v (J_vv dv + J_vh dh')),      a = exp(-dt / tau),
+
+    J the ODE's Jacobian, applied as central differences of ``net.rhs`` (one batched call of two
+    states per product, relative step 1e-6)."""
+    from scipy.sparse.linalg import LinearOperator
+    D, N = net.D, net.N
+    a_v, a_h = np.exp(-dt / net.tau_v), np.exp(-dt / net.tau_h)
+    v, h = np.asarray(v, float).reshape(D), np.asarray(h, float).reshape(N)
+    Irow = None if I is None else np.broadcast_to(np.asarray(I, float).reshape(-1, D), (2, D))
+    scale = 1e-6 * max(1.0, float(np.abs(v).max()), float(np.abs(h).max()))
+
+    def jvp(xv, xh):
+        norm = max(float(np.abs(xv).max()), float(np.abs(xh).max()), 1e-300)
+        e = scale / norm
+        dv, dh = net.rhs(np.stack([v + e * xv, v - e * xv]), np.stack([h + e * xh, h - e * xh]), Irow)
+        return (dv[0] - dv[1]) / (2 * e), (dh[0] - dh[1]) / (2 * e)
+
+    def matvec(x):
+        x = np.asarray(x).reshape(-1)
+        if np.iscomplexobj(x):
+            return matvec(x.real) + 1j * matvec(x.imag)
+        xv, xh = x[:D], x[D:]
+        _, Jh = jvp(xv, np.zeros(N))
+        xh2 = a_h * xh + (1 - a_h) * net.tau_h * Jh
+        Jv, _ = jvp(xv, xh2)
+        return np.concatenate([a_v * xv + (1 - a_v) * (xv + net.tau_v * Jv), xh2])
+
+    return LinearOperator((D + N, D + N), matvec=matvec, dtype=float)
+
+
+def _spectral_radius(op) -> float:
+    """Largest |eigenvalue| of a LinearOperator: ARPACK (scipy eigs, k = 1) from a fixed start
+    vector, or dense below 300 rows (n products; ARPACK converges slowly on the clustered
+    spectra of small maps)."""
+    n = op.shape[0]
+    if n < 300:
+        A = np.column_stack([op.matvec(e) for e in np.eye(n)])
+        return float(np.abs(np.linalg.eigvals(A)).max())
+    from scipy.sparse.linalg import eigs
+    v0 = np.random.default_rng(0).standard_normal(n)
+    return float(np.abs(eigs(op, k=1, which="LM", return_eigenvectors=False, tol=1e-8,
+                             v0=v0)).max())
+
+
+@dataclass
+class StabilityBound:
+    """:func:`stability_bound`'s result: the step's growth factor ``rho`` (largest over the
+    queries), the ODE's own growth exp(dt max Re lambda) over the same step, and ``dt_max``, the
+    largest step (ms) at which the scheme grows no faster than the ODE (None: no bound found up
+    to the step tested)."""
+
+    dt: float
+    rho: float
+    ode_growth: float
+    dt_max: Optional[float]
+    query: int
+
+    @property
+    def stable(self) -> bool:
+        return self.rho <= self.ode_growth * (1 + _STABILITY_MARGIN)
+
+
+def stability_bound(net: Network, Q, dt: float, I=None, h0=None) -> StabilityBound:
+    """Is the fixed step dt linearly stable for ``net`` at the initial states of queries Q?
+
+    rho = max |eigenvalue| of :func:`step_map_operator` at dt; the ODE's own growth over the step
+    is exp(dt max Re lambda(J)), estimated as rho(delta)^(dt/delta) at delta = dt / 1000 (the
+    map at a small step is 1 + delta J). The step is stable where rho <= that growth (+ 0.1 %; <= 1 for
+    a network at rest or contracting). For one mode of eigenvalue lambda and one time constant
+    tau this is the bound dt < -tau ln(1 - 2 Re(-lambda) / (tau |lambda|^2)) (dt < 2 / |lambda| for
+    large real |lambda| tau), docs/theory.md section 8. When unstable, dt_max is found by
+    bisection on the same test (8 halvings: within 0.4 % of dt). Linearised at the initial state
+    only: states visited later may be stiffer."""
+    v0, hq = net.initial_state(Q, h0)
+    Iv = np.broadcast_to(net.input_current(None, v0.shape[0]) if I is None else np.asarray(I, float),
+                         v0.shape)
+    delta = dt / 1000.0
+
+    def test(b, step):
+        rho = _spectral_radius(step_map_operator(net, v0[b], hq[b], step, Iv[b]))
+        if rho <= 1.0:
+            return rho, 1.0
+        small = _spectral_radius(step_map_operator(net, v0[b], hq[b], delta, Iv[b]))
+        return rho, max(small, 1.0) ** (step / delta)
+
+    worst = None
+    for b in range(v0.shape[0]):
+        rho, growth = test(b, dt)
+        if worst is None or rho / growth > worst[0] / worst[1]:
+            worst = (rho, growth, b)
+    rho, growth, b = worst
+    out = StabilityBound(dt=float(dt), rho=rho, ode_growth=growth, dt_max=None, query=b)
+    if not out.stable:
+        lo, hi = 0.0, float(dt)
+        for _ in range(8):
+            mid = 0.5 * (lo + hi)
+            r, g = test(b, mid)
+            lo, hi = (mid, hi) if r <= g * (1 + _STABILITY_MARGIN) else (lo, mid)
+        out.dt_max = lo
+    return out
+
+
+def check_step(net: Network, Q, dt: float, I=None, h0=None) -> StabilityBound:
+    """Warn (Brian2StabilityWarning) where dt is beyond :func:`stability_bound`, naming the
+    bound; returns the bound."""
+    import warnings
+    sb = stability_bound(net, Q, dt, I, h0)
+    if not sb.stable:
+        warnings.warn(
+            f"brian2 backend: dt = {dt:g} ms is beyond the explicit scheme's stability bound for "
+            f"this network: one step grows perturbations by {sb.rho:.4g} where the ODE grows them "
+            f"by {sb.ode_growth:.4g} (query {sb.query}, linearised at its initial state); "
+            f"dt <= {sb.dt_max:.3g} ms is stable there (docs/theory.md section 8). The trajectory "
+            f"and its energy will not follow the network's ODE", Brian2StabilityWarning, stacklevel=3)
+    return sb
 
 
 def error_norm(v_a, h_a, v_b, h_b) -> float:
@@ -522,13 +707,16 @@ def error_norm(v_a, h_a, v_b, h_b) -> float:
                  + np.abs(h_a - h_b).max() / max(1.0, float(np.abs(h_b).max())))
 
 
+#: the most steps one run takes (run_brian2's max_steps): ~1 ms each on MNIST with numpy
+DEFAULT_MAX_STEPS = 1_000_000
 #: tolerance of ``dt="auto"`` (error_norm against the exact solution) and its safety factor
 DEFAULT_DT_TOL = 1e-3
 _DT_SAFETY = 0.8
 
 
 def auto_dt(net: Network, Q, t_end: float, tol: float = DEFAULT_DT_TOL, *, record_every: int = 1,
-            scheme: str = "leapfrog", input_mode: str = "initial", h0=None) -> tuple[float, dict]:
+            scheme: str = "leapfrog", input_mode: str = "initial", h0=None,
+            max_steps: int = DEFAULT_MAX_STEPS) -> tuple[float, dict]:
     """A step dt for which the leapfrog run over [0, t_end] stays within ``tol`` of the exact
     solution (in :func:`error_norm`), from the scheme's own error constant.
 
@@ -557,10 +745,29 @@ def auto_dt(net: Network, Q, t_end: float, tol: float = DEFAULT_DT_TOL, *, recor
     order = 2 if scheme == "leapfrog" else 1
     C = diff / (1.0 - 2.0 ** -order) / dt0 ** order
     dt = _DT_SAFETY * (tol / C) ** (1.0 / order) if C > 0 else np.inf
+    # the tolerance float64 can reach: the truncation error C dt^2 plus round-off of ~eps64 per
+    # step (error_norm is relative to the state's scale), (t_end / dt) eps64, is smallest at
+    # dt* = (t_end eps64 / (2 C))^(1/3), where it is 3 (C (t_end eps64 / 2)^2)^(1/3)
+    eps = np.finfo(np.float64).eps
+    floor = 3.0 * (C * (0.5 * t_end * eps) ** 2) ** (1.0 / 3.0) if order == 2 else 2 * np.sqrt(C * t_end * eps)
+    if tol < floor:
+        raise ValueError(f"dt_tol = {tol:g} is below what float64 can reach for this run: the "
+                         f"scheme's error C dt^{order} (C = {C:.3g}) plus a round-off of eps64 per "
+                         f"step over t_end = {t_end:g} ms is at least {floor:.2g} at any dt; use "
+                         f"dt_tol >= {floor:.2g}")
     dt = min(dt, tau_min / 2.0, t_end / record_every)
+    n_need = int(np.ceil(t_end / dt))
+    if n_need > max_steps:
+        raise ValueError(f"dt='auto' for dt_tol = {tol:g} needs dt = {dt:.3g} ms, {n_need} steps "
+                         f"over t_end = {t_end:g} ms, more than max_steps = {max_steps} (error "
+                         f"C dt^{order}, C = {C:.3g} from the pilot runs); raise dt_tol or max_steps")
+    stab = stability_bound(net, Q, dt, Q if input_mode == "clamped" else None, h0)
+    if not stab.stable:        # the accuracy step is beyond the stability bound: take 0.9 of it
+        dt = 0.9 * stab.dt_max
     n = record_every * int(np.ceil(t_end / (dt * record_every)))
     info = {"tol": tol, "C": C, "order": order, "pilot_t": t_p, "pilot_dt": dt0,
-            "pilot_s": time.perf_counter() - t0}
+            "pilot_s": time.perf_counter() - t0, "tol_floor": floor,
+            "stability_dt_max": stab.dt_max}
     return t_end / n, info
 
 
@@ -568,7 +775,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
                scheme: str = "leapfrog", record_every: int = 1, input_mode: str = "initial",
                h0=None, fixed_point_tol: float = 1e-8, cache_dir: Optional[str] = None,
                build_dir: Optional[str] = None, dt_tol: float = DEFAULT_DT_TOL,
-               progress: bool = False) -> Trajectory:
+               progress: bool = False, max_steps: int = DEFAULT_MAX_STEPS) -> Trajectory:
     """Simulate the network's equations of motion (docs/theory.md section 2) in brian2.
 
     Parameters
@@ -579,15 +786,23 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
     t_end : simulated time in ms (the network's time unit read as ms); a whole number of steps.
     dt : time step in ms, or "auto" (default): the step :func:`auto_dt` chooses from two short
         pilot runs so that the run stays within ``dt_tol`` of the exact solution (recorded in
-        ``params["dt_auto"]``). A fixed dt must divide t_end.
-    dt_tol : tolerance of ``dt="auto"`` in :func:`error_norm` (default 1e-3).
+        ``params["dt_auto"]``), capped at 0.9 of the stability bound. A fixed dt must divide
+        t_end; one beyond the explicit scheme's stability bound at the initial states
+        (:func:`stability_bound`) gets a Brian2StabilityWarning naming the bound.
+    dt_tol : tolerance of ``dt="auto"`` in :func:`error_norm` (default 1e-3); one below what
+        float64 can reach over the run (truncation plus eps64 per step) is refused.
+    max_steps : the most steps the run may take (default 10^6); more, fixed or chosen by
+        ``dt="auto"``, is refused before anything runs.
     target : "numpy" or "cython" (runtime code generation) or "cpp_standalone" (a C++ project
         built in ``build_dir``, default a temporary directory removed afterwards).
     scheme : "leapfrog" (second order, default) or "default" (brian2 scheduling, first order).
     record_every : record every this many steps (t_end / dt must be a multiple of it).
     input_mode : "initial" (I = net.I or 0) or "clamped" (I = q), as in uhn.dynamics.integrate.
     h0 : initial memory state (default S(g(q))).
-    fixed_point_tol : ``converged`` where max |dv/dt|, |dh/dt| at the last sample is below it.
+    fixed_point_tol : ``converged`` by solve_ivp's rest test at the last sample
+        (uhn.dynamics.solvers.driver.rest_ratio, docs/theory.md section 6): every
+        |dy_i/dt| <= fixed_point_tol + 30 (atol + rtol |y_i|) / tau_i with integrate's default
+        float64 tolerances (rtol 1e-8, atol 1e-10; :data:`REST_RTOL`, :data:`REST_ATOL`).
     cache_dir : cython cache directory (default :func:`default_cache_dir`).
     progress : report the simulated time reached on stderr every 2 s of wall time (brian2's
         ``report="stderr"``).
@@ -603,6 +818,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
     net.require_numpy("run_brian2")
     t_end = require_positive(t_end, "t_end", "time (ms)")
     record_every = require_count(record_every, "record_every")
+    max_steps = require_count(max_steps, "max_steps")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
     dt_auto = None
@@ -611,16 +827,20 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
             raise ValueError(f"dt must be a positive finite time step (ms) or 'auto', got {dt!r}")
         check_supported(net)
         dt, dt_auto = auto_dt(net, Q, t_end, dt_tol, record_every=record_every, scheme=scheme,
-                              input_mode=input_mode, h0=h0)
+                              input_mode=input_mode, h0=h0, max_steps=max_steps)
     dt = require_positive(dt, "dt", "time step (ms)")
     n_steps = int(round(t_end / dt))
     if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
         raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
     if n_steps % record_every:
         raise ValueError(f"t_end / dt = {n_steps} steps is not a multiple of record_every = {record_every}")
+    if n_steps > max_steps:
+        raise ValueError(f"t_end / dt = {n_steps} steps is more than max_steps = {max_steps}; "
+                         f"raise dt or max_steps")
     check_supported(net)
     Qm = np.atleast_2d(np.asarray(Q, dtype=np.float64))
     I = Qm.copy() if input_mode == "clamped" else None
+    stab = check_step(net, Qm, dt, I, h0) if dt_auto is None else None
 
     b2 = import_brian2()
     with brian2_target(target, cache_dir, build_dir):
@@ -634,47 +854,59 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
         mon = model.monitors
         v = np.asarray(mon["v"].v).T
         h_start = np.asarray(mon["h"].h).T
+        c_run = (np.asarray(mon["c"].c).T, np.asarray(mon["c"].total).T) if "c" in mon else None
         run_time = getattr(b2.get_device(), "_last_run_time", None)
     T = n_steps // record_every + 1
     B, D, N = model.B, net.D, net.N
     v = v[:T].reshape(T, B, D)
     h = h_start[:T].reshape(T, B, N)
+    c_run, total_run = (None, None) if c_run is None else (c_run[0][:T], c_run[1][:T])
     if scheme == "leapfrog":   # h(t_k - dt/2) -> h(t_k) along the scheme's own step (S frozen at S_k)
         h = np.stack([_half_step(net, vk, hk, dt) for vk, hk in zip(v, h)])
-    _check_finite_run(net, model, v, h)
+    _check_finite_run(net, model, v, h, total_run)
     # t_k = k record_every dt, written as a fraction of t_end so that the last sample is t_end
     # itself (3 * 0.1 is 0.30000000000000004: integrate(net, q, 0.3, t_eval=t) would refuse it)
     t = np.arange(T) * record_every / n_steps * t_end
     Iv = model.info["I"]
     E = np.stack([net.energy(vk, hk, Iv) for vk, hk in zip(v, h)])
     dE = np.stack([net.dEdt(vk, hk, Iv) for vk, hk in zip(v, h)])
-    vel = net.residual(v[-1], h[-1], Iv)
+    ratio = rest_ratio(net, np.concatenate([v[-1], h[-1]], axis=1),
+                       np.concatenate(net.rhs(v[-1], h[-1], Iv), axis=1), fixed_point_tol,
+                       NOISE_FACTOR, REST_RTOL, REST_ATOL, adiabatic=False)
     params = {"dt": float(dt), "t_end": float(n_steps * dt), "target": target, "scheme": scheme,
               "record_every": int(record_every), "brian2_method": model.info["method"],
               "softmax_shift": None if model.shift is None else model.shift.tolist(),
+              "softmax_shift_final": None if c_run is None else c_run[-1].tolist(),
               "input_mode": input_mode, "fixed_point_tol": fixed_point_tol,
+              "rest_rtol": REST_RTOL, "rest_atol": REST_ATOL, "noise_factor": NOISE_FACTOR,
               "build_s": t1 - t0, "run_s": t2 - t1,
               "loop_s": run_time, "dt_auto": dt_auto,
+              "stability_rho": None if stab is None else stab.rho,
               "time_unit": "ms", **net.describe()}
-    return Trajectory(t=t, v=v, h=h, E=E, dEdt=dE, I=np.array(Iv), converged=vel < fixed_point_tol,
+    return Trajectory(t=t, v=v, h=h, E=E, dEdt=dE, I=np.array(Iv), converged=ratio <= 1.0,
                       method=f"{scheme}/{model.info['method']}", backend=f"brian2/{target}",
                       message=f"{n_steps} steps of {dt:g} ms", adiabatic=False, params=params)
 
 
-def _check_finite_run(net: Network, model: Brian2Model, v, h) -> None:
-    """Raise FloatingPointError if the run left float64 range, naming the softmax shift if it is
-    the cause (exp(beta h - c) overflowing, or every numerator underflowing so that total = 0)."""
-    if model.shift is not None:
-        arg = net.L_h.beta * h - model.shift[None, :, None]
-        top = arg.max(2)
-        if np.nanmax(top) > _EXP_OVER or np.nanmin(top) < _EXP_UNDER:
-            k, b = np.unravel_index(np.nanargmax(np.abs(top)), top.shape)
-            raise FloatingPointError(
-                f"brian2 backend: the constant softmax shift c = beta max h(0) = {model.shift[b]:.4g} "
-                f"(query {b}) no longer fits at sample {k}: max(beta h) - c = {top[k, b]:.4g} is "
-                f"outside [{_EXP_UNDER:g}, {_EXP_OVER:g}], so exp overflows or the normaliser "
-                f"underflows; lower beta or rescale the memories")
-    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(h))):
-        bad = np.flatnonzero(~(np.isfinite(v).all((1, 2)) & np.isfinite(h).all((1, 2))))[0]
+def _check_finite_run(net: Network, model: Brian2Model, v, h, total_run) -> None:
+    """Raise FloatingPointError if the run left float64 range: the softmax normaliser
+    total = sum_mu exp(beta h_mu - c) (``total_run`` (T, B), recorded with the state, the value
+    of the step before), which overflows or vanishes when a memory overtakes the softmax's
+    weight by ~709 / beta within one step (:func:`_follow_shift`), or the state itself."""
+    finite = np.isfinite(v).all((1, 2)) & np.isfinite(h).all((1, 2))
+    if total_run is not None:
+        bad = ~np.isfinite(total_run) | (total_run <= 0)
+        if bad.any():
+            k = int(np.flatnonzero(bad.any(1))[0])
+            b = int(np.flatnonzero(bad[k])[0])
+            if finite[:k].all():
+                raise FloatingPointError(
+                    f"brian2 backend: the softmax normaliser sum_mu exp(beta h_mu - c) of query {b} "
+                    f"left float64 range before sample {k} (t = {k * model.record_every * model.dt:g} "
+                    f"ms): the running shift c follows log sum exp(beta h) once per step, and a "
+                    f"memory's beta h rose more than ~{_EXP_OVER:g} above it within one step of dt = "
+                    f"{model.dt:g} ms (beta = {net.L_h.beta:g}); lower dt (or use dt='auto')")
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
         raise FloatingPointError(f"brian2 backend: the state became non-finite at sample {bad} "
                                  f"(t = {bad * model.record_every * model.dt:g} ms)")

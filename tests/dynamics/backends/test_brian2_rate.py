@@ -183,8 +183,12 @@ def test_trajectory_records_backend_scheme_and_dt():
     assert tr.params["target"] == "numpy" and tr.params["time_unit"] == "ms"
     np.testing.assert_allclose(tr.t, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     assert tr.v.shape == (6, 1, D)
-    # the softmax shift is c = beta max_mu h_mu(0), h(0) = S(q) = M q, recorded per query
-    assert tr.params["softmax_shift"] == [10.0 * np.max(net.M @ Q[0])]
+    # the first softmax shift is c0 = log sum_mu exp(beta h_mu(-dt/2)), recorded per query
+    from scipy.special import logsumexp
+    from uhn.dynamics.backends.brian2_rate import _half_step_back
+    h_start = _half_step_back(net, Q[:1], (net.M @ Q[0])[None], 0.05)
+    np.testing.assert_allclose(tr.params["softmax_shift"], [logsumexp(10.0 * h_start)],
+                               rtol=4 * EPS)
     assert repr(tr).startswith("Trajectory(method='leapfrog/exact', backend='brian2/numpy', B=1, D=32, N=8, T=6")
 
 
@@ -199,14 +203,12 @@ def test_last_sample_time_is_t_end_for_a_scipy_reference():
     np.testing.assert_array_equal(ref.t, tr.t)
 
 
-def test_softmax_shift_is_taken_at_the_initial_memory_state():
-    """With h(0) given (not S(q)), c = beta max h(0), not the leapfrog start h(-dt/2)."""
+def test_recorded_h0_is_the_given_initial_memory_state():
+    """With h(0) given (not S(q)): recorded h(0) is h(-dt/2) stepped forward again,
+    S + (h0 - S) e^x e^-x, round-off of a few eps64 on terms of size |S| + |h0 - S|."""
     net, Q = _net("dot-softmax")
     h0 = np.array([[0.3, -0.2, 0.5, 0.1, 0.0, 0.2, -0.4, 0.25], np.linspace(-1, 1, N)])
     tr = run_brian2(net, Q, t_end=0.1, dt=0.05, target="numpy", h0=h0)
-    assert tr.params["softmax_shift"] == [5.0, 10.0]       # beta = 10 times 0.5 and 1.0
-    # recorded h(0) is h(-dt/2) stepped forward again: S + (h0 - S) e^x e^-x, round-off of a few
-    # eps64 on terms of size |S| + |h0 - S|
     S = Q @ net.M.T
     np.testing.assert_allclose(tr.h[0], h0, rtol=0, atol=8 * EPS * (np.abs(S) + np.abs(h0 - S)).max())
 
@@ -331,16 +333,46 @@ def test_extrapolated_fixed_point_equals_scipy_fixed_point(case):
     assert np.abs(tr.h_final - ref.h_final).max() < 1e-8
 
 
-def test_softmax_shift_overflow_is_reported():
-    # queries at 0 give h(0) = 0 so the shift is c = 0; h then climbs to |M_mu|^2 = 32 and
-    # beta h = 3200 would overflow exp without a larger shift
+def test_softmax_shift_follows_the_state():
+    """Queries near 0 give h(0) ~ 0; h then climbs to |M_mu|^2 = 32, so beta h = 3200 at beta =
+    100: a shift taken once at h(0) let exp overflow (the former constant-shift error). The
+    running shift follows log sum exp(beta h): the run matches solve_ivp and the final shift is
+    log sum exp(beta h) at the last state (to the one step it lags, beta |dh| per step)."""
+    from scipy.special import logsumexp
+    from uhn.dynamics.backends.brian2_rate import error_norm
     rng = np.random.default_rng(1)
     M = rng.choice([-1.0, 1.0], size=(N, D))
     net = Network(M, "dot", L_h=log_sum_exp(100.0), tau_v=1.0, tau_h=0.1)
     q = 0.01 * M[0]
-    with pytest.raises(FloatingPointError, match="softmax shift"):
-        with np.errstate(over="ignore", invalid="ignore"):
-            run_brian2(net, q, t_end=2.0, dt=0.01, target="numpy")
+    tr = run_brian2(net, q, t_end=2.0, dt=0.01, target="numpy")
+    ref = _reference(net, q, tr.t)
+    coarse = run_brian2(net, q, t_end=2.0, dt=0.02, target="numpy", record_every=2)
+    err_2dt = error_norm(coarse.v, coarse.h, *(lambda r: (r.v, r.h))(_reference(net, q, coarse.t)))
+    assert error_norm(tr.v, tr.h, ref.v, ref.h) <= SECOND_ORDER_SAFETY * err_2dt / 4
+    # it did climb: beta max h - beta max h(0) > 1900, far past exp's range of 709
+    assert 100.0 * (tr.h[-1].max() - tr.h[0].max()) > 1900
+    lse = logsumexp(100.0 * tr.h[-1], axis=1)
+    step = 100.0 * np.abs(tr.h[-1] - tr.h[-2]).max() + 1e-9 * lse
+    assert np.abs(np.array(tr.params["softmax_shift_final"]) - lse).max() <= step
+
+
+def test_softmax_shift_out_of_range_within_one_step_is_reported():
+    """h(0) far from S(q), tau_h = dt / 5: within the first step of 0.05 ms h relaxes from
+    h(0) = (3, -3, 0, ...) to S(q) = (-0.875, 0.875, ...), so memory 1 overtakes memory 0, which
+    held all the softmax weight, by ~1.1 at beta = 1000: exp(1100) against the last softmax. The
+    normaliser leaves float64 range between two re-shifts, and the error says so and names dt,
+    not a NaN trajectory."""
+    rng = np.random.default_rng(1)
+    M = rng.choice([-1.0, 1.0], size=(N, D)) / np.sqrt(D)
+    net = Network(M, "dot", L_h=log_sum_exp(1000.0), tau_v=1.0, tau_h=0.01)
+    h0 = np.zeros(N)
+    h0[0], h0[1] = 3.0, -3.0
+    with pytest.raises(FloatingPointError, match=r"softmax normaliser .* left float64 range .* "
+                                                 r"lower dt"):
+        with np.errstate(all="ignore"):
+            run_brian2(net, M[1] - M[0], t_end=0.5, dt=0.05, target="numpy", h0=h0)
+    # a step that resolves the relaxation runs
+    run_brian2(net, M[1] - M[0], t_end=0.5, dt=0.001, target="numpy", h0=h0)
 
 
 def test_non_finite_state_is_reported():
