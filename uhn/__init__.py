@@ -35,6 +35,7 @@ _API = {
     "Trajectory": "uhn.dynamics.trajectory",
     "verify_energy": "uhn.dynamics.analysis.energy",
     "compare_table": "uhn.dynamics.analysis.fixed_points",
+    "compare_trajectories": "uhn.dynamics.analysis.compare",
     "diagnose": "uhn.dynamics.analysis.diagnose",
     "save_trajectory": "uhn.dynamics.trajectory",
     "load_trajectory": "uhn.dynamics.trajectory",
