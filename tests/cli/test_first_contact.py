@@ -67,14 +67,30 @@ def test_a_cold_demo_says_what_it_compiles_and_a_warm_one_is_silent(tmp_path):
 def test_eta_leaves_out_the_first_measured_point_and_stored_ones():
     """The issue's case: a resumed sweep of 100 points, 1 stored, whose first measured point
     takes 40 s (the compile) and the next ones 1 s each. tqdm's rate would say 98 x 40 s
-    (1:05:20) after it; the Eta says nothing until a second point, then 1 s per point left."""
+    (1:05:20) after it; the Eta says nothing until two gaps agree, then 1 s per point left."""
     eta = Eta()
     assert eta.update(1, 100, False, now=0.0) is None          # from the store: no time
     assert eta.update(2, 100, True, now=40.0) is None          # first measured: start-up inside
-    assert eta.update(3, 100, True, now=41.0) == pytest.approx(97.0)
-    assert eta.update(4, 100, False, now=41.0) == pytest.approx(96.0)   # a stored row: rate kept
-    assert eta.update(5, 100, True, now=43.0) == pytest.approx(95 * 1.5)
+    assert eta.update(3, 100, True, now=41.0) is None          # one gap: nothing to check it by
+    assert eta.update(4, 100, False, now=41.0) is None         # a stored row adds no gap
+    assert eta.update(5, 100, True, now=43.0) == pytest.approx(95 * 1.5)   # gaps 1 and 2 s
     assert eta.update(100, 100, True, now=44.0) == 0.0
+
+
+def test_eta_drops_a_later_compile_but_keeps_a_parallel_pace():
+    """A second kernel compiled at the second measured point (gap 3 s among 0.05 s gaps) is left
+    out once there are three gaps; two workers finishing in pairs (gaps 0.01, 1.0, ...) keep
+    their mean, 0.505 s a point."""
+    eta = Eta()
+    for i, t in enumerate([0.0, 3.0, 3.05]):
+        assert eta.update(i + 1, 50, True, now=t) is None      # gaps 3 and 0.05: too far apart
+    assert eta.update(4, 50, True, now=3.1) == pytest.approx(46 * 0.05)
+    pair = Eta()
+    t, left = 0.0, None
+    for i in range(9):
+        left = pair.update(i + 1, 100, True, now=t)
+        t += 0.01 if i % 2 == 0 else 1.0
+    assert left == pytest.approx(91 * (4 * 1.01 / 8))
 
 
 def test_capacity_progress_bar_runs_a_sweep_with_stored_and_failed_rows(capsys):

@@ -183,27 +183,35 @@ def describe_atlas_row(row: dict) -> str:
 
 
 class Eta:
-    """Seconds left in a sweep: the points left times the mean wall time between the points
-    measured in this run after the first one, t_left = (total - done) (t_last - t_first) / k for
-    k measured points after the first. The first measured point carries the run's start-up
-    (numba's first-run compile, tens of seconds on a fresh install, a worker's imports) and points
-    read from the store take no time, so neither is extrapolated; None until two are measured."""
+    """Seconds left in a sweep: the points left times a robust mean of the wall times between the
+    points measured in this run. The first measured point is left out, and so is any gap over 10x
+    the median gap: a point that carries start-up (numba's first-run compile of a kernel, tens of
+    seconds on a fresh install; a worker's imports) says nothing of the others, and points read
+    from the store take no time. t_left = (total - done) mean{d_i : d_i <= 10 median(d)}, d_i the
+    gaps between measured points after the first; None until that is defined: two gaps within
+    10x of each other, or three gaps."""
+
+    #: a gap over this many medians is start-up, not the sweep's pace
+    OUTLIER = 10.0
 
     def __init__(self):
-        self.first = self.last = None
-        self.count = 0
+        self.last = None
+        self.gaps: list = []
 
     def update(self, done: int, total: int, computed: bool, now: float):
         """Record a finished point (``computed`` False when it came from the store) at time
         ``now``; return the seconds left, or None while there is nothing to extrapolate from."""
+        import statistics
         if computed:
-            if self.first is None:
-                self.first = now
-            else:
-                self.count, self.last = self.count + 1, now
-        if not self.count:
+            if self.last is not None:
+                self.gaps.append(now - self.last)
+            self.last = now
+        g = self.gaps
+        if len(g) < 2 or (len(g) == 2 and max(g) > self.OUTLIER * min(g)):
             return None
-        return max(0, total - done) * (self.last - self.first) / self.count
+        limit = self.OUTLIER * statistics.median(g)
+        kept = [x for x in g if x <= limit]
+        return max(0, total - done) * sum(kept) / len(kept)
 
 
 def sweep_progress_bar(desc: str, describe=None):
