@@ -170,6 +170,16 @@ def save_outputs(out_dir, trajectories: dict, figures: dict) -> list:
     return written
 
 
+def defaults_note(args, api_defaults: dict) -> str:
+    """One line naming the options of this run left at a command-line default that differs from
+    the API's, so a script calling the API with its own defaults knows what to pass: e.g.
+    ``command-line defaults: --input-mode clamped (the API's default, integrate, is initial)``;
+    '' when there is none. ``api_defaults``: {dest: (CLI default, API default, where)}."""
+    parts = [f"--{name.replace('_', '-')} {cli} (the API's default, {where}, is {api})"
+             for name, (cli, api, where) in api_defaults.items() if getattr(args, name) == cli]
+    return "command-line defaults: " + "; ".join(parts) if parts else ""
+
+
 # ------------------------------------------------------------------ progress bars
 def describe_capacity_row(row: dict) -> str:
     """Short description of a finished capacity row for the progress bar."""

@@ -100,11 +100,9 @@ API_DEFAULTS = {"similarity": ("squared_euclidean", "dot", "Memory / Network"),
 
 
 def cli_defaults_note(args) -> str:
-    """One line naming the options of this run left at a command-line default that differs from
-    the API's (so a script that calls the API with its defaults knows what to pass), or ''."""
-    parts = [f"--{name.replace('_', '-')} {cli} (the API's default, {where}, is {api})"
-             for name, (cli, api, where) in API_DEFAULTS.items() if getattr(args, name) == cli]
-    return "command-line defaults: " + "; ".join(parts) if parts else ""
+    """uhn.cli.defaults_note of :data:`API_DEFAULTS`: the header line naming them, or ''."""
+    from uhn.cli import defaults_note
+    return defaults_note(args, API_DEFAULTS)
 
 
 def _figures(traj, report, net, ds, targets) -> dict:
