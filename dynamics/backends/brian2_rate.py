@@ -135,6 +135,40 @@ def check_supported(net: Network) -> None:
             f"supported: {', '.join(_NUMERATORS)}")
 
 
+#: the smoothing eps and exponent p with which supported_similarities probes the distances
+#: that brian2 runs only smoothed (eps > 0)
+PROBE_EPS, PROBE_P = 0.1, 3.0
+
+
+def supported_similarities(eps: float = PROBE_EPS, p: float = PROBE_P) -> tuple:
+    """The names of uhn.models.similarity.names() whose similarity :func:`check_supported`
+    accepts (probed with sigmoid rates, which every similarity takes, and softmax memories), the
+    distances built with smoothing ``eps``
+    (and minkowski with exponent ``p``), as the CLI offers them."""
+    from uhn.dynamics.lagrangians import softplus
+    from uhn.models.similarity import get_similarity, names
+    M = np.full((2, 2), 0.5)
+    out = []
+    for name in names():
+        try:
+            kw = {k: v for k, v in (("eps", eps), ("p", p)) if _accepts(name, k)}
+            check_supported(Network(M, get_similarity(name, **kw), L_v=softplus()))
+        except (Brian2UnsupportedError, TypeError, ValueError):
+            continue
+        out.append(name)
+    return tuple(out)
+
+
+def _accepts(name: str, param: str) -> bool:
+    """Whether get_similarity(name) takes keyword ``param``."""
+    from uhn.models.similarity import get_similarity
+    try:
+        get_similarity(name, **{param: PROBE_EPS if param == "eps" else PROBE_P})
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _uses_extrapolation(net: Network) -> bool:
     """True where the feature coupling depends on g other than linearly through the feature's own
     rate (every similarity but dot and squared_euclidean, and any similarity with spherical g):

@@ -28,13 +28,19 @@ RATES = {"linear": "quadratic", "tanh": "log_cosh", "sigmoid": "softplus"}
 
 
 def register(sub) -> None:
-    from uhn.dynamics.backends.brian2_rate import DEFAULT_DT_TOL, DEFAULT_TARGET, SCHEMES, TARGETS
+    from uhn.dynamics.backends.brian2_rate import (DEFAULT_DT_TOL, DEFAULT_TARGET, PROBE_EPS,
+        PROBE_P, SCHEMES, TARGETS, supported_similarities)
     from uhn.cli import (finite_float, nonnegative_float, nonnegative_int, positive_float,
         positive_int)
     p = sub.add_parser("brian2", help="run a network in brian2 and in scipy and compare them",
                        description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[2:]))
-    p.add_argument("--similarity", default="squared_euclidean", choices=["dot", "squared_euclidean"],
-                   help="similarity S(g)")
+    p.add_argument("--similarity", default="squared_euclidean", choices=supported_similarities(),
+                   help="similarity S(g): every one the brian2 backend runs (its check_supported); "
+                        "kl and reverse_kl need --rates sigmoid")
+    p.add_argument("--eps", type=positive_float, default=PROBE_EPS,
+                   help="smoothing of the euclidean, manhattan and minkowski distances (brian2 runs "
+                        "them with eps > 0 only)")
+    p.add_argument("--p", type=positive_float, default=PROBE_P, help="minkowski exponent")
     p.add_argument("--separation", default="softmax",
                    choices=["softmax", "polynomial", "identity", "exp"],
                    help="memory-layer activation f = dL_h/dh")
@@ -97,6 +103,14 @@ def _lagrangians(args):
     return L_v, L_h
 
 
+def _similarity(args):
+    """The similarity, smoothed by --eps where it is a distance (and with --p for minkowski)."""
+    from uhn.models.similarity import get_similarity
+    kw = {"euclidean": {"eps": args.eps}, "manhattan": {"eps": args.eps},
+          "minkowski": {"eps": args.eps, "p": args.p}}.get(args.similarity, {})
+    return get_similarity(args.similarity, **kw)
+
+
 def _largest_increase(E):
     dE = np.diff(E, axis=0)
     k = int(np.argmax(dE.max(1))) if len(dE) else 0
@@ -105,6 +119,7 @@ def _largest_increase(E):
 
 def run(args: argparse.Namespace) -> int:
     from uhn.dynamics.backends.brian2_rate import default_cache_dir, run_brian2
+    from uhn.dynamics.analysis.compare import compare_trajectories
     from uhn.dynamics.analysis.diagnose import diagnose
     from uhn.dynamics.integrate import integrate
     from uhn.dynamics.network import Network
@@ -115,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
     M, label = _memories(args)
     L_v, L_h = _lagrangians(args)
-    net = Network(M, args.similarity, L_v=L_v, L_h=L_h, tau_v=args.tau_v, tau_h=args.tau_h)
+    net = Network(M, _similarity(args), L_v=L_v, L_h=L_h, tau_v=args.tau_v, tau_h=args.tau_h)
     rng = np.random.default_rng(args.seed)
     q = M[0] + args.noise * rng.standard_normal(M.shape[1])
     target = args.target
@@ -143,12 +158,10 @@ def run(args: argparse.Namespace) -> int:
     # the two fixed points: scipy run on to convergence from the same query
     fp = integrate(net, q, max(10 * args.t_end, 200.0), input_mode=mode, rtol=1e-10, atol=1e-12)
 
-    dv = np.abs(tr.v - ref.v).max()
-    dh = np.abs(tr.h - ref.h).max()
     print(f"brian2/{target} ({args.scheme}, dt = {dt:g} ms{' (auto)' if args.dt == 'auto' else ''}, "
           f"{len(tr.t) - 1} samples): "
           f"{t1 - t0:.2f} s;  scipy RK45: {t2 - t1:.2f} s")
-    print(f"max |v_brian2 - v_scipy| = {dv:.3e}   max |h_brian2 - h_scipy| = {dh:.3e}")
+    print(compare_trajectories(tr, ref, net, labels=("brian2", "scipy")).summary())
     monotone = True
     for name, traj in (("brian2", tr), ("scipy ", ref)):
         inc, k = _largest_increase(traj.E)
@@ -158,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name} energy: {traj.E[0, 0]:.6g} -> {traj.E[-1, 0]:.6g}; largest increase "
               f"{inc:.3e} (step {k}, {inc / scale:.1e} of max |E|): {'monotone' if ok else 'INCREASES'}; "
               f"max dE/dt = {traj.dEdt.max():.3e}")
-    dist = np.linalg.norm(tr.v_final - fp.v_final)
-    print(f"fixed points: |v*_brian2 - v*_scipy| = {dist:.3e} "
-          f"(brian2 converged: {bool(tr.converged[0])} at t = {tr.t[-1]:g} ms; "
-          f"scipy converged: {bool(fp.converged[0])} at t = {fp.t[-1]:g} ms)")
+    dist = compare_trajectories(tr, fp).max_fixed_point_distance
+    print(f"fixed points: |y*_brian2 - y*_scipy| = {dist:.3e} against scipy run on to its fixed "
+          f"point (brian2 converged: {bool(tr.converged[0])} at t = {tr.t[-1]:g} ms; "
+          f"scipy converged: {bool(fp.converged[0])} at t = {fp.t[-1]:g} ms; the same rest test)")
     d = diagnose(net, tr, q[None], [0])[0]
     print(f"brian2 run: {d.reason()}")
     if args.out is not None:
