@@ -345,7 +345,8 @@ def convergence_study(net: Network, Q, t_end: float, *, ns=(1, 4, 16, 64), dt: f
     sample times (every ``record_every`` steps of ``dt``), then runs :func:`run_spiking` once per
     n in ``ns`` with the same seed, recording query 0's spikes at n = ``raster_n`` (None: none).
     Accuracy = fraction of queries b whose memory rates f(h), averaged over the last 10 samples
-    (the rate model: its final f), peak at ``targets[b]`` (default b)."""
+    (the rate model: its final f), peak at ``targets[b]`` (default b; each an integer in
+    [0, N), else ValueError / TypeError before anything runs)."""
     from uhn.dynamics.integrate import integrate
     ns = sorted({require_count(n, "n") for n in ns})
     if raster_n is not None and raster_n not in ns:
@@ -354,6 +355,13 @@ def convergence_study(net: Network, Q, t_end: float, *, ns=(1, 4, 16, 64), dt: f
     targets = np.arange(len(Q)) if targets is None else np.asarray(targets)
     if targets.shape != (len(Q),):
         raise ValueError(f"targets must have one memory index per query ({len(Q)}), got shape {targets.shape}")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets must be integer memory indices, got dtype {targets.dtype}")
+    bad = np.flatnonzero((targets < 0) | (targets >= net.N))
+    if len(bad):
+        raise ValueError(f"targets must be memory indices in [0, {net.N}) (N = {net.N} memories), got "
+                         f"{targets[bad[0]]} for query {bad[0]}: an index no memory has would score "
+                         f"accuracy 0 whatever the network retrieves")
     n_steps = int(round(t_end / dt))
     if n_steps % record_every:
         raise ValueError(f"record_every = {record_every} must divide the {n_steps} steps of t_end / dt")

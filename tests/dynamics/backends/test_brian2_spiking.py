@@ -178,6 +178,13 @@ def test_convergence_study_refuses_bad_options():
         convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, targets=[0])
     with pytest.raises(ValueError, match="record_every = 3 must divide the 20 steps"):
         convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, record_every=3)
+    # out-of-range targets scored accuracy 0.0 whatever was retrieved; now refused, naming them
+    n_q = len(np.atleast_2d(Q))
+    for t, exc, match in ((net.N, ValueError, rf"in \[0, {net.N}\) .* got {net.N} for query 0"),
+                          (-1, ValueError, r"got -1 for query 0"),
+                          (0.5, TypeError, r"integer memory indices, got dtype float64")):
+        with pytest.raises(exc, match=match):
+            convergence_study(net, Q, 1.0, ns=(1,), dt=0.05, raster_n=None, targets=[t] * n_q)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")         # a zero is refused before any log(0)
