@@ -33,7 +33,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -166,8 +166,9 @@ class AtlasPoint:
 
     @classmethod
     def from_row(cls, row: dict) -> "AtlasPoint":
-        """The point a stored row was measured at."""
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        """The point a stored row was measured at (ValueError naming the fields it lacks)."""
+        from uhn.models.experiments.sweep import point_from_row
+        return point_from_row(cls, row)
 
     @property
     def similarity_label(self) -> str:
@@ -246,18 +247,32 @@ def _dataset(name: str, seed: int):
     return ds
 
 
+def corruption_seed(point: AtlasPoint) -> np.random.SeedSequence:
+    """The seed of a point's corruption draw: SeedSequence([seed, n_queries,
+    zlib.crc32(corruption as UTF-8)])."""
+    return np.random.SeedSequence([point.seed, point.n_queries,
+                                   zlib.crc32(point.corruption.encode())])
+
+
 def problem(point: AtlasPoint):
-    """(memories M (N, D), queries Q (B, D)): the first N images of the shuffled dataset and the
-    first B of them corrupted (seeded by the point's seed and corruption)."""
+    """(memories M (N, D), queries Q (B, D)): M = the first N images of
+    ``load_dataset(dataset, seed=seed)`` (its seeded shuffle), Q = the first B of them corrupted,
+    ``corrupt(M[:B], corruption, level, image_shape, seed=default_rng(corruption_seed(point)))``."""
     from uhn.models.corruption import corrupt
     ds = _dataset(point.dataset, point.seed)
     if point.n_memories > ds.n:
         raise ValueError(f"n_memories = {point.n_memories} but dataset {point.dataset!r} has {ds.n} images")
     M = np.array(ds.X[:point.n_memories])
-    seq = np.random.SeedSequence([point.seed, point.n_queries, zlib.crc32(point.corruption.encode())])
     Q = corrupt(M[:point.n_queries], point.corruption, point.level, ds.image_shape,
-                seed=np.random.default_rng(seq))
+                seed=np.random.default_rng(corruption_seed(point)))
     return M, Q
+
+
+def queries(row) -> tuple[np.ndarray, np.ndarray]:
+    """(memories M, queries Q) of a stored atlas row (or an AtlasPoint), rebuilt from its fields
+    alone (:func:`problem`); ValueError naming the fields a row lacks."""
+    point = row if isinstance(row, AtlasPoint) else AtlasPoint.from_row(row)
+    return problem(point)
 
 
 def validate(point: AtlasPoint) -> None:
@@ -301,8 +316,15 @@ def evaluate(point: AtlasPoint) -> dict:
     M, Q = problem(point)
     B = Q.shape[0]
     targets = np.arange(B)
-    traj = integrate(net, Q, point.t_end, method="RK45-batched", rtol=point.rtol,
-                     atol=point.atol, input_mode=point.input_mode, max_nfev=point.max_nfev)
+    try:
+        traj = integrate(net, Q, point.t_end, method="RK45-batched", rtol=point.rtol,
+                         atol=point.atol, input_mode=point.input_mode, max_nfev=point.max_nfev)
+    except RuntimeError as err:
+        # a stall may be a state growing exponentially (the step follows the growth): say so
+        why = divergence(net, Q, point) if "right-hand-side evaluations" in str(err) else None
+        if why is not None:
+            raise FloatingPointError(f"{why}; the integrator stopped: {err}") from None
+        raise
     report = verify_energy(net, traj, max_windows=FLOW_WINDOWS)
     v, h = traj.v_final, traj.h_final
     y = v - traj.I if point.input_mode == "clamped" else v
@@ -343,6 +365,52 @@ def evaluate(point: AtlasPoint) -> dict:
     }
 
 
+#: growth of |(v, h)| over a probe of :data:`PROBE_EFOLDS` e-foldings of the fastest unstable
+#: mode that makes a stalled integration a diverging one (e^5 ~ 148: a bounded, merely stiff flow
+#: does not multiply its state by that)
+DIVERGENCE_GROWTH = math.exp(5.0)
+#: e-foldings 1 / max Re(lambda) of the initial state's Jacobian that the divergence probe covers
+PROBE_EFOLDS = 10.0
+
+
+def divergence(net, Q, point: AtlasPoint) -> Optional[str]:
+    """Why the state of the point's flow grows without bound, or None when it does not.
+
+    An explicit integrator follows an exponentially growing state with a step size ~ 1 /
+    growth rate, so a diverging linear flow (dot similarity, quadratic L_v and L_h: constant
+    Jacobian) exhausts max_nfev long before it overflows, and looked like a stiff stall. The test:
+    lambda = the largest real part of the Jacobian's eigenvalues at the queries' initial states
+    (uhn.dynamics.analysis.fixed_points.stability); when lambda > 0, integrate for
+    :data:`PROBE_EFOLDS` / lambda and call it diverging when |(v, h)| grew by more than
+    :data:`DIVERGENCE_GROWTH` (a linear flow grows ~ e^(lambda t) along its unstable mode) and the
+    Jacobian at the state reached still has lambda > 0."""
+    from uhn.dynamics.analysis.fixed_points import stability
+    from uhn.dynamics.integrate import integrate
+    I = Q if point.input_mode == "clamped" else np.zeros_like(Q)
+    v0, h0 = net.initial_state(Q)
+    lam0 = [stability(net, v0[b], h0[b], I[b]).max_real for b in range(len(Q))]
+    b = int(np.argmax(lam0))
+    if not lam0[b] > 0:
+        return None
+    t_probe = min(point.t_end, PROBE_EFOLDS / lam0[b])
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            probe = integrate(net, Q[b:b + 1], t_probe, method="RK45-batched", rtol=point.rtol,
+                              atol=point.atol, input_mode=point.input_mode,
+                              max_nfev=point.max_nfev, n_samples=2)
+    except (RuntimeError, FloatingPointError, OverflowError):
+        return None  # not a clean exponential growth: leave the integrator's own verdict
+    y0 = np.concatenate([probe.v[0, 0], probe.h[0, 0]])
+    y1 = np.concatenate([probe.v[-1, 0], probe.h[-1, 0]])
+    growth = np.linalg.norm(y1) / max(np.linalg.norm(y0), np.finfo(float).tiny)
+    lam1 = stability(net, probe.v[-1, 0], probe.h[-1, 0], probe.I[0]).max_real
+    if not (growth > DIVERGENCE_GROWTH and lam1 > 0):
+        return None
+    return (f"diverging: the state grows without bound (query {b}: |(v, h)| x{growth:.3g} over "
+            f"t in [0, {t_probe:.3g}], max Re(lambda) of the Jacobian = {lam0[b]:+.3g} at its "
+            f"initial state, {lam1:+.3g} at t = {t_probe:.3g})")
+
+
 #: failures of one point stored as failed rows: bad values, overflow, and an integration that
 #: stalled (uhn.dynamics.integrate raises RuntimeError after max_nfev steps of a stiff or kinked flow)
 ATLAS_ERRORS = (ValueError, FloatingPointError, OverflowError, RuntimeError)
@@ -374,6 +442,17 @@ def grid(similarities: Sequence[dict] = FULL_SIMILARITIES, L_v: Sequence[str] = 
     return list(dict.fromkeys(out))
 
 
+def recompute(row: dict, evaluate_fn=None) -> dict:
+    """The atlas row measured again from its fields alone: its point (:meth:`AtlasPoint.from_row`),
+    validated and evaluated here (default :func:`evaluate`), as the sealed row :func:`run` stores
+    (failures as failed rows). ``sweep.comparable`` of the two rows are equal for a row of this
+    :data:`PROTOCOL`."""
+    from uhn.models.experiments import sweep
+    point = AtlasPoint.from_row(row)
+    validate(point)
+    return sweep.measure_row(point, evaluate_fn or evaluate, ATLAS_ERRORS, _failure)
+
+
 #: the ``quick`` grid of :func:`grid_options`: two similarities, one L_v, two L_h, two betas, one
 #: tau ratio, 4 queries of 10 digits
 QUICK = {"similarities": ("dot", "squared_euclidean"), "L_v": ("quadratic",),
@@ -401,10 +480,13 @@ def _failure(message: str) -> dict:
 
 
 def run(points: Sequence[AtlasPoint], path=None, *, engine="local", resume: bool = True,
-        progress=None, flush_seconds: float = 1.0, evaluate_fn=None) -> list[dict]:
+        progress=None, flush_seconds: float = 1.0, evaluate_fn=None,
+        no_worker_timeout: Optional[float] = None) -> list[dict]:
     """Validate every point, then measure them with uhn.models.experiments.sweep.run (same engines, store and
     resume); rows in point order. A point that fails (:data:`ATLAS_ERRORS`) is stored with its
-    ``error`` and the sweep goes on."""
+    ``error`` and the sweep goes on. ``no_worker_timeout``: seconds a cluster may have no live
+    worker before the run stops with uhn.models.experiments.sweep.ClusterError (None: the
+    sweep's default)."""
     from uhn.models.experiments import sweep
     unique = list(dict.fromkeys(points))
     for p in unique:
@@ -413,7 +495,8 @@ def run(points: Sequence[AtlasPoint], path=None, *, engine="local", resume: bool
         validate(p)
     return sweep.run(unique, evaluate_fn or evaluate, path, engine=engine, resume=resume,
                      progress=progress, flush_seconds=flush_seconds, errors=ATLAS_ERRORS,
-                     failure=_failure)
+                     failure=_failure,
+                     no_worker_timeout=no_worker_timeout or sweep.NO_WORKER_TIMEOUT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,7 +530,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def failure_kind(error: str) -> str:
     """Short reason of a failed row's ``error``: "diverged" (FloatingPointError / OverflowError:
-    the state overflowed), "stalled" (more than max_nfev right-hand-side evaluations: a stiff or
+    the state overflowed or grows without bound, :func:`divergence`), "stalled" (more than max_nfev right-hand-side evaluations: a stiff or
     kinked flow), "step underflow" (the step size fell below the spacing of floating-point
     times: a blow-up in finite time, or a flow too stiff for the explicit method), "invalid"
     (ValueError) or "failed" (anything else)."""

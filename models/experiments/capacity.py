@@ -143,8 +143,9 @@ class Point:
 
     @classmethod
     def from_row(cls, row: dict) -> "Point":
-        """The Point a stored row was measured at."""
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        """The Point a stored row was measured at (ValueError naming the fields it lacks)."""
+        from uhn.models.experiments.sweep import point_from_row
+        return point_from_row(cls, row)
 
 
 PARAM_NAMES = tuple(f.name for f in fields(Point))
@@ -568,7 +569,7 @@ def _failure(message: str) -> dict:
 def run(points: Iterable[Point], path=None, resume: bool = True,
         progress: Optional[Callable[[int, int, dict, bool], None]] = None,
         flush_seconds: float = 1.0, evaluate_fn: Callable[[Point], dict] = None,
-        engine="local") -> list[dict]:
+        engine="local", no_worker_timeout: Optional[float] = None) -> list[dict]:
     """Evaluate points into the results store at ``path``; return their rows, in point order.
 
     A thin use of :func:`uhn.models.experiments.sweep.run` (which documents the engines, the store and resuming)
@@ -592,6 +593,8 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
         point in flight (a hard kill, at most ``flush_seconds`` of work).
     evaluate_fn : measurement function (default :func:`evaluate`).
     engine : ``"local"`` (in-process) or a ``distributed.Client`` (uhn.models.experiments.sweep.connect).
+    no_worker_timeout : on a cluster, seconds without a live worker before the run stops with
+        uhn.models.experiments.sweep.ClusterError (None: sweep.NO_WORKER_TIMEOUT).
 
     Every point is checked with :func:`validate`, and the store read, before anything runs
     (ValueError on a typo or an unreadable row, naming ``path:line``). Starting a run also removes
@@ -621,9 +624,22 @@ def run(points: Iterable[Point], path=None, resume: bool = True,
                    key=lambda i: (-unique[i].n_memories, first[_problem_key(unique[i])]))
     rows = sweep.run([unique[i] for i in order], evaluate_fn, path, engine=engine, resume=resume,
                      progress=cb, flush_seconds=flush_seconds, errors=sweep.POINT_ERRORS,
-                     failure=_failure, make_row=_row)
+                     failure=_failure, make_row=_row,
+                     no_worker_timeout=no_worker_timeout or sweep.NO_WORKER_TIMEOUT)
     by_key = {r["key"]: r for r in rows}
     return [by_key[p.key()] for p in unique]
+
+
+def recompute(row: dict, evaluate_fn: Callable[[Point], dict] = None) -> dict:
+    """The row measured again from its fields alone: the Point it names
+    (:meth:`Point.from_row`), evaluated here (default :func:`evaluate`), as the sealed row
+    :func:`run` would store for it. ``sweep.comparable`` of the two rows are equal for a row of
+    this :data:`PROTOCOL` (the measurement is a pure function of the point); a row of another
+    protocol is measured under this one (and gets this protocol's key)."""
+    from uhn.models.experiments import sweep
+    point = Point.from_row(row)
+    validate(point)
+    return sweep.measure_row(point, evaluate_fn or evaluate, sweep.POINT_ERRORS, _failure, _row)
 
 
 def select(rows: Iterable[dict], points: Iterable[Point]) -> list[dict]:

@@ -10,16 +10,24 @@ safe). The sidecar <file>.lock is left in place: deleting a lock file others may
 break the lock. Rows are strict JSON (no NaN or Infinity); every unreadable line is a ValueError
 naming ``path:line``.
 
+Integrity: the sweep runner seals every row it makes (:func:`seal`): the field ``checksum`` is the
+SHA-256 of the row's other fields as canonical JSON (:func:`row_checksum`). Every reader here
+checks it, so a row changed after it was measured (a hand-edited ``fraction_correct``) is a
+ValueError naming ``path:line``, not a value reused without notice. Rows without a checksum
+(stores written before it existed) are read as they are; the sweep warns once per file when it
+reuses them.
+
 Used by uhn.models.experiments.sweep (which writes it) and by whoever reads its rows
 (uhn.models.experiments.capacity, uhn.dynamics.analysis.atlas, the ``uhn`` commands).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from uhn.models.atomic import STALE_TMP_SECONDS, atomic_path, clean_stale
 
@@ -41,9 +49,51 @@ def _reject_constant(name):
     raise ValueError(f"{name} is not JSON (the store is strict JSON: no NaN or Infinity)")
 
 
+#: the row field holding :func:`row_checksum`
+CHECKSUM_FIELD = "checksum"
+
+
+def row_checksum(row: dict) -> str:
+    """SHA-256 (hex) of the row's fields other than ``checksum``, as canonical strict JSON (sorted
+    keys; a float's JSON text is its shortest round-trip repr, so a stored row re-read gives the
+    same checksum)."""
+    body = {k: v for k, v in row.items() if k != CHECKSUM_FIELD}
+    return hashlib.sha256(dumps_row(body).encode("utf-8")).hexdigest()
+
+
+def seal(row: dict) -> dict:
+    """The row with its ``checksum`` field (:func:`row_checksum`) set."""
+    body = {k: v for k, v in row.items() if k != CHECKSUM_FIELD}
+    return {**body, CHECKSUM_FIELD: row_checksum(body)}
+
+
+def is_sealed(row: dict) -> bool:
+    """True when the row carries a checksum (rows stored before checksums existed do not)."""
+    return CHECKSUM_FIELD in row
+
+
+def check_seal(row: dict) -> Optional[str]:
+    """None when the row has no checksum or its checksum matches its fields; otherwise why not."""
+    if CHECKSUM_FIELD not in row:
+        return None
+    stored = row[CHECKSUM_FIELD]
+    try:
+        found = row_checksum(row)
+    except ValueError as err:
+        return str(err)
+    if stored != found:
+        return (f"the row does not match its checksum (stored {str(stored)[:12]}..., its fields "
+                f"give {found[:12]}...): it was changed after it was measured")
+    return None
+
+
+_WHAT_TO_DO_EDITED = ("delete that line (its point is then measured again), or restore the value; "
+                      "a stored row is not edited by hand")
+
+
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, row) of every non-blank line; ValueError naming ``path:line`` for a line that
-    is not UTF-8, not strict JSON, or not a JSON object."""
+    is not UTF-8, not strict JSON, not a JSON object, or a row that does not match its checksum."""
     if not path.exists():
         return []
     out = []
@@ -63,6 +113,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
                 kind = _JSON_KINDS.get(type(row), type(row).__name__)
                 raise ValueError(f"{path}:{n}: a JSON {kind}, not a row (a JSON object); "
                                  f"{_WHAT_TO_DO}")
+            bad = check_seal(row)
+            if bad is not None:
+                raise ValueError(f"{path}:{n}: {bad}; {_WHAT_TO_DO_EDITED}")
             out.append((n, row))
     return out
 
@@ -76,8 +129,9 @@ def load_results(path) -> list[dict]:
     return [row for _, row in _read_rows(Path(path))]
 
 
-def stored_results(path) -> dict[str, dict]:
-    """The store's rows by key, in file order (a key stored twice: the later row).
+def indexed_results(path) -> dict[str, tuple[int, dict]]:
+    """The store's rows by key with their line numbers, ``{key: (line, row)}``, in file order (a
+    key stored twice: the later row).
 
     ValueError naming ``path:line`` for a row without a string ``key``: :func:`merge_results`
     rewrites the file from this dict, so a row it cannot index would otherwise be dropped.
@@ -88,8 +142,13 @@ def stored_results(path) -> dict[str, dict]:
         if not isinstance(key, str):
             raise ValueError(f"{path}:{n}: row has no 'key' (a string), so the results store "
                              f"cannot keep it when it merges new rows; {_WHAT_TO_DO}")
-        out[key] = row
+        out[key] = (n, row)
     return out
+
+
+def stored_results(path) -> dict[str, dict]:
+    """The store's rows by key, in file order (:func:`indexed_results` without the lines)."""
+    return {k: row for k, (_, row) in indexed_results(path).items()}
 
 
 def dumps_row(row: dict) -> str:

@@ -31,26 +31,48 @@ or returns a non-finite number (strict JSON cannot hold it), is stored as a *fai
 it is deterministic, so resuming does not retry it. Any other exception is a bug: the rows
 finished so far are stored and the exception propagates (on a cluster, the remaining futures are
 cancelled).
+
+Rows you can trust: every row is sealed with a checksum of its fields
+(uhn.models.experiments.store.seal). On resume a stored row is reused only when its checksum
+matches and its parameter fields equal those of the point it is keyed by; otherwise the run stops
+with a ValueError naming ``path:line`` before measuring anything further (delete the line to have
+the point measured again). Rows stored before checksums existed are reused with one warning naming
+the file.
+
+A sweep on a cluster cannot hang: when the cluster has had no live worker for
+``no_worker_timeout`` seconds (default :data:`NO_WORKER_TIMEOUT`) while points are unfinished, the
+run stops with :class:`ClusterError` saying so; the rows finished so far are stored. A
+LocalCluster whose workers die while it starts is a ClusterError too (:func:`connect`).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from uhn.models.experiments.store import (dumps_row, file_state, locked, merge_results,
-    stored_results)
+from uhn.models.experiments.store import (dumps_row, file_state, indexed_results, is_sealed,
+    locked, merge_results, seal)
 
 #: exceptions of one point's measurement that store it as a failed point instead of stopping a run
 POINT_ERRORS = (ValueError, FloatingPointError, OverflowError)
 
 #: row fields that differ between two runs of the same point (everything else is bit-identical)
-VOLATILE_FIELDS = ("seconds", "timestamp")
+VOLATILE_FIELDS = ("seconds", "timestamp", "checksum")
+
+#: seconds a cluster may have no live worker, with points unfinished, before :func:`run` stops
+NO_WORKER_TIMEOUT = 60.0
+
+
+class ClusterError(RuntimeError):
+    """The dask cluster cannot run the sweep: it has had no live worker for the set time, or its
+    workers died while it started. The rows finished before it are stored."""
 
 @dataclass(frozen=True)
 class Progress:
@@ -159,6 +181,29 @@ def measure(evaluate_fn: Callable, point, errors: tuple = POINT_ERRORS,
     return result
 
 
+def measure_row(point, evaluate_fn: Callable, errors: tuple = POINT_ERRORS,
+                failure: Callable[[str], dict] = default_failure,
+                make_row: Callable[[Any, dict], dict] = default_row,
+                blas: Optional[int] = 1) -> dict:
+    """The sealed row of one point, measured here and now: ``seal(make_row(point,
+    measure(evaluate_fn, point, ...)))``, exactly what :func:`run` stores for it (in-process)."""
+    return seal(make_row(point, measure(evaluate_fn, point, errors, failure, blas)))
+
+
+def point_from_row(cls, row: dict):
+    """The point of dataclass ``cls`` (its fields: the parameters) that a stored row was measured
+    at; ValueError naming the parameter fields the row lacks (instead of a bare KeyError)."""
+    from dataclasses import fields
+    if not isinstance(row, dict):
+        raise TypeError(f"a row is a dict of fields, got {type(row).__name__}")
+    names = [f.name for f in fields(cls)]
+    missing = [n for n in names if n not in row]
+    if missing:
+        raise ValueError(f"this row is not a {cls.__name__} row: it lacks the parameter fields "
+                         f"{missing} (has {sorted(row)[:8]}{' ...' if len(row) > 8 else ''})")
+    return cls(**{n: row[n] for n in names})
+
+
 def _is_client(engine) -> bool:
     return hasattr(engine, "submit") and hasattr(engine, "nthreads")
 
@@ -178,7 +223,8 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
         flush_seconds: float = 1.0, errors: tuple = POINT_ERRORS,
         failure: Callable[[str], dict] = default_failure,
         make_row: Callable[[Any, dict], dict] = default_row,
-        blas_threads: Optional[int] = 1) -> list[dict]:
+        blas_threads: Optional[int] = 1,
+        no_worker_timeout: float = NO_WORKER_TIMEOUT) -> list[dict]:
     """Evaluate points into the results store at ``path``; return their rows, in point order.
 
     Parameters
@@ -190,7 +236,8 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
         other runs store meanwhile, are kept (every write merges by key under the store's lock).
     engine : ``"local"`` or a ``distributed.Client`` (see the module docstring, :func:`connect`).
     resume : reuse stored rows whose key matches (in-process, also rows another run stored after
-        this one started); False recomputes every point and replaces its row.
+        this one started); False recomputes every point and replaces its row. A reused row must
+        match its checksum and its point's parameters (ValueError naming ``path:line``).
     progress : ``progress(Progress)`` after each point; an exception it raises (e.g.
         KeyboardInterrupt) stops the sweep after that point's row is stored.
     flush_seconds : new rows are merged into the file when this long has passed since the last
@@ -201,6 +248,8 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
     blas_threads : BLAS threads of every measurement, in this process and on the workers alike
         (:func:`blas_threads`; default 1, so that rows do not depend on where a point ran and a
         worker per core does not oversubscribe it); None leaves them as they are.
+    no_worker_timeout : on a cluster, seconds without any live worker (points unfinished) after
+        which the run stops with :class:`ClusterError`, storing the rows finished so far.
 
     The store is read before anything runs: an unreadable row is a ValueError naming ``path:line``.
     """
@@ -209,6 +258,10 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
     if not (isinstance(flush_seconds, (int, float)) and math.isfinite(flush_seconds)
             and flush_seconds >= 0):
         raise ValueError(f"flush_seconds must be a finite number >= 0, got {flush_seconds!r}")
+    if not (isinstance(no_worker_timeout, (int, float)) and not isinstance(no_worker_timeout, bool)
+            and math.isfinite(no_worker_timeout) and no_worker_timeout > 0):
+        raise ValueError(f"no_worker_timeout must be a finite number of seconds > 0, got "
+                         f"{no_worker_timeout!r}")
     unique = list(dict.fromkeys(points))
     keys = [p.key() for p in unique]
     store = _Store(path, flush_seconds)
@@ -229,49 +282,80 @@ def run(points: Iterable, evaluate_fn: Callable, path=None, *, engine: Any = "lo
             # nests inside it instead of rescanning the loaded libraries at every point
             with _blas_block(blas_threads):
                 for p, k in zip(unique, keys):
-                    row = store.lookup(k) if resume else None
+                    row = store.lookup(p, k) if resume else None
                     if row is not None:
                         finished(k, row, False, 0)
                         continue
-                    row = make_row(p, measure(evaluate_fn, p, errors, failure, blas_threads))
+                    row = measure_row(p, evaluate_fn, errors, failure, make_row, blas_threads)
                     store.add(row)
                     finished(k, row, True, 0)
         else:
             todo = []
             for p, k in zip(unique, keys):
-                row = store.lookup(k) if resume else None
+                row = store.lookup(p, k) if resume else None
                 if row is None:
                     todo.append((p, k))
                 else:
                     finished(k, row, False, 0)
             _run_dask(engine, todo, evaluate_fn, errors, failure, make_row, store, finished,
-                      blas_threads)
+                      blas_threads, no_worker_timeout)
     finally:
         store.flush()
     return [out[k] for k in keys]
 
 
 class _Store:
-    """The client's view of the results store: rows by key, re-read when another run replaced the
-    file, new rows merged in at most every ``flush_seconds``."""
+    """The client's view of the results store: rows by key (with their lines), re-read when another
+    run replaced the file, new rows merged in at most every ``flush_seconds``."""
 
     def __init__(self, path, flush_seconds: float):
         self.path = None if path is None else Path(path)
         self.flush_seconds = flush_seconds
-        self.by_key, self.seen, self.pending = {}, None, []
+        self.by_key, self.seen, self.pending, self.warned = {}, None, [], False
         if self.path is not None:
             with locked(self.path):  # also removes leftover temporary files of killed writers
                 self.seen = file_state(self.path)
-                self.by_key = stored_results(self.path)
+                self.by_key = indexed_results(self.path)
         self.last = time.monotonic()
 
-    def lookup(self, key):
-        """The stored row of ``key`` or None (re-reading the file if another run replaced it; no
-        lock needed: every write is an atomic replace)."""
+    def lookup(self, point, key):
+        """The stored row of ``point`` (keyed ``key``) or None, re-reading the file if another run
+        replaced it (no lock needed: every write is an atomic replace). ValueError naming
+        ``path:line`` when the row's parameter fields are not the point's (the checksum is
+        checked as the file is read, uhn.models.experiments.store)."""
         if self.path is not None and key not in self.by_key and file_state(self.path) != self.seen:
             self.seen = file_state(self.path)
-            self.by_key = stored_results(self.path)
-        return self.by_key.get(key)
+            self.by_key = indexed_results(self.path)
+        entry = self.by_key.get(key)
+        if entry is None:
+            return None
+        line, row = entry
+        if line is not None:
+            self.check(point, line, row)
+        return row
+
+    def check(self, point, line: int, row: dict) -> None:
+        """ValueError naming ``path:line`` unless the row holds its point's parameters; one
+        warning per store for rows without a checksum."""
+        expected = json.loads(json.dumps(point.params()))
+        missing = [f for f in expected if f not in row]
+        where = f"{self.path}:{line}"
+        fix = ("delete that line to have the point measured again (or run with resume=False / "
+               "--no-resume)")
+        if missing:
+            raise ValueError(f"{where}: the row of this point lacks the parameter fields "
+                             f"{missing}; {fix}")
+        differ = [f for f in expected if row[f] != expected[f]]
+        if differ:
+            f = differ[0]
+            raise ValueError(f"{where}: the row's {f} = {row[f]!r} is not its point's "
+                             f"{expected[f]!r} (fields {differ} differ from the key's): the row "
+                             f"was not measured at the point it is stored under; {fix}")
+        if not is_sealed(row) and not self.warned:
+            self.warned = True
+            warnings.warn(f"{self.path}: rows stored without a checksum (before checksums "
+                          f"existed) are reused unverified; run with resume=False (--no-resume) "
+                          f"to measure them again", UserWarning, stacklevel=4)
 
     def add(self, row: dict) -> None:
         self.pending.append(row)
@@ -280,19 +364,26 @@ class _Store:
 
     def flush(self) -> None:
         if self.path is not None and self.pending:
-            self.by_key = merge_results(self.pending, self.path)
+            merged = merge_results(self.pending, self.path)
+            self.by_key = {k: (None, r) for k, r in merged.items()}  # checked as read and made
             self.seen = file_state(self.path)
             self.pending.clear()
         self.last = time.monotonic()
 
 
+#: seconds between two looks at the cluster while no result arrives
+_POLL_SECONDS = 0.2
+
+
 def _run_dask(client, todo, evaluate_fn, errors, failure, make_row, store, finished,
-              blas) -> None:
+              blas, no_worker_timeout: float = NO_WORKER_TIMEOUT) -> None:
     """Submit every (point, key) of ``todo`` to the cluster; write each row as its result arrives.
 
     Each point is one task (``pure=False``: a resubmitted sweep measures again instead of reusing
     a cached result). The scheduler reruns the tasks of a worker that died on the other workers
-    (up to its ``allowed-failures``); a task that keeps killing workers raises KilledWorker here.
+    (up to its ``allowed-failures``); a task that keeps killing workers is a ClusterError here.
+    While no result arrives the cluster's workers are counted: none for ``no_worker_timeout``
+    seconds is a :class:`ClusterError` (the finished rows are stored by the caller).
     """
     from distributed import as_completed
     if not todo:
@@ -302,18 +393,58 @@ def _run_dask(client, todo, evaluate_fn, errors, failure, make_row, store, finis
                              key=f"sweep-point-{i}-{time.monotonic_ns()}"): (p, k)
                for i, (p, k) in enumerate(todo)}
     in_flight = len(futures)
+    last_worker = time.monotonic()
     try:
-        for fut in as_completed(list(futures)):
-            p, k = futures[fut]
-            result = fut.result()  # re-raises a bug in evaluate_fn (or KilledWorker)
-            in_flight -= 1
-            row = make_row(p, result)
-            store.add(row)
-            finished(k, row, True, min(in_flight, threads))
+        ac = as_completed(list(futures))
+        while not ac.is_empty():
+            batch = ac.next_batch(block=False)
+            if not batch:
+                now = time.monotonic()
+                if _live_workers(client):
+                    last_worker = now
+                elif now - last_worker > no_worker_timeout:
+                    raise ClusterError(
+                        f"the dask cluster has had no live worker for {now - last_worker:.0f} s "
+                        f"(no_worker_timeout = {no_worker_timeout:g} s) with {in_flight} of "
+                        f"{len(futures)} points unfinished: its workers died or never started. "
+                        f"The finished points are stored; start workers (or fix what kills them) "
+                        f"and run again to resume")
+                time.sleep(_POLL_SECONDS)
+                continue
+            for fut in batch:
+                p, k = futures[fut]
+                result = _result(fut)
+                in_flight -= 1
+                row = seal(make_row(p, result))
+                store.add(row)
+                finished(k, row, True, min(in_flight, threads))
+                last_worker = time.monotonic()
     finally:
         pending = [f for f in futures if not f.done()]
         if pending:
             client.cancel(pending)
+
+
+def _live_workers(client) -> int:
+    """Workers the scheduler knows now (0 when it cannot be asked)."""
+    try:
+        return len(client.nthreads())
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer has no worker for us
+        return 0
+
+
+def _result(fut):
+    """fut.result(), with a task that kept killing its workers (distributed's KilledWorker) as a
+    ClusterError saying so; a bug in evaluate_fn is re-raised as it is."""
+    try:
+        return fut.result()
+    except Exception as err:
+        if type(err).__name__ == "KilledWorker":
+            raise ClusterError(f"a sweep point killed every dask worker that ran it ({err}); "
+                               f"the finished points are stored. A point that crashes its "
+                               f"process (out of memory, a segfault) cannot be stored as a failed "
+                               f"row: run it in-process to see the crash") from None
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,14 +453,15 @@ def _run_dask(client, todo, evaluate_fn, errors, failure, make_row, store, finis
 
 @contextlib.contextmanager
 def connect(workers: Optional[int] = None, scheduler: Optional[str] = None,
-            threads_per_worker: int = 1):
+            threads_per_worker: int = 1, start_timeout: float = 60.0):
     """The engine for :func:`run`, closed on exit.
 
     Neither given: ``"local"`` (in-process, nothing started). ``workers=N``: a
     ``distributed.LocalCluster`` of N worker processes with ``threads_per_worker`` threads each
     (no dashboard). ``scheduler="tcp://HOST:PORT"``: a Client of that running dask scheduler
     (``dask scheduler`` / ``dask worker``, dask-jobqueue, ...). ImportError with the install line
-    when dask.distributed is missing.
+    when dask.distributed is missing; :class:`ClusterError` when the cluster does not start (a
+    worker killed while it starts) or the scheduler does not answer within ``start_timeout`` s.
     """
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (start a LocalCluster) or scheduler (connect to "
@@ -347,12 +479,21 @@ def connect(workers: Optional[int] = None, scheduler: Optional[str] = None,
     except ImportError:
         raise ImportError("sweeps on a cluster need dask.distributed: "
                           "pip install 'universal-hopfield[cluster]' (or 'dask[distributed]')") from None
-    if scheduler is not None:
-        with Client(scheduler) as client:
-            yield client
-        return
-    with LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker,
-                      processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    with contextlib.ExitStack() as stack:
+        try:
+            if scheduler is not None:
+                client = stack.enter_context(Client(scheduler, timeout=start_timeout))
+            else:
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=int(workers), threads_per_worker=threads_per_worker,
+                    processes=True, dashboard_address=None))
+                client = stack.enter_context(Client(cluster, timeout=start_timeout))
+        except Exception as err:  # noqa: BLE001 - distributed raises many kinds here
+            what = (f"cannot connect to the dask scheduler at {scheduler}" if scheduler is not None
+                    else f"the dask LocalCluster of {workers} workers did not start")
+            raise ClusterError(f"{what}: {type(err).__name__}: {err or 'no detail'} (a worker "
+                               f"killed while it started: out of memory, a failing preload, a "
+                               f"signal)") from None
         yield client
 
 

@@ -414,15 +414,19 @@ def test_cli_on_a_local_cluster_and_a_running_scheduler_gives_the_serial_rows(tm
     already running cluster) store the in-process rows bit for bit (timestamps aside), print the
     same table, and draw a bar of done / failed / running points."""
     distributed = pytest.importorskip("distributed")
+    import uhn.cli
     from uhn.cli import main
     from uhn.models.experiments import sweep
     seen = []
-    real_bar = sweep.progress_bar
+    # what `uhn capacity`'s bar draws through: the CLI's own sweep bar where it has one
+    owner, name = ((uhn.cli, "sweep_progress_bar") if hasattr(uhn.cli, "sweep_progress_bar")
+                   else (sweep, "progress_bar"))
+    real_bar = getattr(owner, name)
 
     def recording_bar(desc, describe=None):
         draw, close = real_bar(desc, describe)
         return (lambda p: (seen.append(p), draw(p))), close
-    monkeypatch.setattr(sweep, "progress_bar", recording_bar)
+    monkeypatch.setattr(owner, name, recording_bar)
     argv = ["capacity", "--experiment", "noise", "--quick", "--dataset", "digits",
             "--similarities", "manhattan", "cosine"]
     assert main([*argv, "--out", str(tmp_path / "serial.jsonl")]) == 0

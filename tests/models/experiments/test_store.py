@@ -238,3 +238,102 @@ def test_fractional_k_max_is_refused_not_truncated():
     with pytest.raises(TypeError, match=r"k_max k must be an integer, got float 2\.7"):
         validate(Point(dataset="digits", n_memories=10, separation="k_max", sep_param=2.7))
     validate(Point(dataset="digits", n_memories=10, separation="k_max", sep_param=3.0))  # integral: fine
+
+
+# ------------------------------------------------------------------ rows you can trust on resume
+
+def _stored_line(path, key):
+    """(line number, row) of ``key`` in the store file."""
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        row = json.loads(line)
+        if row["key"] == key:
+            return n, row
+    raise AssertionError(key)
+
+
+def _rewrite_line(path, n, row):
+    lines = path.read_text().splitlines()
+    lines[n - 1] = json.dumps(row, sort_keys=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+POINTS = [Point(dataset="digits", n_memories=5, block=b) for b in range(3)]
+
+
+def test_rows_are_sealed_and_a_hand_edited_value_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rows = run(POINTS, path)
+    assert all(store.check_seal(r) is None and store.is_sealed(r) for r in rows)
+    assert all(r["checksum"] == store.row_checksum(r) for r in load_results(path))
+    n, row = _stored_line(path, POINTS[1].key())
+    row["fraction_correct"] = 1.0 if row["fraction_correct"] != 1.0 else 0.0
+    _rewrite_line(path, n, row)
+    before = path.read_bytes()
+    for read in (lambda: run(POINTS, path), lambda: load_results(path)):
+        with pytest.raises(ValueError, match=rf"r\.jsonl:{n}: the row does not match its checksum"
+                                             r".*changed after it was measured; delete that line"):
+            read()
+    assert path.read_bytes() == before
+    lines = path.read_text().splitlines()          # the advice works: delete the line, resume
+    path.write_text("\n".join(lines[:n - 1] + lines[n:]) + "\n")
+    computed = []
+    again = run(POINTS, path, progress=lambda d, t, r, c: computed.append(c))
+    assert computed == [False, True, False] and again[1]["fraction_correct"] == rows[1]["fraction_correct"]
+
+
+def test_a_row_whose_fields_are_not_its_keys_point_is_an_error_on_resume(tmp_path):
+    path = tmp_path / "r.jsonl"
+    run(POINTS, path)
+    n, row = _stored_line(path, POINTS[2].key())
+    row["n_memories"] = 6                          # edited, and sealed again to look genuine
+    _rewrite_line(path, n, store.seal(row))
+    with pytest.raises(ValueError, match=rf"r\.jsonl:{n}: the row's n_memories = 6 is not its "
+                                         r"point's 5 \(fields \['n_memories'\]"):
+        run(POINTS, path)
+
+
+def test_a_row_missing_its_fields_is_an_error_naming_file_and_line_not_a_keyerror(tmp_path,
+                                                                                 capsys):
+    from uhn.cli import main
+    from uhn.dynamics.analysis import atlas
+    path = tmp_path / "a.jsonl"
+    first = atlas.default_points(quick=True)[0]
+    path.write_text(json.dumps({"key": "other"}) + "\n" + json.dumps({"key": first.key()}) + "\n")
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: the row of this point lacks the parameter "
+                                         r"fields \['dataset', 'n_memories'"):
+        atlas.run([first], path)
+    assert main(["atlas", "--quick", "--out", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyError" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("uhn atlas: error:") and "a.jsonl:2: the row of this point lacks" in last
+    with pytest.raises(ValueError, match=r"lacks the parameter fields \['dataset'"):
+        atlas.AtlasPoint.from_row({"key": first.key()})
+    with pytest.raises(ValueError, match=r"not a Point row: it lacks the parameter fields"):
+        Point.from_row({"key": "x", "similarity": "dot"})
+
+
+def test_rows_without_a_checksum_are_reused_with_one_warning_naming_the_file(tmp_path):
+    import warnings
+    path = tmp_path / "old.jsonl"
+    rows = run(POINTS, path)
+    old = [{k: v for k, v in r.items() if k != "checksum"} for r in rows]
+    write_results(old, path)                       # as a store of before the checksums
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = run(POINTS, path)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1 and msgs[0].startswith(f"{path}: rows stored without a checksum")
+    assert again == old                            # reused as they are, not recomputed
+
+
+def test_a_capacity_row_is_recomputed_from_its_fields_alone(tmp_path):
+    from uhn.models.experiments import sweep
+    path = tmp_path / "r.jsonl"
+    run(POINTS[:2], path)
+    for row in load_results(path):
+        fresh = cap.recompute(row)
+        assert sweep.comparable(fresh) == sweep.comparable(row)
+        assert store.check_seal(fresh) is None
+    tampered = {**row, "fraction_correct": 0.123}
+    assert cap.recompute(tampered)["fraction_correct"] == row["fraction_correct"]

@@ -253,3 +253,47 @@ def test_atlas_points_on_the_cluster_equal_the_serial_rows(tmp_path, client):
     rows = atlas.run(pts, tmp_path / "a.jsonl", engine=client)
     assert _by_key(rows) == _by_key(serial_rows)
     assert any(sweep.is_failed(r) for r in rows)  # dot + quadratic L_h diverges: stored, not raised
+
+
+# ------------------------------------------------------------------------ clusters that fail
+
+def test_a_cluster_without_workers_stops_with_an_error_and_stored_rows_stay(tmp_path):
+    path = tmp_path / "s.jsonl"
+    cap.run(POINTS[:2], path)                     # stored before the cluster run
+    before = load_results(path)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cl, \
+            distributed.Client(cl) as c:
+        t0 = time.monotonic()
+        with pytest.raises(sweep.ClusterError, match=r"no live worker for [1-9]\d* s "
+                           r"\(no_worker_timeout = 1 s\) with 2 of 2 points unfinished"):
+            cap.run(POINTS[:4], path, engine=c, no_worker_timeout=1.0)
+        assert time.monotonic() - t0 < 30
+    assert load_results(path) == before
+
+
+def test_workers_that_vanish_mid_sweep_stop_it_and_the_finished_rows_are_stored(tmp_path):
+    path = tmp_path / "s.jsonl"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cl, distributed.Client(cl) as c:
+        seen = []
+
+        def stop_workers(done, total, row, computed):
+            seen.append(row["key"])
+            if len(seen) == 1:
+                cl.scale(0)                           # every worker gone, none coming back
+
+        with pytest.raises(sweep.ClusterError, match="no live worker"):
+            cap.run(POINTS[:6], path, engine=c, evaluate_fn=slow_evaluate, flush_seconds=3600,
+                    progress=stop_workers, no_worker_timeout=1.0)
+    stored = load_results(path)
+    assert [r["key"] for r in stored] == seen and 1 <= len(seen) < 6
+
+
+def test_a_worker_killed_while_the_cluster_starts_is_a_cluster_error(tmp_path):
+    import dask
+    preload = tmp_path / "die.py"
+    preload.write_text("import os\nos._exit(1)\n")
+    with dask.config.set({"distributed.worker.preload": [str(preload)]}):
+        with pytest.raises(sweep.ClusterError, match=r"LocalCluster of 1 workers did not start"):
+            with sweep.connect(workers=1):
+                pass
