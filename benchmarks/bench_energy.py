@@ -9,7 +9,7 @@ trajectory), each timed in this one process; the ratio verify / integrate is tak
 and reported as the median (min - max) over rounds. Every check of verify_energy runs (default
 options: the flow check's budget FLOW_BUDGET, the convexity probes); each round's report must PASS.
 
-    python benchmarks/bench_energy.py [--rounds 3] [--sizes 50x10,200x64,1000x256] [--sims dot,cosine]
+    python benchmarks/bench_energy.py [--rounds 3] [--sizes 50x10,200x64,1000x256] [--sims dot,squared_euclidean]
 
 The largest sizes get fewer rounds (``--big-rounds``): a round at N = 1000, B = 256 takes minutes on
 a loaded 2-core machine.
@@ -49,7 +49,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big-rounds", type=int, default=1, help="rounds for sizes with N B >= 50000")
     ap.add_argument("--sizes", default="50x10,50x256,200x64,1000x10,1000x256")
-    ap.add_argument("--sims", default="dot,cosine")
+    ap.add_argument("--sims", default="dot,squared_euclidean")
     ap.add_argument("--beta", type=float, default=1.0)
     a = ap.parse_args(argv)
     sizes = [tuple(int(x) for x in s.split("x")) for s in a.sizes.split(",")]

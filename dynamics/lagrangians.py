@@ -52,10 +52,99 @@ def check_finite_values(name: str, where, **values) -> None:
                              f"states inside its domain if it has one)")
 
 
+#: Lanczos steps per state row of :func:`smallest_eigenvalue` (a Krylov space of this dimension,
+#: or of the layer's width when it is narrower: then the eigenvalues are exact)
+LANCZOS_STEPS = 40
+#: round-off of a Ritz value, in units of K eps64 |H|_2 (as for a dense eigvalsh: the Hessian-vector
+#: products carry a few ulps of the terms they add, and full reorthogonalisation keeps the basis
+#: orthonormal to a few ulps)
+RITZ_ULPS = 16.0
+
+
+def smallest_eigenvalue(hvp: Callable, x, steps: int = LANCZOS_STEPS, seed: int = 0):
+    """(lambda_min, |H|_2) estimates (B,) of the Hessians at the rows of x (B, K), from
+    hvp(x, U) -> H(x_b) U_b alone: Lanczos with full reorthogonalisation, m = min(K, steps) steps
+    from a seeded random start vector per row, batched over the rows.
+
+    Each row's Ritz values are the eigenvalues of Q^T H Q over its Krylov basis Q, so the smallest
+    is >= lambda_min(H) (Cauchy interlacing): a Ritz value below zero is a concave direction of the
+    Hessian itself, found without forming it. For m = K it is lambda_min exactly; for m < K the
+    Kaniel-Paige bound theta - lambda_min <= (lambda_max - lambda_min) tan^2(phi) /
+    T_(m-1)(1 + 2 gap)^2 (phi: start vector vs eigenvector, T: Chebyshev polynomial, gap: relative
+    distance to the next eigenvalue) makes an isolated negative eigenvalue converge geometrically.
+    A Krylov space that closes early (an invariant subspace) is extended by a fresh random vector
+    orthogonal to it."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    B, K = x.shape
+    m = max(1, min(K, int(steps)))
+    rng = np.random.default_rng(seed)
+    Q = np.zeros((m, B, K))
+    alpha, beta = np.zeros((B, m)), np.zeros((B, m))
+
+    def orthonormal(w, j):
+        for _ in range(2):                       # twice is enough (Kahan-Parlett)
+            w = w - np.einsum("jb,jbk->bk", np.einsum("jbk,bk->jb", Q[:j], w), Q[:j])
+        return w
+
+    q = rng.standard_normal((B, K))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for j in range(m):
+        Q[j] = q
+        w = np.asarray(hvp(x, q), dtype=np.float64)
+        if not np.isfinite(w).all():              # refused by the caller, at the first such row
+            return np.where(np.isfinite(w).all(axis=1), 0.0, np.nan), np.zeros(B)
+        alpha[:, j] = np.einsum("bk,bk->b", q, w)
+        w = orthonormal(w, j + 1)
+        b = np.linalg.norm(w, axis=1)
+        if j == m - 1:
+            break
+        scale = np.abs(alpha[:, :j + 1]).max(1) + beta[:, :j + 1].max(1)
+        closed = b <= 1e-12 * np.maximum(scale, 1e-300)
+        if closed.any():                         # restart: a random vector orthogonal to the basis
+            r = orthonormal(rng.standard_normal((B, K)), j + 1)
+            w = np.where(closed[:, None], r, w)
+            b = np.where(closed, 0.0, b)
+        beta[:, j] = b
+        q = w / np.where(closed, np.linalg.norm(w, axis=1), b)[:, None]
+    Tm = np.zeros((B, m, m))
+    idx = np.arange(m)
+    Tm[:, idx, idx] = alpha
+    Tm[:, idx[:-1], idx[1:]] = Tm[:, idx[1:], idx[:-1]] = beta[:, :m - 1]
+    theta = np.linalg.eigvalsh(Tm)
+    return theta[:, 0], np.abs(theta).max(1)
+
+
+def check_smallest_eigenvalue(name: str, hvp: Callable, x, tol: float, steps: int = LANCZOS_STEPS,
+                              seed: int = 0) -> None:
+    """Raise NonConvexLagrangianError naming the eigenvalue and the state row where the Lanczos
+    estimate of lambda_min(H) (:func:`smallest_eigenvalue`, an upper bound on it) is below
+    -(tol + RITZ_ULPS K eps64 |H|_2), or is not finite."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    K = x.shape[1]
+    lam, norm = smallest_eigenvalue(hvp, x, steps, seed)
+    allowed = tol + RITZ_ULPS * K * np.finfo(np.float64).eps * norm
+    bad = ~(lam >= -allowed)
+    if bad.any():
+        b = int(np.flatnonzero(bad)[0])
+        at = np.array2string(x[b], precision=3, threshold=8)
+        if not np.isfinite(lam[b]):
+            raise NonConvexLagrangianError(
+                f"Lagrangian {name} has a NaN/inf Hessian-vector product at state row {b} (x = {at}): "
+                f"its energy is not a Lyapunov function there")
+        raise NonConvexLagrangianError(
+            f"Lagrangian {name} is not convex: its Hessian has eigenvalue {lam[b]:.3g} < 0 at state "
+            f"row {b} (x = {at}; Lanczos, {min(K, steps)} steps): its energy is not a Lyapunov function")
+
+
 class Lagrangian:
     """Base class: subclasses define value, grad and hvp (row-wise on (B, K) arrays)."""
 
     kind: str = "abstract"
+    #: the Hessian is diagonal (an elementwise L): its smallest eigenvalue is min_i of hvp(x, 1)
+    diagonal_hessian: bool = False
+    #: the Hessian is PSD at every state by construction (a proof, not a probe): check_convex
+    #: then runs only its random-direction probes (a guard against a wrong hvp)
+    convex_everywhere: bool = False
 
     def __init__(self, **params):
         self.params = {k: float(v) for k, v in params.items()}
@@ -101,7 +190,9 @@ class Lagrangian:
 
     def check_convex(self, x, n_probes: int = 8, seed: int = 0, tol: float = 1e-10) -> None:
         """Raise NonConvexLagrangianError if u^T H(x) u < -tol |u|^2 for random probe directions u
-        at any of the states x (B, K) (e.g. the states a trajectory visited); the check runs in
+        at any of the states x (B, K) (e.g. the states a trajectory visited), or if the Lanczos
+        estimate of the smallest Hessian eigenvalue there (:func:`check_smallest_eigenvalue`, an
+        upper bound on it) is below -tol minus its round-off; the check runs in
         numpy on a host copy of x (its probe directions come from numpy's generator). ``tol`` must
         be finite and >= 0 (NaN would turn the check off); a NaN/inf curvature is refused too."""
         tol = check_tol(tol)
@@ -122,12 +213,28 @@ class Lagrangian:
                 raise NonConvexLagrangianError(
                     f"Lagrangian {self.name} has a negative Hessian direction at state row {b} "
                     f"(u^T H u = {c[b]:.3g}): its energy is not a Lyapunov function")
+        # a random direction sees a single concave axis of a wide layer only with weight ~1/K:
+        # the exact diagonal, or the Lanczos estimate of the smallest eigenvalue, finds it
+        if self.convex_everywhere:
+            return
+        if self.diagonal_hessian:
+            d = np.asarray(to_numpy(self.hvp(x, np.ones_like(x))), dtype=np.float64)
+            bad = ~(d >= -tol)
+            if bad.any():
+                b, i = np.argwhere(bad)[0]
+                raise NonConvexLagrangianError(
+                    f"Lagrangian {self.name} is not convex: its Hessian has eigenvalue {d[b, i]:.3g} < 0 "
+                    f"(diagonal entry {i}) at state row {b}: its energy is not a Lyapunov function")
+            return
+        check_smallest_eigenvalue(self.name, self.hvp, x, tol, seed=seed)
 
 
 class Quadratic(Lagrangian):
     """L = sum x^2 / 2;  dL/dx = x;  Hessian = I (classical HN memory layer, linear neurons)."""
 
     kind = "quadratic"
+    diagonal_hessian = True
+    convex_everywhere = True
 
     def value(self, x):
         return 0.5 * rowdot(x, x, array_namespace(x))
@@ -142,6 +249,9 @@ class Quadratic(Lagrangian):
 class _Polynomial(Lagrangian):
     """L = sum a(x)^(n+1) / (n+1) with a(x) = max(x, 0) or |x|;  dL/dx = s(x) a(x)^n;
     Hessian n a(x)^(n-1) (times the indicator x > 0 for the rectified form: :meth:`_mask`)."""
+
+    diagonal_hessian = True
+    convex_everywhere = True          # n a^(n-1) >= 0 for n >= 1
 
     def __init__(self, n: float):
         if not n >= 1:
@@ -244,6 +354,7 @@ class LogSumExp(Lagrangian):
     Computed with the maximum shifted out, so it stays finite for any finite beta x."""
 
     kind = "log_sum_exp"
+    convex_everywhere = True
 
     def __init__(self, beta: float = 1.0):
         if not (np.isfinite(beta) and beta > 0):
@@ -290,6 +401,8 @@ class Exponential(Lagrangian):
     """L = sum exp(beta x) / beta;  dL/dx = exp(beta x) (unnormalised exp separation)."""
 
     kind = "exponential"
+    diagonal_hessian = True
+    convex_everywhere = True
 
     def __init__(self, beta: float = 1.0):
         if not (np.isfinite(beta) and beta > 0):
@@ -319,6 +432,7 @@ class Spherical(Lagrangian):
     """L = |x|_2;  dL/dx = x / |x| (unit-norm rates);  Hessian = (I - g g^T) / |x|, PSD."""
 
     kind = "spherical"
+    convex_everywhere = True
 
     def _norm(self, x):
         xp = array_namespace(x)
@@ -357,6 +471,8 @@ class LogCosh(Lagrangian):
     overflow; the terms sum to at most (1 + 2 log 2) / log cosh(1) ~ 5.5 times the result)."""
 
     kind = "log_cosh"
+    diagonal_hessian = True
+    convex_everywhere = True
 
     def _terms(self, x):
         xp = array_namespace(x)
@@ -384,6 +500,8 @@ class Softplus(Lagrangian):
     """L = sum log(1 + e^x);  dL/dx = sigmoid(x) (firing rates in (0, 1));  Hessian = s (1 - s)."""
 
     kind = "softplus"
+    diagonal_hessian = True
+    convex_everywhere = True
 
     def value(self, x):
         xp = array_namespace(x)
@@ -409,6 +527,7 @@ class Elementwise(Lagrangian):
     """
 
     kind = "elementwise"
+    diagonal_hessian = True
 
     def __init__(self, F: Callable, dF: Callable, d2F: Callable, name: str = "custom",
                  probe=None):

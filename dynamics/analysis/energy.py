@@ -40,15 +40,18 @@ clipped: a violation is reported with its size and location.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from math import factorial
 
 import numpy as np
 from scipy.integrate import solve_ivp
+from threadpoolctl import threadpool_limits
 
 from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.lagrangians import NonConvexLagrangianError
 from uhn.dynamics.network import Network
+from uhn.dynamics.solvers.driver import BLAS_THREADS, time_bar
 
 _EPS64 = np.finfo(np.float64).eps
 #: round-off of one evaluation of E (or of dE/dt), in ulps of the summed sizes of its terms: each term
@@ -59,6 +62,19 @@ ROUNDOFF_ULPS = 4.0
 FD_SAFETY = 10.0
 #: verify_energy probes the Lagrangians' curvature at every (T B // CONVEXITY_ROWS)-th state row
 CONVEXITY_ROWS = 256
+#: the finite-difference check evaluates this many (sample, query) rows per batched call
+FD_CHUNK_ROWS = 1024
+#: a finite-difference step within this factor of the pilot step s0 reuses the pilot pair (at s0,
+#: R + T is at most (FD_REUSE^2 + 2 / FD_REUSE) / 3 = 5/3 times its minimum over s)
+FD_REUSE = 2.0
+#: the flow check's first round re-integrates this many windows x queries whatever the budget
+MIN_FLOW_ROWS = 8   # half from each of the two streams
+#: default ``flow_budget``: the re-integration's right-hand-side row evaluations, as a multiple of the
+#: trajectory's own (docs/theory.md §7: with the other checks, verify_energy then costs about what
+#: the integration cost)
+FLOW_BUDGET = 0.5
+#: verify_energy's progress bar appears once the check has run this many seconds
+PROGRESS_DELAY = 2.0
 #: right-hand-side evaluations per step of scipy's explicit methods (RK45 and RK45-batched: 6 with
 #: first-same-as-last); an implicit method takes at least one evaluation per step
 _STAGES = {"RK45": 6, "RK45-batched": 6, "reduced": 6, "RK23": 3, "DOP853": 12}
@@ -97,6 +113,7 @@ class EnergyReport:
     flow_at: tuple = (0, 0.0, 0)  #: (window start k, t_k, query b)
     flow_checked: int = 0        #: windows x queries re-integrated
     flow_model: str = ""         #: how the allowed deviation was derived
+    flow_coverage: str = ""      #: which windows were re-integrated and what the sample guarantees
     stored_E_ratio: float = 0.0  #: max |traj.E - recomputed E| / round-off allowance
     stored_dEdt_ratio: float = 0.0  #: the same for traj.dEdt
 
@@ -116,7 +133,7 @@ class EnergyReport:
                  f"  samples solve the ODE: worst deviation / allowed = {self.flow_ratio:.3g} "
                  f"({self.flow_deviation:.3e} vs {self.flow_tol:.3e}) over the window from "
                  f"sample/time/query {self.flow_at}; {self.flow_checked} windows x queries "
-                 f"re-integrated ({self.flow_model})",
+                 f"re-integrated ({self.flow_model})" + (f"; {self.flow_coverage}" if self.flow_coverage else ""),
                  f"  stored E / dE/dt vs recomputed: error / round-off allowance = "
                  f"{self.stored_E_ratio:.3g} / {self.stored_dEdt_ratio:.3g}",
                  f"  Lagrangian Hessians PSD on visited states: {self.convex} {self.convexity_message}"]
@@ -211,10 +228,18 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     return an, size, ROUNDOFF_ULPS * _EPS64 * size + prop
 
 
-def _flow_fd(net: Network, traj: Trajectory, safety: float):
+def _flat_current(traj: Trajectory, T: int, B: int):
+    """The input current of every (sample, query) row of the flattened (T B, W) states, or None."""
+    if traj.I is None:
+        return None
+    I = np.broadcast_to(np.asarray(traj.I, dtype=np.float64), (B, traj.v.shape[-1]))
+    return np.broadcast_to(I[None], (T, B, I.shape[1])).reshape(T * B, -1)
+
+
+def _flow_fd(net: Network, traj: Trajectory, safety: float, Ys=None, tick=None):
     """At every sample: analytic dE/dt, the central difference fd(s) of E along the flow, and the
     allowed |analytic - fd|, all (T, B), plus the round-off R and truncation T estimates and the
-    mask of samples where the state moves.
+    mask of samples where the state moves; and the velocities F (T, B, W) at the samples.
 
     fd(s) = (E(y + s ydot) - E(y - s ydot)) / (2 s) = E' + E''' s^2 / 6 + O(s^4), E' = dE/dt.
     Round-off: each E carries ~ ROUNDOFF_ULPS eps64 size(E), so fd carries R = ROUNDOFF_ULPS eps64
@@ -222,23 +247,34 @@ def _flow_fd(net: Network, traj: Trajectory, safety: float):
     |fd(s) - E'|. The step minimises R + |E'''| s^2 / 6: s = (3 ROUNDOFF_ULPS eps64 size / |E'''|)^(1/3),
     with |E'''| = 2 |fd(2 s0) - fd(s0)| / s0^2 from a pilot step s0 = eps64^(1/3) tau, tau =
     max(1, |y|) / |ydot| the time in which the state moves by its own size (s is kept within
-    [s0/10, 10 s0]: a pilot difference lost in round-off gives s ~ s0)."""
-    Ys = _states(net, traj)
-    T, B, _ = Ys.shape
-    out = {k: np.zeros((T, B)) for k in ("an", "fd", "allowed", "R", "T", "scale", "an_roundoff")}
-    moving = np.zeros((T, B), bool)
-    for k in range(T):
-        Y = Ys[k]
-        F = net.velocity(Y, traj.I, traj.adiabatic)
-        an, scale, an_roundoff = _dEdt_and_size(net, Y, F, traj.I, traj.adiabatic)
+    [s0/10, 10 s0]: a pilot difference lost in round-off gives s ~ s0). Where s comes out within
+    a factor FD_REUSE of s0, the pilot pair is the pair (R and T estimated at s0 itself), so the
+    second pair is evaluated only at the rows whose step moved further.
+
+    All T B sample rows form one batch, evaluated FD_CHUNK_ROWS rows at a time."""
+    Ys = _states(net, traj) if Ys is None else Ys
+    T, B, W = Ys.shape
+    Yf = Ys.reshape(T * B, W)
+    If = _flat_current(traj, T, B)
+    out = {k: np.zeros(T * B) for k in ("an", "fd", "allowed", "R", "T", "scale", "an_roundoff")}
+    moving = np.zeros(T * B, bool)
+    Fall = np.empty_like(Yf)
+    for c0 in range(0, T * B, FD_CHUNK_ROWS):
+        sl = slice(c0, min(c0 + FD_CHUNK_ROWS, T * B))
+        Y = Yf[sl]
+        I = None if If is None else If[sl]
+        F = net.velocity(Y, I, traj.adiabatic)
+        Fall[sl] = F
+        an, scale, an_roundoff = _dEdt_and_size(net, Y, F, I, traj.adiabatic)
         speed = np.abs(F).max(1)
         mv = speed > 0
         tau = np.where(mv, np.maximum(1.0, np.abs(Y).max(1)) / np.where(mv, speed, 1.0), 0.0)
 
-        def fd(s):
-            Ep, sp = _energy_and_size(net, Y + s[:, None] * F, traj.I, traj.adiabatic)
-            Em, sm = _energy_and_size(net, Y - s[:, None] * F, traj.I, traj.adiabatic)
-            return (Ep - Em) / np.where(mv, 2 * s, 1.0), np.maximum(sp, sm)
+        def fd(s, r=slice(None)):
+            Yr, Fr, Ir, m = Y[r], F[r], None if I is None else I[r], mv[r]
+            Ep, sp = _energy_and_size(net, Yr + s[:, None] * Fr, Ir, traj.adiabatic)
+            Em, sm = _energy_and_size(net, Yr - s[:, None] * Fr, Ir, traj.adiabatic)
+            return (Ep - Em) / np.where(m, 2 * s, 1.0), np.maximum(sp, sm)
 
         s0 = _EPS64 ** (1 / 3) * tau
         p1, z1 = fd(s0)
@@ -247,16 +283,53 @@ def _flow_fd(net: Network, traj: Trajectory, safety: float):
         E3 = 2 * np.abs(p2 - p1) / np.where(mv, s0, 1.0) ** 2
         s_opt = np.cbrt(3 * roundoff_E / np.where(E3 > 0, E3, 1.0))
         s = np.where(E3 > 0, np.clip(s_opt, s0 / 10, 10 * s0), 10 * s0)
-        f1, z1 = fd(s)
-        f2, z2 = fd(2 * s)
-        R = ROUNDOFF_ULPS * _EPS64 * np.maximum(z1, z2) / np.where(mv, s, 1.0)
+        again = mv & ~((s <= FD_REUSE * s0) & (s >= s0 / FD_REUSE))
+        s = np.where(again, s, s0)
+        f1, f2, zz = p1, p2, np.maximum(z1, z2)
+        if again.any():
+            a1, y1 = fd(s[again], again)
+            a2, y2 = fd(2 * s[again], again)
+            f1[again], f2[again], zz[again] = a1, a2, np.maximum(y1, y2)
+        R = ROUNDOFF_ULPS * _EPS64 * zz / np.where(mv, s, 1.0)
         Tr = np.abs(f1 - f2) / 3
-        out["an"][k], out["scale"][k], out["an_roundoff"][k] = an, scale, an_roundoff
-        out["fd"][k] = np.where(mv, f1, an)
-        out["R"][k], out["T"][k] = np.where(mv, R, 0.0), np.where(mv, Tr, 0.0)
-        out["allowed"][k] = safety * (out["R"][k] + out["T"][k] + an_roundoff)
-        moving[k] = mv
-    return out, moving
+        out["an"][sl], out["scale"][sl], out["an_roundoff"][sl] = an, scale, an_roundoff
+        out["fd"][sl] = np.where(mv, f1, an)
+        out["R"][sl], out["T"][sl] = np.where(mv, R, 0.0), np.where(mv, Tr, 0.0)
+        out["allowed"][sl] = safety * (out["R"][sl] + out["T"][sl] + an_roundoff)
+        moving[sl] = mv
+        if tick is not None:
+            tick(sl.stop - sl.start)
+    return {k: v.reshape(T, B) for k, v in out.items()}, moving.reshape(T, B), Fall.reshape(T, B, W)
+
+
+def _rows_evaluated(traj: Trajectory, B: int) -> float:
+    """Right-hand-side row evaluations the trajectory's own integration took: the sum of
+    ``nfev_per_query``, or ``nfev`` times B (one solve_ivp system of B rows), or the fixed steps
+    t / dt times B; 0 when the trajectory records none of these."""
+    p = traj.params
+    if np.size(p.get("nfev_per_query", ())) == B:
+        return float(np.sum(p["nfev_per_query"]))
+    if "nfev" in p:
+        return float(p["nfev"]) * B
+    if "dt" in p and len(traj.t):
+        return float(traj.t[-1] - traj.t[0]) / float(p["dt"]) * B
+    return 0.0
+
+
+def _window_order(Ys, F, t, kk, bb, t1, rtol, atol, seed):
+    """The two orders in which the candidate windows (kk, bb, ending at t1) are re-integrated:
+
+    the windows by decreasing
+    trapezoid defect |y1 - y0 - (t1 - t0) (F(y0) + F(y1)) / 2| / (atol + rtol |y|) (max over the
+    components; F at the samples is already computed), where the samples agree least with the
+    network's own velocity (a corrupted sample, a wrong right-hand side, the fastest transient);
+    and a random permutation (``numpy.random.default_rng(seed)``), whose covered prefix is what the
+    coverage statement of docs/theory.md §7 counts."""
+    dur = (t1 - t[kk])[:, None]
+    Y0, Y1 = Ys[kk, bb], Ys[kk + 1, bb]
+    defect = np.abs(Y1 - Y0 - dur * (F[kk, bb] + F[kk + 1, bb]) / 2)
+    screen = (defect / (atol + rtol * np.maximum(np.abs(Y0), np.abs(Y1)))).max(1)
+    return np.argsort(-screen, kind="stable"), np.random.default_rng(seed).permutation(len(kk))
 
 
 def _windows(n: int, max_windows: int) -> np.ndarray:
@@ -270,7 +343,8 @@ def _windows(n: int, max_windows: int) -> np.ndarray:
     return np.concatenate([np.arange(head), rest])
 
 
-def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: int):
+def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: int, *, F, Ys=None,
+                    flow_budget: float = np.inf, seed: int = 0, tick=None):
     """Re-integrate the network's ODE from sampled states and compare with the next samples.
 
     For each chosen window k and query b, y(t_k) is integrated to t_(k+1) (or to the query's
@@ -297,7 +371,7 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     * plus the reference's own error, (atol_ref + rtol_ref |y_i|) sqrt(n_ref) times its steps.
 
     Returns None when there is no window to check, else a dict with the worst ratio and where."""
-    Ys = _states(net, traj)
+    Ys = _states(net, traj) if Ys is None else Ys
     T, B, W = Ys.shape
     if T < 2:
         return None
@@ -311,10 +385,6 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     kk, bb, t1 = kk[keep], bb[keep], t1[keep]
     if not len(kk):
         return None
-    dur = t1 - t[kk]
-    Y0, Y1 = Ys[kk, bb], Ys[kk + 1, bb]
-    I = np.asarray(traj.I, dtype=np.float64)[bb]
-    rows = len(kk)
     fixed = "dt" in traj.params and "rtol" not in traj.params
     if fixed:
         dt = float(traj.params["dt"])
@@ -327,71 +397,125 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
             raise ValueError(f"verify_energy: fixed-step trajectory (dt = {dt:g}) of unknown scheme "
                              f"{scheme!r} and no recorded 'order' in traj.params: its accuracy is unknown")
         rtol_ref = 1e-11
-        m = max(int(np.ceil(dur.max() / dt - 1e-9)), p + 1)   # reference points per window: spacing <= dt
+        rtol = atol = 0.0
     else:
         rtol, atol = float(traj.params.get("rtol", 1e-8)), float(traj.params.get("atol", 1e-10))
         rtol_ref = float(np.clip(rtol / 1000, 1e-13, 1e-10))
-        m = 1
     atol_ref = rtol_ref * 1e-2
-    s_eval = np.linspace(0.0, 1.0, m + 1)
+    by_defect, rand = _window_order(Ys, F, t, kk, bb, t1, rtol if not fixed else 1e-8, atol if not fixed else 1e-10, seed)
+    If = None if traj.I is None else np.broadcast_to(np.asarray(traj.I, dtype=np.float64), (B, W if traj.adiabatic else net.D))
 
-    def fun(s, y):
-        return (net.velocity(y.reshape(rows, W), I, traj.adiabatic) * dur[:, None]).ravel()
+    def reintegrate(sel):
+        """Deviation and allowed deviation (rows, W) of the windows sel (indices into kk), one
+        solve_ivp system, and its right-hand-side row evaluations."""
+        k_, b_ = kk[sel], bb[sel]
+        dur = t1[sel] - t[k_]
+        Y0, Y1 = Ys[k_, b_], Ys[k_ + 1, b_]
+        I = None if If is None else If[b_]
+        rows = len(sel)
+        m = max(int(np.ceil(dur.max() / dt - 1e-9)), p + 1) if fixed else 1  # spacing <= dt
+        s_eval = np.linspace(0.0, 1.0, m + 1)
 
-    sol = solve_ivp(fun, (0.0, 1.0), Y0.ravel(), method="DOP853", rtol=rtol_ref, atol=atol_ref,
-                    t_eval=s_eval)
-    if sol.status < 0:
-        raise RuntimeError(f"verify_energy: re-integrating the sampled windows failed: {sol.message}")
-    ref = sol.y.T.reshape(m + 1, rows, W)
-    Yref = ref[-1]
-    mag = np.maximum(np.abs(Y0), np.abs(Y1))
-    ref_steps = max(1, sol.nfev // _STAGES["DOP853"])
-    ref_err = (atol_ref + rtol_ref * mag) * np.sqrt(rows * W) * ref_steps
+        def fun(s, y):
+            return (net.velocity(y.reshape(rows, W), I, traj.adiabatic) * dur[:, None]).ravel()
+
+        sol = solve_ivp(fun, (0.0, 1.0), Y0.ravel(), method="DOP853", rtol=rtol_ref, atol=atol_ref,
+                        t_eval=s_eval)
+        if sol.status < 0:
+            raise RuntimeError(f"verify_energy: re-integrating the sampled windows failed: {sol.message}")
+        ref = sol.y.T.reshape(m + 1, rows, W)
+        mag = np.maximum(np.abs(Y0), np.abs(Y1))
+        ref_steps = max(1, sol.nfev // _STAGES["DOP853"])
+        ref_err = (atol_ref + rtol_ref * mag) * np.sqrt(rows * W) * ref_steps
+        if fixed:
+            # |y^(j)|, j = 1 .. p+1, from differences of F along the reference (spacing delta <= dt)
+            Fr = np.stack([net.velocity(ref[j], I, traj.adiabatic) for j in range(m + 1)])  # (m+1, rows, W)
+            delta = (dur / m)[:, None]
+            tau_min = net.tau_v if traj.adiabatic else min(net.tau_v, net.tau_h)
+            deriv = [np.abs(np.diff(Fr, n=j - 1, axis=0)).max(0) / delta ** (j - 1) for j in range(1, p + 2)]
+            # a derivative of order p+1 may also come as y^(j) / tau^(p+1-j): the stiff decay 1/tau_min
+            # enters the scheme's error constant (the split and the half-step interpolation of h)
+            scale_local = np.max([d / tau_min ** (p + 1 - j) for j, d in enumerate(deriv, 1)], axis=0)
+            scale_rec = np.max([d / tau_min ** (p - j) for j, d in enumerate(deriv[:p], 1)], axis=0)
+            n_steps = np.maximum(np.round(dur / dt), 1.0)[:, None]
+            model_err = n_steps * dt ** (p + 1) * scale_local / factorial(p + 1) + dt ** p * scale_rec
+        else:
+            stages = _STAGES.get(traj.method, 1)
+            if "nfev_per_query" in per_query:        # a step size and an error norm per query
+                nfev = per_query["nfev_per_query"][b_]
+                n_norm = W
+            else:
+                nfev = np.full(rows, float(traj.params.get("nfev", 1)))
+                n_norm = B * W
+            amp = 1.0
+            if traj.method == "reduced":
+                # uhn.dynamics.solvers.reduced controls the error of (a, h, e), 2N + 1 numbers per query, and
+                # v = c + M^T a carries a's error amplified by at most max_i sum_mu |M_mu,i|
+                n_norm = 2 * net.N + 1
+                amp = max(1.0, float(np.abs(net.M).sum(axis=0).max()))
+            n_steps = np.maximum(nfev / stages, 1.0)[:, None]
+            model_err = amp * n_steps * np.sqrt(n_norm) * (atol + rtol * mag)
+        return np.abs(ref[-1] - Y1), safety * (model_err + ref_err), sol.nfev * rows
+
     if fixed:
-        # |y^(j)|, j = 1 .. p+1, from differences of F along the reference (spacing delta <= dt)
-        F = np.stack([net.velocity(ref[j], I, traj.adiabatic) for j in range(m + 1)])  # (m+1, rows, W)
-        delta = (dur / m)[:, None]
-        tau_min = net.tau_v if traj.adiabatic else min(net.tau_v, net.tau_h)
-        deriv = [np.abs(np.diff(F, n=j - 1, axis=0)).max(0) / delta ** (j - 1) for j in range(1, p + 2)]
-        # a derivative of order p+1 may also come as y^(j) / tau^(p+1-j): the stiff decay 1/tau_min
-        # enters the scheme's error constant (the split and the half-step interpolation of h)
-        scale_local = np.max([d / tau_min ** (p + 1 - j) for j, d in enumerate(deriv, 1)], axis=0)
-        scale_rec = np.max([d / tau_min ** (p - j) for j, d in enumerate(deriv[:p], 1)], axis=0)
-        n_steps = np.maximum(np.round(dur / dt), 1.0)[:, None]
-        model_err = n_steps * dt ** (p + 1) * scale_local / factorial(p + 1) + dt ** p * scale_rec
         model = f"fixed step dt = {dt:g}, order {p}"
     else:
-        method = traj.method
-        stages = _STAGES.get(method, 1)
-        if "nfev_per_query" in per_query:        # a step size and an error norm per query
-            nfev = per_query["nfev_per_query"][bb]
-            n_norm = W
-        else:
-            nfev = np.full(rows, float(traj.params.get("nfev", 1)))
-            n_norm = B * W
-        amp = 1.0
-        if method == "reduced":
-            # uhn.dynamics.solvers.reduced controls the error of (a, h, e), 2N + 1 numbers per query, and
-            # v = c + M^T a carries a's error amplified by at most max_i sum_mu |M_mu,i|
-            n_norm = 2 * net.N + 1
-            amp = max(1.0, float(np.abs(net.M).sum(axis=0).max()))
-        n_steps = np.maximum(nfev / stages, 1.0)[:, None]
-        model_err = amp * n_steps * np.sqrt(n_norm) * (atol + rtol * mag)
-        model = f"{method}, rtol {rtol:g}, atol {atol:g}, <= nfev / {stages} steps per window"
-    allowed = safety * (model_err + ref_err)
-    dev = np.abs(Yref - Y1)
+        model = (f"{traj.method}, rtol {rtol:g}, atol {atol:g}, <= nfev / {_STAGES.get(traj.method, 1)} "
+                 f"steps per window")
+    # two streams, each with half the budget and its own rounds (one solve_ivp system shares one
+    # step size, so the fast transient windows the defect ranks first would slow the random ones)
+    budget = flow_budget * _rows_evaluated(traj, B) / 2
+    checked = np.zeros(len(kk), bool)
+    parts = []
+    for stream in (by_defect, rand):
+        pos, spent, size, done = 0, 0.0, MIN_FLOW_ROWS // 2, 0
+        while size > 0:
+            new_ = []
+            while len(new_) < size and pos < len(stream):
+                if not checked[stream[pos]]:
+                    new_.append(stream[pos])
+                    checked[stream[pos]] = True
+                pos += 1
+            if not new_:
+                break
+            sel = np.asarray(new_)
+            dev, allowed, cost = reintegrate(sel)
+            parts.append((sel, dev, allowed))
+            done, spent = done + len(sel), spent + cost
+            if tick is not None:
+                tick(len(sel))
+            # next round: what the budget left buys at this round's cost per window, at most
+            # doubling the windows so far (more rows in one system cost more per row)
+            left = budget - spent
+            if not np.isfinite(left):
+                size = len(stream)
+            else:
+                size = 0 if left <= 0 else min(max(done, 1), int(left // (cost / len(sel))))
+    sel = np.concatenate([s for s, _, _ in parts])
+    dev = np.concatenate([d for _, d, _ in parts])
+    allowed = np.concatenate([a for _, _, a in parts])
     ratio = dev / allowed
     r, i = np.unravel_index(np.argmax(ratio), ratio.shape)
+    kr, br = kk[sel], bb[sel]
+    n, checked = len(kk), len(sel)
+    in_random = np.isin(rand, sel)
+    r_cov = n if in_random.all() else int(np.argmin(in_random))
+    coverage = (f"{checked} of {n} windows x queries" if checked < n else f"all {n} windows x queries")
+    if checked < n:
+        p95 = 1 - 0.05 ** (1 / max(r_cov, 1)) if r_cov else 1.0
+        coverage += (f": the largest trapezoid defects and {r_cov} drawn at random (seed {seed}); a "
+                     f"deviation in >= {100 * p95:.3g} % of them is found with probability >= 95 %")
     return {"ratio": float(ratio[r, i]), "dev": float(dev[r, i]), "allowed": float(allowed[r, i]),
-            "at": (int(kk[r]), float(t[kk[r]]), int(bb[r])), "component": int(i),
-            "checked": rows, "model": model, "t1": float(t1[r]),
-            "bad": [(int(kk[j]), int(bb[j]), float(ratio[j].max())) for j in np.flatnonzero(ratio.max(1) > 1)]}
+            "at": (int(kr[r]), float(t[kr[r]]), int(br[r])), "component": int(i),
+            "checked": checked, "model": model, "t1": float(t1[sel[r]]), "coverage": coverage,
+            "bad": [(int(kr[j]), int(br[j]), float(ratio[j].max())) for j in np.flatnonzero(ratio.max(1) > 1)]}
 
 
 def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
                   atol_floor: float = 1e-12, fd_safety: float = FD_SAFETY,
                   flow_safety: float = FD_SAFETY, max_windows: int = 40, diverge_factor: float = 1e3,
-                  check_convexity: bool = True) -> EnergyReport:
+                  check_convexity: bool = True, flow_budget: float = FLOW_BUDGET, seed: int = 0,
+                  progress="auto") -> EnergyReport:
     """Check that ``traj`` solves ``net``'s ODE and that E decreases along it (energies recomputed in
     float64 from the states); see the module docstring for the checks and their error estimates.
 
@@ -406,7 +530,16 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         recomputed ones by at most fd_safety times their round-off.
     flow_safety : a sampled state may deviate from the re-integrated flow by at most flow_safety
         times the error the trajectory's integrator can have made over the window.
-    max_windows : re-integrate at most this many sample windows (the first ones and a spread).
+    max_windows : the candidate windows: all, or this many sample windows per query (the first
+        ones and a spread).
+    flow_budget : the candidate windows x queries are re-integrated in rounds, in the order of
+        :func:`_window_order` (largest trapezoid defect and seeded random, alternating), until
+        their right-hand-side row evaluations reach flow_budget times the trajectory's own
+        (MIN_FLOW_ROWS of them at least; ``np.inf``: all). The report's ``flow_coverage`` says how
+        many were checked and what the random part guarantees (docs/theory.md §7).
+    seed : the seed of the random windows.
+    progress : "auto" (a bar on stderr once the check has run PROGRESS_DELAY seconds), True (at
+        once), False, or a callable ``report(done, running)`` with done in [0, 1].
     diverge_factor : a query that did not converge and whose |v| ends above
         diverge_factor * max(|v(0)|, 1) is reported as diverging (E decreasing without bound is no
         evidence of retrieval). A non-finite energy at any sample is a violation.
@@ -422,11 +555,51 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
             raise ValueError(f"{name} must be a finite factor >= 1 on an error estimate, got {val}")
     if int(max_windows) != max_windows or max_windows < 1:
         raise ValueError(f"max_windows must be a positive integer, got {max_windows}")
+    if not (flow_budget >= 0):
+        raise ValueError(f"flow_budget must be >= 0 (a multiple of the integration's evaluations), got {flow_budget}")
     Ys = _states(net, traj)
     T, B = Ys.shape[:2]
-    pairs = [_energy_and_size(net, Ys[k], traj.I, traj.adiabatic) for k in range(T)]
-    E = np.stack([p[0] for p in pairs])
-    E_size = np.stack([p[1] for p in pairs])
+    # integrate's BLAS policy: the products here are as small as the integration's, and a second
+    # BLAS thread that waits for a core costs more than it saves (on a loaded machine, 60x)
+    with threadpool_limits(BLAS_THREADS), _progress(progress, T, B,
+                                                    len(_windows(max(T - 1, 1), max_windows)) * B) as tick:
+        return _verify(net, traj, Ys, tick, rtol_factor, atol_floor, fd_safety, flow_safety, max_windows,
+                       diverge_factor, check_convexity, flow_budget, seed)
+
+
+@contextlib.contextmanager
+def _progress(progress, T: int, B: int, n_windows: int):
+    """``tick(rows)`` that advances verify_energy's bar (driver.time_bar) over its two costly
+    parts: the T B sample rows of the finite differences (weight 1 each) and the windows x queries
+    re-integrated (weight 4 each, about what one costs against a sample row's differences)."""
+    total = T * B + 4 * n_windows
+    delay = PROGRESS_DELAY if progress == "auto" else 0.0
+    with time_bar(bool(progress) if progress == "auto" else progress, 1.0, B, desc="verifying energy",
+                  unit="share", delay=delay) as report:
+        if report is None:
+            yield None
+            return
+        state = {"done": 0.0}
+
+        def tick(rows, weight=1.0):
+            state["done"] = min(state["done"] + weight * rows / total, 1.0)
+            report(state["done"], B)
+        yield tick
+        report(1.0, B)
+
+
+def _verify(net, traj, Ys, tick, rtol_factor, atol_floor, fd_safety, flow_safety, max_windows,
+            diverge_factor, check_convexity, flow_budget, seed):
+    """verify_energy's checks on the float64 states Ys (T, B, W); ``tick`` advances the bar."""
+    T, B = Ys.shape[:2]
+    E = np.empty((T, B))
+    E_size = np.empty((T, B))
+    Yf = Ys.reshape(T * B, -1)
+    If = _flat_current(traj, T, B)
+    for c0 in range(0, T * B, FD_CHUNK_ROWS):
+        sl = slice(c0, min(c0 + FD_CHUNK_ROWS, T * B))
+        e, z = _energy_and_size(net, Yf[sl], None if If is None else If[sl], traj.adiabatic)
+        E.reshape(-1)[sl], E_size.reshape(-1)[sl] = e, z
     violations = []
     if not np.all(np.isfinite(E)):
         # every comparison below is False for NaN, so a NaN energy would otherwise pass silently
@@ -457,7 +630,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         max_inc, inc_rel, inc_tol, inc_at = 0.0, 0.0, atol_floor, (0, float(traj.t[0]), 0)
 
     # 2 and 3. analytic dE/dt: sign and agreement with finite differences
-    fdo, moving = _flow_fd(net, traj, fd_safety)
+    fdo, moving, F = _flow_fd(net, traj, fd_safety, Ys, tick)
     an, fd, scale = fdo["an"], fdo["fd"], fdo["scale"]
     slack = fd_safety * fdo["an_roundoff"]
     k, b = np.unravel_index(np.argmax(an - slack), an.shape)
@@ -482,7 +655,8 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         sampled = float("nan")
 
     # 4. the samples solve the network's ODE
-    flow = _flow_deviation(net, traj, flow_safety, max_windows)
+    flow = _flow_deviation(net, traj, flow_safety, max_windows, F=F, Ys=Ys, flow_budget=flow_budget,
+                           seed=seed, tick=None if tick is None else (lambda n: tick(n, 4.0)))
     if flow is not None and flow["ratio"] > 1:
         k4, t4, b4 = flow["at"]
         violations.append(
@@ -516,6 +690,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         b = int(np.argmax(np.where(grew, n1 / np.maximum(n0, 1.0), -np.inf)))
         diverging = (f"|v| grew from {n0[b]:.3g} to {n1[b]:.3g} by t={traj.t[-1]:.6g} (query {b}) while "
                      f"E fell to {E[-1, b]:.3g}: E is unbounded below along this run, no attractor")
+        violations.append(f"the trajectory diverges: {diverging}; {int(grew.sum())} of {B} queries")
 
     convex, cmsg = True, ""
     if check_convexity:
@@ -533,7 +708,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
             violations.append(cmsg)
 
     flow = flow or {"ratio": 0.0, "dev": 0.0, "allowed": 0.0, "at": (0, float(traj.t[0]), 0),
-                    "checked": 0, "model": "single sample: nothing to re-integrate"}
+                    "checked": 0, "model": "single sample: nothing to re-integrate", "coverage": ""}
     return EnergyReport(
         passed=not violations, max_increase=max_inc, max_increase_relative=float(inc_rel),
         increase_tol=inc_tol, increase_at=inc_at, max_dEdt=max_dEdt,
@@ -544,5 +719,5 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         violations=violations, fd_ratio=float(fd_ratio[kf, bf]), fd_roundoff=float(fdo["R"][kf, bf]),
         fd_truncation=float(fdo["T"][kf, bf]), flow_ratio=flow["ratio"], flow_deviation=flow["dev"],
         flow_tol=flow["allowed"], flow_at=flow["at"], flow_checked=flow["checked"],
-        flow_model=flow["model"], stored_E_ratio=float(np.nanmax(stored_E)),
+        flow_model=flow["model"], flow_coverage=flow["coverage"], stored_E_ratio=float(np.nanmax(stored_E)),
         stored_dEdt_ratio=float(np.nanmax(stored_dE)))

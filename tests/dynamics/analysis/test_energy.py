@@ -59,8 +59,10 @@ def test_energy_decreases_for_every_smooth_pair(s, lh, lv, tau_v=TAUS[1][0], tau
     some BLAS kernels: its FD error is round-off, which the report now estimates per sample)."""
     net = _net(s, lh, lv, tau_h=tau_h, tau_v=tau_v)
     tr = integrate(net, _queries(), 5.0, input_mode=SIMS[s][1], n_samples=21, max_nfev=20000)
-    rep = verify_energy(net, tr)
-    assert rep.passed, rep.summary()
+    rep = verify_energy(net, tr, flow_budget=np.inf)   # every window, not the budget's sample
+    # a runaway (manhattan with quadratic L_h grows without bound) fails for that reason alone
+    runaway = [v for v in rep.violations if v.startswith("the trajectory diverges: |v| grew")]
+    assert rep.violations == runaway and bool(runaway) == bool(rep.diverging), rep.summary()
     assert rep.fd_ratio <= 1 and rep.flow_ratio <= 1 and rep.max_increase <= rep.increase_tol
     assert rep.stored_E_ratio <= 1 and rep.stored_dEdt_ratio <= 1
     T, B = tr.E.shape
@@ -74,7 +76,7 @@ def test_energy_adiabatic(s, tau_v, tau_h):
     lv = "softplus" if s == "kl" else "quadratic"
     net = _net(s, "log_sum_exp", lv, tau_h=tau_h, tau_v=tau_v)
     tr = integrate(net, _queries(), 5.0, adiabatic=True, n_samples=21)
-    rep = verify_energy(net, tr)
+    rep = verify_energy(net, tr, flow_budget=np.inf)
     assert rep.passed, rep.summary()
     assert rep.fd_checked == tr.E.size and rep.flow_checked == (len(tr.t) - 1) * tr.E.shape[1]
 
@@ -188,7 +190,10 @@ def test_runaway_state_is_flagged_even_though_energy_decreases():
     M = np.random.default_rng(0).random((5, 8))
     runaway = Network(M, "dot", L.quadratic(), L.quadratic(), tau_v=1.0, tau_h=0.1)
     rep = verify_energy(runaway, integrate(runaway, M[:2], t_end=5.0))
-    assert rep.passed and "grew from" in rep.diverging and "diverging" in rep.summary()
+    # E does decrease, but a runaway is no retrieval: the check fails and says why
+    assert not rep.passed and "grew from" in rep.diverging and "diverging" in rep.summary()
+    assert [v for v in rep.violations if v.startswith("the trajectory diverges: |v| grew from")]
+    assert rep.summary().startswith("energy check: FAIL")
     mchn = Network(M, "dot", L.quadratic(), L.log_sum_exp(5.0), tau_v=1.0, tau_h=0.1)
     assert verify_energy(mchn, integrate(mchn, M[:2], t_end=5.0)).diverging == ""
 

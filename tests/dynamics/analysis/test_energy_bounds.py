@@ -65,7 +65,7 @@ def test_default_diverge_factor_is_1000():
     assert 1000 < n1 < 1001 and not above.converged[0]
     rep = verify_energy(net, above)
     assert rep.diverging.startswith(f"|v| grew from 1 to {n1:.3g} by t={above.t[-1]:.6g} (query 0)")
-    assert rep.passed            # a runaway is reported, not a failure: E does decrease
+    assert not rep.passed and rep.violations == [f"the trajectory diverges: {rep.diverging}; 1 of 1 queries"]
     assert verify_energy(net, above, diverge_factor=1001.0).diverging == ""
     net, below = _growing(999.5)
     assert 999 < abs(below.v[-1, 0, 0]) < 1000
@@ -506,7 +506,7 @@ def test_default_window_budget_is_40():
     net = _quad_net()
     tr = integrate(net, np.array([1.0]), 2.0, n_samples=101, stop_at_fixed_point=False)
     assert len(tr.t) == 101
-    assert verify_energy(net, tr).flow_checked == 40
+    assert verify_energy(net, tr, flow_budget=np.inf).flow_checked == 40
 
 
 @pytest.mark.parametrize("method, scheme", [("RK45", "RK45"), ("RK23", "RK23"), ("DOP853", "DOP853"),
