@@ -400,7 +400,7 @@ def _kernel(kind: str, smooth: bool, ecode: int):
     """The compiled kernel ``kind`` for (smooth, ecode), built on first use (compiled, or loaded
     from numba's disk cache, on its first call of each dtype)."""
     key = (kind, bool(smooth), int(ecode))
-    with _BUILD_LOCK:               # a background warm-up and the caller build one dispatcher
+    with _BUILD_LOCK:               # two threads calling at once build one dispatcher
         if key not in _BUILT:
             _BUILT[key] = _FACTORIES[kind](*key[1:])
         return _BUILT[key]
@@ -671,33 +671,3 @@ def finish_sq_dist(G, q2, m2, eps: float = 0.0, root: bool = False):
     with compile_notice(_finish_sq_dist_kernel, _LABELS["sq_dist"], G.dtype):
         return _finish_sq_dist_kernel(G, q2, m2, t(-2.0), t(0.0), t(eps), t(eps * eps), bool(root),
                                       eps > 0.0)
-
-
-#: what :func:`warm_up` can prepare: a call on 1 x 1 arrays of each, which compiles (or loads)
-#: the same kernel variant a full-size call of that function with default options runs
-WARM_UP = {
-    "l1_scores": lambda z: l1_scores(z, z),
-    "finish_sq_dist": lambda z: finish_sq_dist(z.copy(), z[0], z[0]),
-}
-
-
-def warm_up(names=tuple(WARM_UP), dtype=np.float64) -> threading.Thread:
-    """Start compiling (or loading from numba's disk cache) the kernels of the functions
-    ``names`` (keys of :data:`WARM_UP`) for ``dtype`` on a daemon thread, e.g. while the data
-    loads; a later call that needs one waits for its compile (numba's compiler lock) rather than
-    start another. Returns the started thread; an error in it is left for the real call to raise."""
-    unknown = [n for n in names if n not in WARM_UP]
-    if unknown:
-        raise ValueError(f"warm_up cannot prepare {unknown}; choose from {sorted(WARM_UP)}")
-    z = np.zeros((1, 1), dtype=np.dtype(dtype))
-
-    def work():
-        for name in names:
-            try:
-                WARM_UP[name](z)
-            except Exception as err:  # noqa: BLE001 - the caller's own call reports it
-                log.debug("warm-up of %s failed: %s", name, err)
-
-    thread = threading.Thread(target=work, name="uhn-kernels-warm-up", daemon=True)
-    thread.start()
-    return thread

@@ -505,19 +505,3 @@ def test_first_run_compiles_only_what_it_calls_says_so_and_keeps_it(tmp_path):
     notices = [x for x in lines if x.startswith("LOG compiling")]
     assert len(notices) == 1 and "L1 / Lp gradient kernel" in notices[0] and lines[-1] == "vjp done", lines
     assert not any(x.startswith("LOG") for x in _first_run(tmp_path, "vjp"))
-
-
-def test_warm_up_prepares_in_the_background_and_the_call_agrees():
-    """warm_up runs the named functions on 1 x 1 arrays on a daemon thread; a full call made while
-    it runs waits for the same compile and gives the reference result; unknown names are refused."""
-    rng = np.random.default_rng(3)
-    M, Q = rng.random((40, 30)), rng.random((7, 30))
-    thread = K.warm_up(("l1_scores", "finish_sq_dist"))
-    assert thread.daemon
-    got = K.l1_scores(M, Q)
-    thread.join(timeout=300)
-    assert not thread.is_alive()
-    dist, bound = ref_scores(M, Q, 1.0, 0.0)
-    _close(got, dist, bound, np.float64)
-    with pytest.raises(ValueError, match=r"warm_up cannot prepare \['lp_vjp'\]"):
-        K.warm_up(("lp_vjp",))

@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     get_separation(args.separation)           # bad names stop here, before the data is loaded
     if args.corruption not in KINDS:
         raise ValueError(f"unknown corruption {args.corruption!r}; choose one of {KINDS}")
-    from uhn.models.kernels import warm_up
-    warm_up(("l1_scores", "finish_sq_dist"))  # manhattan's and euclidean's kernels, while the data loads
     note(f"loading {args.n_memories} {args.dataset} images ...")
     ds = load_dataset(args.dataset, n=args.n_memories, seed=args.seed)
     Q = corrupt(ds.X, args.corruption, args.level, ds.image_shape, seed=args.seed)
