@@ -52,8 +52,8 @@ _EPS64 = np.finfo(np.float64).eps
 #: backward stable to a small multiple of K eps64 |H|_2, and each entry of H carries a few ulps of
 #: the terms it adds; |H|_2 <= |H|_F)
 HESSIAN_ULPS = 16.0
-#: dense Hessians are used for the convexity check up to this layer width; wider layers fall back to
-#: random-direction curvature probes (the base class's check)
+#: dense Hessians are used for the convexity check up to this layer width; wider layers use the
+#: base class's check: random-direction probes and a Lanczos estimate of the smallest eigenvalue
 DENSE_HESSIAN_MAX = 256
 #: default probe scales for a Lagrangian without ``probe=``: standard-normal states times these
 PROBE_SCALES = (0.01, 0.1, 1.0, 3.0, 10.0)
@@ -86,18 +86,38 @@ def _label(fn, name: Optional[str], what: str) -> str:
 
 
 def _params(params: dict, what: str) -> dict:
+    """Real numbers as floats; arrays (numpy, JAX, nested lists) as read-only numpy float64 arrays,
+    passed to fn as such: inside the 64-bit context a float64 array stays float64 (a
+    ``jnp.asarray`` in the user's closure outside it would have made it float32)."""
     out = {}
     for k, v in params.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{what} parameter {k!r} must be a real number, got {type(v).__name__} {v!r}")
-        if not np.isfinite(v):
-            raise ValueError(f"{what} parameter {k!r} must be finite, got {v}")
-        out[k] = float(v)
+        if isinstance(v, bool) or isinstance(v, (str, bytes)) or v is None:
+            raise TypeError(f"{what} parameter {k!r} must be a real number or array, got {type(v).__name__} {v!r}")
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            if not np.isfinite(v):
+                raise ValueError(f"{what} parameter {k!r} must be finite, got {v}")
+            out[k] = float(v)
+            continue
+        try:
+            a = np.asarray(v)
+        except Exception as exc:
+            raise TypeError(f"{what} parameter {k!r} must be a real number or array, got {type(v).__name__}") from exc
+        if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise TypeError(f"{what} parameter {k!r} must be a real array, got dtype {a.dtype}"
+                            + (" (complex: pass the real and imaginary parts separately)"
+                               if np.issubdtype(a.dtype, np.complexfloating) else ""))
+        a = np.array(a, dtype=np.float64)       # a copy: later changes to the caller's array do not leak in
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} parameter {k!r} must be finite, got non-finite entries at "
+                             f"{np.argwhere(~np.isfinite(a))[0].tolist()}")
+        a.flags.writeable = False
+        out[k] = a
     return out
 
 
 def _with_params(label: str, params: dict) -> str:
-    inner = ", ".join(f"{k}={v:g}" for k, v in params.items())
+    inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}=array{v.shape}"
+                      for k, v in params.items())
     return f"{label}({inner})" if inner else label
 
 
@@ -136,7 +156,8 @@ def similarity(fn: Callable, name: Optional[str] = None, *, smooth: bool = True,
     name : the similarity's name (default ``fn.__name__``; required for a lambda). Built-in names
         are refused: code that special-cases e.g. ``"dot"`` (the analytic Jacobian) would misread it.
     smooth : False if fn has kinks (its gradient is then a subgradient), as for the built-ins.
-    **params : real numbers passed to fn as keyword arguments and shown in the name.
+    **params : real numbers or real arrays passed to fn as keyword arguments (arrays as float64,
+        whatever JAX's global 64-bit flag) and shown in the name.
 
     The score and vjp refuse (ValueError) NaN/inf results for finite inputs, naming the query row:
     e.g. the gradient of sqrt(|m - g|^2) at m = g, where a smoothed form is needed.
@@ -204,7 +225,8 @@ class AutodiffLagrangian(Lagrangian):
                  size: Optional[int] = None, tol: float = 1e-10, **params):
         _check_function(value_fn, "Lagrangian value_fn")
         self.label = _label(value_fn, name, "autodiff.lagrangian")
-        super().__init__(**_params(params, f"Lagrangian {self.label!r}"))
+        super().__init__()
+        self.params = _params(params, f"Lagrangian {self.label!r}")   # floats and float64 arrays
         p = dict(self.params)
 
         def one(x):
@@ -219,7 +241,8 @@ class AutodiffLagrangian(Lagrangian):
         self._widths: set = set()
         tol = check_tol(tol)
         P = self._probe(probe, size)
-        check_finite_values(self.name, P, value=self.value(P), gradient=self.grad(P))
+        P = self._rows(P)
+        check_finite_values(self.name, P, value=self._value(P), gradient=self._grad(P))
         self.check_convex(P, tol=tol)
 
     @property
@@ -247,17 +270,33 @@ class AutodiffLagrangian(Lagrangian):
             self._widths.add(K)
         return x
 
+    def _finite(self, out, x, what):
+        """out, refused (ValueError naming the row) where it is NaN/inf for a finite state row:
+        a Lagrangian that leaves its domain at a visited state says so there, not as a stalled
+        integration thousands of right-hand sides later."""
+        bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1) & np.isfinite(x).all(axis=1)
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"Lagrangian {self.name}: its {what} is NaN/inf at state row {b} "
+                             f"(x = {np.array2string(x[b], precision=3, threshold=8)}), a finite state: "
+                             f"value_fn leaves its domain there (e.g. log or sqrt of a negative "
+                             f"number; give a Lagrangian defined on every state the dynamics visit)")
+        return out
+
     def value(self, x):
         """L(x) = value_fn(x) per row, (B,)."""
-        return self._value(self._rows(x))
+        x = self._rows(x)
+        return self._finite(self._value(x), x, "value")
 
     def grad(self, x):
         """dL/dx per row (reverse-mode AD), (B, K)."""
-        return self._grad(self._rows(x))
+        x = self._rows(x)
+        return self._finite(self._grad(x), x, "gradient")
 
     def hvp(self, x, u):
         """(d^2 L/dx^2)(x) u per row (forward-over-reverse AD), (B, K)."""
-        return self._hvp(self._rows(x), np.asarray(u, dtype=np.float64))
+        x = self._rows(x)
+        return self._hvp(x, np.asarray(u, dtype=np.float64))
 
     def hessian(self, x):
         """Dense Hessians d^2 L/dx^2 at each row, (B, K, K)."""
@@ -267,7 +306,9 @@ class AutodiffLagrangian(Lagrangian):
         """Raise NonConvexLagrangianError if the Hessian at some row of x (B, K) has an eigenvalue
         below -(tol + HESSIAN_ULPS K eps64 |H|_F) (the second term: round-off of the AD Hessian and
         of eigvalsh). Dense Hessians for K <= DENSE_HESSIAN_MAX, in chunks; wider layers use the
-        base class's random-direction probes u^T H u < -tol |u|^2. ``tol`` finite and >= 0."""
+        base class's check: random-direction probes u^T H u < -tol |u|^2 and the Lanczos estimate
+        of the smallest eigenvalue (an upper bound on it, so a concave axis is found: issue 29).
+        ``tol`` finite and >= 0."""
         tol = check_tol(tol)
         x = self._rows(x)
         B, K = x.shape
@@ -304,9 +345,13 @@ def lagrangian(value_fn: Callable, name: Optional[str] = None, *, probe=None, si
         standard-normal states of width ``size`` (default PROBE_SIZE) times each of PROBE_SCALES.
         Give ``probe`` (or ``size``) when value_fn only accepts one width.
     tol : an eigenvalue of the Hessian below -tol (plus its round-off) refuses the Lagrangian.
-    **params : real numbers passed to value_fn as keyword arguments, e.g. ``beta=5``.
+    **params : real numbers or real arrays passed to value_fn as keyword arguments, e.g. ``beta=5``
+        or ``W=matrix`` (arrays as float64, whatever JAX's global 64-bit flag).
 
-    Raises NonConvexLagrangianError if the Hessian has a negative eigenvalue at a probe state.
+    Raises NonConvexLagrangianError if the Hessian has a negative eigenvalue at a probe state
+    (dense eigenvalues up to DENSE_HESSIAN_MAX units, a Lanczos estimate of the smallest one
+    beyond: :func:`uhn.dynamics.lagrangians.check_smallest_eigenvalue`); ValueError if its value
+    or gradient is NaN/inf at a probe, or later at any finite state it is evaluated at.
     """
     return AutodiffLagrangian(value_fn, name=name, probe=probe, size=size, tol=tol, **params)
 

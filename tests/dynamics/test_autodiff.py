@@ -389,6 +389,87 @@ def test_non_convex_away_from_the_probe_is_refused_on_visited_states():
         ad.lagrangian(soft_cubic)
 
 
+def test_wide_layer_with_one_concave_axis_is_refused_naming_its_eigenvalue():
+    """Issue 29: 300 units (> DENSE_HESSIAN_MAX), Hessian I except -3 on axis 0. Random directions
+    see |u|^2 - 4 u_0^2 > 0 almost surely; the Lanczos estimate of the smallest eigenvalue (an
+    upper bound on it, exact here: two distinct eigenvalues, the Krylov space closes) finds -3,
+    at construction on the probes and on visited states given later."""
+    K = 300
+    assert K > ad.DENSE_HESSIAN_MAX
+
+    def tilted(x):
+        return 0.5 * jnp.sum(x * x) - 2.0 * x[0] ** 2
+    with pytest.raises(NonConvexLagrangianError, match=r"eigenvalue -3 < 0 at state row 0 .*Lanczos"):
+        ad.lagrangian(tilted, size=K)
+
+    def dented(x):           # convex for x_0 < 2; d^2/dx_0^2 = 1 - 6 (x_0 - 2) for x_0 > 2
+        return 0.5 * jnp.sum(x * x) - jnp.maximum(x[0] - 2.0, 0.0) ** 3
+    lag = ad.lagrangian(dented, probe=0.1 * np.random.default_rng(0).standard_normal((4, K)))
+    X = np.zeros((3, K))
+    lag.check_convex(X)
+    X[1, 0] = 3.0            # eigenvalue 1 - 6 = -5 at visited state row 1
+    with pytest.raises(NonConvexLagrangianError, match=r"eigenvalue -5 < 0 at state row 1"):
+        lag.check_convex(X)
+
+
+def test_array_parameters_stay_float64_with_the_global_x64_flag_off():
+    """A matrix parameter (issue 29: it had to go in a closure, where jnp.asarray outside 64-bit
+    mode makes it float32): L(x) = x^T W x / 2 with W given as a keyword. Its gradient W x and
+    value agree with numpy's to float64 round-off (ULPS K eps64 |W| |x|): float32 would be off by
+    ~1e-7. The same for a similarity m^T A g; the caller's array is copied (a later change does
+    not leak in) and the name shows the shape."""
+    assert not jax.config.jax_enable_x64
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((D, D))
+    W = A @ A.T + np.eye(D)
+
+    def quad(x, W):
+        return 0.5 * x @ W @ x
+    lag = ad.lagrangian(quad, size=D, W=W)
+    assert lag.name == f"autodiff(quad(W=array({D}, {D})))"
+    X = rng.standard_normal((B, D))
+    size = np.abs(X) @ np.abs(W)
+    assert_close(lag.grad(X), X @ W, size, D, "grad of x^T W x / 2")
+    assert_close(lag.value(X), 0.5 * np.einsum("bi,ij,bj->b", X, W, X),
+                 0.5 * np.einsum("bi,ij,bj->b", np.abs(X), np.abs(W), np.abs(X)), D * D, "value")
+
+    def bilinear(m, g, A):
+        return m @ A @ g
+    A_given = A.copy()
+    sim = ad.similarity(bilinear, A=A_given)
+    A_given[:] = 0.0
+    assert_close(sim.score(M, X), X @ A.T @ M.T, np.abs(X) @ np.abs(A.T) @ np.abs(M.T), D * D, "m^T A g")
+    assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize("value, error, match", [
+    (np.array([1.0, np.nan]), ValueError, "must be finite"),
+    (np.array([1j, 2.0]), TypeError, "complex"),
+    (np.array([True, False]), TypeError, "real array"),
+    ("wide", TypeError, "real number or array"),
+])
+def test_bad_array_parameters_are_refused(value, error, match):
+    def quad(x, W):
+        return jnp.sum(W * x * x)
+    with pytest.raises(error, match=match):
+        ad.lagrangian(quad, size=2, W=value)
+
+
+def test_lagrangian_nan_at_a_visited_state_is_refused_there():
+    """sum x^1.5 is finite and convex on its probes (x > 0); at a visited state with x_1 < 0 its
+    gradient is NaN: refused there, naming the row, rather than as a stalled integration."""
+    def p32(x):
+        return jnp.sum(x ** 1.5)
+    lag = ad.lagrangian(p32, probe=np.abs(np.random.default_rng(0).standard_normal((4, 3))) + 0.1)
+    with pytest.raises(ValueError, match=r"its gradient is NaN/inf at state row 1 .*leaves its domain"):
+        lag.grad(np.array([[1.0, 2.0, 3.0], [1.0, -1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"its value is NaN/inf at state row 0"):
+        lag.value(np.array([[1.0, -1.0, 2.0]]))
+    net = Network(np.ones((2, 3)), "dot", L_v=lag, L_h=L.log_sum_exp(1.0))
+    with pytest.raises(ValueError, match="leaves its domain"):
+        integrate(net, np.array([[1.0, -1.0, 2.0]]), 1.0)
+
+
 def test_wide_layers_use_random_direction_probes():
     lag = ad.lagrangian(l_quadratic, size=ad.DENSE_HESSIAN_MAX + 1)
     lag.check_convex(np.ones((2, ad.DENSE_HESSIAN_MAX + 1)))
