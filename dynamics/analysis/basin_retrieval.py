@@ -6,7 +6,8 @@ feature Lagrangian (L_v = |v|^2 / 2, so g(v) = v) and the memory Lagrangian whos
 point's separation (uhn.dynamics.lagrangians.for_separation: softmax(beta) -> log_sum_exp(beta),
 ...), tau_v = 1, tau_h = 0.1, and returns queries -> v at the fixed point (integrate, batched
 RK45, stopped at rest, t_end = :data:`T_END`). A query that is not at rest by then counts with its
-final state, which the basin criterion then judges like any other.
+final state, which the basin criterion then judges like any other; an integration that stalls
+(:data:`MAX_NFEV`) is a FloatingPointError, so the sweep stores the point as failed.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 
 #: integration horizon of one retrieval (tau_v = 1)
 T_END = 200.0
+#: right-hand-side evaluations before a retrieval counts as stalled (a non-smooth similarity,
+#: manhattan, can chatter at its kinks): the point is then stored as failed
+MAX_NFEV = 20_000
 
 
 def fixed_point_retriever(M, point):
@@ -35,8 +39,12 @@ def fixed_point_retriever(M, point):
                   L_v=quadratic(), L_h=L_h, tau_v=1.0, tau_h=0.1)
 
     def retrieve(Q):
-        traj = integrate(net, Q, T_END, method="RK45-batched", stop_at_fixed_point=True,
-                         keep="ends")
+        try:
+            traj = integrate(net, Q, T_END, method="RK45-batched", stop_at_fixed_point=True,
+                             keep="ends", max_nfev=MAX_NFEV)
+        except RuntimeError as err:   # a stalled integration: a failed point, not a bug
+            raise FloatingPointError(f"the dynamics of {point.similarity!r} did not finish: "
+                                     f"{err}") from None
         return np.asarray(traj.v_final)
 
     return retrieve
