@@ -49,7 +49,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from scipy import optimize, special, stats
 
-from uhn.models.experiments.basins import flip_bits, half_radius, wilson_interval
+from uhn.models.experiments.basins import flip_bits, half_radius, is_correct, wilson_interval
 from uhn.models.validation import int_param
 
 #: revision of :func:`evaluate`'s protocol; part of every key
@@ -302,6 +302,14 @@ def _probe_rows(rng, N, probes):
     return np.arange(N) if probes is None or probes >= N else rng.choice(N, probes, replace=False)
 
 
+def _networks(point: TheoryPoint):
+    """(rng, random bipolar patterns M (N, D), probed rows idx) of each network of a point."""
+    for t in range(network_count(point)):
+        rng = _rng(point, t)
+        M = _patterns(rng, point.n_memories, point.dim)
+        yield rng, M, _probe_rows(rng, point.n_memories, point.probes)
+
+
 def async_update(X, T, *, binary: bool, rng, max_sweeps: int = 100):
     """Hopfield's (1982) asynchronous rule on a batch of states X (B, D) with couplings T (D, D):
     in random-order sweeps, x_i <- on if (X T)_i > 0, off if < 0, unchanged at 0 (on/off = 1/0
@@ -328,10 +336,7 @@ def _classical(point):
     D, N = point.dim, point.n_memories
     stable = retrieved = probes = 0
     overlaps, converged = [], 0
-    for t in range(network_count(point)):
-        rng = _rng(point, t)
-        M = _patterns(rng, N, D)
-        idx = _probe_rows(rng, N, point.probes)
+    for rng, M, idx in _networks(point):
         net = classical_hopfield(M)
         X = M[idx]
         h = X @ net.W
@@ -372,14 +377,10 @@ def _hopfield1982(point):
 
 
 def _dam(point):
-    D, N = point.dim, point.n_memories
     ok = probes = 0
-    for t in range(network_count(point)):
-        rng = _rng(point, t)
-        M = _patterns(rng, N, D)
-        idx = _probe_rows(rng, N, point.probes)
+    for _, M, idx in _networks(point):
         Z = krotov_hopfield_step(M, M[idx], point.degree)
-        ok += int(np.sum(np.all(Z == M[idx], axis=1)))
+        ok += int(np.sum(is_correct(Z, M[idx], bipolar=True)))
         probes += len(idx)
     return {"n_probes": probes, "n_correct": ok}
 
@@ -392,15 +393,11 @@ def _memory_softmax(M, point, output="sign"):
 
 
 def _softmax_capacity(point):
-    D, N = point.dim, point.n_memories
     ok = probes = 0
-    for t in range(network_count(point)):
-        rng = _rng(point, t)
-        M = _patterns(rng, N, D)
-        idx = _probe_rows(rng, N, point.probes)
+    for rng, M, idx in _networks(point):
         Q = flip_bits(M[idx], point.flips, rng)
         Z = _memory_softmax(M, point).retrieve(Q)
-        ok += int(np.sum(np.all(np.where(Z >= 0, 1.0, -1.0) == M[idx], axis=1)))
+        ok += int(np.sum(is_correct(Z, M[idx], bipolar=True)))
         probes += len(idx)
     return {"n_probes": probes, "n_correct": ok}
 
@@ -419,13 +416,9 @@ def classify_weights(W) -> np.ndarray:
 
 
 def _softmax_fixed_points(point):
-    D, N = point.dim, point.n_memories
     counts = {f"{how}_{k}": 0 for how in ("single_shot", "iterate") for k in FIXED_POINT_KINDS}
     probes = conv = 0
-    for t in range(network_count(point)):
-        rng = _rng(point, t)
-        M = _patterns(rng, N, D)
-        idx = _probe_rows(rng, N, point.probes)
+    for rng, M, idx in _networks(point):
         Q = flip_bits(M[idx], point.flips, rng)
         mem = _memory_softmax(M, point, output=None)
         one = mem.retrieve(Q)
