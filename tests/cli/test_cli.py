@@ -15,20 +15,10 @@ import numpy as np
 import pytest
 
 import uhn.cli as cli
-from uhn.cli import main
+from cli_run import run
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run(argv, capsys):
-    """(exit status, stdout, stderr) of ``uhn argv`` in-process; argparse exits are caught."""
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def error_line(err: str, command: str) -> str:

@@ -12,18 +12,10 @@ from pathlib import Path
 import pytest
 
 import uhn.cli as cli
-from uhn.cli import Eta, main
+from uhn.cli import Eta
+from cli_run import run
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ------------------------------------------------------------------ compile notices

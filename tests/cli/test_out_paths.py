@@ -10,19 +10,10 @@ from pathlib import Path
 import pytest
 
 import uhn.cli as cli
-from uhn.cli import main
+from cli_run import run
 
 # where a file cannot be created even by root: /proc accepts no new files
 READ_ONLY = Path("/proc")
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture
