@@ -231,12 +231,14 @@ def evaluate(point: LatentPoint) -> dict:
 def latent_vs_n(dataset="mnist", n_memories=None, ks=LATENT_KS, similarities=None,
                 probes=PROBES, fits=("stored",), blocks=5, convention="standard", paper_dot=True,
                 threshold=capacity.PAPER_THRESHOLD, threshold_scaling="per_value",
-                seed=0) -> list[LatentPoint]:
+                full_rank=True, seed=0) -> list[LatentPoint]:
     """Fraction correct vs N, max separation, per similarity (those of the paper's capacity
     figure, ``dot [paper_code]`` beside them), per probe, in pixel space and at each latent width
     k and fit. N defaults to :data:`LATENT_N` up to the dataset's size; each N gets
     min(blocks, images // N) disjoint blocks (N = 5,000 MNIST digits: one block). A held-out fit
-    is left out where the block is the whole dataset."""
+    is left out where the block is the whole dataset. ``full_rank`` adds the control k = D
+    (fitted on the stored set, so k_used = its rank): every axis kept, a shift and rotation of
+    the memories' span with no reduction, which tells what centring and rotating alone do."""
     n_images = capacity.available_images(dataset)
     if n_memories is None:
         n_memories = [n for n in LATENT_N if n < n_images] + [n_images]
@@ -246,6 +248,10 @@ def latent_vs_n(dataset="mnist", n_memories=None, ks=LATENT_KS, similarities=Non
         raise ValueError(f"n_memories {too_many} exceed the {n_images} images of {dataset!r}")
     blocks = int_param(blocks, "blocks", low=1)
     spaces = [(None, None)] + [(int(k), f) for k in ks for f in fits]
+    if full_rank:
+        D = len(_images(dataset, seed)[0])
+        if (D, "stored") not in spaces:
+            spaces.append((D, "stored"))
     sims = _sims(similarities, convention, paper_dot)
     points = []
     for corruption, level in probes:
@@ -346,7 +352,8 @@ def capacity_table(summaries: Sequence[dict], measure: str = "fraction_correct",
 
 def format_table(table: Sequence[dict], spaces: Sequence[str]) -> str:
     """A Markdown table: one row per (probe, similarity), one column per space, each cell
-    ``capacity (fraction at the largest N)``; ``n/a`` where not applicable."""
+    ``capacity (fraction at the largest N)`` (``>= N`` where the curve never fell below the
+    level); ``n/a`` where not applicable."""
     cells: dict[tuple, dict] = {}
     for t in table:
         cells.setdefault((f"{t['corruption']} {t['level']:g}", t["similarity"]), {})[t["space"]] = t
@@ -361,9 +368,54 @@ def format_table(table: Sequence[dict], spaces: Sequence[str]) -> str:
             elif t["capacity"] is None:
                 row.append("n/a")
             else:
-                row.append(f"{t['capacity']} ({t['at_max_n']:.3f})")
+                cap = f">= {t['capacity']}" if t["capacity"] == t["max_n"] else str(t["capacity"])
+                row.append(f"{cap} ({t['at_max_n']:.3f})")
         lines.append(f"| {probe} | {sim} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def format_at_n(summaries: Sequence[dict], measure: str, n: int, spaces: Sequence[str]) -> str:
+    """A Markdown table of ``measure`` at N = n: ``mean +- std (blocks)`` per (probe, similarity)
+    and space; ``n/a`` where every block failed, blank where not measured."""
+    cells: dict[tuple, dict] = {}
+    for s in summaries:
+        key = (f"{s['corruption']} {s['level']:g}", s["line"])
+        cells.setdefault(key, {})
+        if s["n_memories"] == n:
+            cells[key][s["space"]] = s
+    lines = ["| probe | similarity | " + " | ".join(spaces) + " |", "|" + "---|" * (len(spaces) + 2)]
+    for (probe, sim), by_space in cells.items():
+        row = []
+        for sp in spaces:
+            s = by_space.get(sp)
+            row.append("" if s is None else "n/a" if math.isnan(s[measure]) else
+                       f"{s[measure]:.3f} +- {s[measure + '_std']:.3f} ({s['n_blocks']})")
+        lines.append(f"| {probe} | {sim} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _space_order(sp: str):
+    return (sp != "pixel", "heldout" in sp, int(sp.split()[0][2:]) if sp != "pixel" else 0)
+
+
+def report(rows: Sequence[dict], level: float = 0.9, at_n: Sequence[int] = (1000, 5000)) -> str:
+    """Markdown: for each of ``fraction_correct`` and ``fraction_nearest``, the table of
+    :func:`format_table` (capacity at ``level``, and the mean at the largest N) and the tables of
+    :func:`format_at_n` at each N of ``at_n`` that was measured; pixel space first."""
+    summaries = summarise(rows)
+    spaces = sorted({s["space"] for s in summaries}, key=_space_order)
+    measured = {s["n_memories"] for s in summaries}
+    out = []
+    for measure in ("fraction_correct", "fraction_nearest"):
+        out.append(f"{measure}: largest N with mean >= {level:g} (mean at the largest N)\n")
+        out.append(format_table(capacity_table(summaries, measure, level), spaces) + "\n")
+        for n in at_n:
+            if n in measured:
+                here = sorted({s["space"] for s in summaries if s["n_memories"] == n},
+                              key=_space_order)
+                out.append(f"{measure} at N = {n}: mean +- std over blocks (blocks)\n")
+                out.append(format_at_n(summaries, measure, n, here) + "\n")
+    return "\n".join(out)
 
 
 def plot_latent_capacity(rows: Sequence[dict], measure: str = "fraction_correct"):
@@ -381,10 +433,11 @@ def plot_latent_capacity(rows: Sequence[dict], measure: str = "fraction_correct"
     spaces = list(dict.fromkeys(s["space"] for s in summaries))
     fig, axes = plt.subplots(len(probes), len(sims), figsize=(2.8 * len(sims), 2.6 * len(probes)),
                              sharex=True, sharey=True, squeeze=False)
-    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(1, len(spaces) - 1)))
-    style = {}
-    for i, sp in enumerate(s for s in spaces if s != "pixel"):
-        style[sp] = {"color": colours[i % len(colours)], "linestyle": "--" if "heldout" in sp else "-"}
+    spaces = sorted(spaces, key=_space_order)
+    ks = sorted({sp.split()[0] for sp in spaces if sp != "pixel"}, key=lambda k: int(k[2:]))
+    colours = dict(zip(ks, plt.get_cmap("viridis")(np.linspace(0.0, 0.8, max(1, len(ks))))))
+    style = {sp: {"color": colours[sp.split()[0]], "linestyle": "--" if "heldout" in sp else "-"}
+             for sp in spaces if sp != "pixel"}     # one colour per k, held-out fits dashed
     style["pixel"] = {"color": "black", "linestyle": "-"}
     for i, probe in enumerate(probes):
         for j, sim in enumerate(sims):
@@ -412,12 +465,14 @@ def plot_latent_capacity(rows: Sequence[dict], measure: str = "fraction_correct"
         h, lab = ax.get_legend_handles_labels()
         if len(lab) > len(labels):
             handles, labels = h, lab
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
     r0 = rows[0]
     fig.suptitle(f"Capacity in pixel vs PCA latent space ({r0['dataset']}, separation "
                  f"{LatentPoint.from_row(r0).capacity_point().separation_label}, threshold "
-                 f"{r0['threshold']:g})", fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+                 f"{r0['threshold']:g})", fontsize=10, y=0.99)
+    top = 1 - 0.55 / fig.get_figheight()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, top), ncol=len(labels),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top - 0.25 / fig.get_figheight()))
     return fig
 
 

@@ -84,7 +84,7 @@ def test_point_checks():
 
 def test_grid():
     pts = L.latent_vs_n(n_memories=(1000, 2000, 5000), ks=(16, 64), similarities=("euclidean",),
-                        fits=("stored", "heldout"), paper_dot=False)
+                        fits=("stored", "heldout"), paper_dot=False, full_rank=False)
     by_n = {}
     for p in pts:
         by_n.setdefault(p.n_memories, set()).add((p.corruption, p.space, p.block))
@@ -98,12 +98,15 @@ def test_grid():
     assert sorted({p.n_memories for p in default}) == list(L.LATENT_N)
     with pytest.raises(ValueError, match="exceed"):
         L.latent_vs_n(n_memories=(6000,))
+    control = L.latent_vs_n(n_memories=(100,), ks=(16,), similarities=("euclidean",), blocks=1,
+                            probes=(("gaussian", 0.5),))
+    assert [p.space for p in control] == ["pixel", "k=16", "k=784"]
 
 
 def test_run_store_resume_and_summaries(tmp_path):
     path = tmp_path / "latent.jsonl"
     pts = L.latent_vs_n(n_memories=(5, 20), ks=(4,), similarities=("euclidean",), blocks=2,
-                        probes=(("gaussian", 0.5),), paper_dot=False)
+                        probes=(("gaussian", 0.5),), paper_dot=False, full_rank=False)
     seen = []
     rows = L.run(pts, path, progress=lambda p: seen.append(p.computed))
     assert len(rows) == len(pts) == 2 * 2 * 2 and all(seen)
@@ -134,6 +137,7 @@ def test_capacity_table_known_answer():
     assert table["k=16"]["capacity"] == 0
     text = L.format_table(L.capacity_table(summ), ["pixel", "k=16", "k=64"])
     assert "| gaussian 0.5 | euclidean | 10 (0.920) | 0 (1.000) |  |" in text
+    assert ">= 1000 (0.950)" in L.format_table(L.capacity_table([s(1000, 0.95)]), ["pixel"])
     with pytest.raises(ValueError, match="unknown measure"):
         L.capacity_table(summ, measure="accuracy")
 
@@ -141,7 +145,7 @@ def test_capacity_table_known_answer():
 def test_figure(tmp_path):
     paths = L.make_latent_figures(tmp_path, results_path=tmp_path / "r.jsonl",
                                   n_memories=(5, 20), ks=(4,), similarities=("euclidean", "kl"),
-                                  blocks=1, fits=("stored",), paper_dot=False)
+                                  blocks=1, fits=("stored",), paper_dot=False, full_rank=False)
     assert [p.name for p in paths] == ["latent_capacity_mnist.png",
                                        "latent_capacity_mnist_nearest.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
