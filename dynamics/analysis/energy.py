@@ -18,12 +18,14 @@ Checks, each reported with where it was worst (sample index, time, query):
 
    with s = (3 ROUNDOFF_ULPS eps64 size(E) / |E'''|)^(1/3), the step that balances the two (E'''
    from a pilot pair of differences); and, reported only, against np.gradient of the sampled E(t);
-4. the trajectory solves the network's ODE: from each sample y(t_k) (all windows, or
-   ``max_windows`` of them always including the first ones, where the transient is fastest) the
-   flow is re-integrated to t_{k+1} with DOP853 at a tolerance far below the trajectory's, batched
-   over windows and queries, and compared with the sample y(t_{k+1}) (:func:`_flow_deviation`
-   derives the allowed deviation from the trajectory's integrator: tolerances and step count of an
-   adaptive method, dt and order of a fixed-step one);
+4. the trajectory solves the network's ODE: from sampled states y(t_k) the flow is re-integrated
+   to t_{k+1} with DOP853 at a tolerance far below the trajectory's, batched over windows and
+   queries, and compared with the sample y(t_{k+1}) (:func:`_flow_deviation` derives the allowed
+   deviation from the trajectory's integrator: tolerances and step count of an adaptive method, dt
+   and order of a fixed-step one). Which windows: within ``flow_budget`` times the integration's
+   own right-hand-side evaluations, those with the largest trapezoid defect (where the samples
+   agree least with the network's velocity) and a seeded random sample, whose size bounds the
+   fraction of bad windows that could go unseen (docs/theory.md §7);
 5. the stored ``traj.E`` and ``traj.dEdt`` against the values recomputed from the states: the same
    formula on the same states differs only by round-off (FD_SAFETY times ROUNDOFF_ULPS eps64 size(E)
    for E; for dE/dt, its round-off from :func:`_dEdt_and_size`, which counts the velocity's).
@@ -319,28 +321,26 @@ def _rows_evaluated(traj: Trajectory, B: int) -> float:
 def _window_order(Ys, F, t, kk, bb, t1, rtol, atol, seed):
     """The two orders in which the candidate windows (kk, bb, ending at t1) are re-integrated:
 
-    the windows by decreasing
-    trapezoid defect |y1 - y0 - (t1 - t0) (F(y0) + F(y1)) / 2| / (atol + rtol |y|) (max over the
-    components; F at the samples is already computed), where the samples agree least with the
-    network's own velocity (a corrupted sample, a wrong right-hand side, the fastest transient);
-    and a random permutation (``numpy.random.default_rng(seed)``), whose covered prefix is what the
+    the windows by decreasing trapezoid defect d = |y1 - y0 - (t1 - t0) (F(y0) + F(y1)) / 2| /
+    (atol + rtol |y|) (max over the components; F at the samples is already computed), relative
+    to the defects of the same query's windows two samples away (max of those and 1), ties by d
+    itself: where the samples agree least with the network's own velocity (a corrupted sample
+    stands out of its neighbours however fast the transient around it; a wrong right-hand side
+    raises every window, which the random stream then meets at once); and a random permutation (``numpy.random.default_rng(seed)``), whose covered prefix is what the
     coverage statement of docs/theory.md §7 counts."""
     dur = (t1 - t[kk])[:, None]
     Y0, Y1 = Ys[kk, bb], Ys[kk + 1, bb]
     defect = np.abs(Y1 - Y0 - dur * (F[kk, bb] + F[kk + 1, bb]) / 2)
-    screen = (defect / (atol + rtol * np.maximum(np.abs(Y0), np.abs(Y1)))).max(1)
-    return np.argsort(-screen, kind="stable"), np.random.default_rng(seed).permutation(len(kk))
-
-
-def _windows(n: int, max_windows: int) -> np.ndarray:
-    """Indices of the windows [t_k, t_(k+1)] to re-integrate: all n, or max_windows of them: the
-    first half of the budget consecutively from k = 0 (the fast early transient), the rest evenly
-    spread over what remains."""
-    if n <= max_windows:
-        return np.arange(n)
-    head = max_windows // 2
-    rest = np.unique(np.linspace(head, n - 1, max_windows - head).round().astype(int))
-    return np.concatenate([np.arange(head), rest])
+    den = atol + rtol * np.maximum(np.abs(Y0), np.abs(Y1))
+    screen = np.where(den > 0, defect / np.where(den > 0, den, 1.0), np.where(defect > 0, np.inf, 0.0)).max(1)
+    # against the windows two samples away (clean of a corruption of sample k, which enters
+    # windows k - 1 and k): a smooth transient's defects change slowly with k, a corrupted
+    # sample's stand out whatever their size
+    grid = np.zeros((int(kk.max()) + 5, int(bb.max()) + 1))
+    grid[kk + 2, bb] = screen
+    level = np.maximum(np.maximum(grid[kk, bb], grid[kk + 4, bb]), 1.0)
+    spike = screen / level
+    return np.lexsort((-screen, -spike)), np.random.default_rng(seed).permutation(len(kk))
 
 
 def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: int, *, F, Ys=None,
@@ -349,7 +349,11 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
 
     For each chosen window k and query b, y(t_k) is integrated to t_(k+1) (or to the query's
     ``t_final_per_query`` if it stopped inside the window: RK45-batched holds a stopped query's
-    state in later samples, and windows after it are skipped). All windows and queries are one
+    state in later samples, and windows after it are skipped). The windows are chosen from two
+    streams (:func:`_window_order`: largest trapezoid defect first, and seeded random), each in
+    rounds that start with MIN_FLOW_ROWS / 2 windows and at most double, while the stream's half
+    of ``flow_budget`` times the trajectory's row evaluations (:func:`_rows_evaluated`) lasts, and
+    at most ``max_windows`` B in all. The windows of a round are one
     solve_ivp(DOP853) system in the window's own time s in [0, 1], dy/ds = (t_(k+1) - t_k) F(y),
     at rtol_ref = clip(rtol / 1000, 1e-13, 1e-10) (1e-11 for fixed-step runs), atol_ref =
     rtol_ref * 1e-2, so its error stays three orders below the trajectory's.
@@ -379,7 +383,7 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     per_query = {k: np.asarray(traj.params[k], dtype=np.float64) for k in ("t_final_per_query", "nfev_per_query")
                  if np.size(traj.params.get(k, ())) == B}   # ignored unless one entry per query here
     t_stop = per_query.get("t_final_per_query", np.full(B, t[-1]))
-    kk, bb = (a.ravel() for a in np.meshgrid(_windows(T - 1, max_windows), np.arange(B), indexing="ij"))
+    kk, bb = (a.ravel() for a in np.meshgrid(np.arange(T - 1), np.arange(B), indexing="ij"))
     t1 = np.minimum(t[kk + 1], t_stop[bb])
     keep = t1 > t[kk]
     kk, bb, t1 = kk[keep], bb[keep], t1[keep]
@@ -467,10 +471,12 @@ def _flow_deviation(net: Network, traj: Trajectory, safety: float, max_windows: 
     budget = flow_budget * _rows_evaluated(traj, B) / 2
     checked = np.zeros(len(kk), bool)
     parts = []
+    cap = max_windows * B                        # at most max_windows windows per query on average
     for stream in (by_defect, rand):
         pos, spent, size, done = 0, 0.0, MIN_FLOW_ROWS // 2, 0
         while size > 0:
             new_ = []
+            size = min(size, cap - int(checked.sum()))
             while len(new_) < size and pos < len(stream):
                 if not checked[stream[pos]]:
                     new_.append(stream[pos])
@@ -530,8 +536,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
         recomputed ones by at most fd_safety times their round-off.
     flow_safety : a sampled state may deviate from the re-integrated flow by at most flow_safety
         times the error the trajectory's integrator can have made over the window.
-    max_windows : the candidate windows: all, or this many sample windows per query (the first
-        ones and a spread).
+    max_windows : re-integrate at most max_windows B windows x queries (of all T - 1 per query).
     flow_budget : the candidate windows x queries are re-integrated in rounds, in the order of
         :func:`_window_order` (largest trapezoid defect and seeded random, alternating), until
         their right-hand-side row evaluations reach flow_budget times the trajectory's own
@@ -562,7 +567,7 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     # integrate's BLAS policy: the products here are as small as the integration's, and a second
     # BLAS thread that waits for a core costs more than it saves (on a loaded machine, 60x)
     with threadpool_limits(BLAS_THREADS), _progress(progress, T, B,
-                                                    len(_windows(max(T - 1, 1), max_windows)) * B) as tick:
+                                                    min(T - 1, max_windows) * B) as tick:
         return _verify(net, traj, Ys, tick, rtol_factor, atol_floor, fd_safety, flow_safety, max_windows,
                        diverge_factor, check_convexity, flow_budget, seed)
 

@@ -79,3 +79,24 @@ def test_a_stiff_stall_of_a_bounded_flow_stays_a_stall():
     assert atlas.divergence(net, Q, p) is None
     row, = atlas.run([p])
     assert atlas.failure_kind(row["error"]) == "stalled"
+
+
+def test_a_divergence_behind_a_fast_transient_is_found_by_a_further_probe():
+    """Euclidean similarity with quadratic L_v and L_h: the largest eigenvalue at the start (+99,
+    the fast memory layer, tau_h = 0.1) decays into a slower growing mode (~ +26), so the first
+    probe of 10 / 99 sees the state grow only ~9-fold; the next probe, 10 / 26 longer, finds the
+    divergence. Checked against an independent integration: |(v, h)| really grows without bound."""
+    from uhn.dynamics.integrate import integrate
+    p = AtlasPoint(similarity="euclidean", L_h="quadratic", beta=5.0)
+    net = atlas.network(p)
+    _, Q = atlas.problem(p)
+    why = atlas.divergence(net, Q, p)
+    assert why is not None and why.startswith("diverging: the state grows without bound")
+    b = int(re.search(r"query (\d+)", why)[1])
+    lam_end = float(re.search(r", (\S+) at t = ", why)[1])
+    assert 0 < lam_end < 99 / 2                        # the slower mode, not the initial one
+    tr = integrate(net, Q[b:b + 1], 4.0, method="RK45-batched", rtol=p.rtol, atol=p.atol,
+                   max_nfev=p.max_nfev, n_samples=5)
+    size = [np.linalg.norm(np.concatenate([tr.v[i, 0], tr.h[i, 0]])) for i in range(5)]
+    rates = np.diff(np.log(size))                     # per unit time
+    assert np.all(rates[1:] > 0.5 * lam_end) and size[-1] > 1e30 * size[0]

@@ -492,15 +492,6 @@ def test_growth_below_the_factor_from_a_large_start_is_no_runaway():
     assert verify_energy(net, tr).diverging == ""
 
 
-def test_windows_first_half_consecutive_then_spread():
-    """_windows(100, 40): windows 0..19, then 20 spread evenly over 20..99 (rounded)."""
-    from uhn.dynamics.analysis.energy import _windows
-    w = _windows(100, 40)
-    np.testing.assert_array_equal(w[:20], np.arange(20))
-    np.testing.assert_array_equal(w[20:], np.round(np.linspace(20, 99, 20)).astype(int))
-    np.testing.assert_array_equal(_windows(40, 40), np.arange(40))
-
-
 def test_default_window_budget_is_40():
     """A 101-sample run of one query re-integrates 40 windows by default (max_windows = 40)."""
     net = _quad_net()

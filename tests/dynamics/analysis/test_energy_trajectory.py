@@ -274,3 +274,84 @@ def test_convexity_is_probed_at_every_stride_th_visited_state(monkeypatch, n_sam
     np.testing.assert_array_equal(seen["h"], tr.h.reshape(T * B, -1)[::stride])
     assert len(seen["v"]) == (T * B if T * B < 256 else len(range(0, T * B, stride)))
     assert energy.CONVEXITY_ROWS == 256 and (T * B < 256 or 256 <= len(seen["v"]) <= 511)
+
+
+# ------------------------------------------------------------------ the flow check's budget (issue 29)
+def _long_run(B=8):
+    net = _net()
+    Q = np.random.default_rng(5).uniform(0, 1, (B, 6))
+    return net, integrate(net, Q, 20.0, n_samples=101, stop_at_fixed_point=False)
+
+
+def _count_reference(monkeypatch):
+    """Record (rows, nfev) of every re-integration system verify_energy solves."""
+    from uhn.dynamics.analysis import energy
+    calls, orig = [], energy.solve_ivp
+
+    def counted(fun, span, y0, **kw):
+        sol = orig(fun, span, y0, **kw)
+        calls.append((y0.size, sol.nfev))
+        return sol
+    monkeypatch.setattr(energy, "solve_ivp", counted)
+    return calls
+
+
+def test_flow_check_spends_its_budget_and_says_what_the_random_part_guarantees(monkeypatch):
+    """8 queries x 100 windows: the default budget re-integrates a part of them. Each
+    round after a stream's first starts only while the stream's half of FLOW_BUDGET times the
+    trajectory's own row evaluations (nfev B) is not spent, so all rounds but the last of each
+    stream fit in it; the coverage statement's percentage is 1 - 0.05^(1/r) for the r random
+    windows covered (docs/theory.md §7), a budget of 0 still checks MIN_FLOW_ROWS windows, and an
+    unlimited one stops at max_windows B."""
+    import re
+    from uhn.dynamics.analysis import energy
+    net, tr = _long_run()
+    W = net.D + net.N
+    calls = _count_reference(monkeypatch)
+    rep = verify_energy(net, tr)
+    assert rep.passed, rep.summary()
+    n = 100 * 8
+    assert energy.MIN_FLOW_ROWS <= rep.flow_checked < 40 * 8
+    assert sum(y0 // W for y0, _ in calls) == rep.flow_checked
+    half = energy.FLOW_BUDGET * tr.params["nfev"] * 8 / 2
+    spent = [y0 // W * nfev for y0, nfev in calls]
+    assert sum(spent) <= 2 * half + max(spent)          # at most one round per stream past the budget
+    m = re.fullmatch(rf"{rep.flow_checked} of {n} windows x queries: the largest trapezoid defects and "
+                     r"(\d+) drawn at random \(seed 0\); a deviation in >= ([\d.]+) % of them is found "
+                     r"with probability >= 95 %", rep.flow_coverage)
+    assert m, rep.flow_coverage
+    r = int(m.group(1))
+    assert 1 <= r <= rep.flow_checked and float(m.group(2)) == float(f"{100 * (1 - 0.05 ** (1 / r)):.3g}")
+    calls.clear()
+    assert verify_energy(net, tr, flow_budget=0.0).flow_checked == energy.MIN_FLOW_ROWS
+    assert verify_energy(net, tr, flow_budget=np.inf).flow_checked == 40 * 8
+    assert verify_energy(net, tr, flow_budget=np.inf, max_windows=100).flow_checked == n
+
+
+@pytest.mark.parametrize("k", [30, 77])
+def test_a_corrupted_late_sample_is_found_within_the_budget(k):
+    """A sample corrupted by 1e-4 in a late window, where no consecutive-first-windows rule would
+    look: its two windows (k - 1, k) have the largest trapezoid defects, so the budgeted check
+    re-integrates them first and fails there."""
+    net, tr = _long_run()
+    tr.v[k, 3, 2] += 1e-4
+    rep = verify_energy(net, tr)
+    assert not rep.passed and rep.flow_ratio > 1 and rep.flow_at[0] in (k - 1, k) and rep.flow_at[2] == 3
+    assert rep.flow_checked < 40 * 8 and rep.flow_coverage.startswith(f"{rep.flow_checked} of 800 ")
+
+
+def test_progress_bar_only_for_a_check_that_runs_long(capsys):
+    """progress=True shows the bar (driver.time_bar, on stderr) at once; the default "auto" waits
+    PROGRESS_DELAY = 2 s, so this sub-second check prints nothing; a callable gets fractions that
+    rise to 1."""
+    from uhn.dynamics.analysis import energy
+    net = _net()
+    tr = integrate(net, _Q(), 2.0, n_samples=11)
+    verify_energy(net, tr, progress=True)
+    assert "verifying energy" in capsys.readouterr().err
+    assert energy.PROGRESS_DELAY == 2.0
+    verify_energy(net, tr)
+    assert capsys.readouterr().err == ""
+    seen = []
+    verify_energy(net, tr, progress=lambda done, running: seen.append(done))
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 1
