@@ -469,10 +469,10 @@ def plot_latent_capacity(rows: Sequence[dict], measure: str = "fraction_correct"
     fig.suptitle(f"Capacity in pixel vs PCA latent space ({r0['dataset']}, separation "
                  f"{LatentPoint.from_row(r0).capacity_point().separation_label}, threshold "
                  f"{r0['threshold']:g})", fontsize=10, y=0.99)
-    top = 1 - 0.55 / fig.get_figheight()
+    top = 1 - 0.3 / fig.get_figheight()       # inches below the figure's top edge
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, top), ncol=len(labels),
                fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, top - 0.25 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, top - 0.2 / fig.get_figheight()))
     return fig
 
 
