@@ -89,11 +89,14 @@ def note(message: str) -> None:
 
 
 class _NoteHandler(logging.Handler):
-    """A library log record (``uhn.*`` at INFO and above) as a :func:`note`."""
+    """A library log record (``uhn.*`` at INFO and above) as a line on stderr, written through
+    tqdm so that a progress bar on screen (a sweep's first point compiling) moves below it."""
 
     def emit(self, record):
         try:
-            note(self.format(record))
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=sys.stderr)
+            sys.stderr.flush()
         except Exception:  # pragma: no cover - a note must never stop a run
             self.handleError(record)
 
