@@ -476,20 +476,21 @@ def plot_latent_capacity(rows: Sequence[dict], measure: str = "fraction_correct"
     return fig
 
 
-#: the small grid of ``quick``: 2 blocks, 3 N, k = 16 and 64
-QUICK = {"n_memories": (10, 100, 500), "ks": (16, 64), "blocks": 2}
+#: the small grid of ``quick``: 2 blocks, 3 N, k = 16 and 64, fitted on the stored set only
+QUICK = {"n_memories": (10, 100, 500), "ks": (16, 64), "blocks": 2, "fits": ("stored",)}
 
 
 def make_latent_figures(out_dir="figures", quick: bool = False, results_path=None,
-                        progress=None, resume: bool = True, fits=("stored", "heldout"),
-                        **overrides) -> list[Path]:
+                        progress=None, resume: bool = True, **overrides) -> list[Path]:
     """Run :func:`latent_vs_n` into the store (``results_path``, default :data:`DEFAULT_RESULTS`)
     and write ``latent_capacity_mnist.png`` (``fraction_correct``) and
     ``latent_capacity_mnist_nearest.png`` (``fraction_nearest``) to ``out_dir`` (atomically,
-    uhn.models.plotting.save_figure). ``quick``: the :data:`QUICK` grid. Returns the paths."""
+    uhn.models.plotting.save_figure). Default grid: :func:`latent_vs_n`'s, with stored and
+    held-out fits; ``quick``: the :data:`QUICK` grid; ``overrides``: latent_vs_n's keywords.
+    Returns the paths."""
     import matplotlib.pyplot as plt
     from uhn.models.plotting import save_figure
-    kw = {**(QUICK if quick else {}), "fits": fits, **overrides}
+    kw = {"fits": ("stored", "heldout"), **(QUICK if quick else {}), **overrides}
     rows = run(latent_vs_n(**kw), results_path or DEFAULT_RESULTS, resume=resume,
                progress=progress)
     written = []
