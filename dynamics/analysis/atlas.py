@@ -42,8 +42,9 @@ from uhn.dynamics import lagrangians as lag
 
 #: revision of the measurement in :func:`evaluate`; part of every key (bump when its meaning changes).
 #: 2: rows gain ``nfev_max_query``; max_nfev 10000 (was 20000); the flow check re-integrates
-#: FLOW_WINDOWS = 4 sample windows (was 8)
-PROTOCOL = 2
+#: FLOW_WINDOWS = 4 sample windows (was 8). 3: a stall whose state grows exponentially
+#: (:func:`divergence`) is stored as a FloatingPointError "diverging", not a RuntimeError stall
+PROTOCOL = 3
 
 #: sample windows per query that verify_energy's trajectory check re-integrates (the first two and
 #: two spread over the rest). Its reference solution (DOP853 at rtol / 1000) costs time linear in
@@ -371,6 +372,8 @@ def evaluate(point: AtlasPoint) -> dict:
 DIVERGENCE_GROWTH = math.exp(5.0)
 #: e-foldings 1 / max Re(lambda) of the initial state's Jacobian that the divergence probe covers
 PROBE_EFOLDS = 10.0
+#: probes of :func:`divergence` at most (each PROBE_EFOLDS / lambda longer than the last)
+PROBE_ROUNDS = 4
 
 
 def divergence(net, Q, point: AtlasPoint) -> Optional[str]:
@@ -380,35 +383,39 @@ def divergence(net, Q, point: AtlasPoint) -> Optional[str]:
     growth rate, so a diverging linear flow (dot similarity, quadratic L_v and L_h: constant
     Jacobian) exhausts max_nfev long before it overflows, and looked like a stiff stall. The test:
     lambda = the largest real part of the Jacobian's eigenvalues at the queries' initial states
-    (uhn.dynamics.analysis.fixed_points.stability); when lambda > 0, integrate for
-    :data:`PROBE_EFOLDS` / lambda and call it diverging when |(v, h)| grew by more than
-    :data:`DIVERGENCE_GROWTH` (a linear flow grows ~ e^(lambda t) along its unstable mode) and the
-    Jacobian at the state reached still has lambda > 0."""
+    (uhn.dynamics.analysis.fixed_points.stability); while lambda > 0, integrate the query of the
+    largest lambda :data:`PROBE_EFOLDS` / lambda further (lambda re-taken at the state reached:
+    a fast transient mode may give way to a slower growing one) and call it diverging once
+    |(v, h)| grew by more than :data:`DIVERGENCE_GROWTH` with lambda still > 0 (a linear flow
+    grows ~ e^(lambda t) along its unstable mode); at most :data:`PROBE_ROUNDS` probes, none
+    past t_end."""
     from uhn.dynamics.analysis.fixed_points import stability
     from uhn.dynamics.integrate import integrate
     I = Q if point.input_mode == "clamped" else np.zeros_like(Q)
     v0, h0 = net.initial_state(Q)
     lam0 = [stability(net, v0[b], h0[b], I[b]).max_real for b in range(len(Q))]
     b = int(np.argmax(lam0))
-    if not lam0[b] > 0:
-        return None
-    t_probe = min(point.t_end, PROBE_EFOLDS / lam0[b])
-    try:
-        with np.errstate(over="raise", invalid="raise"):
-            probe = integrate(net, Q[b:b + 1], t_probe, method="RK45-batched", rtol=point.rtol,
-                              atol=point.atol, input_mode=point.input_mode,
-                              max_nfev=point.max_nfev, n_samples=2)
-    except (RuntimeError, FloatingPointError, OverflowError):
-        return None  # not a clean exponential growth: leave the integrator's own verdict
-    y0 = np.concatenate([probe.v[0, 0], probe.h[0, 0]])
-    y1 = np.concatenate([probe.v[-1, 0], probe.h[-1, 0]])
-    growth = np.linalg.norm(y1) / max(np.linalg.norm(y0), np.finfo(float).tiny)
-    lam1 = stability(net, probe.v[-1, 0], probe.h[-1, 0], probe.I[0]).max_real
-    if not (growth > DIVERGENCE_GROWTH and lam1 > 0):
-        return None
-    return (f"diverging: the state grows without bound (query {b}: |(v, h)| x{growth:.3g} over "
-            f"t in [0, {t_probe:.3g}], max Re(lambda) of the Jacobian = {lam0[b]:+.3g} at its "
-            f"initial state, {lam1:+.3g} at t = {t_probe:.3g})")
+    lam, t_probe = lam0[b], 0.0
+    for _ in range(PROBE_ROUNDS):
+        if not lam > 0 or t_probe >= point.t_end:
+            return None
+        t_probe = min(point.t_end, t_probe + PROBE_EFOLDS / lam)
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                probe = integrate(net, Q[b:b + 1], t_probe, method="RK45-batched",
+                                  rtol=point.rtol, atol=point.atol, input_mode=point.input_mode,
+                                  max_nfev=point.max_nfev, n_samples=2)
+        except (RuntimeError, FloatingPointError, OverflowError):
+            return None  # not a clean exponential growth: leave the integrator's own verdict
+        y0 = np.concatenate([probe.v[0, 0], probe.h[0, 0]])
+        y1 = np.concatenate([probe.v[-1, 0], probe.h[-1, 0]])
+        growth = np.linalg.norm(y1) / max(np.linalg.norm(y0), np.finfo(float).tiny)
+        lam = stability(net, probe.v[-1, 0], probe.h[-1, 0], probe.I[0]).max_real
+        if growth > DIVERGENCE_GROWTH and lam > 0:
+            return (f"diverging: the state grows without bound (query {b}: |(v, h)| "
+                    f"x{growth:.3g} over t in [0, {t_probe:.3g}], max Re(lambda) of the Jacobian "
+                    f"= {lam0[b]:+.3g} at its initial state, {lam:+.3g} at t = {t_probe:.3g})")
+    return None
 
 
 #: failures of one point stored as failed rows: bad values, overflow, and an integration that
