@@ -5,8 +5,12 @@
 feature Lagrangian (L_v = |v|^2 / 2, so g(v) = v) and the memory Lagrangian whose gradient is the
 point's separation (uhn.dynamics.lagrangians.for_separation: softmax(beta) -> log_sum_exp(beta),
 ...), tau_v = 1, tau_h = 0.1, and returns queries -> v at the fixed point (integrate, batched
-RK45, stopped at rest, t_end = :data:`T_END`). A query that is not at rest by then counts with its
-final state, which the basin criterion then judges like any other; an integration that stalls
+RK45, stopped at rest, t_end = :data:`T_END`) and returns the memory layer's readout there,
+P^T f(h) (B, D): the retrieved pattern. (The feature state v is not: at rest
+v = sum_mu f_mu dS_mu/dg, which is P^T f(h) for the dot similarity but, e.g., a sum of unit
+vectors (M_mu - g)/|M_mu - g| for the euclidean one; docs/theory.md section 5.) A query that is
+not at rest by then counts with its final state, which the basin criterion then judges like any
+other; an integration that stalls
 (:data:`MAX_NFEV`) is a FloatingPointError, so the sweep stores the point as failed.
 """
 from __future__ import annotations
@@ -21,8 +25,8 @@ MAX_NFEV = 20_000
 
 
 def fixed_point_retriever(M, point):
-    """queries (B, D) -> the dynamics' final feature state v (B, D) for memories M (see the
-    module docstring); ValueError for a separation without an energy (max, threshold, ...)."""
+    """queries (B, D) -> the readout P^T f(h) of the dynamics' final state (B, D) for memories M
+    (see the module docstring); ValueError for a separation without an energy (max, ...)."""
     from uhn.dynamics.integrate import integrate
     from uhn.dynamics.lagrangians import NonConvexLagrangianError, for_separation, quadratic
     from uhn.dynamics.network import Network
@@ -45,7 +49,7 @@ def fixed_point_retriever(M, point):
         except RuntimeError as err:   # a stalled integration: a failed point, not a bug
             raise FloatingPointError(f"the dynamics of {point.similarity!r} did not finish: "
                                      f"{err}") from None
-        return np.asarray(traj.v_final)
+        return np.asarray(net.readout(traj.h_final))
 
     return retrieve
 

@@ -155,3 +155,13 @@ def test_dynamics_without_its_builder_is_a_clear_error():
         b.evaluate(p)
     with pytest.raises(ValueError, match="network='memory'"):
         b.BasinPoint(retrieval="dynamics")
+
+
+def test_the_dynamics_retrieve_through_the_memory_readout():
+    # one MNIST digit, euclidean similarity: the readout P^T f(h) = x (weight 1) is retrieved;
+    # the feature state at rest, v = (x - v)/|x - v|, a unit vector, would not be
+    from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS
+    p = b.BasinPoint(data="mnist", n_memories=1, network="memory", similarity="euclidean",
+                     separation="softmax", sep_param=1.0, output=None, retrieval="dynamics",
+                     corruption="gaussian", level=0.3, trials=2)
+    assert b.evaluate(p, RETRIEVERS)["probability"] == 1.0
