@@ -9,8 +9,8 @@ per call kind, each cached on disk once compiled); a warm run is a fresh process
 that round's cold run filled. Rounds interleave cold and warm, so a change in the machine's load
 hits both; the reading is the ratio of the medians (and the median of the per-round ratios).
 Times are whole processes (interpreter start, imports, data load, retrieval, the PNG), as a user
-waits for them. Also printed: the longest stretch of the cold run with nothing new on the
-terminal (stdout and stderr together) and the line it followed, so a silent compile shows.
+waits for them. Also printed: the longest stretch of each run with nothing new on the terminal
+(stdout and stderr together) and the line it followed, so a silent compile shows.
 Goal (issue 29): cold <= 3x warm, and no silent stretch over ~2 s that no line explains.
 """
 from __future__ import annotations
@@ -63,12 +63,14 @@ def main() -> int:
             cache.mkdir()
             env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
             c, lines = timed_run(argv, env)
-            w, _ = timed_run(argv, env)
+            w, wlines = timed_run(argv, env)
             cold.append(c), warm.append(w), ratios.append(c / w)
             silences.append(longest_silence(lines, c))
             notices.append([x for _, x in lines if x.startswith("compiling")])
+            quiet = longest_silence(wlines, w)
             print(f"round {r + 1}: cold {c:6.2f} s  warm {w:6.2f} s  cold/warm {c / w:5.2f}x  "
-                  f"longest silence in the cold run {silences[-1][0]:.2f} s after {silences[-1][1][:70]!r}")
+                  f"longest silence: cold {silences[-1][0]:.2f} s after {silences[-1][1][:40]!r}, "
+                  f"warm {quiet[0]:.2f} s after {quiet[1][:40]!r}")
         print("compile notices of the cold run (round 1):")
         for line in notices[0]:
             print(f"  {line}")

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         outputs[name] = Z
         print(f"  {name:>11}: {np.mean(err <= thr):6.3f} retrieved   ({dt * 1e3:6.1f} ms for {ds.n} queries)")
 
+    note(f"drawing the picture -> {args.out} ...")
     import matplotlib
     matplotlib.use("Agg")
     from uhn.models.plotting import save_figure
