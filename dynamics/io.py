@@ -43,7 +43,9 @@ Writing (:func:`write`) serialises the whole file in memory first and then write
 through uhn.models.atomic.write_bytes: no HDF5 file is ever open on the disk being written, so a
 full disk is an OSError naming the file, with the old file kept and the temporary file removed
 (letting the HDF5 library write a file in place that a full disk cuts short crashed the process
-in its close of the half-written file). The price is one copy of the file in memory.
+in its close of the half-written file). The price is one copy of the file in memory. An xarray
+too old to write HDF5 to memory (``to_netcdf()`` without a path returning bytes for the h5netcdf
+engine; 2026.9 does) falls back to writing the temporary file in place.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uhn.models.atomic import write_bytes
+from uhn.models.atomic import atomic_path, write_bytes
 
 FORMAT = "uhn-trajectory"
 FORMAT_VERSION = 2
@@ -193,7 +195,14 @@ def write(traj, path) -> Path:
     path = Path(path)
     ds = to_xarray(traj)
     encoding = {name: {"_FillValue": None} for name in list(ds.data_vars) + ["time"]}
-    data = ds.to_netcdf(engine=ENGINE, encoding=encoding)  # no path: the file's bytes
+    try:
+        data = ds.to_netcdf(engine=ENGINE, encoding=encoding)  # no path: the file's bytes
+    except (ValueError, TypeError, NotImplementedError):
+        data = None  # an xarray too old to write HDF5 in memory (it refuses, naming scipy)
+    if data is None:  # pragma: no cover - depends on the installed xarray
+        with atomic_path(path) as tmp:  # written in place by the HDF5 library (no ENOSPC guard)
+            ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        return path
     return write_bytes(path, data)
 
 
