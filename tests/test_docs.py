@@ -190,8 +190,8 @@ def test_theory_quotes_the_codes_constants():
     # KL smoothing and the paper_code reciprocal floor
     assert sim.KL_EPS == 1e-4 and r"$\varepsilon = 10^{-4}$ (`KL_EPS`)" in text
     assert sim.RECIPROCAL_FLOOR == 1e-12 and r"10^{-12}" in text
-    # brian2: the range of beta h - c before exp overflows or the normaliser underflows
-    assert (b2b._EXP_UNDER, b2b._EXP_OVER) == (-700.0, 709.0) and "$[-700, 709]$" in text
+    # brian2: how far beta h may rise above the running softmax shift in one step before exp overflows
+    assert b2b._EXP_OVER == 709.0 and "some $\\beta h_\\mu$ ends a step more than 709 above $c$" in text
 
 
 # ------------------------------------------------------------------------------------ Sphinx

@@ -13,9 +13,11 @@ Three neuron groups per query and two synapse lists that both hold M (w = M.rave
 
 S, drive and total are brian2 summed variables, each written by one Synapses object; the feature
 neurons read ``total`` through a linked variable. The softmax numerator exp(beta h - c) is computed
-once per memory neuron per step (run_regularly) with a constant shift c = beta max h(0) per query,
-because generated code has no max reduction; a shift that lets exp overflow or the sum underflow is
-reported, not hidden.
+once per memory neuron per step (run_regularly) with a shift c that follows the state: generated
+code has no max reduction, so a one-neuron group per copy renews c each step from the last
+numerators, c <- log sum exp(beta h_last) + beta <h - h_last>_softmax (:func:`follow_shift`),
+which lets softmax run at any beta the float64 state holds; a step in which exp would still
+overflow is reported, not hidden.
 
 Time is in milliseconds: ``tau_v`` and ``tau_h`` of the Network (in the network's time unit) are
 read as ms, so ``t_end`` and ``dt`` are in the same unit as for uhn.dynamics.integrate; rates and states
@@ -68,8 +70,8 @@ SCHEMES = ("leapfrog", "default")
 REST_RTOL, REST_ATOL = DEFAULT_RTOL[np.dtype(np.float64)], Settings.atol
 SUPPORTED_SIMILARITIES = ("dot", "squared_euclidean", "cosine", "euclidean", "manhattan", "minkowski",
                           "kl", "reverse_kl")
-#: largest exponent exp() takes in float64 without overflow, and the smallest before the sum underflows
-_EXP_OVER, _EXP_UNDER = 709.0, -700.0
+#: largest exponent exp() takes in float64 without overflow (log of the largest float64 is 709.78)
+_EXP_OVER = 709.0
 
 #: why each similarity the Network accepts is not expressed here (the message of the error raised)
 _SIMILARITY_REASONS = {
@@ -410,7 +412,7 @@ num : 1
                                       index=np.repeat(np.arange(B, dtype=np.int64), D))
         objs += [normaliser, to_norm]
         if shift is not None:
-            objs += _follow_shift(b2, memory, normaliser, h_start, shift, N, B, num_order - 1,
+            objs += follow_shift(b2, memory, normaliser, h_start, shift, N, B, num_order - 1,
                                   clock, params)
 
     feature.v = v0.ravel()
@@ -422,7 +424,8 @@ num : 1
                      info={"method": method, "I": np.array(Iext)})
 
 
-def _follow_shift(b2, memory, normaliser, h_start, c0, N, B, order, clock, params) -> list:
+def follow_shift(b2, memory, normaliser, h_start, c0, N, B, order, clock, params,
+                 prefix: str = "uhn") -> list:
     """The softmax shift that follows the state (docs/theory.md section 8): one neuron per copy
     at ``order`` (just before the numerators) renews c from the numerators of the previous step,
 
@@ -435,17 +438,18 @@ def _follow_shift(b2, memory, normaliser, h_start, c0, N, B, order, clock, param
     f_mu beyond round-off; exp overflows only where some beta h_mu ends a step more than ~709
     above c, i.e. a memory overtakes those that held the softmax weight by 709 / beta within one
     step (a step that does not resolve the dynamics). The memory neurons read c through a linked
-    variable and set hp = h with each num.
+    variable and set hp = h with each num (their eqs declare ``c : 1 (linked)`` and ``hp : 1``).
+    Object names start with ``prefix`` (fixed names: the cython cache is hit by later runs).
     Sets the state before the first step (hp = h_start, num = exp(beta h_start - c0), total) and
     returns the new objects."""
     idx = np.repeat(np.arange(B, dtype=np.int64), N)
     shifter = b2.NeuronGroup(B, "c : 1\ndsum : 1\ntotal : 1 (linked)\n", clock=clock, order=order,
-                             namespace=params, name="uhn_shift")
+                             namespace=params, name=f"{prefix}_shift")
     shifter.total = b2.linked_var(normaliser, "total")
     syn = connect_blocks(b2, memory, shifter, N, 1, B, "dsum_post = num_pre*(h_pre - hp_pre) : 1 "
-                         "(summed)", "uhn_shift_syn", params, clock)
+                         "(summed)", f"{prefix}_shift_syn", params, clock)
     shifter.run_regularly("c = c + log(total) + beta*dsum/total", when="groups", order=order,
-                          name="uhn_follow_shift")
+                          name=f"{prefix}_follow_shift")
     memory.c = b2.linked_var(shifter, "c", index=idx)
     beta = float(params["beta"])
     num0 = np.exp(beta * h_start - c0[:, None])
@@ -464,7 +468,7 @@ def _assemble(b2, objs, feature, memory, normaliser, rec_dt, **fields) -> Brian2
                 "h": b2.StateMonitor(memory, "h", record=True, dt=rec_dt, when="start",
                                      name="uhn_monitor_h")}
     shifter = [o for o in objs if getattr(o, "name", None) == "uhn_shift"]
-    if shifter:   # the running softmax shift (_follow_shift), for the range check
+    if shifter:   # the running softmax shift (follow_shift), for the range check
         monitors["c"] = b2.StateMonitor(shifter[0], ["c", "total"], record=True, dt=rec_dt,
                                         when="start", name="uhn_monitor_c")
     network = b2.Network(*objs, *monitors.values(), name="uhn_network")
@@ -500,9 +504,10 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
       -30  feature: [g = v/|v| (spherical)], gm = 1.5 g_k - 0.5 g_(k-1), g_prev = g_k
       -20  A1 (one neuron per copy): sums over the features of g_k and gm (norms, sums)
         0  memory: S(g_k) from the summed scores; h_(k-1/2) -> h_(k+1/2) exactly with S frozen
-        2  memory: num = f(h_(k+1/2)) (unnormalised)
-        4  A2 (one neuron per copy): Z = sum num, and sums over memories of num x (scores at gm)
-        6  feature: v_k -> v_(k+1) exactly for tau_v dv/dt = c - v + I with the coupling
+        2  softmax only: the running shift c (:func:`follow_shift`)
+        3  memory: num = f(h_(k+1/2)) (unnormalised)
+        5  A2 (one neuron per copy): Z = sum num, and sums over memories of num x (scores at gm)
+        7  feature: v_k -> v_(k+1) exactly for tau_v dv/dt = c - v + I with the coupling
            c = sum_mu f_mu dS_mu/dg at (gm, f(h_(k+1/2))) frozen over the step
 
     gm is g at t_(k+1/2) up to O(dt^2) and f(h_(k+1/2)) is the midpoint memory rate, so the
@@ -592,7 +597,7 @@ def _build_extrapolated(net, v0, h_start, Iext, dt, clock, rec_dt, params, shift
     if spec.k0 is not None:
         memory.k0 = np.tile(spec.k0, B)
     if shift is not None:
-        objs += _follow_shift(b2, memory, a2, h_start, shift, N, B, 2, clock, params)
+        objs += follow_shift(b2, memory, a2, h_start, shift, N, B, 2, clock, params)
     return _assemble(b2, objs, feature, memory, a2, rec_dt, B=B, dt=float(dt),
                      record_every=record_every, scheme="leapfrog", shift=shift,
                      normalised=normalised,
@@ -926,7 +931,7 @@ def _check_finite_run(net: Network, model: Brian2Model, v, h, total_run) -> None
     """Raise FloatingPointError if the run left float64 range: the softmax normaliser
     total = sum_mu exp(beta h_mu - c) (``total_run`` (T, B), recorded with the state, the value
     of the step before), which overflows or vanishes when a memory overtakes the softmax's
-    weight by ~709 / beta within one step (:func:`_follow_shift`), or the state itself."""
+    weight by ~709 / beta within one step (:func:`follow_shift`), or the state itself."""
     finite = np.isfinite(v).all((1, 2)) & np.isfinite(h).all((1, 2))
     if total_run is not None:
         bad = ~np.isfinite(total_run) | (total_run <= 0)

@@ -21,8 +21,8 @@ Scheme per step (brian2 "groups", "thresholds", "synapses" slots): the unit grou
 linear decay exactly with the input of the spikes counted in the previous step, held over the
 step (a spike count c_i contributes M_mu,i c_i / (n r_max dt) as a constant current, i.e. the
 spike's charge M_mu,i / (n r_max) spread over the step); the memory units compute
-num = exp(beta h - c) and the normaliser Z = sum num (c = beta max h(0) per query, as in
-uhn.dynamics.backends.brian2_rate); then each spiking neuron fires with probability r_max rate dt and its
+num = exp(beta h - c) and the normaliser Z = sum num (c the running shift of
+uhn.dynamics.backends.brian2_rate.follow_shift, renewed every step); then each spiking neuron fires with probability r_max rate dt and its
 spike adds 1 to its unit's count.
 
 Time in ms, rates r_max in kHz (spikes per ms). A batch of B queries is B independent copies.
@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from uhn.dynamics.backends.brian2_rate import connect_blocks
+from uhn.dynamics.backends.brian2_rate import connect_blocks, follow_shift
 from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2
 from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
@@ -140,7 +140,8 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
     B, D, N = v0.shape[0], net.D, net.N
     Iext = Qm.copy() if input_mode == "clamped" else np.array(net.input_current(None, B))
     beta = net.L_h.beta
-    shift = beta * h0.max(1)
+    top = beta * h0.max(1)      # c0 = log sum_mu exp(beta h_mu(0)), then follow_shift renews it
+    shift = top + np.log(np.exp(beta * h0 - top[:, None]).sum(1))
 
     with brian2_target(target, None, build_dir):
         if seed is not None:
@@ -162,9 +163,10 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
                                        cnt : 1
                                        fr : 1
                                        total : 1 (linked)
-                                       c : 1 (constant)""",
+                                       c : 1 (linked)
+                                       hp : 1""",
                              method="exact", clock=clock, order=0, namespace=ns, name="spk_memory")
-        mem.run_regularly("num = exp(beta*h - c)", when="groups", order=4, name="spk_numerator")
+        mem.run_regularly("num = exp(beta*h - c)\nhp = h", when="groups", order=4, name="spk_numerator")
         norm = b2.NeuronGroup(B, "total : 1", clock=clock, order=6, name="spk_normaliser")
         # the rates the populations fire at, from the updated states: g = sigmoid(v), f = softmax
         feat.run_regularly("gr = 1.0/(1.0 + exp(-v))", when="groups", order=3, name="spk_rate_v")
@@ -196,7 +198,8 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
         feat.v = v0.ravel()
         feat.I_ext = Iext.ravel()
         mem.h = h0.ravel()
-        mem.c = np.repeat(shift, N)
+        # the shift group at order 3 (its summed change of h at 2), just before the numerators
+        objs_shift = follow_shift(b2, mem, norm, h0, shift, N, B, 3, clock, ns, prefix="spk")
         # the first step reads the expected counts of the initial rates (there are no earlier spikes)
         g0, f0 = net.L_v.grad(v0), net.L_h.grad(h0)
         feat.cnt = (n * r_max * dt * g0).ravel()
@@ -204,7 +207,8 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
         rec_dt = record_every * dt * b2.ms
         mon_v = b2.StateMonitor(feat, "v", record=True, dt=rec_dt, when="start", name="spk_mon_v")
         mon_h = b2.StateMonitor(mem, "h", record=True, dt=rec_dt, when="start", name="spk_mon_h")
-        objs = [feat, mem, norm, pv, ph, count_v, count_h, to_mem, to_feat, to_norm, mon_v, mon_h]
+        objs = [feat, mem, norm, pv, ph, count_v, count_h, to_mem, to_feat, to_norm, mon_v, mon_h,
+                *objs_shift]
         rate_v = b2.PopulationRateMonitor(pv, name="spk_prate_v")
         rate_h = b2.PopulationRateMonitor(ph, name="spk_prate_h")
         objs += [rate_v, rate_h]

@@ -223,3 +223,19 @@ def test_mnist_network_refuses_more_queries_than_memories():
     assert Q.shape == (2, 784) and shape == (28, 28)
     np.testing.assert_allclose(net.M.std(1), 2.0, rtol=1e-12)
     np.testing.assert_allclose(Q.mean(1), 0.0, atol=1e-12)
+
+
+def test_softmax_shift_follows_the_state_at_large_beta():
+    """beta = 1000, queries 0.2 q: h grows by more than one unit from h(0) within t_end, so beta h leaves exp's range
+    of a shift taken once at h(0) (the rate backend's former constant shift; the spiking model
+    now renews it every step, uhn.dynamics.backends.brian2_rate.follow_shift). The run stays
+    finite, its spiking memories retrieve the rate model's memory, and the state stays close to
+    the rate model's (the Poisson noise of n = 16 neurons per unit)."""
+    from uhn.dynamics.backends.brian2_spiking import run_spiking
+    net, Q = _net(beta=1000.0)
+    Q = 0.2 * Q
+    run = run_spiking(net, Q, 10.0, dt=0.05, n=16, record_every=10, seed=2)
+    rate = _rate(net, Q, run.traj.t)
+    assert np.all(np.isfinite(run.traj.v)) and np.all(np.isfinite(run.traj.h))
+    assert 1000.0 * (run.traj.h.max() - run.traj.h[0].max()) > 709
+    np.testing.assert_array_equal(np.argmax(run.rates_h[-1], 1), np.argmax(rate.h[-1], 1))
