@@ -684,12 +684,13 @@ def analyse_capacity(rows, experiment: str, by: Sequence[str], theory, *, boots:
 
 
 def analyse_fixed_points(rows) -> list[dict]:
-    """Per beta: the fraction of probes ending in each fixed-point kind, single shot and iterated,
-    with Wilson intervals."""
+    """Per (flips, beta): the fraction of probes ending in each fixed-point kind, single shot and
+    iterated, with Wilson intervals."""
     out = []
     for r in sorted((r for r in rows if r.get("experiment") == "softmax_fixed_points"
-                     and not r.get("error")), key=lambda r: r["beta"]):
-        e = {"beta": r["beta"], "n": r["n_probes"], "dim": r["dim"], "n_memories": r["n_memories"]}
+                     and not r.get("error")), key=lambda r: (r["flips"], r["beta"])):
+        e = {"beta": r["beta"], "n": r["n_probes"], "dim": r["dim"], "n_memories": r["n_memories"],
+             "flips": r["flips"]}
         for how in ("single_shot", "iterate"):
             for kind in FIXED_POINT_KINDS:
                 k = r[f"{how}_{kind}"]
@@ -766,7 +767,7 @@ def report(rows, *, boots: int = 1000, seed: int = 0) -> str:
     if fp:
         lines.append("softmax fixed points vs beta: fraction single / metastable / average")
         for e in fp:
-            lines.append(f"  beta={e['beta']:.4g}  single shot {e['single_shot_single']:.2f}/"
+            lines.append(f"  flips={e['flips']} beta={e['beta']:.4g}  single shot {e['single_shot_single']:.2f}/"
                          f"{e['single_shot_metastable']:.2f}/{e['single_shot_average']:.2f}  "
                          f"iterate {e['iterate_single']:.2f}/{e['iterate_metastable']:.2f}/"
                          f"{e['iterate_average']:.2f}")
@@ -892,7 +893,8 @@ def plot_capacities(dam: list[dict], softmax: list[dict], path=None):
 
 def plot_fixed_points(analysis: list[dict], thresholds: Optional[dict] = None, path=None):
     """Fraction of probes ending at a single pattern, a metastable mixture or the global average
-    against beta, single shot (dashed) and iterated (solid); theory betas dotted."""
+    against beta, single shot (dashed) and iterated (solid), for entries of one ``flips``; theory
+    betas dotted (1/lambda_max(C)) and dash-dotted (Ramsauer's condition, median)."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4))
     b = np.array([e["beta"] for e in analysis])
@@ -930,6 +932,7 @@ def make_theory_figures(rows, out_dir, *, boots: int = 1000, seed: int = 0) -> l
         paths.append(plot_capacities(dam, sm, out / "theory_capacities.png"))
     fp = analyse_fixed_points(rows)
     if fp:
+        fp = [e for e in fp if e["flips"] == fp[0]["flips"]]   # one corruption per figure
         e = fp[0]
         rng = _rng(TheoryPoint("softmax_fixed_points", dim=e["dim"], n_memories=e["n_memories"],
                                beta=e["beta"], seed=seed), 0)
