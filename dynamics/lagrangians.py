@@ -556,7 +556,16 @@ class Elementwise(Lagrangian):
         xp = array_namespace(x)
         y = fn(x)
         if is_numpy_namespace(xp):
-            return np.asarray(y, dtype=np.float64)
+            y = np.asarray(y, dtype=np.float64)
+            bad = ~np.isfinite(y) & np.isfinite(x)
+            if bad.any():   # here, naming the state, not as a stalled integration later
+                at = tuple(int(k) for k in np.argwhere(bad)[0])
+                what = {id(self.F): "F", id(self.dF): "F'", id(self.d2F): "F''"}.get(id(fn), "F")
+                raise ValueError(f"Lagrangian {self.name}: {what}(x) = {np.broadcast_to(y, bad.shape)[at]} "
+                                 f"at the finite state x = {np.broadcast_to(x, bad.shape)[at]:.6g} "
+                                 f"(index {at}): F leaves its domain there (give a Lagrangian "
+                                 f"defined on every state the dynamics visit)")
+            return y
         if type(y).__module__.split(".")[0] != type(x).__module__.split(".")[0]:
             raise TypeError(f"Lagrangian {self.name}: {getattr(fn, '__name__', 'F')}(x) returned "
                             f"{type(y).__name__} for {type(x).__module__.split('.')[0]} states; "

@@ -481,3 +481,15 @@ def test_a_single_negative_diagonal_entry_is_found_exactly():
                          probe=np.linspace(0, 1, 5))
     with pytest.raises(L.NonConvexLagrangianError, match=r"eigenvalue -1 < 0 \(diagonal entry 123\) at state row 2"):
         lag2.check_convex(X)
+
+
+def test_elementwise_nan_at_a_visited_state_is_refused_there():
+    """F = x^1.5 is finite and convex on its probe (x > 0); at a visited state with a negative
+    entry its derivative is NaN: refused at that state, naming it (issue 29: it used to surface as
+    a stalled integration after 100,000 right-hand sides)."""
+    lag = L.elementwise(lambda x: np.abs(x) ** 1.5 * np.sign(x) ** 2, lambda x: 1.5 * np.sqrt(x),
+                        lambda x: 0.75 / np.sqrt(x), name="p15", probe=np.linspace(0.1, 2, 5))
+    np.testing.assert_allclose(lag.grad(np.array([[1.0, 4.0]])), [[1.5, 3.0]], rtol=1e-15)
+    with np.errstate(invalid="ignore"):
+        with pytest.raises(ValueError, match=r"F'\(x\) = nan at the finite state x = -2 \(index \(0, 1\)\)"):
+            lag.grad(np.array([[1.0, -2.0]]))
