@@ -140,6 +140,7 @@ def test_demo_prints_each_similarity_and_writes_a_png(capsys, tmp_path):
         frac = np.mean(((Z - ds.X) ** 2).sum(1) <= thr)
         assert re.search(rf"^\s*{name}:\s+{frac:.3f} retrieved", out, re.M), (name, frac, out)
     assert f"wrote {out_png}" in out
+    assert "command-line defaults: --separation max (the API's default, Memory, is identity)" in out
 
 
 # ------------------------------------------------------------------ dynamics

@@ -109,6 +109,11 @@ def test_dynamics_help_names_the_api_defaults_it_overrides(capsys):
         assert shown in text, shown
 
 
+def test_demo_help_names_the_api_default_it_overrides(capsys):
+    rc, out, _ = run(["demo", "--help"], capsys)
+    assert rc == 0 and "(default: max; the API's default, Memory, is identity)" in " ".join(out.split())
+
+
 def test_dynamics_header_names_overridden_defaults_left_in_place():
     from uhn.cli.dynamics_cmd import cli_defaults_note
 

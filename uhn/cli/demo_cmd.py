@@ -15,6 +15,9 @@ from pathlib import Path
 SIMILARITIES = ("dot", "cosine", "euclidean", "manhattan", "kl", "reverse_kl")
 
 
+#: options whose command-line default differs from the API's: (CLI default, API default, where)
+API_DEFAULTS = {"separation": ("max", "identity", "Memory")}
+
 #: figure formats --out may name (matplotlib writes each through save_figure's atomic replace)
 FORMATS = (".png",)
 
@@ -27,7 +30,9 @@ def register(sub) -> None:
     p.add_argument("--n-memories", type=positive_int, default=100, help="stored images (one query each)")
     p.add_argument("--corruption", default="gaussian", help="uhn.models.corruption kind of the queries")
     p.add_argument("--level", type=nonnegative_float, default=0.5, help="corruption level")
-    p.add_argument("--separation", default="max", help="any separation name with default parameters")
+    p.add_argument("--separation", default="max",
+                   help="any separation name with default parameters (default: max; the API's "
+                        "default, Memory, is identity)")
     p.add_argument("--threshold", type=nonnegative_float, default=50.0,
                    help="squared-error criterion on 784 pixels (scaled by D / 784)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="dataset subset and corruption seed")
@@ -58,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     thr = args.threshold * ds.D / 784
     print(f"stored {ds.n} {ds.name} images (D={ds.D}); queries: {args.corruption} {args.level:g}; "
           f"separation: {args.separation}; correct if sum((x - z)^2) <= {thr:g}")
+    from uhn.cli import defaults_note
+    if defaults_note(args, API_DEFAULTS):
+        print(defaults_note(args, API_DEFAULTS))
     outputs = {}
     for name in SIMILARITIES:
         mem = Memory(ds.X, similarity=name, separation=args.separation)
