@@ -211,18 +211,6 @@ class HierarchicalNetwork:
     def _rates(self, X):
         return [L.rates(x) for L, x in zip(self.layers, X)]
 
-    def _drives(self, G):
-        """[sum_{s at a} -dE_s/dg_a for each layer a] (None where no synapse touches it)."""
-        acc = [None] * len(self.layers)
-        for s, (a, b) in zip(self.synapses, self.ends):
-            da, db = s.drives(G[a], G[b])
-            for i, d in ((a, da), (b, db)):
-                if acc[i] is None:
-                    acc[i] = d
-                else:
-                    acc[i] += d
-        return acc
-
     def velocity(self, Y, I=None, adiabatic: bool = False, out=None) -> np.ndarray:
         """dY/dt (B, width) at packed states Y (B, width); ``I`` (B, D) or (D,) replaces the
         query layer's bias. No adiabatic form (ValueError)."""
@@ -231,19 +219,24 @@ class HierarchicalNetwork:
                              "two-layer Network's); integrate it with adiabatic=False")
         Y = np.asarray(Y, dtype=np.float64)
         X = self.split(Y)
-        G = self._rates(X)
-        return self._velocity(X, G, self._drives(G), I, np.empty_like(Y) if out is None else out)
+        return self._velocity(X, self._rates(X), I, np.empty_like(Y) if out is None else out)
 
-    def _velocity(self, X, G, acc, I, out):
-        for i, (L, x, sl) in enumerate(zip(self.layers, X, self.slices)):
-            o = out[:, sl]
+    def _velocity(self, X, G, I, out):
+        """The velocity into ``out`` (B, width): each layer's drives written into its block of
+        ``out`` by the synapses (Synapse.drives_into), then - x + b and / tau in place."""
+        outs = self.split(out)
+        touched = [False] * len(self.layers)
+        for s, (a, b) in zip(self.synapses, self.ends):
+            s.drives_into(G[a], G[b], outs[a], outs[b], touched[a], touched[b])
+            touched[a] = touched[b] = True
+        for i, (L, x, o) in enumerate(zip(self.layers, X, outs)):
             if L.clamped:
                 o[...] = 0.0
                 continue
-            if acc[i] is None:
-                np.negative(x, out=o)
+            if touched[i]:
+                o -= x
             else:
-                np.subtract(acc[i], x, out=o)
+                np.negative(x, out=o)
             b = L.current(I if i == 0 else None)
             if b is not None:
                 o += b
@@ -301,7 +294,7 @@ class HierarchicalNetwork:
         Y = self._packed(v, h)
         X = self.split(Y)
         G = self._rates(X)
-        F = self._velocity(X, G, self._drives(G), I, np.empty_like(Y))
+        F = self._velocity(X, G, I, np.empty_like(Y))
         return self._energy(X, G, I), self._dEdt(X, F)
 
     def energy_layers(self, v, h, I=None) -> dict:

@@ -64,6 +64,15 @@ class Synapse:
     def check_rates(self, lagrangian_a, lagrangian_b) -> None:
         """Refuse the layers' Lagrangians where the synapse cannot read their rates (default: any)."""
 
+    def drives_into(self, ga, gb, oa, ob, add_a: bool, add_b: bool) -> None:
+        """Write (or, with ``add_*``, add) the drives -dE/dga, -dE/dgb into the arrays oa, ob (views
+        of the integrator's output: no temporaries of their size where the synapse can avoid them)."""
+        for o, d, add in zip((oa, ob), self.drives(ga, gb), (add_a, add_b)):
+            if add:
+                o += d
+            else:
+                o[...] = d
+
 
 class Linear(Synapse):
     """E_s = -g_a^T W g_b with any real W (n_a, n_b); drives W g_b on a, W^T g_a on b."""
@@ -94,6 +103,13 @@ class Linear(Synapse):
 
     def drives(self, ga, gb):
         return gb @ self.WT, ga @ self.W
+
+    def drives_into(self, ga, gb, oa, ob, add_a: bool, add_b: bool) -> None:
+        for o, g, W, add in ((oa, gb, self.WT, add_a), (ob, ga, self.W, add_b)):
+            if add:
+                o += g @ W
+            else:
+                np.matmul(g, W, out=o)
 
     def drive_sizes(self, ga, gb):
         return np.abs(gb) @ self.absWT, np.abs(ga) @ self.absW
