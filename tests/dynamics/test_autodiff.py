@@ -575,3 +575,23 @@ def test_lagrangian_tol_nan_does_not_turn_the_convexity_check_off(bad):
     with pytest.raises(ValueError, match="convexity check tol must be"):   # the wide, probed path
         ad.lagrangian(l_quadratic, size=ad.DENSE_HESSIAN_MAX + 1).check_convex(
             np.ones((1, ad.DENSE_HESSIAN_MAX + 1)), tol=bad)
+
+
+def test_verify_energy_refuses_a_wide_memory_lagrangian_concave_at_the_visited_states():
+    """Issue 29 end to end: 300 memories, an autodiff L_h convex on its probes (|h| ~ 0.1) with
+    d^2L/dh_0^2 = 1 - 4 (h_0 - 2) for h_0 > 2; memory 0 along the query puts h_0 at 3 from the
+    start, where that eigenvalue is -3. Random directions would pass it (weight 1/300); the
+    report fails, naming the eigenvalue."""
+    K = 300
+
+    def dented(x):
+        return 0.5 * jnp.sum(x * x) - jnp.maximum(x[0] - 2.0, 0.0) ** 3 * (2.0 / 3.0)
+    lag = ad.lagrangian(dented, probe=0.1 * np.random.default_rng(0).standard_normal((4, K)))
+    Mw = 0.01 * np.random.default_rng(1).standard_normal((K, 3))
+    Mw[0] = [3.0, 0.0, 0.0]
+    net = Network(Mw, "dot", L_v=L.quadratic(), L_h=lag)
+    tr = integrate(net, np.array([[1.0, 0.0, 0.0]]), 3.0, n_samples=11, stop_at_fixed_point=False)
+    assert tr.h[0, 0, 0] == 3.0
+    rep = verify_energy(net, tr)
+    assert not rep.passed and not rep.convex
+    assert "eigenvalue -3 < 0 at state row 0" in rep.convexity_message
