@@ -310,3 +310,21 @@ def test_a_save_killed_midway_leaves_a_temporary_that_the_next_save_removes(tmp_
     time.sleep(0.05)
     save_trajectory(_small(rng), tmp_path / "run.nc")
     assert [p.name for p in tmp_path.iterdir()] == ["run.nc"]
+
+
+def test_the_hdf5_library_never_writes_to_the_disk_during_a_save(tmp_path, rng, monkeypatch):
+    """What crashed on a full disk was h5netcdf closing a file it had written in place: a save
+    builds the file in memory, so h5netcdf is only ever handed an in-memory buffer."""
+    import os
+
+    import h5netcdf
+    opened = []
+    real_init = h5netcdf.File.__init__
+
+    def spy(self, path, *args, **kwargs):
+        opened.append(path)
+        return real_init(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(h5netcdf.File, "__init__", spy)
+    save_trajectory(_small(rng), tmp_path / "run.nc")
+    assert opened and not any(isinstance(p, (str, bytes, os.PathLike)) for p in opened), opened
