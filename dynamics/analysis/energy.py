@@ -35,10 +35,11 @@ No relative floor is added to any tolerance: each is an estimate of the error of
 Checks 1-3 and 5 read only the sampled states and the network; check 4 is what catches a
 trajectory of the wrong system (a buggy backend) checked against the right network.
 
-A state that runs away (|v| growing by ``diverge_factor``) is flagged in ``diverging``: E then
+A state that runs away (|v| growing by ``diverge_factor``) is flagged in ``diverging`` and fails: E then
 decreases without bound, which is monotone but retrieves nothing. The Lagrangians' Hessians are
-also probed on the states visited (convexity is what makes dE/dt <= 0 a theorem). Nothing is
-clipped: a violation is reported with its size and location.
+also checked on the states visited (convexity is what makes dE/dt <= 0 a theorem: random
+directions and the smallest eigenvalue, Lagrangian.check_convex). Nothing is clipped: a violation
+is reported with its size and location.
 """
 from __future__ import annotations
 
@@ -537,22 +538,24 @@ def verify_energy(net: Network, traj: Trajectory, *, rtol_factor: float = 10.0,
     flow_safety : a sampled state may deviate from the re-integrated flow by at most flow_safety
         times the error the trajectory's integrator can have made over the window.
     max_windows : re-integrate at most max_windows B windows x queries (of all T - 1 per query).
-    flow_budget : the candidate windows x queries are re-integrated in rounds, in the order of
-        :func:`_window_order` (largest trapezoid defect and seeded random, alternating), until
-        their right-hand-side row evaluations reach flow_budget times the trajectory's own
-        (MIN_FLOW_ROWS of them at least; ``np.inf``: all). The report's ``flow_coverage`` says how
-        many were checked and what the random part guarantees (docs/theory.md §7).
+    flow_budget : windows x queries are re-integrated in rounds from two streams
+        (:func:`_window_order`: largest trapezoid defect, and seeded random), each stream until its
+        right-hand-side row evaluations reach half of flow_budget times the trajectory's own
+        (MIN_FLOW_ROWS windows in all at least; ``np.inf``: up to max_windows B). The report's
+        ``flow_coverage`` says how many were checked and what the random part guarantees
+        (docs/theory.md §7).
     seed : the seed of the random windows.
     progress : "auto" (a bar on stderr once the check has run PROGRESS_DELAY seconds), True (at
         once), False, or a callable ``report(done, running)`` with done in [0, 1].
     diverge_factor : a query that did not converge and whose |v| ends above
         diverge_factor * max(|v(0)|, 1) is reported as diverging (E decreasing without bound is no
         evidence of retrieval). A non-finite energy at any sample is a violation.
-    check_convexity : probe u^T Hess(L) u >= 0 (Lagrangian.check_convex: 8 random directions u)
-        at a subsample of the visited states, every (T B // CONVEXITY_ROWS)-th of the T B state rows of v
-        (and of h), 256 to 511 rows when T B >= 256, every row below: a spot check of the
-        curvature the Lyapunov argument needs (the dE/dt <= 0 check at every sample covers the
-        directions the trajectory moved in).
+    check_convexity : Lagrangian.check_convex (8 random directions u^T Hess(L) u >= 0, and the
+        smallest Hessian eigenvalue: exact for a diagonal Hessian, Lanczos otherwise, unless the
+        Lagrangian is convex by construction) at a subsample of the visited states, every
+        (T B // CONVEXITY_ROWS)-th of the T B state rows of v (and of h), 256 to 511 rows when
+        T B >= 256, every row below (the dE/dt <= 0 check at every sample covers the directions
+        the trajectory moved in).
     """
     net = net.on_host()         # a network on other arrays: checked on its numpy copy
     for name, val in (("fd_safety", fd_safety), ("flow_safety", flow_safety)):
