@@ -186,7 +186,7 @@ def test_one_query_of_a_batched_run_passes(digits):
         assert rep.passed, rep.summary()
 
 
-def test_many_samples_reintegrate_the_first_windows_and_a_spread():
+def test_many_samples_reintegrate_at_most_max_windows_per_query_and_find_a_corrupted_one():
     net = _net()
     tr = integrate(net, _Q(), 5.0, n_samples=201, stop_at_fixed_point=False)
     rep = verify_energy(net, tr, max_windows=10, flow_budget=np.inf)
