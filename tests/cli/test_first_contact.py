@@ -151,3 +151,36 @@ def test_polynomial_on_nonpositive_scores_is_refused_naming_the_fix(capsys, load
 def test_workable_pairs_pass_the_check(capsys, load_reached, argv):
     rc, _, err = run(["dynamics", *argv], capsys)
     assert rc == 2 and err.strip().endswith("error: load reached"), err
+
+
+@pytest.mark.skipif(not __import__("uhn.models.kernels", fromlist=["x"]).HAVE_NUMBA,
+                    reason="no numba: nothing is compiled")
+def test_a_first_capacity_interrupted_while_compiling_keeps_the_kernels_it_finished(tmp_path):
+    """The issue's case: a first ``uhn capacity`` (empty numba cache) interrupted (SIGINT) while
+    it compiles its second kernel stops with exit 130 and the resume note; the rerun finishes
+    and compiles again only what was not finished (the first kernel is not announced again)."""
+    import signal
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), MPLBACKEND="Agg",
+               PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "uhn", "capacity", "--experiment", "similarity_vs_n", "--quick",
+           "--out", str(tmp_path / "cap.jsonl")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = ""
+    while seen.count("compiling the ") < 2:
+        ch = proc.stderr.read(1)
+        if not ch:
+            break
+        seen += ch
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=300)[1]
+    finished = [x.split(" kernel")[0] for x in seen.replace("\r", "\n").splitlines()
+                if x.startswith("compiling the ") and " kernel for " in x]
+    assert len(finished) == 1, seen          # the second notice was being written when we stopped
+    assert proc.returncode == 130 and "Run the same command again to resume" in rest, rest
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    announced = [x.split(" kernel")[0] for x in again.stderr.replace("\r", "\n").splitlines()
+                 if x.startswith("compiling the ")]
+    assert finished[0] not in announced, (finished, announced)
+    assert "== similarity_vs_n on mnist: 48 points" in again.stdout
