@@ -83,6 +83,10 @@ def test_eta_drops_a_later_compile_but_keeps_a_parallel_pace():
         left = pair.update(i + 1, 100, True, now=t)
         t += 0.01 if i % 2 == 0 else 1.0
     assert left == pytest.approx(91 * (4 * 1.01 / 8))
+    batches = Eta()                 # a cluster returning points in threes: most gaps are 0
+    for i, t in enumerate([0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 4.0, 4.0]):
+        left = batches.update(i + 1, 20, True, now=t)
+    assert left == pytest.approx(12 * 4.0 / 7)
 
 
 def test_capacity_progress_bar_runs_a_sweep_with_stored_and_failed_rows(capsys):

@@ -223,7 +223,7 @@ class Eta:
         if len(g) < 2 or (len(g) == 2 and max(g) > self.OUTLIER * min(g)):
             return None
         limit = self.OUTLIER * statistics.median(g)
-        kept = [x for x in g if x <= limit]
+        kept = [x for x in g if x <= limit] if limit > 0 else g   # points finishing in batches
         return max(0, total - done) * sum(kept) / len(kept)
 
 
