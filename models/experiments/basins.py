@@ -376,8 +376,18 @@ def curves(rows: Iterable[dict], *, boots: int = 2000, seed: int = 0) -> dict:
              {"radius": None, "std": None, "low": None, "high": None, "off_grid": 1.0})
         c.update(radius=r["radius"], radius_std=r["std"], radius_low=r["low"],
                  radius_high=r["high"], off_grid=r["off_grid"])
-        out[base.label] = c
-    return out
+        out[base] = c
+    # label each curve by its line; where two curves share one (other D, N, data, corruption,
+    # trials or seed), add what tells them apart
+    labels = [b.label for b in out]
+    named = {}
+    for base, c in out.items():
+        label = base.label
+        if labels.count(label) > 1:
+            label += (f" [{base.data} D={base.dim} N={base.n_memories} {base.corruption} "
+                      f"trials={base.trials} seed={base.seed} threshold={base.threshold:g}]")
+        named[label] = c
+    return named
 
 
 def format_table(curves_: dict) -> str:

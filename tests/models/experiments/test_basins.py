@@ -165,3 +165,10 @@ def test_the_dynamics_retrieve_through_the_memory_readout():
                      separation="softmax", sep_param=1.0, output=None, retrieval="dynamics",
                      corruption="gaussian", level=0.3, trials=2)
     assert b.evaluate(p, RETRIEVERS)["probability"] == 1.0
+
+
+def test_curves_of_different_sizes_are_kept_apart():
+    rows = b.run(b.grid(b.BasinPoint(dim=11, n_memories=1, trials=2), b.flips_levels(11))
+                 + b.grid(b.BasinPoint(dim=13, n_memories=1, trials=2), b.flips_levels(13)))
+    cs = b.curves(rows, boots=20)
+    assert sorted(c["radius"] for c in cs.values()) == [5.5, 6.5]
