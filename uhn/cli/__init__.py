@@ -8,6 +8,10 @@ Conventions, kept here once for every subcommand:
   TypeError, OverflowError or FloatingPointError raised while a subcommand runs, which
   :func:`main` prints as one line ``uhn <command>: error: <message>`` on stderr (set UHN_DEBUG=1
   for the traceback);
+- exit status 3 when the run could not finish for a reason outside its inputs: an OSError (a full
+  disk, a folder that stopped being writable) or a sweep's cluster with no live worker
+  (:class:`~uhn.models.experiments.sweep.ClusterError`), printed as one line
+  ``uhn <command>: stopped: <message>``; what a sweep finished is stored;
 - ``--help`` shows every option's default; ``uhn --version``;
 - results on stdout, progress notes (:func:`note`) on stderr.
 """
@@ -274,11 +278,21 @@ def capacity_progress_bar(desc: str, threads: int = 1):
     return cb, close
 
 
-def fail(command: str, message: str) -> int:
-    """Print ``uhn <command>: error: <message>`` (one line) on stderr; return exit status 2."""
+def fail(command: str, message: str, status: int = 2, label: str = "error") -> int:
+    """Print ``uhn <command>: <label>: <message>`` (one line) on stderr; return ``status``."""
     message = " ".join(str(message).split())
-    print(f"uhn {command}: error: {message}", file=sys.stderr)
-    return 2
+    print(f"uhn {command}: {label}: {message}", file=sys.stderr)
+    return status
+
+
+def is_run_error(err: BaseException) -> bool:
+    """Whether err stopped a run for a reason outside its inputs (see the module docstring): an
+    OSError, or a sweep's ClusterError (that module is looked up only if something imported it,
+    so the check costs no dask import)."""
+    if isinstance(err, OSError):
+        return True
+    sweep = sys.modules.get("uhn.models.experiments.sweep")
+    return sweep is not None and isinstance(err, sweep.ClusterError)
 
 
 # ------------------------------------------------------------------ parser
@@ -341,6 +355,10 @@ def main(argv=None) -> int:
         if os.environ.get("UHN_DEBUG"):
             raise
         return fail(args.command, str(err) or type(err).__name__)
+    except (OSError, RuntimeError) as err:
+        if os.environ.get("UHN_DEBUG") or not is_run_error(err):
+            raise
+        return fail(args.command, str(err) or type(err).__name__, status=3, label="stopped")
 
 
 if __name__ == "__main__":
