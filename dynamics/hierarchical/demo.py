@@ -6,10 +6,12 @@ with a linear synapse W = alpha V_k (V_k: the top k right singular vectors of th
 an uncentred PCA; no training) and a dot-similarity synapse on latent codes C = ((1 - alpha^2) /
 alpha) X V_k, against the same memories stored in pixel space (the two-layer Network, dot,
 log_sum_exp(beta)). At rest the latent is x_l = C^T f / (1 - alpha^2) and the pixels
-x_p = V_k V_k^T X^T f: the PCA projection of the retrieved mixture. With alpha = 1/sqrt(2) and
-beta' = beta / (1 - alpha^2), the memory layer's scores at the start, (1 - alpha^2) X V_k V_k^T q,
-and at rest, X V_k V_k^T X^T f, are the pixel network's with V_k V_k^T in place of the identity:
-for k = N (the memories' span) the two networks have the same fixed points.
+x_p = V_k V_k^T X^T f: the PCA projection of the retrieved mixture, and the memory layer's
+scores are ((1 - alpha^2) / alpha^2) X V_k V_k^T X^T f. With beta' = beta alpha^2 / (1 - alpha^2)
+(= beta at the default alpha = 1/sqrt(2)) the fixed points are those of the pixel network with
+V_k V_k^T in place of the identity, x_p = V_k V_k^T X^T softmax(beta X V_k V_k^T x_p): for k = N
+(the memories' span) the two networks have the same fixed points. (At the start the scores are
+beta' (1 - alpha^2) X V_k V_k^T q = beta alpha^2 X V_k V_k^T q: the paths differ.)
 
 :func:`retrieval_comparison` runs both (RK45-batched, the energy certificate on each),
 :func:`plot_hierarchical_retrieval` draws the comparison, :func:`hierarchical_figure` writes
@@ -34,7 +36,7 @@ from uhn.dynamics.integrate import integrate
 from uhn.dynamics.lagrangians import log_sum_exp
 from uhn.dynamics.network import Network
 
-#: the coupling at which the three-layer network's scores equal the pixel network's (module docstring)
+#: the default coupling, at which the memory layer's beta' equals the pixel network's beta (module docstring)
 ALPHA = 1.0 / sqrt(2.0)
 
 
@@ -51,7 +53,7 @@ def pca_network(memories, k: int, beta: float = 5.0, *, alpha: float = ALPHA, ta
                 tau_memory: float = 0.1) -> HierarchicalNetwork:
     """pixels (D) <-> latent (k) <-> memories (N) of the module docstring: Linear(pixels, latent,
     alpha V_k), Similarity(latent, memories, ((1 - alpha^2) / alpha) X V_k, "dot"), memory
-    Lagrangian log_sum_exp(beta / (1 - alpha^2)); 0 < alpha < 1 (alpha >= 1 makes the linear loop
+    Lagrangian log_sum_exp(beta alpha^2 / (1 - alpha^2)); 0 < alpha < 1 (alpha >= 1 makes the linear loop
     marginal or unstable: its energy is then unbounded below)."""
     X = np.asarray(as_matrix(memories, "memories", ndim_ok=(2,))[0], dtype=np.float64)
     alpha = real_param(alpha, "alpha", low=0.0, low_open=True)
@@ -62,7 +64,7 @@ def pca_network(memories, k: int, beta: float = 5.0, *, alpha: float = ALPHA, ta
     V = pca_basis(X, k)
     N, D = X.shape
     layers = [Layer("pixels", D), Layer("latent", k, tau=tau_latent),
-              Layer("memories", N, log_sum_exp(beta / (1 - alpha ** 2)), tau=tau_memory)]
+              Layer("memories", N, log_sum_exp(beta * alpha ** 2 / (1 - alpha ** 2)), tau=tau_memory)]
     codes = (1 - alpha ** 2) / alpha * X @ V
     return HierarchicalNetwork(layers, [Linear("pixels", "latent", alpha * V),
                                         Similarity("latent", "memories", codes, "dot")])

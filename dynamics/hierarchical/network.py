@@ -146,6 +146,22 @@ class HierarchicalNetwork:
                              f"{self.width} ({', '.join(f'{L.name} {L.size}' for L in self.layers)})")
         return {L.name: Y[..., sl] for L, sl in zip(self.layers, self.slices)}
 
+    def layer_dataset(self, traj):
+        """An xarray Dataset of a trajectory with a variable per layer, ``x_<name>`` (time, query,
+        unit_<name>), its rates ``g_<name>``, and E, dE/dt (time, query): for analysis and
+        plotting (uhn.dynamics.io saves the packed v and h of the Trajectory itself)."""
+        import xarray as xr         # the optional netCDF dependency (uhn[io]), loaded on use
+        data = {}
+        for L, x in zip(self.layers, self.split(np.concatenate([traj.v, traj.h], axis=-1))):
+            dims = ("time", "query", f"unit_{L.name}")
+            data[f"x_{L.name}"] = (dims, np.asarray(x))
+            g = L.rates(np.asarray(x, dtype=np.float64).reshape(-1, L.size)).reshape(x.shape)
+            data[f"g_{L.name}"] = (dims, g)
+        data["E"] = (("time", "query"), np.asarray(traj.E))
+        data["dEdt"] = (("time", "query"), np.asarray(traj.dEdt))
+        return xr.Dataset(data, coords={"time": np.asarray(traj.t)},
+                          attrs={"network": repr(self), "method": traj.method})
+
     def pack_layers(self, states: dict) -> np.ndarray:
         """Packed states (B, width) from {layer name: (B, n_a)} naming every layer."""
         missing = [L.name for L in self.layers if L.name not in states]
