@@ -3,7 +3,8 @@ stability bound of a fixed step and the budget of dt="auto" (uhn.dynamics.backen
 docs/theory.md section 8, docs/brian2.md).
 
 The networks are MNIST digits (uhn.load_dataset("mnist")), queries half-masked and noisy
-(uhn.corrupt), N small so that the numpy target is quick; one case per compiled target.
+(uhn.corrupt), N small so that the numpy target is quick. The compiled targets run the running
+shift at beta = 1000 in test_brian2_rate.py's cpp_standalone test (one build) and its cython test.
 """
 import warnings
 
@@ -149,21 +150,3 @@ def test_auto_dt_has_a_step_budget():
         run_brian2(net, Q, 4.0, target="numpy", dt_tol=1e-9, max_steps=1000)
     with pytest.raises(ValueError, match=r"t_end / dt = 4000 steps is more than max_steps = 1000"):
         run_brian2(net, Q, 4.0, 0.001, target="numpy", max_steps=1000)
-
-
-# ------------------------------------------------------------------------------ compiled targets
-
-@pytest.mark.parametrize("target", ["cython", "cpp_standalone"])
-def test_compiled_targets_follow_the_shift_at_beta_1000(target):
-    """The running shift is generated code like the rest: the compiled targets give the numpy
-    target's run at beta = 1000 to round-off (a few eps64 per step of the state's scale)."""
-    if target == "cython":
-        pytest.importorskip("Cython")
-    net, Q = _mnist(1000.0, n=4, B=1)
-    a = run_brian2(net, Q, 1.0, 0.05, target=target)
-    b = run_brian2(net, Q, 1.0, 0.05, target="numpy")
-    c = compare_trajectories(a, b)
-    scale = max(np.abs(b.v).max(), np.abs(b.h).max())
-    assert max(c.max_dv, c.max_dh) <= 21 * 8 * np.finfo(float).eps * scale
-    np.testing.assert_allclose(a.params["softmax_shift_final"], b.params["softmax_shift_final"],
-                               rtol=1e-12)

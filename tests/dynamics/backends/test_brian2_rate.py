@@ -428,20 +428,30 @@ def test_cython_target_matches_numpy_target():
     npy = run_brian2(net, Q, t_end=1.0, dt=0.01, target="numpy")
     assert cy.backend == "brian2/cython"
     # the same arithmetic compiled: only the order of floating-point sums may differ, a few eps64
-    # per step relative to the state, over 100 steps
+    # per step relative to the state, over 100 steps; the running softmax shift too
     assert _err(cy, npy) <= 100 * 8 * EPS * max(np.abs(npy.v).max(), np.abs(npy.h).max())
+    np.testing.assert_allclose(cy.params["softmax_shift_final"], npy.params["softmax_shift_final"],
+                               rtol=100 * 8 * EPS)
 
 
 def test_cpp_standalone_matches_numpy_and_restores_the_runtime_device():
     from brian2 import get_device
     from brian2.devices.device import RuntimeDevice
 
-    net, Q = _net("dot-softmax")
-    sa = run_brian2(net, Q, t_end=1.0, dt=0.01, target="cpp_standalone")
+    # MNIST digits at beta = 1000 (beta h ~ 3e4): the running softmax shift in generated C++
+    import uhn
+    ds = uhn.load_dataset("mnist", n=4, seed=0)
+    Q = uhn.corrupt(ds.X[:1], "mask_bottom", 0.5, ds.image_shape, seed=0)
+    net = Network(ds.X, "dot", L_h=log_sum_exp(1000.0), tau_v=1.0, tau_h=0.1)
+    sa = run_brian2(net, Q, t_end=1.0, dt=0.05, target="cpp_standalone")
     assert sa.backend == "brian2/cpp_standalone" and 0 < sa.params["loop_s"] < sa.params["run_s"]
     assert isinstance(get_device(), RuntimeDevice)
-    npy = run_brian2(net, Q, t_end=1.0, dt=0.01, target="numpy")
-    assert _err(sa, npy) <= 100 * 8 * EPS * max(np.abs(npy.v).max(), np.abs(npy.h).max())  # as cython
+    npy = run_brian2(net, Q, t_end=1.0, dt=0.05, target="numpy")
+    # as cython: a few eps64 per step (20 steps) of the state's scale
+    assert _err(sa, npy) <= 20 * 8 * EPS * max(np.abs(npy.v).max(), np.abs(npy.h).max())
+    np.testing.assert_allclose(sa.params["softmax_shift_final"], npy.params["softmax_shift_final"],
+                               rtol=20 * 8 * EPS)
+    assert min(sa.params["softmax_shift_final"]) > 1e4
 
 
 # ---------------------------------------------------------------------------------- dt = "auto"
