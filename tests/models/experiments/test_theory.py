@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from uhn.models.experiments import theory as t
+from uhn.models.experiments import theory_report as tr
 from uhn.models.memory import classical_hopfield
 
 
@@ -91,7 +92,7 @@ def test_async_update_ends_where_no_neuron_would_change():
 def test_binary_coding_makes_more_first_step_errors_than_bipolar():
     # the {0,1} bias sum_j T_ij roughly doubles the crosstalk variance at n = 15
     rows = t.run(t.hopfield1982_points(ns=(15,), networks=40))
-    h = {e["coding"]: e for e in t.analyse_hopfield1982(rows)}
+    h = {e["coding"]: e for e in tr.analyse_hopfield1982(rows)}
     assert h["binary"]["first_error_ci"][0] > h["bipolar"]["first_error_ci"][1]
     assert h["binary"]["p0_ci"][1] < h["bipolar"]["p0_ci"][0]
 
@@ -100,13 +101,12 @@ def test_softmax_fixed_points_follow_the_theory_thresholds():
     # below 1/lambda_max(C) the mean is the stable fixed point; above Ramsauer's sufficient
     # condition for every pattern, the iteration stays at the pattern
     D, N = 64, 8
-    rng = t._rng(t.TheoryPoint("softmax_fixed_points", dim=D, n_memories=N), 0)
-    M = t._patterns(rng, N, D)
+    M = t.network_patterns(t.TheoryPoint("softmax_fixed_points", dim=D, n_memories=N))
     th = t.softmax_thresholds(M)
     lo, hi = 0.5 * th["average"], 1.01 * max(th["single_per_pattern"])
     assert lo < hi
     rows = t.run(t.softmax_fixed_point_points(dim=D, n_memories=N, betas=(lo, hi), networks=1))
-    fp = {e["beta"]: e for e in t.analyse_fixed_points(rows)}
+    fp = {e["beta"]: e for e in tr.analyse_fixed_points(rows)}
     assert fp[lo]["iterate_average"] == 1.0
     assert fp[hi]["iterate_single"] == 1.0 and fp[hi]["single_shot_single"] == 1.0
 
@@ -114,11 +114,11 @@ def test_softmax_fixed_points_follow_the_theory_thresholds():
 def test_crossing_and_slope_recover_known_values():
     x = np.array([1.0, 2.0, 4.0, 8.0])
     n = np.full(4, 1000)
-    c = t.crossing(x, np.array([1000, 1000, 0, 0]), n, 0.99, boots=50, log=True)
+    c = tr.crossing(x, np.array([1000, 1000, 0, 0]), n, 0.99, boots=50, log=True)
     # log-interpolated between 2 (p = 1) and 4 (p = 0): 2 * 2^0.01
     assert c["value"] == pytest.approx(2 * 2 ** 0.01) and c["std"] == 0.0
     D = np.array([10.0, 20.0, 40.0])
-    fit = t.fit_slope(D, [(3 * d ** 2.5, [3 * d ** 2.5] * 5) for d in D])
+    fit = tr.fit_slope(D, [(3 * d ** 2.5, [3 * d ** 2.5] * 5) for d in D])
     assert fit["slope"] == pytest.approx(2.5) and fit["std"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -139,6 +139,19 @@ def test_report_runs_on_a_small_study():
                  + t.dam_points(degrees=(2,), dims=(50, 100), n_steps=4, min_probes=200)
                  + t.softmax_capacity_points(dims=(32, 40), separations=("max",), n_steps=4,
                                              min_probes=200))
-    text = t.report(rows, boots=50)
+    text = tr.report(rows, boots=50)
     for heading in ("sync  D=   60", "dense associative memory", "n=2: D=50", "max-law 14.9"):
         assert heading in text
+
+
+def test_every_figure_is_written(tmp_path):
+    rows = t.run(t.classical_points(dims=(40,), loads=(0.05, 0.3), modes=("sync",), networks=1,
+                                    min_probes=0)
+                 + t.hopfield1982_points(ns=(5,), networks=2)
+                 + t.dam_points(degrees=(2,), dims=(50, 100), n_steps=3, min_probes=100)
+                 + t.softmax_fixed_point_points(dim=16, n_memories=4, betas=(0.01, 1.0),
+                                                networks=1))
+    paths = tr.make_theory_figures(rows, tmp_path, boots=20)
+    assert sorted(p.name for p in paths) == ["theory_capacities.png", "theory_classical.png",
+                                             "theory_fixed_points.png", "theory_hopfield1982.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
