@@ -3,19 +3,11 @@ import json
 
 import pytest
 
+from cli_run import run
+
 import uhn.cli as cli
-from uhn.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_basins_is_a_subcommand():
