@@ -15,8 +15,8 @@ pytest.importorskip("brian2")
 
 import uhn
 from uhn.dynamics.analysis.compare import compare_trajectories
-from uhn.dynamics.backends.brian2_rate import (DEFAULT_DT_TOL, Brian2StabilityWarning, error_norm,
-    run_brian2, stability_bound)
+from uhn.dynamics.backends.brian2_rate import DEFAULT_DT_TOL, error_norm, run_brian2
+from uhn.dynamics.backends.brian2_stability import Brian2StabilityWarning, stability_bound
 from uhn.dynamics.integrate import integrate
 from uhn.dynamics.lagrangians import log_cosh, log_sum_exp
 from uhn.dynamics.network import Network
@@ -118,7 +118,7 @@ def test_stability_bound_matches_the_scalar_formula():
     """One memory, D = 1, linear rates and squared Euclidean similarity with identity L_h: the
     step map's spectral radius against the closed form of a 2x2 map (docs/theory.md section 8)."""
     from uhn.dynamics.lagrangians import quadratic
-    from uhn.dynamics.backends.brian2_rate import step_map_operator
+    from uhn.dynamics.backends.brian2_stability import step_map_operator
     net = Network(np.array([[2.0]]), "squared_euclidean", L_v=quadratic(), L_h=quadratic(),
                   tau_v=1.0, tau_h=0.5)
     v, h = np.array([0.3]), np.array([-0.4])
