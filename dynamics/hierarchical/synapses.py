@@ -235,7 +235,10 @@ class Custom(Synapse):
         return E
 
     def energy_size(self, ga, gb):
-        return np.abs(self.energy(ga, gb))
+        """|E_s| + |ga| . |dE_s/dga| + |gb| . |dE_s/dgb|: the terms of fn are unknown, and for an
+        energy homogeneous in the rates (bilinear, polynomial) g . grad E measures them."""
+        da, db = self.drives(ga, gb)
+        return np.abs(self.energy(ga, gb)) + _rowabs(ga, da) + _rowabs(gb, db)
 
     def drives(self, ga, gb):
         da, db = self._call(self._grads, ga, gb, "gradient")

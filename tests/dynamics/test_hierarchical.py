@@ -318,3 +318,33 @@ def test_bad_graphs_are_refused():
         net.initial_state(np.ones(2))
     with pytest.raises(ValueError, match="queries contains 1 NaN"):
         net.initial_state(np.array([1.0, np.nan, 0.0]))
+
+
+def test_elementwise_autodiff_layers_and_a_custom_synapse_pass_the_energy_check():
+    """The three kinds of layer Lagrangian (built-in, elementwise, autodiff) and a custom JAX
+    synapse energy in one chain: integrated, E certified; the custom coupling -sum tanh(W^T ga) gb
+    is a bounded symmetric interaction."""
+    jnp = pytest.importorskip("jax.numpy")
+    from uhn.dynamics import autodiff
+    rng = np.random.default_rng(7)
+    W = 0.5 * rng.standard_normal((4, 3))
+    # an elementwise F well conditioned near 0 (log(cosh(x)) would lose all its digits there,
+    # beyond the round-off verify_energy can know of: value_size defaults to |L|)
+    sig = lambda x: 1 / (1 + np.exp(-x))                                                # noqa: E731
+    cosh = lg.elementwise(lambda x: np.logaddexp(0, x), sig, lambda x: sig(x) * (1 - sig(x)), name="softplus")
+    quartic = autodiff.lagrangian(lambda x: 0.5 * jnp.sum(x ** 2) + 0.05 * jnp.sum(x ** 4), name="quartic", size=3)
+    layers = [Layer("a", 4), Layer("b", 3, quartic, tau=0.5), Layer("c", 2, cosh, tau=0.2)]
+    syns = [Custom("a", "b", lambda ga, gb: -jnp.tanh(ga @ jnp.asarray(W)) @ gb, name="tanh_coupling"),
+            Linear("b", "c", 0.4 * rng.standard_normal((3, 2)))]
+    net = HierarchicalNetwork(layers, syns)
+    traj = integrate(net, rng.standard_normal((3, 4)), 150.0, method="RK45-batched")
+    rep = verify_energy(net, traj)
+    assert rep.passed, rep.summary()
+    assert traj.converged.all()
+
+
+def test_a_custom_synapse_must_return_a_scalar():
+    jnp = pytest.importorskip("jax.numpy")
+    bad = Custom("a", "b", lambda ga, gb: ga * jnp.sum(gb), name="vector")
+    with pytest.raises((ValueError, TypeError)):
+        bad.energy(np.ones((2, 3)), np.ones((2, 3)))
