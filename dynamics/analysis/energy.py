@@ -327,18 +327,23 @@ def _window_order(Ys, F, t, kk, bb, t1, rtol, atol, seed):
     to the defects of the same query's windows two samples away (max of those and 1), ties by d
     itself: where the samples agree least with the network's own velocity (a corrupted sample
     stands out of its neighbours however fast the transient around it; a wrong right-hand side
-    raises every window, which the random stream then meets at once); and a random permutation (``numpy.random.default_rng(seed)``), whose covered prefix is what the
-    coverage statement of docs/theory.md §7 counts."""
-    dur = (t1 - t[kk])[:, None]
-    Y0, Y1 = Ys[kk, bb], Ys[kk + 1, bb]
-    defect = np.abs(Y1 - Y0 - dur * (F[kk, bb] + F[kk + 1, bb]) / 2)
-    den = atol + rtol * np.maximum(np.abs(Y0), np.abs(Y1))
-    screen = np.where(den > 0, defect / np.where(den > 0, den, 1.0), np.where(defect > 0, np.inf, 0.0)).max(1)
+    raises every window, which the random stream then meets at once); and a random permutation
+    (``numpy.random.default_rng(seed)``), whose covered prefix is what the coverage statement of docs/theory.md §7 counts."""
+    grid = np.zeros((Ys.shape[0] + 3, Ys.shape[1]))    # screen of window k at row k + 2
+    dur = np.zeros(grid.shape)
+    dur[kk + 2, bb] = t1 - t[kk]
+    for k in np.unique(kk):                     # one sample pair at a time: no (n, W) copies
+        Y0, Y1, d = Ys[k], Ys[k + 1], dur[k + 2][:, None]
+        defect = np.abs(Y1 - Y0 - d * (F[k] + F[k + 1]) / 2)
+        den = atol + rtol * np.maximum(np.abs(Y0), np.abs(Y1))
+        grid[k + 2] = np.where(den > 0, defect / np.where(den > 0, den, 1.0),
+                               np.where(defect > 0, np.inf, 0.0)).max(1)
+    screen = grid[kk + 2, bb]
     # against the windows two samples away (clean of a corruption of sample k, which enters
     # windows k - 1 and k): a smooth transient's defects change slowly with k, a corrupted
     # sample's stand out whatever their size
-    grid = np.zeros((int(kk.max()) + 5, int(bb.max()) + 1))
-    grid[kk + 2, bb] = screen
+    grid[:] = 0.0
+    grid[kk + 2, bb] = screen                   # candidates only (a stopped query's later windows: 0)
     level = np.maximum(np.maximum(grid[kk, bb], grid[kk + 4, bb]), 1.0)
     spike = screen / level
     return np.lexsort((-screen, -spike)), np.random.default_rng(seed).permutation(len(kk))
