@@ -56,17 +56,17 @@ HALF = 0.5
 class BasinPoint:
     """Every parameter of one basin measurement (one network, one corruption level).
 
-    data : ``random`` (N random bipolar patterns of width ``dim``) or a uhn.models.data dataset
-        name (``mnist``, ...; the first N images of its shuffle by ``seed``; ``dim`` is ignored
-        and stored as 0).
-    network, similarity, separation, sep_param, output : the memory (``classical`` fixes dot,
-        identity and sign). ``output`` ``sign`` or None.
-    retrieval : one of :data:`RETRIEVALS`; ``max_steps`` bounds iterate / the update sweeps.
-    corruption, level : ``flips`` and a bit count (bipolar data), or a uhn.models.corruption kind
-        and its level (images).
-    trials : corrupted queries per stored pattern.
-    threshold : the image criterion on sum (x - z)^2 for a 784-value image.
-    seed : seeds the patterns (or the dataset shuffle) and, with the level, the corruptions.
+    - ``data``: ``random`` (N random bipolar patterns of width ``dim``) or a uhn.models.data
+      dataset name (``mnist``, ...; the first N images of its shuffle by ``seed``; ``dim`` is
+      ignored and stored as 0).
+    - ``network``, ``similarity``, ``separation``, ``sep_param``, ``output``: the memory
+      (``classical`` fixes dot, identity and sign); ``output`` is ``sign`` or None.
+    - ``retrieval``: one of :data:`RETRIEVALS`; ``max_steps`` bounds iterate / the update sweeps.
+    - ``corruption``, ``level``: ``flips`` and a bit count (bipolar data), or a
+      uhn.models.corruption kind and its level (images).
+    - ``trials``: corrupted queries per stored pattern.
+    - ``threshold``: the image criterion on sum (x - z)^2 for a 784-value image.
+    - ``seed``: seeds the patterns (or the dataset shuffle) and, with the level, the corruptions.
     """
 
     data: str = "random"

@@ -70,14 +70,14 @@ AGS_ALPHA_C = 0.138
 class TheoryPoint:
     """Every parameter of one theory measurement.
 
-    experiment : one of :data:`KINDS`. dim : D (neurons). n_memories : N (patterns).
-    mode : ``sync`` / ``async`` (classical), ``binary`` / ``bipolar`` (hopfield1982).
-    degree : the DAM energy degree n. separation, beta : ``softmax`` (beta) or ``max``.
-    flips : bits flipped in each query (softmax experiments).
-    networks : independent pattern sets, at least; min_probes : more networks until the probes
-        reach this many (small N: a few probes per network). probes : queries per network (None:
-        every stored pattern; at most N).
-    max_sweeps : bound on update sweeps / iterations. seed : seeds everything.
+    - ``experiment``: one of :data:`KINDS`; ``dim``: D (neurons); ``n_memories``: N (patterns).
+    - ``mode``: ``sync`` / ``async`` (classical), ``binary`` / ``bipolar`` (hopfield1982).
+    - ``degree``: the DAM energy degree n; ``separation``, ``beta``: ``softmax`` (beta) or ``max``.
+    - ``flips``: bits flipped in each query (softmax experiments).
+    - ``networks``: independent pattern sets, at least; ``min_probes``: more networks until the
+      probes reach this many (small N: a few probes per network); ``probes``: queries per
+      network (None: every stored pattern; at most N).
+    - ``max_sweeps``: bound on update sweeps / iterations; ``seed``: seeds everything.
     """
 
     experiment: str = "classical"
