@@ -430,6 +430,19 @@ def mnist_points(similarities: Sequence[str] = MNIST_SIMILARITIES, levels=MNIST_
     return grid(base, levels, lines)
 
 
+def figure_points(quick: bool = False, seed: int = 0) -> list[BasinPoint]:
+    """The points of figures/basins_mnist.png (``uhn figures``; docs/theory_capacity.md): euclidean,
+    dot and cosine, single shot, iterated and the dynamics' fixed point, 100 stored digits, 2
+    noisy queries each, noise std 0.1 .. 1.2. ``quick``: dot alone, 20 digits, one query, two
+    levels (seconds; for tests)."""
+    if quick:
+        return mnist_points(similarities=("dot",), levels=(0.3, 1.2), n_memories=20, trials=1,
+                            retrievals=("single", "iterate", "dynamics"), seed=seed)
+    return mnist_points(similarities=("euclidean", "dot", "cosine"), levels=(0.1, 0.3, 0.5, 0.8, 1.2),
+                        n_memories=100, trials=2, retrievals=("single", "iterate", "dynamics"),
+                        seed=seed)
+
+
 def plot(curves_: dict, path=None, *, xlabel: str = "corruption level", title: str = ""):
     """Probability of retrieval against the level, one line per curve with its Wilson 95 % band
     and its radius at 1/2 marked; saved atomically when ``path`` is given. Returns the figure."""

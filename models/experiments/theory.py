@@ -559,3 +559,22 @@ def study_points(scale: str = "small", parts: Sequence[str] = PARTS, seed: int =
             "softmax_fixed_points": lambda: softmax_fixed_point_points(
                 networks=10 if scale == "paper" else 2, seed=seed)}
     return [p for part in parts for p in make[part]()]
+
+
+def figure_points(quick: bool = False, seed: int = 0) -> list:
+    """The points the figures in figures/ are drawn from (``uhn figures``), the grids
+    docs/theory_capacity.md quotes: the paper-scale classical and Hopfield (1982) parts, DAM with
+    >= 3,000 probes on 8 N per (n, D), softmax/max capacity for D = 32 .. 72, and the fixed points
+    on 11 beta in [0.03, 0.3] without and with 16 flipped bits. ``quick``: the ``small`` study
+    with DAM at degree 2 alone (seconds; for tests)."""
+    if quick:
+        return (study_points("small", parts=("classical", "hopfield1982", "softmax_capacity",
+                                              "softmax_fixed_points"), seed=seed)
+                + dam_points(degrees=(2,), networks=1, probes=100, min_probes=100, n_steps=4,
+                             seed=seed))
+    betas = tuple(float(b) for b in np.geomspace(0.03, 0.3, 11))
+    return (study_points("paper", parts=("classical", "hopfield1982"), seed=seed)
+            + dam_points(min_probes=3000, n_steps=8, seed=seed)
+            + softmax_capacity_points(dims=(32, 40, 48, 56, 64, 72), min_probes=3000, seed=seed)
+            + softmax_fixed_point_points(betas=betas, networks=10, seed=seed)
+            + softmax_fixed_point_points(betas=betas, networks=10, flips=16, seed=seed))

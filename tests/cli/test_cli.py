@@ -265,9 +265,13 @@ def test_figures_write_only_under_out(capsys, tmp_path, monkeypatch):
     assert rc == 0
     assert list(cwd.iterdir()) == []
     assert calls == {"out_dir": out, "results_path": out / "results" / "capacity_quick.jsonl"}
-    for name in ("dynamics_energy.png", "spiking_network.png", "spiking_convergence.png", "atlas_digits.png"):
+    for name in ("dynamics_energy.png", "spiking_network.png", "spiking_convergence.png", "atlas_digits.png",
+                 "hierarchical_retrieval.png", "latent_capacity_mnist.png", "latent_capacity_mnist_nearest.png",
+                 "theory_classical.png", "theory_hopfield1982.png", "theory_capacities.png",
+                 "theory_fixed_points.png", "basins_mnist.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
-    assert (out / "results" / "atlas_quick.jsonl").is_file()
+    for store in ("atlas", "latent", "theory", "basins"):
+        assert (out / "results" / f"{store}_quick.jsonl").is_file(), store
     assert "wrote" in text
 
 

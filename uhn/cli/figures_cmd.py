@@ -14,7 +14,10 @@ memory trajectories, the separation weights over time, a phase portrait in the p
 stored digits, snapshots of v(t), the fixed point beside single-shot retrieval, a GIF, and the
 brian2 (numpy target) simulation of the same network overlaid on scipy's. Then the spiking network's
 approach to its rate model (notebook 05's study), the dynamics atlas of ``uhn atlas`` (its store
-in <out>/results/atlas.jsonl), and the capacity curves. See docs/figures.md.
+in <out>/results/atlas.jsonl), the capacity curves, and the experiments after the paper: the
+three-layer network against pixel space (docs/theory.md section 11), latent-space capacity
+(docs/latent.md), capacity against theory and MNIST basins of attraction (docs/theory_capacity.md),
+their stores in <out>/results/. See docs/figures.md.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--no-brian2", action="store_true", help="skip the brian2 vs scipy overlay")
     p.add_argument("--no-spiking", action="store_true", help="skip the spiking-network figures")
     p.add_argument("--no-atlas", action="store_true", help="skip the dynamics atlas")
+    p.add_argument("--no-extensions", action="store_true",
+                   help="skip the experiments after the paper (hierarchical, latent, theory, basins)")
     p.set_defaults(func=run)
 
 
@@ -167,6 +172,53 @@ def make_atlas_figure(out_dir, quick: bool = False, log=None, progress=None) -> 
     return written
 
 
+def make_extension_figures(out_dir, quick: bool = False, log=None, progress_bar=None) -> list[Path]:
+    """The figures of the experiments after the paper, each from its library function, results in
+    <out>/results/{latent,theory,basins}[_quick].jsonl: hierarchical_retrieval.png
+    (uhn.dynamics.hierarchical.demo.hierarchical_figure), latent_capacity_mnist[_nearest].png
+    (latent_capacity.make_latent_figures), theory_*.png (theory.figure_points,
+    theory_report.make_theory_figures), basins_mnist.png (basins.figure_points with the
+    dynamics' fixed point, basins.make_basins_figure). ``progress_bar(name)`` -> (callback,
+    close) shows each sweep's progress."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+    from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS
+    from uhn.dynamics.hierarchical.demo import hierarchical_figure
+    from uhn.models.experiments import basins, latent_capacity, theory, theory_report
+
+    log = log or (lambda msg: None)
+    out = Path(out_dir)
+    tag = "_quick" if quick else ""
+    (out / "results").mkdir(parents=True, exist_ok=True)
+
+    def swept(name, fn):
+        cb, close = progress_bar(name) if progress_bar else (None, lambda: None)
+        try:
+            return fn(cb)
+        finally:
+            close()
+
+    written: list[Path] = []
+    t0 = time.perf_counter()
+    small = {"n": 30, "n_queries": 4, "ks": (30, 10)} if quick else {}
+    paths, _ = hierarchical_figure(out / "hierarchical_retrieval.png", **small)
+    written += paths
+    log(f"  wrote {out / 'hierarchical_retrieval.png'} in {time.perf_counter() - t0:.1f} s")
+    written += swept("latent", lambda cb: latent_capacity.make_latent_figures(
+        out, quick=quick, results_path=out / "results" / f"latent{tag}.jsonl", progress=cb))
+    rows = swept("theory", lambda cb: theory.run(theory.figure_points(quick),
+                                                 out / "results" / f"theory{tag}.jsonl", progress=cb))
+    written += [Path(p) for p in theory_report.make_theory_figures(rows, out)]
+    swept("basins", lambda cb: basins.make_basins_figure(
+        out / "basins_mnist.png", points=basins.figure_points(quick),
+        store=out / "results" / f"basins{tag}.jsonl", progress=cb, retrievers=RETRIEVERS))
+    written.append(out / "basins_mnist.png")
+    for p in written[1:]:
+        log(f"  wrote {p}")
+    return written
+
+
 def results_path(out_dir, quick: bool) -> Path:
     """The capacity results store inside the output folder: <out>/results/capacity[_quick].jsonl."""
     return Path(out_dir) / "results" / ("capacity_quick.jsonl" if quick else "capacity.jsonl")
@@ -198,6 +250,14 @@ def run(args: argparse.Namespace) -> int:
             close()
         written.extend(paths)
         print(f"atlas figure: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
+    if not args.no_extensions:
+        t0 = time.perf_counter()
+        print("figures of the experiments after the paper (results stored in "
+              f"{Path(args.out) / 'results'}, so a second run only replots)", flush=True)
+        paths = make_extension_figures(args.out, quick=args.quick, log=log,
+                                       progress_bar=lambda name: sweep_progress_bar(name, None))
+        written.extend(paths)
+        print(f"extension figures: {len(paths)} files in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_capacity:
         from uhn.models.experiments.figures import make_capacity_figures
         t0 = time.perf_counter()
