@@ -38,12 +38,12 @@ def _cases(tmp):
     cases = []
     for argv in (["demo", "--out"], ["capacity", "--experiment", "noise", "--out"],
                  ["capacity", "--experiment", "noise", "--figure"], ["atlas", "--quick", "--out"],
-                 ["atlas", "--quick", "--figure"]):
+                 ["atlas", "--quick", "--figure"], ["theory", "--out"]):
         cases += [(argv + [str(folder)], "is a folder"),
                   (argv + [str(under / "x.png")], "is a file, not a folder"),
                   (argv + [str(ro / "x.png")], "does not accept new files")]
     for argv in (["dynamics", "--out"], ["brian2", "--out"], ["figures", "--out"],
-                 ["capacity", "--experiment", "noise", "--figures-dir"]):
+                 ["capacity", "--experiment", "noise", "--figures-dir"], ["theory", "--figures-dir"]):
         cases += [(argv + [str(file)], "is a file"),
                   (argv + [str(under)], "is a file, not a folder"),
                   (argv + [str(ro)], "does not accept new files")]
@@ -53,7 +53,7 @@ def _cases(tmp):
 @pytest.mark.skipif(not READ_ONLY.is_dir(), reason="needs /proc")
 def test_every_bad_output_path_is_one_error_line_before_any_work(capsys, tmp_path, nothing_computed):
     cases = _cases(tmp_path)
-    assert len(cases) == 27
+    assert len(cases) == 33
     for argv, text in cases:
         rc, out, err = run(argv, capsys)
         lines = err.strip().splitlines()

@@ -25,7 +25,7 @@ import os
 import sys
 
 #: subcommand modules, in the order ``uhn --help`` lists them
-SUBCOMMANDS = ("demo", "dynamics", "brian2", "capacity", "atlas", "basins", "figures")
+SUBCOMMANDS = ("demo", "dynamics", "brian2", "capacity", "atlas", "basins", "theory", "figures")
 
 #: errors a subcommand raises for values it cannot work with: reported as ``error:``, exit 2
 INPUT_ERRORS = (ValueError, TypeError, OverflowError, FloatingPointError)
@@ -276,6 +276,25 @@ def capacity_progress_bar(desc: str, threads: int = 1):
         draw(sweep.Progress(done, total, failed[0], min(total - done, threads), row, computed))
 
     return cb, close
+
+
+def add_engine_arguments(p) -> None:
+    """``--workers N`` / ``--scheduler tcp://HOST:PORT`` (exclusive): where a sweep runs
+    (uhn.models.experiments.sweep.connect); neither: in-process."""
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--workers", type=positive_int, default=None,
+                        help="run on a dask LocalCluster of this many worker processes")
+    engine.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="run on the dask cluster of this running scheduler")
+
+
+def engine_description(args) -> str:
+    """Where :func:`add_engine_arguments`' options run the sweep, in words."""
+    if args.workers is None and args.scheduler is None:
+        return "in-process"
+    if args.workers:
+        return f"on a LocalCluster of {args.workers} workers"
+    return f"on the cluster at {args.scheduler}"
 
 
 def fail(command: str, message: str, status: int = 2, label: str = "error") -> int:

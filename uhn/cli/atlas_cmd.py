@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import (describe_atlas_row, fail, finite_float, note, positive_float, positive_int,
+from uhn.cli import (add_engine_arguments, describe_atlas_row, engine_description, fail, finite_float, note, positive_float, positive_int,
     sweep_progress_bar)
 
 DEFAULT_OUT = Path("results") / "atlas.jsonl"
@@ -51,11 +51,7 @@ def register(sub) -> None:
     p.add_argument("--n-memories", type=positive_int, default=None, help="memories stored (default 20)")
     p.add_argument("--n-queries", type=positive_int, default=None, help="queries B per point (default 8)")
     p.add_argument("--level", type=finite_float, default=None, help="Gaussian noise std of the queries (default 0.2)")
-    engine = p.add_mutually_exclusive_group()
-    engine.add_argument("--workers", type=positive_int, default=None,
-                        help="run on a dask LocalCluster of this many worker processes")
-    engine.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                        help="run on the dask cluster of this running scheduler")
+    add_engine_arguments(p)
     p.add_argument("--figure", type=Path, default=None, help="write the heat-map grid here (PNG)")
     p.set_defaults(func=run_cmd)
 
@@ -98,9 +94,7 @@ def run_cmd(args) -> int:
         stored_results(args.out)  # an unreadable store fails before anything runs
     except ValueError as err:
         return fail("atlas", str(err))
-    where = ("in-process" if args.workers is None and args.scheduler is None else
-             f"on a LocalCluster of {args.workers} workers" if args.workers else
-             f"on the cluster at {args.scheduler}")
+    where = engine_description(args)
     note(f"uhn atlas: {len(points)} points {where} -> {args.out}")
     t0 = time.perf_counter()
     cb, close = sweep_progress_bar("atlas", describe_atlas_row)

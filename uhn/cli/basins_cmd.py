@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from uhn.cli import (fail, finite_float, nonnegative_float, nonnegative_int, note, positive_float,
+from uhn.cli import (add_engine_arguments, engine_description, fail, finite_float, nonnegative_float, nonnegative_int, note, positive_float,
     positive_int)
 
 DEFAULT_OUT = Path("results") / "basins.jsonl"
@@ -69,11 +69,7 @@ def register(sub) -> None:
                    help="MNIST criterion on sum (x - z)^2 for a 784-value image")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of patterns and corruptions")
     p.add_argument("--boots", type=positive_int, default=2000, help="bootstrap redraws")
-    engine = p.add_mutually_exclusive_group()
-    engine.add_argument("--workers", type=positive_int, default=None,
-                        help="run on a dask LocalCluster of this many worker processes")
-    engine.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                        help="run on the dask cluster of this running scheduler")
+    add_engine_arguments(p)
     p.add_argument("--figure", type=Path, default=None, help="write the figure here (PNG)")
     p.set_defaults(func=run_cmd)
 
@@ -122,9 +118,7 @@ def run_cmd(args) -> int:
         stored_results(args.out)  # an unreadable store fails before anything runs
     except ValueError as err:
         return fail("basins", str(err))
-    where = ("in-process" if args.workers is None and args.scheduler is None else
-             f"on a LocalCluster of {args.workers} workers" if args.workers else
-             f"on the cluster at {args.scheduler}")
+    where = engine_description(args)
     note(f"uhn basins: {len(points)} points {where} -> {args.out}")
     t0 = time.perf_counter()
     cb, close = sweep.progress_bar("basins")

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import capacity_progress_bar, fail, finite_float, nonnegative_int, note, positive_int
+from uhn.cli import add_engine_arguments, capacity_progress_bar, fail, finite_float, nonnegative_int, note, positive_int
 from uhn.models.experiments.figures import DEFAULT_RESULTS as DEFAULT_OUT
 from uhn.models.experiments.figures import QUICK
 
@@ -66,11 +66,7 @@ def register(sub) -> None:
     p.add_argument("--figures-dir", type=Path, default=None,
                    help="write capacity_<experiment>_<dataset>.png here for every experiment run")
     p.add_argument("--pdf", action="store_true", help="also write PDF figures")
-    engine = p.add_mutually_exclusive_group()
-    engine.add_argument("--workers", type=positive_int, default=None,
-                        help="measure on a dask LocalCluster of this many worker processes")
-    engine.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                        help="measure on the dask cluster of this running scheduler")
+    add_engine_arguments(p)
     p.set_defaults(func=run_cmd)
 
 

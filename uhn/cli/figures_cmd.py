@@ -174,10 +174,10 @@ def make_atlas_figure(out_dir, quick: bool = False, log=None, progress=None) -> 
 
 def make_extension_figures(out_dir, quick: bool = False, log=None, progress_bar=None) -> list[Path]:
     """The figures of the experiments after the paper, each from its library function, results in
-    <out>/results/{latent,theory,basins}[_quick].jsonl: hierarchical_retrieval.png
-    (uhn.dynamics.hierarchical.demo.hierarchical_figure), latent_capacity_mnist[_nearest].png
-    (latent_capacity.make_latent_figures), theory_*.png (theory.figure_points,
-    theory_report.make_theory_figures), basins_mnist.png (basins.figure_points with the
+    ``<out>/results/{latent,theory,basins}[_quick].jsonl``: ``hierarchical_retrieval.png``
+    (uhn.dynamics.hierarchical.demo.hierarchical_figure), ``latent_capacity_mnist[_nearest].png``
+    (latent_capacity.make_latent_figures), ``theory_*.png`` (theory.figure_points,
+    theory_report.make_theory_figures), ``basins_mnist.png`` (basins.figure_points with the
     dynamics' fixed point, basins.make_basins_figure). ``progress_bar(name)`` -> (callback,
     close) shows each sweep's progress."""
     import matplotlib
