@@ -20,6 +20,13 @@ variable       dimensions                  meaning
 ``converged``  (query,)                    fixed point reached (bool)
 =============  ==========================  ==========================================
 
+A trajectory of a network of layers (uhn.dynamics.hierarchical: ``params["layers"]`` maps each
+layer's name to its description, ``size`` included, in the order of the packed state) is stored
+with a variable per layer instead of ``v`` and ``h``: ``x_<name>`` with dimensions
+(time, query, unit_<name>), the query layer first, and the attribute ``uhn_layers``, the JSON
+list of [name, size]; :func:`read` checks them as it checks ``v`` and ``h`` and gives back the
+packed ``v`` (the first layer) and ``h`` (the others, in order), bit for bit.
+
 Global attributes: ``uhn_format`` = "uhn-trajectory", ``uhn_format_version`` (2), the Trajectory's
 ``method``, ``backend``, ``message`` and ``adiabatic`` (0 / 1), and every entry of
 ``Trajectory.params`` as ``param_<name>``. Integers, floats and strings are stored as they are;
@@ -146,6 +153,47 @@ def checksum(array) -> str:
     return digest.hexdigest()
 
 
+#: global attribute of a layered file: the JSON list of [layer name, size], query layer first
+LAYERS_ATTR = "uhn_layers"
+
+
+def layer_layout(traj):
+    """[(name, size), ...] of a trajectory of a network of layers (``params["layers"]``: {name:
+    {"size": n, ...}} in packed order), or None for a two-layer trajectory. ValueError when the
+    sizes do not split v and h (the first layer v, the others h) or a name cannot name a netCDF
+    variable."""
+    layers = traj.params.get("layers") if isinstance(traj.params, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        return None
+    layout = []
+    for name, desc in layers.items():
+        size = desc.get("size") if isinstance(desc, dict) else None
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            return None     # not a layer description: a parameter that happens to be named so
+        if not isinstance(name, str) or not name or "/" in name or "\x00" in name:
+            raise ValueError(f"layer name {name!r} cannot name a netCDF variable")
+        layout.append((name, int(size)))
+    D, N = np.shape(traj.v)[-1], np.shape(traj.h)[-1]
+    sizes = [n for _, n in layout]
+    if sizes[0] != D or sum(sizes[1:]) != N:
+        raise ValueError(f"params['layers'] sizes {sizes} do not split the trajectory's v (width "
+                         f"{D}: the first layer) and h (width {N}: the others)")
+    return layout
+
+
+def _expected_dims(layout) -> dict:
+    """{variable: dimensions} of a file with this layer layout (None: v and h)."""
+    dims = dict(_DIMS)
+    if layout:
+        del dims["v"], dims["h"]
+        dims = {**{f"x_{name}": ("time", "query", f"unit_{name}") for name, _ in layout}, **dims}
+    return dims
+
+
+def _kind(name: str) -> str:
+    return "f" if name.startswith("x_") else _KINDS[name]
+
+
 def to_xarray(traj):
     """A trajectory (any object with the attributes :data:`FIELDS`) as an ``xarray.Dataset``
     (dimensions time / query / feature / memory; every parameter an attribute, see the module
@@ -154,8 +202,16 @@ def to_xarray(traj):
     if not all(hasattr(traj, name) for name in FIELDS):
         raise TypeError(f"traj must be a uhn.dynamics.trajectory.Trajectory (or have its fields "
                         f"{', '.join(FIELDS)}), got {type(traj).__name__}")
+    layout = layer_layout(traj)
     data = {name: (dims, np.asarray(getattr(traj, name))) for name, dims in _DIMS.items()}
     attrs = {"uhn_format": FORMAT, "uhn_format_version": FORMAT_VERSION}
+    if layout:
+        v, h = data.pop("v")[1], data.pop("h")[1]
+        cuts = np.cumsum([n for _, n in layout[1:]])[:-1]
+        parts = [v] + (np.split(h, cuts, axis=-1) if len(layout) > 2 else [h])
+        data = {**{f"x_{name}": (("time", "query", f"unit_{name}"), np.ascontiguousarray(x))
+                   for (name, _), x in zip(layout, parts)}, **data}
+        attrs[LAYERS_ATTR] = json.dumps([[name, n] for name, n in layout])
     json_names = []
 
     def put(name, value):
@@ -210,23 +266,44 @@ def _attr(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _check_structure(ds) -> list[str]:
+def _stored_layout(ds):
+    """The [(name, size), ...] a layered file names in its ``uhn_layers`` attribute (None: a
+    two-layer file); ValueError text when the attribute is not such a list."""
+    if LAYERS_ATTR not in ds.attrs:
+        return None
+    try:
+        layout = [(str(name), int(n)) for name, n in json.loads(_attr(ds.attrs[LAYERS_ATTR]))]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"attribute {LAYERS_ATTR!r} is not a JSON list of [name, size] ({err})")
+    if len(layout) < 2:
+        raise ValueError(f"attribute {LAYERS_ATTR!r} names {len(layout)} layer(s), a layered "
+                         f"trajectory has at least 2")
+    return layout
+
+
+def _check_structure(ds, layout=None) -> list[str]:
     """What is wrong with the variables of a trajectory Dataset (empty when nothing): missing
-    variables, wrong dimensions, wrong dtypes."""
+    variables, wrong dimensions, wrong dtypes, layer variables of the wrong size."""
     problems = []
     if "time" not in ds.variables:
         problems.append("variable 'time' (the sample times, dimension (time,)) is missing")
-    missing = [name for name in _DIMS if name not in ds.data_vars]
+    expected_dims = _expected_dims(layout)
+    missing = [name for name in expected_dims if name not in ds.data_vars]
     if missing:
         problems.append(f"variables {missing} are missing")
-    expected = {"time": ("time",), **_DIMS}
+    for name, n in layout or ():
+        var = ds.variables.get(f"x_{name}")
+        if var is not None and var.ndim == 3 and var.shape[-1] != n:
+            problems.append(f"variable 'x_{name}' has {var.shape[-1]} units, the layout "
+                            f"{LAYERS_ATTR!r} says {n}")
+    expected = {"time": ("time",), **expected_dims}
     for name, dims in expected.items():
         if name not in ds.variables:
             continue
         var = ds.variables[name]
         if tuple(var.dims) != dims:
             problems.append(f"variable {name!r} has dimensions {tuple(var.dims)}, expected {dims}")
-        kind = _KINDS[name]
+        kind = _kind(name)
         if var.dtype.kind != kind:
             want = "bool" if kind == "b" else "floating point"
             problems.append(f"variable {name!r} has dtype {var.dtype}, expected {want}")
@@ -248,7 +325,11 @@ def read_dataset(ds, source: str = "dataset") -> dict:
     if version not in READABLE_VERSIONS:
         raise ValueError(f"{source}: uhn trajectory format version {version!r} is not supported "
                          f"(this reader knows versions {READABLE_VERSIONS})")
-    problems = _check_structure(ds)
+    try:
+        layout = _stored_layout(ds)
+    except ValueError as err:
+        fail([str(err)])
+    problems = _check_structure(ds, layout)
     missing_attrs = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing_attrs:
         problems.append(f"global attributes {missing_attrs} are missing")
@@ -258,7 +339,7 @@ def read_dataset(ds, source: str = "dataset") -> dict:
         json_names = set(json.loads(ds.attrs["uhn_json_params"]))
     except (TypeError, ValueError) as err:
         fail([f"attribute 'uhn_json_params' is not a JSON list of names ({err})"])
-    arrays = {name: np.asarray(ds[name].values) for name in _DIMS}
+    arrays = {name: np.asarray(ds[name].values) for name in _expected_dims(layout)}
     arrays["time"] = np.asarray(ds["time"].values)
     if version >= 2:
         bad = []
@@ -289,6 +370,10 @@ def read_dataset(ds, source: str = "dataset") -> dict:
 
     params = {key[len(_PARAM):]: get(key) for key in ds.attrs if key.startswith(_PARAM)}
     t = arrays.pop("time")
+    if layout:
+        parts = [arrays.pop(f"x_{name}") for name, _ in layout]
+        arrays["v"] = parts[0]
+        arrays["h"] = parts[1] if len(parts) == 2 else np.concatenate(parts[1:], axis=-1)
     return dict(t=t, **arrays, method=get("method"), backend=get("backend"),
                 message=get("message"), adiabatic=bool(_attr(ds.attrs["adiabatic"])),
                 params=params)
@@ -310,5 +395,6 @@ def read(path) -> dict:
         return read_dataset(ds, str(path))
 
 
-__all__ = ["write", "read", "to_xarray", "read_dataset", "checksum", "FIELDS", "FORMAT",
+__all__ = ["write", "read", "to_xarray", "read_dataset", "checksum", "layer_layout", "LAYERS_ATTR",
+           "FIELDS", "FORMAT",
            "FORMAT_VERSION", "READABLE_VERSIONS", "CHECKSUM_ATTR", "REQUIRED_ATTRS"]

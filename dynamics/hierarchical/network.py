@@ -149,7 +149,7 @@ class HierarchicalNetwork:
     def layer_dataset(self, traj):
         """An xarray Dataset of a trajectory with a variable per layer, ``x_<name>`` (time, query,
         unit_<name>), its rates ``g_<name>``, and E, dE/dt (time, query): for analysis and
-        plotting (uhn.dynamics.io saves the packed v and h of the Trajectory itself)."""
+        plotting (a saved trajectory of this network has the same x_<name> variables: uhn.dynamics.io)."""
         import xarray as xr         # the optional netCDF dependency (uhn[io]), loaded on use
         data = {}
         for L, x in zip(self.layers, self.split(np.concatenate([traj.v, traj.h], axis=-1))):

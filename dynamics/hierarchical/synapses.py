@@ -182,7 +182,7 @@ class Similarity(Synapse):
 
 
 class Custom(Synapse):
-    """E_s = fn(g_a, g_b, \*\*params) for one row of each layer's rates, written with jax.numpy and
+    r"""E_s = fn(g_a, g_b, \*\*params) for one row of each layer's rates, written with jax.numpy and
     differentiated by JAX (float64); the drives are -grad fn. ``name`` labels it (default
     fn.__name__). ``shape``: (n_a, n_b) it needs, or None for any."""
 

@@ -328,3 +328,51 @@ def test_the_hdf5_library_never_writes_to_the_disk_during_a_save(tmp_path, rng, 
     monkeypatch.setattr(h5netcdf.File, "__init__", spy)
     save_trajectory(_small(rng), tmp_path / "run.nc")
     assert opened and not any(isinstance(p, (str, bytes, os.PathLike)) for p in opened), opened
+
+
+# ---------------------------------------------------------------- networks of layers: a variable per layer
+def _layered(rng):
+    from uhn.dynamics.hierarchical import demo
+    X = rng.random((6, 12))
+    net = demo.pca_network(X, 4, beta=2.0)          # pixels (12) <-> latent (4) <-> memories (6)
+    return net, integrate(net, X[:2] * 0.5, 10.0, method="RK45-batched", n_samples=7)
+
+
+def test_a_layered_trajectory_is_stored_a_variable_per_layer_and_read_back_packed(tmp_path, rng):
+    net, tr = _layered(rng)
+    path = save_trajectory(tr, tmp_path / "layers.nc")
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert "v" not in ds and "h" not in ds
+        assert ds["x_pixels"].dims == ("time", "query", "unit_pixels")
+        assert (ds.sizes["unit_pixels"], ds.sizes["unit_latent"], ds.sizes["unit_memories"]) == (12, 4, 6)
+        np.testing.assert_array_equal(ds["x_pixels"].values, tr.v)
+        np.testing.assert_array_equal(ds["x_latent"].values, tr.h[..., :4])
+        np.testing.assert_array_equal(ds["x_memories"].values, tr.h[..., 4:])
+        assert ds.attrs["uhn_layers"] == '[["pixels", 12], ["latent", 4], ["memories", 6]]'
+    assert_identical(tr, load_trajectory(path))
+
+
+@pytest.mark.parametrize("tamper,match", [
+    (lambda ds: ds.drop_vars("x_latent"), r"variables \['x_latent'\] are missing"),
+    (lambda ds: ds.assign(x_memories=ds["x_memories"] + 1e-3),
+     r"variable 'x_memories' does not match its checksum"),
+    (lambda ds: ds.assign_attrs(uhn_layers='[["pixels", 12], ["latent", 5], ["memories", 6]]'),
+     r"variable 'x_latent' has 4 units, the layout 'uhn_layers' says 5"),
+    (lambda ds: ds.assign_attrs(uhn_layers='{"pixels": 12}'), r"'uhn_layers' is not a JSON list"),
+])
+def test_a_tampered_layered_file_names_the_layer(tmp_path, rng, tamper, match):
+    _, tr = _layered(rng)
+    path = _write_ds(tamper(to_xarray(tr)), tmp_path / "bad.nc")
+    with pytest.raises(ValueError, match=r"bad\.nc: not a valid uhn trajectory: .*" + match):
+        load_trajectory(path)
+
+
+def test_layer_sizes_that_do_not_split_the_state_are_refused_on_save(tmp_path, rng):
+    import dataclasses
+    _, tr = _layered(rng)
+    layers = dict(tr.params["layers"])
+    layers["latent"] = {**layers["latent"], "size": 3}
+    bad = dataclasses.replace(tr, params={**tr.params, "layers": layers})
+    with pytest.raises(ValueError, match=r"sizes \[12, 3, 6\] do not split the trajectory's v"):
+        save_trajectory(bad, tmp_path / "x.nc")
+    assert not list(tmp_path.iterdir())
