@@ -29,11 +29,15 @@ Five measurements, each a :class:`TheoryPoint` evaluated by :func:`evaluate` on 
     which grows exponentially in D; for the max separation the law is exact,
     P = P(H > f)^(N-1) .. P(H >= f)^(N-1) with H ~ Binomial(D, 1/2) the distance of another
     pattern to the query (ties go to the lower index), :func:`nearest_capacity_theory`.
-``softmax_fixed_points``  the state reached from a (corrupted) stored pattern, single shot and
-    Memory.iterate, classified by its weights w = softmax(beta M z): ``single`` (1/sum w^2 < 1.5),
-    ``average`` (1/sum w^2 > N/2) or ``metastable`` (Ramsauer et al. 2020), against beta, with the
-    theory thresholds :func:`softmax_thresholds`: the average's linear stability 1/lambda_max(C)
-    and Ramsauer's sufficient separation condition for single-pattern retrieval.
+``softmax_fixed_points``  the state reached from a (corrupted) stored pattern, single shot,
+    Memory.iterate and (``dynamics=True``) the continuous-time network's rest state, classified by
+    its weights w = softmax(beta M z): ``single`` (1/sum w^2 < 1.5), ``average``
+    (1/sum w^2 > N/2) or ``metastable`` (Ramsauer et al. 2020), against beta, with the theory
+    thresholds :func:`softmax_thresholds`: the average's linear stability 1/lambda_max(C) and
+    Ramsauer's sufficient separation condition for single-pattern retrieval. The dynamics
+    (uhn.integrate of a Network with dot similarity, L_v = |v|^2/2 and L_h = log_sum_exp(beta),
+    read out as z = P^T f(h) at rest) come from a builder :func:`run` takes, because uhn.models
+    never imports uhn.dynamics: uhn.dynamics.analysis.basin_retrieval.softmax_fixed_point.
 
 uhn.models.experiments.theory_report analyses the rows: every fraction with its Wilson interval,
 every crossing and fitted exponent with a parametric bootstrap of the binomial counts, the report
@@ -78,6 +82,8 @@ class TheoryPoint:
       probes reach this many (small N: a few probes per network); ``probes``: queries per
       network (None: every stored pattern; at most N).
     - ``max_sweeps``: bound on update sweeps / iterations; ``seed``: seeds everything.
+    - ``dynamics``: softmax_fixed_points also integrates the continuous-time network (its builder
+      is :func:`run`'s ``dynamics``); left out of the key when False, so earlier rows stay valid.
     """
 
     experiment: str = "classical"
@@ -93,6 +99,7 @@ class TheoryPoint:
     min_probes: int = 0
     max_sweeps: int = 100
     seed: int = 0
+    dynamics: bool = False
 
     def __post_init__(self):
         for name, low in (("dim", 2), ("n_memories", 1), ("degree", 2), ("flips", 0),
@@ -113,9 +120,18 @@ class TheoryPoint:
             raise ValueError(f"separation must be 'softmax' or 'max', got {self.separation!r}")
         if self.flips > self.dim:
             raise ValueError(f"cannot flip {self.flips} of {self.dim} bits")
+        if not isinstance(self.dynamics, (bool, np.bool_)):
+            raise ValueError(f"dynamics must be True or False, got {self.dynamics!r}")
+        object.__setattr__(self, "dynamics", bool(self.dynamics))
+        if self.dynamics and self.experiment != "softmax_fixed_points":
+            raise ValueError(f"dynamics=True is a part of softmax_fixed_points only, not of "
+                             f"{self.experiment!r}")
 
     def params(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not out["dynamics"]:
+            del out["dynamics"]   # the protocol before the dynamics: its stored rows stay valid
+        return out
 
     def key(self) -> str:
         return json.dumps({"protocol": PROTOCOL, "study": "theory", **self.params()},
@@ -421,41 +437,83 @@ def classify_weights(W) -> np.ndarray:
     return np.where(neff < 1.5, "single", np.where(neff > N / 2, "average", "metastable"))
 
 
-def _softmax_fixed_points(point):
-    counts = {f"{how}_{k}": 0 for how in ("single_shot", "iterate") for k in FIXED_POINT_KINDS}
+#: the rules whose end states the fixed-point experiment classifies (``dynamics`` on request)
+FIXED_POINT_RULES = ("single_shot", "iterate", "dynamics")
+#: the builder :func:`run` / :func:`evaluate` need for points with dynamics=True
+DYNAMICS_BUILDER = "uhn.dynamics.analysis.basin_retrieval.softmax_fixed_point"
+
+
+def _softmax_fixed_points(point, dynamics=None):
+    """Counts ``<rule>_<kind>`` of the end states' classes; with the dynamics also
+    ``dynamics_converged`` (queries at rest by t_end), ``dynamics_agree`` (same class as
+    Memory.iterate) and ``dynamics_iterate_gap``: the largest |z_dynamics - z_iterate| over the
+    queries both brought to rest in the same class (the two rest sets are the same,
+    z = M^T softmax(beta M z), so this is the two solvers' tolerance)."""
+    rules = FIXED_POINT_RULES if point.dynamics else FIXED_POINT_RULES[:2]
+    if point.dynamics and dynamics is None:
+        raise ValueError(f"a point with dynamics=True needs the dynamics' builder: "
+                         f"run(..., dynamics={DYNAMICS_BUILDER})")
+    counts = {f"{how}_{k}": 0 for how in rules for k in FIXED_POINT_KINDS}
     probes = conv = 0
+    extra = {"dynamics_converged": 0, "dynamics_agree": 0, "dynamics_iterate_gap": 0.0} \
+        if point.dynamics else {}
     for rng, M, idx in _networks(point):
         Q = flip_bits(M[idx], point.flips, rng)
         mem = _memory_softmax(M, point, output=None)
-        one = mem.retrieve(Q)
+        ends = {"single_shot": mem.retrieve(Q)}
         res = mem.iterate(Q, max_steps=point.max_sweeps, tol=1e-10)
+        ends["iterate"] = res.states
         conv += int(np.sum(res.converged))
-        for how, Z in (("single_shot", one), ("iterate", res.states)):
-            kinds = classify_weights(mem.weights(Z))
+        if point.dynamics:
+            Z, at_rest = dynamics(M, point)(Q)
+            ends["dynamics"] = np.asarray(Z, dtype=np.float64)
+            at_rest = np.asarray(at_rest, dtype=bool)
+            extra["dynamics_converged"] += int(np.sum(at_rest))
+        kinds = {how: classify_weights(mem.weights(ends[how])) for how in rules}
+        for how in rules:
             for k in FIXED_POINT_KINDS:
-                counts[f"{how}_{k}"] += int(np.sum(kinds == k))
+                counts[f"{how}_{k}"] += int(np.sum(kinds[how] == k))
+        if point.dynamics:
+            same = kinds["dynamics"] == kinds["iterate"]
+            extra["dynamics_agree"] += int(np.sum(same))
+            both = same & at_rest & np.asarray(res.converged, dtype=bool)
+            if both.any():
+                gap = float(np.max(np.abs(ends["dynamics"][both] - res.states[both])))
+                extra["dynamics_iterate_gap"] = max(extra["dynamics_iterate_gap"], gap)
         probes += len(idx)
-    return {"n_probes": probes, "n_converged": conv, **counts}
+    return {"n_probes": probes, "n_converged": conv, **counts, **extra}
 
 
 _EVALUATE = {"classical": _classical, "hopfield1982": _hopfield1982, "dam": _dam,
              "softmax_capacity": _softmax_capacity, "softmax_fixed_points": _softmax_fixed_points}
 
 
-def evaluate(point: TheoryPoint) -> dict:
-    """One measurement (its fields: see the module docstring) and the seconds it took."""
+def evaluate(point: TheoryPoint, dynamics=None) -> dict:
+    """One measurement (its fields: see the module docstring) and the seconds it took.
+    ``dynamics``: builder(M, point) -> (queries (B, D) -> (rest readouts (B, D), at rest (B,)))
+    for points with dynamics=True (uhn.dynamics.analysis.basin_retrieval.softmax_fixed_point)."""
     t0 = time.perf_counter()
-    out = _EVALUATE[point.experiment](point)
+    if point.experiment == "softmax_fixed_points":
+        out = _softmax_fixed_points(point, dynamics)
+    else:
+        out = _EVALUATE[point.experiment](point)
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
 def run(points: Iterable[TheoryPoint], path=None, *, engine="local", resume: bool = True,
-        progress=None) -> list[dict]:
-    """Evaluate points into the results store ``path`` (uhn.models.experiments.sweep.run)."""
+        progress=None, dynamics=None) -> list[dict]:
+    """Evaluate points into the results store ``path`` (uhn.models.experiments.sweep.run).
+    ``dynamics``: the builder of :func:`evaluate`, needed when a point has dynamics=True (a
+    module-level function, so a dask worker can unpickle it)."""
+    import functools
     from uhn.models.experiments import sweep
-    return sweep.run(list(points), evaluate, path, engine=engine, resume=resume,
-                     progress=progress)
+    points = list(points)
+    if dynamics is None and any(p.dynamics for p in points):
+        raise ValueError(f"points with dynamics=True need the dynamics' builder: "
+                         f"run(..., dynamics={DYNAMICS_BUILDER})")
+    fn = evaluate if dynamics is None else functools.partial(evaluate, dynamics=dynamics)
+    return sweep.run(points, fn, path, engine=engine, resume=resume, progress=progress)
 
 
 def _point(row) -> TheoryPoint:
@@ -527,11 +585,13 @@ def softmax_capacity_points(dims=(32, 40, 48, 56), rho: float = 0.25, separation
 
 
 def softmax_fixed_point_points(dim=64, n_memories=16, betas=None, flips=0, networks=4,
-                               seed=0) -> list[TheoryPoint]:
-    """The fixed point reached against beta (log grid 1e-3 .. 10 per unit of D)."""
+                               seed=0, dynamics: bool = False) -> list[TheoryPoint]:
+    """The fixed point reached against beta (log grid 1e-3 .. 1); ``dynamics``: the
+    continuous-time network's rest state too (:func:`run` then needs its builder)."""
     betas = betas or tuple(float(b) for b in np.geomspace(1e-3, 1.0, 13))
     return [TheoryPoint("softmax_fixed_points", dim=dim, n_memories=n_memories, beta=b,
-                        flips=flips, networks=networks, max_sweeps=200, seed=seed) for b in betas]
+                        flips=flips, networks=networks, max_sweeps=200, seed=seed,
+                        dynamics=dynamics) for b in betas]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,10 +602,12 @@ def softmax_fixed_point_points(dim=64, n_memories=16, betas=None, flips=0, netwo
 PARTS = ("classical", "hopfield1982", "dam", "softmax_capacity", "softmax_fixed_points")
 
 
-def study_points(scale: str = "small", parts: Sequence[str] = PARTS, seed: int = 0) -> list:
+def study_points(scale: str = "small", parts: Sequence[str] = PARTS, seed: int = 0,
+                 dynamics: bool = True) -> list:
     """Every point of the study: ``small`` (a minute on one core) or ``paper`` (the issue's
     sizes: classical D = 100 .. 1000, 100 networks for Hopfield 1982, >= 10,000 probes per DAM
-    and softmax point)."""
+    and softmax point). ``dynamics``: the fixed points of the continuous-time network too
+    (:func:`run` then needs its builder)."""
     if scale not in ("small", "paper"):
         raise ValueError(f"scale must be 'small' or 'paper', got {scale!r}")
     unknown = [p for p in parts if p not in PARTS]
@@ -557,16 +619,25 @@ def study_points(scale: str = "small", parts: Sequence[str] = PARTS, seed: int =
             "dam": lambda: dam_points(scale=scale, seed=seed),
             "softmax_capacity": lambda: softmax_capacity_points(scale=scale, seed=seed),
             "softmax_fixed_points": lambda: softmax_fixed_point_points(
-                networks=10 if scale == "paper" else 2, seed=seed)}
+                networks=10 if scale == "paper" else 2, seed=seed, dynamics=dynamics)}
     return [p for part in parts for p in make[part]()]
 
 
-def figure_points(quick: bool = False, seed: int = 0) -> list:
+def figure_points(quick: bool = False, seed: int = 0, parts: Sequence[str] = PARTS) -> list:
     """The points the figures in figures/ are drawn from (``uhn figures``), the grids
     docs/theory_capacity.md quotes: the paper-scale classical and Hopfield (1982) parts, DAM with
     >= 3,000 probes on 8 N per (n, D), softmax/max capacity for D = 32 .. 72, and the fixed points
-    on 11 beta in [0.03, 0.3] without and with 16 flipped bits. ``quick``: the ``small`` study
-    with DAM at degree 2 alone (seconds; for tests)."""
+    (single shot, iterated and the dynamics) on 11 beta in [0.03, 0.3] without and with 16
+    flipped bits. ``quick``: the ``small`` study with DAM at degree 2 alone (seconds; for tests).
+    ``parts``: those parts of it only. :func:`run` needs the dynamics' builder for the fixed
+    points."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
+    return [p for p in _figure_points(quick, seed) if p.experiment in parts]
+
+
+def _figure_points(quick: bool, seed: int) -> list:
     if quick:
         return (study_points("small", parts=("classical", "hopfield1982", "softmax_capacity",
                                               "softmax_fixed_points"), seed=seed)
@@ -576,5 +647,6 @@ def figure_points(quick: bool = False, seed: int = 0) -> list:
     return (study_points("paper", parts=("classical", "hopfield1982"), seed=seed)
             + dam_points(min_probes=3000, n_steps=8, seed=seed)
             + softmax_capacity_points(dims=(32, 40, 48, 56, 64, 72), min_probes=3000, seed=seed)
-            + softmax_fixed_point_points(betas=betas, networks=10, seed=seed)
-            + softmax_fixed_point_points(betas=betas, networks=10, flips=16, seed=seed))
+            + softmax_fixed_point_points(betas=betas, networks=10, seed=seed, dynamics=True)
+            + softmax_fixed_point_points(betas=betas, networks=10, flips=16, seed=seed,
+                                         dynamics=True))

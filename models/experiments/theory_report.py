@@ -11,7 +11,7 @@ import numpy as np
 
 from uhn.models.experiments.basins import half_radius, wilson_interval
 from uhn.models.experiments.theory import (AGS_ALPHA_C, CAPACITY_LEVEL, FIXED_POINT_KINDS,
-    RETRIEVED_OVERLAP, TheoryPoint, ags_critical_load, ags_overlap, capacity_from_law,
+    FIXED_POINT_RULES, RETRIEVED_OVERLAP, TheoryPoint, ags_critical_load, ags_overlap, capacity_from_law,
     dam_stability_theory, first_step_error, nearest_capacity_theory, network_patterns,
     softmax_thresholds, stable_fraction_theory)
 
@@ -172,18 +172,32 @@ def analyse_capacity(rows, experiment: str, by: Sequence[str], theory, *, boots:
 
 
 def analyse_fixed_points(rows) -> list[dict]:
-    """Per (flips, beta): the fraction of probes ending in each fixed-point kind, single shot and
-    iterated, with Wilson intervals."""
+    """Per (flips, beta): the fraction of probes ending in each fixed-point kind, single shot,
+    iterated and (rows with dynamics) the dynamics' rest state, with Wilson intervals; for the
+    dynamics also the fractions at rest and agreeing with the iteration's class, and the largest
+    |z_dynamics - z_iterate| where they agree (``dynamics_iterate_gap``). A row measured with
+    the dynamics replaces one without at the same (flips, beta)."""
+    best: dict = {}
+    for r in rows:
+        if r.get("experiment") != "softmax_fixed_points" or r.get("error"):
+            continue
+        at = (r["flips"], r["beta"], r["dim"], r["n_memories"])
+        if at not in best or (r.get("dynamics") and not best[at].get("dynamics")):
+            best[at] = r
     out = []
-    for r in sorted((r for r in rows if r.get("experiment") == "softmax_fixed_points"
-                     and not r.get("error")), key=lambda r: (r["flips"], r["beta"])):
-        e = {"beta": r["beta"], "n": r["n_probes"], "dim": r["dim"], "n_memories": r["n_memories"],
-             "flips": r["flips"]}
-        for how in ("single_shot", "iterate"):
+    for r in sorted(best.values(), key=lambda r: (r["flips"], r["beta"])):
+        n = r["n_probes"]
+        e = {"beta": r["beta"], "n": n, "dim": r["dim"], "n_memories": r["n_memories"],
+             "flips": r["flips"], "dynamics": bool(r.get("dynamics"))}
+        for how in FIXED_POINT_RULES if e["dynamics"] else FIXED_POINT_RULES[:2]:
             for kind in FIXED_POINT_KINDS:
                 k = r[f"{how}_{kind}"]
-                e[f"{how}_{kind}"] = k / r["n_probes"]
-                e[f"{how}_{kind}_ci"] = wilson_interval(k, r["n_probes"])
+                e[f"{how}_{kind}"] = k / n
+                e[f"{how}_{kind}_ci"] = wilson_interval(k, n)
+        if e["dynamics"]:
+            e.update(dynamics_at_rest=r["dynamics_converged"] / n,
+                     dynamics_agree=r["dynamics_agree"] / n,
+                     dynamics_iterate_gap=r["dynamics_iterate_gap"])
         out.append(e)
     return out
 
@@ -253,12 +267,16 @@ def report(rows, *, boots: int = 1000, seed: int = 0) -> str:
                              f"{f['high']:.4f}] vs exact max-law {d['theory_slope']:.4f}")
     fp = analyse_fixed_points(rows)
     if fp:
-        lines.append("softmax fixed points vs beta: fraction single / metastable / average")
+        lines.append("softmax fixed points vs beta: fraction single / metastable / average; "
+                     "dynamics: at rest, same class as iterate, max |z_dyn - z_iter| there")
         for e in fp:
-            lines.append(f"  flips={e['flips']} beta={e['beta']:.4g}  single shot {e['single_shot_single']:.2f}/"
-                         f"{e['single_shot_metastable']:.2f}/{e['single_shot_average']:.2f}  "
-                         f"iterate {e['iterate_single']:.2f}/{e['iterate_metastable']:.2f}/"
-                         f"{e['iterate_average']:.2f}")
+            text = "  ".join(f"{how.replace('_', ' ')} " + "/".join(
+                f"{e[f'{how}_{k}']:.2f}" for k in FIXED_POINT_KINDS)
+                for how in FIXED_POINT_RULES if f"{how}_single" in e)
+            if e["dynamics"]:
+                text += (f"  (at rest {e['dynamics_at_rest']:.2f}, agree {e['dynamics_agree']:.2f}, "
+                         f"gap {e['dynamics_iterate_gap']:.1e})")
+            lines.append(f"  flips={e['flips']} beta={e['beta']:.4g}  {text}")
     return "\n".join(lines)
 
 
@@ -357,23 +375,37 @@ def plot_capacities(dam: list[dict], softmax: list[dict], path=None):
     return _save(fig, path) if path is not None else fig
 
 
+#: line style of each rule in :func:`plot_fixed_points`
+_RULE_STYLE = {"single_shot": dict(ls="--", marker=None), "iterate": dict(ls="-", marker="o", ms=3),
+               "dynamics": dict(ls=":", marker="x", ms=5)}
+
+
 def plot_fixed_points(analysis: list[dict], thresholds: Optional[dict] = None, path=None):
     """Fraction of probes ending at a single pattern, a metastable mixture or the global average
-    against beta, single shot (dashed) and iterated (solid), for entries of one ``flips``; theory
-    betas dotted (1/lambda_max(C)) and dash-dotted (Ramsauer's condition, median)."""
+    against beta, single shot (dashed), iterated (solid) and the dynamics' rest state (dotted,
+    crosses, where measured), one panel per ``flips``; theory betas dotted (1/lambda_max(C)) and
+    dash-dotted (Ramsauer's condition, median): ``thresholds`` one :func:`softmax_thresholds`
+    dict for every panel or {flips: dict}."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    b = np.array([e["beta"] for e in analysis])
-    for kind, color in zip(FIXED_POINT_KINDS, ("C0", "C1", "C2")):
-        ax.plot(b, [e[f"iterate_{kind}"] for e in analysis], "-o", ms=3, color=color,
-                label=f"{kind} (iterate)")
-        ax.plot(b, [e[f"single_shot_{kind}"] for e in analysis], "--", color=color,
-                label=f"{kind} (single shot)")
-    if thresholds:
-        ax.axvline(thresholds["average"], color="k", ls=":", lw=1)
-        ax.axvline(thresholds["single"], color="k", ls="-.", lw=1)
-    ax.set(xscale="log", xlabel="beta", ylabel="fraction of probes")
-    ax.legend(fontsize=7)
+    flips = sorted({e["flips"] for e in analysis})
+    fig, axes = plt.subplots(1, len(flips), figsize=(6.4 * len(flips), 4), squeeze=False)
+    for ax, f in zip(axes[0], flips):
+        es = [e for e in analysis if e["flips"] == f]
+        b = np.array([e["beta"] for e in es])
+        for how in FIXED_POINT_RULES:
+            have = [e for e in es if f"{how}_single" in e]
+            if not have:
+                continue
+            for kind, color in zip(FIXED_POINT_KINDS, ("C0", "C1", "C2")):
+                ax.plot([e["beta"] for e in have], [e[f"{how}_{kind}"] for e in have],
+                        color=color, label=f"{kind} ({how.replace('_', ' ')})", **_RULE_STYLE[how])
+        th = thresholds.get(f) if thresholds and "average" not in thresholds else thresholds
+        if th:
+            ax.axvline(th["average"], color="k", ls=":", lw=1)
+            ax.axvline(th["single"], color="k", ls="-.", lw=1)
+        ax.set(xscale="log", xlabel="beta", ylabel="fraction of probes", xlim=(b.min(), b.max()),
+               title=f"D = {es[0]['dim']}, N = {es[0]['n_memories']}, {f} bits flipped")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, path) if path is not None else fig
 
@@ -398,10 +430,10 @@ def make_theory_figures(rows, out_dir, *, boots: int = 1000, seed: int = 0) -> l
         paths.append(plot_capacities(dam, sm, out / "theory_capacities.png"))
     fp = analyse_fixed_points(rows)
     if fp:
-        fp = [e for e in fp if e["flips"] == fp[0]["flips"]]   # one corruption per figure
-        e = fp[0]
-        th = softmax_thresholds(network_patterns(TheoryPoint(
-            "softmax_fixed_points", dim=e["dim"], n_memories=e["n_memories"], beta=e["beta"],
-            seed=seed)))
+        th = {}
+        for e in fp:      # network 0 of each corruption (the patterns are seeded with flips)
+            th.setdefault(e["flips"], softmax_thresholds(network_patterns(TheoryPoint(
+                "softmax_fixed_points", dim=e["dim"], n_memories=e["n_memories"], beta=e["beta"],
+                flips=e["flips"], seed=seed))))
         paths.append(plot_fixed_points(fp, th, out / "theory_fixed_points.png"))
     return paths

@@ -28,9 +28,24 @@ def test_theory_runs_reports_and_resumes(capsys, tmp_path):
     assert text2.splitlines()[1:] == text.splitlines()[1:]
 
 
-def test_figures_scale_takes_no_parts(capsys, tmp_path):
-    rc, out, err = run(["theory", "--scale", "figures", "--parts", "dam", "--out",
-                        str(tmp_path / "t.jsonl")], capsys)
-    assert rc == 2 and "Traceback" not in err
-    assert "--parts selects parts of --scale small or paper" in err
+def test_fixed_points_part_runs_the_dynamics(capsys, tmp_path):
+    # the small study's fixed points: single shot, Memory.iterate and the dynamics' rest state
+    # (beta = 1e-3: the global average for all three; beta = 1: the stored pattern)
+    out = tmp_path / "t.jsonl"
+    rc, text, err = run(["theory", "--parts", "softmax_fixed_points", "--out", str(out)], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 13 and all(r["dynamics"] and r["dynamics_converged"] == 32 for r in rows)
+    assert ("flips=0 beta=0.001  single shot 0.00/0.00/1.00  iterate 0.00/0.00/1.00  "
+            "dynamics 0.00/0.00/1.00  (at rest 1.00, agree 1.00") in text
+    assert "flips=0 beta=1  single shot 1.00/0.00/0.00  iterate 1.00/0.00/0.00  " \
+           "dynamics 1.00/0.00/0.00" in text
+
+
+def test_figures_scale_takes_parts():
+    from types import SimpleNamespace
+    from uhn.cli.theory_cmd import points_from_args
+    args = SimpleNamespace(scale="figures", parts=["softmax_fixed_points"], seed=0)
+    pts = points_from_args(args)
+    assert len(pts) == 22 and all(p.dynamics for p in pts)   # 11 beta, flips 0 and 16
     assert len(theory.figure_points()) > len(theory.figure_points(quick=True))

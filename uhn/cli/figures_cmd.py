@@ -183,7 +183,7 @@ def make_extension_figures(out_dir, quick: bool = False, log=None, progress_bar=
     import matplotlib
     matplotlib.use("Agg")
 
-    from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS
+    from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS, softmax_fixed_point
     from uhn.dynamics.hierarchical.demo import hierarchical_figure
     from uhn.models.experiments import basins, latent_capacity, theory, theory_report
 
@@ -208,7 +208,8 @@ def make_extension_figures(out_dir, quick: bool = False, log=None, progress_bar=
     written += swept("latent", lambda cb: latent_capacity.make_latent_figures(
         out, quick=quick, results_path=out / "results" / f"latent{tag}.jsonl", progress=cb))
     rows = swept("theory", lambda cb: theory.run(theory.figure_points(quick),
-                                                 out / "results" / f"theory{tag}.jsonl", progress=cb))
+                                                 out / "results" / f"theory{tag}.jsonl", progress=cb,
+                                                 dynamics=softmax_fixed_point))
     written += [Path(p) for p in theory_report.make_theory_figures(rows, out)]
     swept("basins", lambda cb: basins.make_basins_figure(
         out / "basins_mnist.png", points=basins.figure_points(quick),

@@ -4,12 +4,15 @@ theory with a confidence interval (uhn.models.experiments.theory; docs/theory_ca
     uhn theory                                      the small study (about a minute on one core)
     uhn theory --parts classical hopfield1982       some parts of it
     uhn theory --scale figures --figures-dir figures  the grids of figures/theory_*.png
+    uhn theory --scale figures --parts softmax_fixed_points --figures-dir figures
+                                                    figures/theory_fixed_points.png alone
     uhn theory --scale paper --workers 2            the issue's sizes, on a dask LocalCluster
 
 Parts: the classical network against the critical load 0.138 (Amit, Gutfreund & Sompolinsky
 1985), Hopfield's (1982) {0, 1} protocol beside the bipolar one, dense associative memory's
 capacity exponent against n - 1 (Krotov & Hopfield 2016), softmax / max capacity against the
-exact nearest-pattern law, and the fixed point reached against beta (Ramsauer et al. 2020). Rows
+exact nearest-pattern law, and the fixed point reached against beta (Ramsauer et al. 2020) by
+single shot, Memory.iterate and the continuous-time dynamics (uhn.integrate). Rows
 go to a JSON-lines store (default results/theory.jsonl); rerunning the same command resumes.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ def register(sub) -> None:
                    help="small: a minute; paper: the issue's sizes (hours); figures: the grids "
                         "the tracked figures and docs/theory_capacity.md use")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=None,
-                   help="parts of the study (default all; not with --scale figures)")
+                   help="parts of the study (default all)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results store (JSON lines)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse stored points; --no-resume recomputes and replaces them")
@@ -49,9 +52,7 @@ def points_from_args(args) -> list:
     """The theory points the command line asks for (ValueError for a bad combination)."""
     from uhn.models.experiments import theory
     if args.scale == "figures":
-        if args.parts:
-            raise ValueError("--parts selects parts of --scale small or paper, not of the figure grids")
-        return theory.figure_points(seed=args.seed)
+        return theory.figure_points(seed=args.seed, parts=tuple(args.parts or theory.PARTS))
     return theory.study_points(args.scale, parts=tuple(args.parts or theory.PARTS), seed=args.seed)
 
 
@@ -65,10 +66,14 @@ def run_cmd(args) -> int:
     stored_results(args.out)  # an unreadable store fails before anything runs
     note(f"uhn theory: {len(points)} points ({args.scale}) {engine_description(args)} -> {args.out}")
     t0 = time.perf_counter()
+    dynamics = None
+    if any(p.dynamics for p in points):   # the fixed points of the continuous-time network too
+        from uhn.dynamics.analysis.basin_retrieval import softmax_fixed_point as dynamics
     cb, close = sweep_progress_bar("theory")
     try:
         with sweep.connect(args.workers, args.scheduler) as engine:
-            rows = theory.run(points, args.out, engine=engine, resume=args.resume, progress=cb)
+            rows = theory.run(points, args.out, engine=engine, resume=args.resume, progress=cb,
+                              dynamics=dynamics)
     except KeyboardInterrupt:
         close()
         note(f"\ninterrupted: every finished point is stored in {args.out} "

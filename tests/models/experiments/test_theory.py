@@ -111,6 +111,99 @@ def test_softmax_fixed_points_follow_the_theory_thresholds():
     assert fp[hi]["iterate_single"] == 1.0 and fp[hi]["single_shot_single"] == 1.0
 
 
+def _rest_velocity_bound(traj, scale=1.0):
+    """The rest test's per-component velocity bound (integrate's docstring, tau_v = 1):
+    fixed_point_tol + noise_factor (atol + rtol |y|), |y| <= ``scale``."""
+    p = traj.params
+    return p["fixed_point_tol"] + p["noise_factor"] * (p["atol"] + p["rtol"] * scale)
+
+
+def test_dynamics_rest_at_small_beta_is_the_global_average():
+    # beta -> 0: f(h) -> uniform, so the rest state v = M^T f(h) is the mean of the patterns.
+    # |M^T f(h) - m|_inf <= sum |f_mu - 1/N| <= expm1(beta (max h - min h)) <= expm1(2 beta D)
+    # (|h_mu| = |xi_mu . v| <= D), and at rest |v - M^T f(h)| is below the rest test's bound
+    from uhn.dynamics.analysis.basin_retrieval import (rest_readout, softmax_fixed_point,
+                                                       softmax_network)
+    D, N, beta = 32, 8, 1e-9
+    point = t.TheoryPoint("softmax_fixed_points", dim=D, n_memories=N, beta=beta, flips=8)
+    M = t.network_patterns(point)
+    Q = np.vstack([M, -M[:2]])                        # from the patterns and two anti-patterns
+    m = M.mean(axis=0)
+    Z, at_rest, traj = rest_readout(softmax_network(M, beta), Q)
+    assert at_rest.all()
+    shift = math.expm1(2 * beta * D)
+    assert np.max(np.abs(Z - m)) <= shift
+    assert np.max(np.abs(traj.v_final - m)) <= _rest_velocity_bound(traj) + shift
+    assert np.min(np.max(np.abs(Q - m), axis=1)) > 0.5   # the queries started far from it
+    Zb, ok = softmax_fixed_point(M, point)(Q)         # the builder theory.run takes: the same
+    assert ok.all() and np.array_equal(Zb, Z)
+
+
+def test_dynamics_rest_at_large_beta_is_the_stored_pattern():
+    # well-separated patterns, beta = 1: at rest v = xi_i + e, |e|_inf <= the rest test's bound b,
+    # so h_i - h_j >= Delta_i - 2 D b with Delta_i = D - max_j xi_i . xi_j, every other weight is
+    # below exp(-beta (Delta_i - 2 D b)) and |z - xi_i|_inf <= 2 (N - 1) that + b
+    from uhn.dynamics.analysis.basin_retrieval import rest_readout, softmax_network
+    from uhn.models.experiments.basins import flip_bits
+    D, N, beta = 64, 8, 1.0
+    M = t.network_patterns(t.TheoryPoint("softmax_fixed_points", dim=D, n_memories=N, seed=3))
+    G = M @ M.T
+    np.fill_diagonal(G, -np.inf)
+    delta = D - G.max(axis=1)
+    assert delta.min() >= 24
+    Q = flip_bits(M, 12, np.random.default_rng(0))
+    Z, at_rest, traj = rest_readout(softmax_network(M, beta), Q)
+    assert at_rest.all()
+    err = np.max(np.abs(Z - M), axis=1)
+    vb = _rest_velocity_bound(traj)
+    assert np.all(err <= 2 * (N - 1) * np.exp(-beta * (delta - 2 * D * vb)) + vb)
+    assert np.max(np.abs(Q - M)) == 2.0                # 12 bits were wrong at the start
+
+
+def test_dynamics_and_iteration_reach_the_same_fixed_points_away_from_the_bifurcation():
+    # the rest points of the flow are the iteration's fixed points z = M^T softmax(beta M z);
+    # below beta ~ 0.07 (the average only) and above ~ 0.12 (single patterns) both reach the same
+    # one: equal classes, and equal states to the solvers' tolerances: the rest test bounds
+    # |dv/dt| by ~3.1e-7 per component and the map contracts (factor <= beta lambda_max(C)
+    # <= 0.4 at beta <= 0.05, far less at a single pattern), so |z_dyn - z_iter| <= 3.1e-7 / 0.6
+    from uhn.dynamics.analysis.basin_retrieval import softmax_fixed_point
+    betas = (0.03, 0.05, 0.15, 0.3)
+    pts = [p for f in (0, 16) for p in t.softmax_fixed_point_points(betas=betas, networks=2,
+                                                                     flips=f, dynamics=True)]
+    rows = t.run(pts, dynamics=softmax_fixed_point)
+    for r in rows:
+        assert r["dynamics_converged"] == r["n_converged"] == r["n_probes"] == 32
+        for k in t.FIXED_POINT_KINDS:
+            assert r[f"dynamics_{k}"] == r[f"iterate_{k}"]
+        assert r["dynamics_agree"] == 32
+        assert r["dynamics_iterate_gap"] <= 3.1e-7 / 0.6
+    kinds = {(r["flips"], r["beta"]): r for r in rows}
+    assert kinds[(16, 0.03)]["dynamics_average"] == 32 and kinds[(16, 0.3)]["dynamics_single"] == 32
+    # the iteration and single-shot columns are the rows without the dynamics, bit for bit
+    plain = t.run(t.softmax_fixed_point_points(betas=(0.05,), networks=2, flips=16))[0]
+    with_dyn = kinds[(16, 0.05)]
+    assert all(plain[k] == with_dyn[k] for k in plain if k.startswith(("iterate_", "single_shot_")))
+
+
+def test_dynamics_points_need_their_builder_and_keep_old_keys():
+    p = t.TheoryPoint("softmax_fixed_points", dim=16, n_memories=4, dynamics=True)
+    with pytest.raises(ValueError, match="basin_retrieval.softmax_fixed_point"):
+        t.run([p])
+    with pytest.raises(ValueError, match="basin_retrieval.softmax_fixed_point"):
+        t.evaluate(p)
+    with pytest.raises(ValueError, match="softmax_fixed_points only"):
+        t.TheoryPoint("classical", dynamics=True)
+    with pytest.raises(ValueError, match="True or False"):
+        t.TheoryPoint("softmax_fixed_points", dynamics="yes")
+    plain = t.TheoryPoint("softmax_fixed_points", dim=16, n_memories=4)
+    assert '"dynamics"' not in plain.key() and '"dynamics":true' in p.key()
+    assert {q.experiment for q in t.figure_points(parts=("softmax_fixed_points",))} == \
+        {"softmax_fixed_points"}
+    assert all(q.dynamics for q in t.figure_points(parts=("softmax_fixed_points",)))
+    with pytest.raises(ValueError, match="unknown parts"):
+        t.figure_points(parts=("nope",))
+
+
 def test_crossing_and_slope_recover_known_values():
     x = np.array([1.0, 2.0, 4.0, 8.0])
     n = np.full(4, 1000)
@@ -145,12 +238,22 @@ def test_report_runs_on_a_small_study():
 
 
 def test_every_figure_is_written(tmp_path):
+    from uhn.dynamics.analysis.basin_retrieval import softmax_fixed_point
     rows = t.run(t.classical_points(dims=(40,), loads=(0.05, 0.3), modes=("sync",), networks=1,
                                     min_probes=0)
                  + t.hopfield1982_points(ns=(5,), networks=2)
                  + t.dam_points(degrees=(2,), dims=(50, 100), n_steps=3, min_probes=100)
                  + t.softmax_fixed_point_points(dim=16, n_memories=4, betas=(0.01, 1.0),
-                                                networks=1))
+                                                networks=1, dynamics=True)
+                 + t.softmax_fixed_point_points(dim=16, n_memories=4, betas=(0.01, 1.0),
+                                                networks=1, flips=4),
+                 dynamics=softmax_fixed_point)
+    # the fixed-point report has the dynamics where measured: at beta = 0.01 all three rules end
+    # at the average, at beta = 1 at the pattern (16 bits, 4 well-separated patterns)
+    text = tr.report(rows, boots=20)
+    assert ("flips=0 beta=0.01  single shot 0.00/0.00/1.00  iterate 0.00/0.00/1.00  "
+            "dynamics 0.00/0.00/1.00  (at rest 1.00, agree 1.00") in text
+    assert "flips=4 beta=1  single shot 1.00/0.00/0.00  iterate 1.00/0.00/0.00\n" in text + "\n"
     paths = tr.make_theory_figures(rows, tmp_path, boots=20)
     assert sorted(p.name for p in paths) == ["theory_capacities.png", "theory_classical.png",
                                              "theory_fixed_points.png", "theory_hopfield1982.png"]
