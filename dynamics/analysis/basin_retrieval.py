@@ -21,6 +21,10 @@ import numpy as np
 
 #: integration horizon of one retrieval (tau_v = 1)
 T_END = 200.0
+#: similarities invariant to the scale of g: their force sum_mu f_mu dS_mu/dg is orthogonal to
+#: g = v (L_v quadratic), so d|v|/dt = -|v| / tau_v exactly and the only rest state is v = 0, where
+#: they are undefined (:func:`fixed_point_retriever` refuses them; docs/theory_capacity.md section 6)
+SCALE_INVARIANT = ("cosine",)
 #: right-hand-side evaluations before a retrieval counts as stalled (a non-smooth similarity,
 #: manhattan, can chatter at its kinks): the point is then stored as failed
 MAX_NFEV = 20_000
@@ -28,12 +32,19 @@ MAX_NFEV = 20_000
 
 def fixed_point_retriever(M, point):
     """queries (B, D) -> the readout P^T f(h) of the dynamics' final state (B, D) for memories M
-    (see the module docstring); ValueError for a separation without an energy (max, ...)."""
+    (see the module docstring); ValueError for a separation without an energy (max, ...) and
+    for a similarity in :data:`SCALE_INVARIANT` (cosine), whose network has no fixed point."""
     from uhn.dynamics.lagrangians import NonConvexLagrangianError, for_separation, quadratic
     from uhn.dynamics.network import Network
     from uhn.models.experiments.basins import SEP_PARAM_NAMES
     from uhn.models.separation import get_separation
     from uhn.models.similarity import get_similarity
+    if point.similarity in SCALE_INVARIANT:
+        raise ValueError(
+            f"the {point.similarity} similarity is invariant to the scale of g = v: its force "
+            f"sum_mu f_mu dS_mu/dg is orthogonal to v, so d|v|/dt = -|v| / tau_v and the network "
+            f"has no fixed point but v = 0, where {point.similarity} is undefined (|v| = |q| e^-t; "
+            f"the direction's stiffness grows as e^2t and every integrator stalls by t ~ 8-9)")
     params = {} if point.sep_param is None else \
         {SEP_PARAM_NAMES.get(point.separation, "param"): point.sep_param}
     try:

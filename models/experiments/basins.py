@@ -432,8 +432,8 @@ def mnist_points(similarities: Sequence[str] = MNIST_SIMILARITIES, levels=MNIST_
 
 def figure_points(quick: bool = False, seed: int = 0) -> list[BasinPoint]:
     """The points of figures/basins_mnist.png (``uhn figures``; docs/theory_capacity.md): euclidean,
-    dot and cosine, single shot, iterated and the dynamics' fixed point, 100 stored digits, 2
-    noisy queries each, noise std 0.1 .. 1.2. ``quick``: dot alone, 20 digits, one query, two
+    dot and cosine, single shot, iterated and the dynamics' fixed point (refused for cosine, which
+    has none: failed rows), 100 stored digits, 2 noisy queries each, noise std 0.1 .. 1.2. ``quick``: dot alone, 20 digits, one query, two
     levels (seconds; for tests)."""
     if quick:
         return mnist_points(similarities=("dot",), levels=(0.3, 1.2), n_memories=20, trials=1,

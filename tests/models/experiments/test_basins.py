@@ -172,3 +172,27 @@ def test_curves_of_different_sizes_are_kept_apart():
                  + b.grid(b.BasinPoint(dim=13, n_memories=1, trials=2), b.flips_levels(13)))
     cs = b.curves(rows, boots=20)
     assert sorted(c["radius"] for c in cs.values()) == [5.5, 6.5]
+
+
+def test_cosine_dynamics_have_no_fixed_point_and_are_refused():
+    # cosine is scale invariant: dS/dg = M^/|g| - S g/|g|^2 is orthogonal to g = v, so with
+    # L_v quadratic d|v|/dt = -|v| exactly: |v(t)| = |v(0)| e^{-t}, to the integrator's rtol
+    from uhn.dynamics.analysis.basin_retrieval import RETRIEVERS
+    from uhn.dynamics.integrate import integrate
+    from uhn.dynamics.lagrangians import log_sum_exp, quadratic
+    from uhn.dynamics.network import Network
+    rng = np.random.default_rng(5)
+    M, Q = rng.random((12, 30)), rng.random((3, 30))
+    net = Network(M, "cosine", L_v=quadratic(), L_h=log_sum_exp(1.0), tau_v=1.0, tau_h=0.1)
+    traj = integrate(net, Q, 3.0, method="RK45-batched", n_samples=4, stop_at_fixed_point=True)
+    assert not traj.converged.any()
+    ratio = np.linalg.norm(traj.v, axis=-1) / np.linalg.norm(Q, axis=1)
+    # the errors of the per-step local tolerances (rtol 1e-8) add up over ~100 steps
+    np.testing.assert_allclose(ratio, np.exp(-traj.t)[:, None] * np.ones((1, 3)), rtol=1e-6)
+    p = b.BasinPoint(data="random", dim=30, n_memories=12, network="memory", similarity="cosine",
+                     separation="softmax", sep_param=1.0, output=None, retrieval="dynamics",
+                     level=3, trials=1)
+    with pytest.raises(ValueError, match="no fixed point but v = 0"):
+        b.evaluate(p, RETRIEVERS)
+    row = b.run([p], retrievers=RETRIEVERS)[0]      # the sweep stores it as a failed point
+    assert row["probability"] is None and "orthogonal to v" in row["error"]
