@@ -176,12 +176,13 @@ def analyse_fixed_points(rows) -> list[dict]:
     iterated and (rows with dynamics) the dynamics' rest state, with Wilson intervals; for the
     dynamics also the fractions at rest and agreeing with the iteration's class, and the largest
     |z_dynamics - z_iterate| where they agree (``dynamics_iterate_gap``). A row measured with
-    the dynamics replaces one without at the same (flips, beta)."""
+    the dynamics replaces one without at the same (flips, beta, D, N, networks, seed): their
+    single-shot and iterated counts are the same."""
     best: dict = {}
     for r in rows:
         if r.get("experiment") != "softmax_fixed_points" or r.get("error"):
             continue
-        at = (r["flips"], r["beta"], r["dim"], r["n_memories"])
+        at = tuple(r[k] for k in ("flips", "beta", "dim", "n_memories", "networks", "seed"))
         if at not in best or (r.get("dynamics") and not best[at].get("dynamics")):
             best[at] = r
     out = []
