@@ -249,9 +249,9 @@ def test_uhn_figures_quick(tmp_path, monkeypatch, capsys):
                if p.suffix in (".png", ".gif")}          # not a results store or PDFs made there
     expected = {n for n in tracked if not n.startswith("capacity_")}
     assert names == expected | {"results"}
-    assert len(expected) == 11 and {"atlas_digits.png", "spiking_network.png"} <= expected
+    assert len(expected) == 19 and {"atlas_digits.png", "spiking_network.png", "basins_mnist.png"} <= expected
     out = capsys.readouterr().out
-    assert "wrote 11 files" in out
+    assert "wrote 19 files" in out
 
 
 def test_uhn_figures_calls_capacity(tmp_path, monkeypatch):
