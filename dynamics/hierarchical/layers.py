@@ -17,7 +17,8 @@ import numpy as np
 
 from uhn.models.validation import check_finite, int_param, require_positive
 
-from uhn.dynamics.lagrangians import Lagrangian, NonConvexLagrangianError, quadratic
+from uhn.dynamics.hierarchical.kernels import shifted_scores
+from uhn.dynamics.lagrangians import Lagrangian, LogSumExp, NonConvexLagrangianError, quadratic
 
 #: the probe states on which a layer's Lagrangian is checked for convexity at construction:
 #: PROBE_ROWS standard-normal rows times each scale (the visited states are re-checked by
@@ -60,6 +61,8 @@ class Layer:
             raise TypeError(f"clamped of layer {name!r} must be a bool, got {type(clamped).__name__}")
         self.clamped = bool(clamped)
         self.check_convex(probe_states(self.size))
+        #: softmax rates computed here from views of the packed state (LogSumExp itself, not a subclass)
+        self.softmax_beta = lag.beta if type(lag) is LogSumExp else None
 
     def __repr__(self) -> str:
         extra = (", clamped" if self.clamped else "") + (", bias" if self.bias is not None else "")
@@ -81,6 +84,22 @@ class Layer:
     def rates(self, x):
         """g = dL/dx, (B, n)."""
         return self.lagrangian.grad(x)
+
+    def rates_of(self, Y, sl: slice):
+        """g = dL/dx of the block x = Y[:, sl] of packed states Y (B, width), C-contiguous
+        float64. A log_sum_exp layer: softmax(beta x) = exp(s) / sum exp(s) with
+        s = beta x - max_row(beta x) from one compiled pass over the block
+        (uhn.dynamics.hierarchical.kernels.shifted_scores): LogSumExp.grad's operations in its
+        order, bit for bit; a row it cannot shift raises LogSumExp.grad's overflow error."""
+        x = Y[:, sl]
+        if self.softmax_beta is None:
+            return self.lagrangian.grad(x)
+        f = np.empty(x.shape)
+        if not shifted_scores(Y, sl, self.softmax_beta, f):
+            return self.lagrangian.grad(x)          # raises, naming beta and max |x|
+        np.exp(f, out=f)
+        f /= f.sum(axis=1, keepdims=True)
+        return f
 
     def current(self, b=None):
         """The layer's constant input: ``b`` ((n,) or (B, n)) where given, else its bias (None: 0)."""

@@ -23,6 +23,7 @@ import numpy as np
 from uhn.models.arrays import namespace
 from uhn.models.validation import as_matrix, check_finite
 
+from uhn.dynamics.hierarchical.kernels import finish_layer
 from uhn.dynamics.hierarchical.layers import Layer
 from uhn.dynamics.hierarchical.synapses import Similarity, Synapse
 from uhn.dynamics.lagrangians import LogSumExp, quadratic
@@ -224,8 +225,9 @@ class HierarchicalNetwork:
         return self.check_state(v0, np.concatenate(X[1:], axis=1))
 
     # ------------------------------------------------------------------ dynamics
-    def _rates(self, X):
-        return [L.rates(x) for L, x in zip(self.layers, X)]
+    def _rates(self, Y):
+        """Each layer's rates at packed states Y (B, width), C-contiguous float64."""
+        return [L.rates_of(Y, sl) for L, sl in zip(self.layers, self.slices)]
 
     def velocity(self, Y, I=None, adiabatic: bool = False, out=None) -> np.ndarray:
         """dY/dt (B, width) at packed states Y (B, width); ``I`` (B, D) or (D,) replaces the
@@ -233,31 +235,35 @@ class HierarchicalNetwork:
         if adiabatic:
             raise ValueError("a hierarchical network has no adiabatic reduction (h = S(g) is the "
                              "two-layer Network's); integrate it with adiabatic=False")
-        Y = np.asarray(Y, dtype=np.float64)
-        X = self.split(Y)
-        return self._velocity(X, self._rates(X), I, np.empty_like(Y) if out is None else out)
+        Y = np.ascontiguousarray(Y, dtype=np.float64)
+        if Y.ndim == 1:
+            F = self.velocity(Y[None], I)[0]
+            if out is None:
+                return F
+            out[...] = F
+            return out
+        return self._velocity(Y, self._rates(Y), I, out)
 
-    def _velocity(self, X, G, I, out):
-        """The velocity into ``out`` (B, width): each layer's drives written into its block of
-        ``out`` by the synapses (Synapse.drives_into), then - x + b and / tau in place."""
+    def _velocity(self, Y, G, I, out=None):
+        """The velocity at packed states Y (C-contiguous float64) into ``out`` (B, width; a fresh
+        array if None): each layer's drives written into its block of ``out`` by the synapses
+        (Synapse.drives_into), then - x + b and / tau in place in one pass
+        (uhn.dynamics.hierarchical.kernels.finish_layer)."""
+        if out is None or not (out.flags.c_contiguous and out.dtype == np.float64):
+            if out is not None:
+                out[...] = self._velocity(Y, G, I)
+                return out
+            out = np.empty_like(Y)
         outs = self.split(out)
         touched = [False] * len(self.layers)
         for s, (a, b) in zip(self.synapses, self.ends):
             s.drives_into(G[a], G[b], outs[a], outs[b], touched[a], touched[b])
             touched[a] = touched[b] = True
-        for i, (L, x, o) in enumerate(zip(self.layers, X, outs)):
+        for i, (L, sl, o) in enumerate(zip(self.layers, self.slices, outs)):
             if L.clamped:
                 o[...] = 0.0
-                continue
-            if touched[i]:
-                o -= x
             else:
-                np.negative(x, out=o)
-            b = L.current(I if i == 0 else None)
-            if b is not None:
-                o += b
-            if L.tau != 1.0:
-                o /= L.tau
+                finish_layer(out, Y, sl, L.current(I if i == 0 else None), L.tau, touched[i])
         return out
 
     def rhs(self, v, h, I=None, out=None):
@@ -297,8 +303,8 @@ class HierarchicalNetwork:
 
     def energy(self, v, h, I=None):
         """E of the module docstring at (v, h), (B,), float64."""
-        X = self.split(self._packed(v, h))
-        return self._energy(X, self._rates(X), I)
+        Y = self._packed(v, h)
+        return self._energy(self.split(Y), self._rates(Y), I)
 
     def dEdt(self, v, h, I=None):
         """dE/dt = -sum_{a free} tau_a xdot_a^T Hess(L_a) xdot_a at (v, h), (B,)."""
@@ -308,15 +314,13 @@ class HierarchicalNetwork:
     def energy_and_dEdt(self, v, h, I=None):
         """(E, dE/dt) at (v, h) from one evaluation of the rates and drives."""
         Y = self._packed(v, h)
-        X = self.split(Y)
-        G = self._rates(X)
-        F = self._velocity(X, G, I, np.empty_like(Y))
-        return self._energy(X, G, I), self._dEdt(X, F)
+        X, G = self.split(Y), self._rates(Y)
+        return self._energy(X, G, I), self._dEdt(X, self._velocity(Y, G, I))
 
     def energy_layers(self, v, h, I=None) -> dict:
         """{layer name or synapse repr: its energy term (B,)}: the parts E sums."""
-        X = self.split(self._packed(v, h))
-        G = self._rates(X)
+        Y = self._packed(v, h)
+        X, G = self.split(Y), self._rates(Y)
         parts = {L.name: L.energy(x, g, I if i == 0 else None)
                  for i, (L, x, g) in enumerate(zip(self.layers, X, G))}
         parts.update({repr(s): s.energy(G[a], G[b]) for s, (a, b) in zip(self.synapses, self.ends)})
@@ -328,8 +332,8 @@ class HierarchicalNetwork:
         (verify_energy's round-off estimate is a few ulps of it)."""
         if adiabatic:
             self.velocity(Y, adiabatic=True)            # refused, with its message
-        X = self.split(np.asarray(Y, dtype=np.float64))
-        G = self._rates(X)
+        Y = np.ascontiguousarray(Y, dtype=np.float64)
+        X, G = self.split(Y), self._rates(Y)
         size = 0.0
         for i, (L, x, g) in enumerate(zip(self.layers, X, G)):
             size = size + L.energy_size(x, g, I if i == 0 else None)
@@ -342,9 +346,9 @@ class HierarchicalNetwork:
         sum_a tau_a |xdot_a| . hvp_size(x_a, xdot_a); the round-off ulps eps size plus what the
         velocity's own round-off dF_a = ulps eps (drive sizes + |x_a| + |b_a|) / tau_a adds to the
         quadratic forms, 2 tau_a hvp_size(F_a) . |dF_a| + tau_a hvp_size(dF_a) . |dF_a|."""
-        Y = np.asarray(Y, dtype=np.float64)
+        Y = np.ascontiguousarray(Y, dtype=np.float64)
         X, Fs = self.split(Y), self.split(F)
-        G = self._rates(X)
+        G = self._rates(Y)
         dsize = [np.zeros_like(x) for x in X]
         for s, (a, b) in zip(self.synapses, self.ends):
             sa, sb = s.drive_sizes(G[a], G[b])

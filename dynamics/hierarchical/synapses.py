@@ -134,6 +134,8 @@ class Similarity(Synapse):
         M = np.asarray(M, dtype=np.float64)
         self.sim, self.M, _ = bind_private(sim, M)
         self.name = sim.name
+        #: the standard dot similarity (S = g @ M^T, vjp f @ M): drives_into writes its products in place
+        self.dot = sim.name == "dot" and sim.prepare is None
         self.norm_M = np.linalg.norm(self.M, axis=1)
         self.absM = np.abs(self.M)
 
@@ -174,6 +176,17 @@ class Similarity(Synapse):
 
     def drives(self, ga, gb):
         return self.sim.vjp(self.M, ga, gb), self.scores(ga)
+
+    def drives_into(self, ga, gb, oa, ob, add_a: bool, add_b: bool) -> None:
+        """The dot similarity's drives f @ M and g @ M^T as matrix products into the outputs (the
+        products Similarity.drives computes, the same BLAS calls); others as Synapse.drives_into."""
+        if not self.dot:
+            return super().drives_into(ga, gb, oa, ob, add_a, add_b)
+        for o, g, W, add in ((oa, gb, self.M, add_a), (ob, ga, self.M.T, add_b)):
+            if add:
+                o += g @ W
+            else:
+                np.matmul(g, W, out=o)
 
     def drive_sizes(self, ga, gb):
         af = np.abs(gb)
