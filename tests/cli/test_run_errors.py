@@ -39,3 +39,13 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sweep, "run", _raising(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         run(["atlas", "--quick", "--out", str(tmp_path / "a.jsonl")], capsys)
+
+
+@pytest.mark.parametrize("argv", [["atlas", "--quick"], ["basins", "--dim", "11"], ["theory", "--parts", "hopfield1982"],
+                                  ["capacity", "--experiment", "noise", "--quick"]])
+def test_ctrl_c_in_any_sweep_says_where_the_finished_points_are(monkeypatch, capsys, tmp_path, argv):
+    out = tmp_path / "r.jsonl"
+    monkeypatch.setattr(sweep, "run", _raising(KeyboardInterrupt()))
+    rc, _, err = run(argv + ["--out", str(out)], capsys)
+    assert rc == 130 and "Traceback" not in err
+    assert f"every finished point is stored in {out} (0 rows). Run the same command again to resume" in err

@@ -297,6 +297,17 @@ def engine_description(args) -> str:
     return f"on the cluster at {args.scheduler}"
 
 
+def interrupted(out, during: str = "") -> int:
+    """After Ctrl-C in a sweep: say on stderr that every finished point is stored in the results
+    store ``out`` (with its row count) and how to resume; return exit status 130."""
+    from uhn.models.experiments.store import load_results
+    where = f" during {during}" if during else ""
+    note(f"\ninterrupted{where}: every finished point is stored in {out} "
+         f"({len(load_results(out))} rows). Run the same command again to resume "
+         f"(stored points are not recomputed).")
+    return 130
+
+
 def fail(command: str, message: str, status: int = 2, label: str = "error") -> int:
     """Print ``uhn <command>: <label>: <message>`` (one line) on stderr; return ``status``."""
     message = " ".join(str(message).split())

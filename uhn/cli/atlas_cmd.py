@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import (add_engine_arguments, describe_atlas_row, engine_description, fail, finite_float, note, positive_float, positive_int,
-    sweep_progress_bar)
+from uhn.cli import (add_engine_arguments, describe_atlas_row, engine_description, fail, finite_float,
+    interrupted, note, positive_float, positive_int, sweep_progress_bar)
 
 DEFAULT_OUT = Path("results") / "atlas.jsonl"
 
@@ -79,7 +79,7 @@ def points_from_args(args):
 def run_cmd(args) -> int:
     from uhn.dynamics.analysis import atlas
     from uhn.models.experiments import sweep
-    from uhn.models.experiments.store import load_results, stored_results
+    from uhn.models.experiments.store import stored_results
 
     from uhn.cli import check_out_file
     if args.figure is not None:
@@ -103,10 +103,7 @@ def run_cmd(args) -> int:
             rows = atlas.run(points, args.out, engine=engine, resume=args.resume, progress=cb)
     except KeyboardInterrupt:
         close()
-        n = len(load_results(args.out))
-        note(f"\ninterrupted: every finished point is stored in {args.out} ({n} rows). Run the "
-             f"same command again to resume (stored points are not recomputed).")
-        return 130
+        return interrupted(args.out)
     finally:
         close()
     print(f"== atlas: {len(rows)} points ({time.perf_counter() - t0:.1f} s) -> {args.out}")

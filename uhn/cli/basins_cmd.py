@@ -21,8 +21,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from uhn.cli import (add_engine_arguments, engine_description, fail, finite_float, nonnegative_float, nonnegative_int, note, positive_float,
-    positive_int)
+from uhn.cli import (add_engine_arguments, engine_description, fail, finite_float, interrupted,
+    nonnegative_float, nonnegative_int, note, positive_float, positive_int)
 
 DEFAULT_OUT = Path("results") / "basins.jsonl"
 
@@ -107,7 +107,7 @@ def points_from_args(args):
 def run_cmd(args) -> int:
     from uhn.cli import check_out_file
     from uhn.models.experiments import basins, sweep
-    from uhn.models.experiments.store import load_results, stored_results
+    from uhn.models.experiments.store import stored_results
     try:
         if args.figure is not None:
             if args.figure.suffix.lower() != ".png":
@@ -131,9 +131,7 @@ def run_cmd(args) -> int:
                               retrievers=retrievers)
     except KeyboardInterrupt:
         close()
-        note(f"\ninterrupted: every finished point is stored in {args.out} "
-             f"({len(load_results(args.out))} rows). Run the same command again to resume.")
-        return 130
+        return interrupted(args.out)
     finally:
         close()
     curves = basins.curves(rows, boots=args.boots, seed=args.seed)

@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from uhn.cli import add_engine_arguments, capacity_progress_bar, fail, finite_float, nonnegative_int, note, positive_int
+from uhn.cli import (add_engine_arguments, capacity_progress_bar, fail, finite_float, interrupted,
+    nonnegative_int, note, positive_int)
 from uhn.models.experiments.figures import DEFAULT_RESULTS as DEFAULT_OUT
 from uhn.models.experiments.figures import QUICK
 
@@ -167,12 +168,7 @@ def _run_experiments(args, names, kwargs, engine, threads) -> int:
                                            figure=figure, pdf=args.pdf, engine=engine)
         except KeyboardInterrupt:
             close()
-            from uhn.models.experiments.store import load_results
-            n = len(load_results(args.out))
-            print(f"\ninterrupted during {name}: every finished point is stored in {args.out} "
-                  f"({n} rows). Run the same command again to resume "
-                  f"(stored points are not recomputed).", file=sys.stderr)
-            return 130
+            return interrupted(args.out, name)
         finally:
             close()
         print(f"\n== {name} on {args.dataset}: {len(rows)} points "

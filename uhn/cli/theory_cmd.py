@@ -21,8 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
-from uhn.cli import (add_engine_arguments, check_out_dir, check_out_file, engine_description, fail,
-    nonnegative_int, note, positive_int, sweep_progress_bar)
+from uhn.cli import (add_engine_arguments, check_out_dir, check_out_file, engine_description,
+    interrupted, nonnegative_int, note, positive_int, sweep_progress_bar)
 
 DEFAULT_OUT = Path("results") / "theory.jsonl"
 
@@ -58,7 +58,7 @@ def points_from_args(args) -> list:
 
 def run_cmd(args) -> int:
     from uhn.models.experiments import sweep, theory, theory_report
-    from uhn.models.experiments.store import load_results, stored_results
+    from uhn.models.experiments.store import stored_results
     check_out_file(args.out)
     if args.figures_dir is not None:
         check_out_dir(args.figures_dir, "--figures-dir")
@@ -76,9 +76,7 @@ def run_cmd(args) -> int:
                               dynamics=dynamics)
     except KeyboardInterrupt:
         close()
-        note(f"\ninterrupted: every finished point is stored in {args.out} "
-             f"({len(load_results(args.out))} rows). Run the same command again to resume.")
-        return 130
+        return interrupted(args.out)
     finally:
         close()
     print(f"== theory: {len(rows)} points ({time.perf_counter() - t0:.1f} s) -> {args.out}")
