@@ -100,6 +100,17 @@ class HierarchicalNetwork:
         return int(self.offsets[-1]) - self.sizes[0]
 
     @property
+    def tau_v(self) -> float:
+        """The query layer's time constant."""
+        return self.layers[0].tau
+
+    @property
+    def tau_h(self) -> float:
+        """The smallest time constant of the other layers (the stiffest decay of the ``h`` part:
+        what verify_energy's error estimate of a fixed-step run reads)."""
+        return min(L.tau for L in self.layers[1:])
+
+    @property
     def width(self) -> int:
         return int(self.offsets[-1])
 
