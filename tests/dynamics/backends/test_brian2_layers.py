@@ -72,6 +72,23 @@ def test_a_clamped_query_layer_is_held_and_the_rest_follows_integrate():
     assert np.abs(tr.h[-1] - tr.h[0]).max() > 100 * err
 
 
+def test_clamped_input_follows_integrate_with_clamped_input():
+    """input_mode="clamped": the query is the query layer's input current I = q throughout."""
+    net, Q = _chain()
+
+    def error(tr):
+        ref = integrate(net, Q, tr.t[-1], method="RK45", rtol=1e-11, atol=1e-13, t_eval=tr.t,
+                        input_mode="clamped")
+        return max(np.abs(tr.v - ref.v).max(), np.abs(tr.h - ref.h).max())
+
+    tr = run_brian2_layers(net, Q, 1.0, 0.01, input_mode="clamped")
+    np.testing.assert_array_equal(tr.I, Q)
+    err, err_2dt = error(tr), error(run_brian2_layers(net, Q, 1.0, 0.02, input_mode="clamped"))
+    assert err <= SECOND_ORDER_SAFETY * err_2dt / 4
+    unclamped = run_brian2_layers(net, Q, 1.0, 0.01)
+    assert np.abs(tr.v[-1] - unclamped.v[-1]).max() > 100 * err     # the input matters
+
+
 def test_the_two_layer_network_runs_as_run_brian2_does():
     """HierarchicalNetwork.two_layer in this backend is run_brian2's leapfrog on the Network: the
     same scheme, the same states up to the round-off of sums taken in another order."""
