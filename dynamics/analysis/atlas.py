@@ -326,7 +326,7 @@ def evaluate(point: AtlasPoint) -> dict:
         if why is not None:
             raise FloatingPointError(f"{why}; the integrator stopped: {err}") from None
         raise
-    report = verify_energy(net, traj, max_windows=FLOW_WINDOWS)
+    report = verify_energy(net, traj, max_windows=FLOW_WINDOWS, progress=False)  # the sweep's bar shows progress
     v, h = traj.v_final, traj.h_final
     y = v - traj.I if point.input_mode == "clamped" else v
     y_mem = net.readout(h)

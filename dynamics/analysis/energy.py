@@ -588,7 +588,7 @@ def _progress(progress, T: int, B: int, n_windows: int):
     total = T * B + 4 * n_windows
     delay = PROGRESS_DELAY if progress == "auto" else 0.0
     with time_bar(bool(progress) if progress == "auto" else progress, 1.0, B, desc="verifying energy",
-                  unit="share", delay=delay) as report:
+                  unit="share", delay=delay, count=False) as report:
         if report is None:
             yield None
             return

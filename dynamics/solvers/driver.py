@@ -508,12 +508,13 @@ def sample_energies(net, v, h, I, new=None):
 
 @contextlib.contextmanager
 def time_bar(progress, t_end: float, B: int, *, desc: str = "integrating", unit: str = "t",
-             delay: float = 0.0):
+             delay: float = 0.0, count: bool = True):
     """integrate's ``progress`` option as a callback ``report(t, running)``: None (False), the
     user's callable, or (True) a tqdm bar on stderr in simulated time 0..t_end with the number of
     queries still running. ``desc``, ``unit``: the bar's label and the name of its count (other
     callers count other work, e.g. verify_energy's share of its checks); ``delay``: seconds before
-    the bar appears (tqdm's delay: a call that ends sooner prints nothing)."""
+    the bar appears (tqdm's delay: a call that ends sooner prints nothing); ``count``: False shows
+    the percentage alone (for a count that means nothing to the reader)."""
     if not progress:
         yield None
         return
@@ -521,8 +522,9 @@ def time_bar(progress, t_end: float, B: int, *, desc: str = "integrating", unit:
         yield progress
         return
     from tqdm import tqdm
+    shown = (unit + " = {n:.3g} of {total:g} ") if count else ""
     bar = tqdm(total=float(t_end), desc=desc, unit=unit, leave=False, file=sys.stderr, delay=delay,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| " + unit + " = {n:.3g} of {total:g} {postfix}")
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| " + shown + "{postfix}")
     state = {"t": 0.0, "running": B}
 
     def report(t, running):
