@@ -63,6 +63,10 @@ SUMMARY = [
      r"ratio brian2/solve_ivp at beta = 1: numpy ([\d.]+x)", "-"),
     ("bench_brian2", "brian2 cpp_standalone binary / solve_ivp, same network, beta = 1000",
      r"ratio brian2/solve_ivp at beta = 1000: .*cpp_standalone ([\d.]+x)", "-"),
+    ("bench_hierarchical", "three-layer network: one RHS / its four products",
+     r"one RHS .*?; ratio ([\d.]+ \([\d.]+ - [\d.]+\)x)", "<= 1.5x"),
+    ("bench_hierarchical", "three-layer network: RK45-batched per query-evaluation / its products",
+     r"RK45-batched: .*?: ([\d.]+ \([\d.]+ - [\d.]+\)x)", "<= 2.5x"),
     ("bench_sweep", "sweep overhead per point, LocalCluster(2) (median over repeats)",
      r"median over repeats: [^\n]*LocalCluster\(2\) ([\d.]+ %)", "<= 5 %"),
 ]
