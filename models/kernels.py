@@ -193,8 +193,10 @@ def _np_weighted_terms(M, G, W, e, eps, out):
 # numba kernels
 # ----------------------------------------------------------------------------------------------
 
-def _jit(**options):
-    """numba.njit with an on-disk cache where one can be written, else in memory (with a warning)."""
+def jit(**options):
+    """``numba.njit(**options)`` with an on-disk cache where one can be written, else in memory (with
+    a warning): the one way the package's compiled kernels are built (numba must be importable,
+    :data:`HAVE_NUMBA`)."""
     def deco(fn):
         try:
             return _nb.njit(cache=True, **options)(fn)
@@ -206,13 +208,13 @@ def _jit(**options):
 
 
 if HAVE_NUMBA:
-    @_jit(inline="always")
+    @jit(inline="always")
     def _absx_nb(x, eps, smooth):
         if smooth:
             return math.sqrt(x * x + eps * eps) - eps
         return abs(x)
 
-    @_jit(inline="always")
+    @jit(inline="always")
     def _dabsx_nb(x, eps, one, smooth):
         if smooth:
             return x / math.sqrt(x * x + eps * eps)
@@ -220,7 +222,7 @@ if HAVE_NUMBA:
         # a 1 of the data's dtype, so float32 stays float32 (a literal 1.0 would promote)
         return (x > 0) * one - (x < 0) * one
 
-    @_jit()
+    @jit()
     def _pow_nb(a, e, one, ecode):
         """a^e for a >= 0; ecode is a constant at every call site, so the branches fold."""
         if ecode == 0:
@@ -240,7 +242,7 @@ if HAVE_NUMBA:
             return a * math.sqrt(a)
         return a ** e
 
-    @_jit(inline="always")
+    @jit(inline="always")
     def _sum_tile(M, Q, out, b0, b1, m0, m1, p, eps, zero, one, smooth, ecode):
         """out[b, mu] = sum_i absx(Q[b, i] - M[mu, i])^p for b in [b0, b1), mu in [m0, m1)."""
         D = Q.shape[1]
@@ -269,7 +271,7 @@ if HAVE_NUMBA:
                     s += _pow_nb(_absx_nb(Q[bb, i] - M[mu, i], eps, smooth), p, one, ecode)
                 out[bb, mu] = s
 
-    @_jit(inline="always")
+    @jit(inline="always")
     def _vjp_tile(M, G, W, out, b0, b1, m0, m1, e, eps, one, smooth, ecode):
         """out[b] += sum_mu W[b, mu] absx(x)^e dabsx(x), x = G[b] - M[mu], mu in [m0, m1)."""
         D = G.shape[1]
@@ -302,7 +304,7 @@ if HAVE_NUMBA:
                     x = G[bb, i] - M[mu, i]
                     out[bb, i] += w * (_pow_nb(_absx_nb(x, eps, smooth), e, one, ecode) * _dabsx_nb(x, eps, one, smooth))
 
-    @_jit(inline="always")
+    @jit(inline="always")
     def _fused_l1_tile(M, G, W, S, V, b0, b1, m0, m1, eps, zero, one, smooth):
         """S[b, mu] = sum_i absx(x_i) and V[b] += sum_mu W[b, mu] dabsx(x), x = G[b] - M[mu]:
         one pass, and for eps > 0 one sqrt per element serves both (absx = r - eps, dabsx = x / r)."""
@@ -330,7 +332,7 @@ def _make_sums_kernel(smooth: bool, ecode: int):
     disk under its own key (the closure's cell contents are part of numba's cache key)."""
     # reassoc lets the D-sum run as SIMD partial sums (a different order of the same nonnegative
     # terms: error still <= D eps sum); contract allows FMA. Nothing that touches NaN/inf/sign(0).
-    @_jit(parallel=True, fastmath={"reassoc", "contract"})
+    @jit(parallel=True, fastmath={"reassoc", "contract"})
     def _sums_kernel(M, Q, out, p, eps, zero, one, qb, nb, groups):
         """Parallel over (query block, group of memory tiles) pairs: ``groups`` = 1 splits the
         query blocks only; a single block (one query against N = 5000 memories) splits its
@@ -353,7 +355,7 @@ def _make_sums_kernel(smooth: bool, ecode: int):
 def _make_vjp_kernel(smooth: bool, ecode: int):
     """The gradient-contraction kernel for one (smooth, ecode), as :func:`_make_sums_kernel`."""
     # contract only (FMA): the sum over memories runs in order per element, so no reassoc needed
-    @_jit(parallel=True, fastmath={"contract"})
+    @jit(parallel=True, fastmath={"contract"})
     def _vjp_kernel(M, G, W, out, e, eps, one, qb, nb):
         B = G.shape[0]
         N = M.shape[0]
@@ -371,7 +373,7 @@ def _make_vjp_kernel(smooth: bool, ecode: int):
 
 def _make_fused_l1_kernel(smooth: bool, ecode: int = 1):
     """The fused L1 distance + contraction kernel for one smoothing, as :func:`_make_sums_kernel`."""
-    @_jit(parallel=True, fastmath={"reassoc", "contract"})
+    @jit(parallel=True, fastmath={"reassoc", "contract"})
     def _fused_l1_kernel(M, G, W, S, V, eps, zero, one, qb, nb):
         B = G.shape[0]
         N = M.shape[0]
@@ -637,7 +639,7 @@ def _finish_sq_dist_np(G, q2, m2, eps, root):
 
 
 if HAVE_NUMBA:
-    @_jit()
+    @jit()
     def _finish_sq_dist_kernel(G, q2, m2, minus_two, zero, eps, eps2, root, smooth):
         # the numpy reference's operations in its order, per element (no fastmath: nothing is
         # contracted or reordered, so the two agree bit for bit); constants come in G's dtype.

@@ -20,16 +20,10 @@ and cached on disk (cache=True, as uhn.models.kernels); without numba those nump
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
-try:  # numba is optional: without it the numpy sequence of the module docstring runs
-    import numba as _nb
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - numba is a dependency; the fallback is tested by monkeypatch
-    _nb = None
-    HAVE_NUMBA = False
+from uhn.models.kernels import HAVE_NUMBA, jit  # numba optional: without it the numpy paths run
 
 #: a (1, 1) stand-in for "no bias" (the compiled kernel takes one array type)
 _NO_BIAS = np.zeros((1, 1))
@@ -96,16 +90,7 @@ def _shifted_numpy(X, c0, c1, beta, out):
     return True
 
 
-def _jit(fn):
-    try:
-        return _nb.njit(cache=True)(fn)
-    except RuntimeError as err:  # pragma: no cover - "no locator available": read-only install
-        warnings.warn(f"numba cannot cache {fn.__name__} on disk ({err}); compiling in memory",
-                      RuntimeWarning, stacklevel=2)
-        return _nb.njit(cache=False)(fn)
-
-
-_finish, _shifted = (_jit(_finish_loops), _jit(_shifted_loops)) if HAVE_NUMBA \
+_finish, _shifted = (jit()(_finish_loops), jit()(_shifted_loops)) if HAVE_NUMBA \
     else (_finish_numpy, _shifted_numpy)
 
 

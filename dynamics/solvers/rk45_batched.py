@@ -32,7 +32,6 @@ place, and the first-same-as-last stage changes places with the first by a swap 
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -43,12 +42,7 @@ from uhn.dynamics.solvers import dormand_prince as dp
 from uhn.dynamics.solvers.driver import (Problem, Samples, check_keep_every, check_times,
     resolved_rtol)
 
-try:  # numba is optional: without it the numpy reference kernels below do the step arithmetic
-    import numba as _nb
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - the numpy path is tested with kernels="numpy"
-    _nb = None
-    HAVE_NUMBA = False
+from uhn.models.kernels import HAVE_NUMBA, jit  # numba optional: without it the numpy paths run
 
 _A_ROWS = [np.ascontiguousarray(dp.A[i, :i]) for i in range(dp.C.size)]
 _B_ROW = np.ascontiguousarray(dp.B)
@@ -218,20 +212,10 @@ def _within_loops(dY, Y, base, slope, out):
     return out
 
 
-def _jit(fn):
-    """numba.njit with an on-disk cache where one can be written, else in memory (with a warning)."""
-    try:
-        return _nb.njit(cache=True)(fn)
-    except RuntimeError as err:  # pragma: no cover - "no locator available": read-only install
-        warnings.warn(f"numba cannot cache {fn.__name__} on disk ({err}); compiling in memory",
-                      RuntimeWarning, stacklevel=2)
-        return _nb.njit(cache=False)(fn)
-
-
 if HAVE_NUMBA:
-    _stage_numba, _last_stage_numba = _jit(_stage_loops), _jit(_last_stage_loops)
-    _error_numba, _dense_numba = _jit(_error_loops), _jit(_dense_loops)
-    _within_numba = _jit(_within_loops)
+    _stage_numba, _last_stage_numba = jit()(_stage_loops), jit()(_last_stage_loops)
+    _error_numba, _dense_numba = jit()(_error_loops), jit()(_dense_loops)
+    _within_numba = jit()(_within_loops)
 
 
 def _kernels(kernels: str):

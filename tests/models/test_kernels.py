@@ -273,7 +273,7 @@ def test_precomputed_dist_gives_the_same_contraction():
 
 @pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
 def test_unwritable_cache_compiles_in_memory_with_a_warning(monkeypatch):
-    """Where numba finds no writable cache location it raises at decoration; _jit warns instead."""
+    """Where numba finds no writable cache location it raises at decoration; jit warns instead."""
     real = K._nb.njit
 
     def njit(*args, cache=False, **kw):
@@ -287,7 +287,7 @@ def test_unwritable_cache_compiles_in_memory_with_a_warning(monkeypatch):
         return 2 * x
 
     with pytest.warns(RuntimeWarning, match="numba cannot cache f on disk .*compiling in memory"):
-        g = K._jit()(f)
+        g = K.jit()(f)
     assert g(3.0) == 6.0
 
 
