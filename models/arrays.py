@@ -158,6 +158,12 @@ def rowdot(a, b, xp):
     return xp.sum(a * b, axis=1)
 
 
+def abs_rowdot(a, b) -> np.ndarray:
+    """sum_k |a_bk| |b_bk| per row of two (B, K) numpy arrays: the scale of the round-off of the
+    row-wise dot product a_b . b_b (the energy checks' tolerances are multiples of it)."""
+    return np.einsum("bk,bk->b", np.abs(a), np.abs(b))
+
+
 def array_namespace(x):
     """:func:`namespace` of one array, with numpy arrays answered first: for the functions that
     run at every right-hand-side call (Lagrangians), where a full lookup would cost more than a

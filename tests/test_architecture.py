@@ -121,3 +121,22 @@ def test_library_never_imports_the_top_level_api(mods):
                  if (is_under(a, "uhn.models") or is_under(a, "uhn.dynamics")) and target == "uhn"
                  and name not in ("version",))
     assert not bad, f"library modules import the top-level uhn: {bad}"
+
+
+def test_every_everyday_name_resolves_to_its_defining_module():
+    """`uhn.<name>` for every name of uhn.__all__ loads from the module _API names, where it is
+    defined (not re-exported from elsewhere), and an unknown name is an AttributeError."""
+    import importlib
+
+    import pytest
+
+    import uhn
+    for name, module in uhn._API.items():
+        value = getattr(uhn, name)
+        assert value is getattr(importlib.import_module(module), name), name
+        assert getattr(value, "__module__", module) == module, (name, value.__module__)
+    for name, module in uhn._MODULES.items():
+        assert getattr(uhn, name) is importlib.import_module(module)
+    assert set(uhn.__all__) == set(uhn._API) | set(uhn._MODULES) | {"__version__"}
+    with pytest.raises(AttributeError, match="no attribute 'Hopfield'"):
+        uhn.Hopfield

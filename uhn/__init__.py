@@ -29,6 +29,8 @@ _API = {
     "get_separation": "uhn.models.separation",
     "load_dataset": "uhn.models.data",
     "corrupt": "uhn.models.corruption",
+    "LatentMemory": "uhn.models.latent",
+    "PCAEncoder": "uhn.models.latent",
     # continuous time (uhn.dynamics)
     "Network": "uhn.dynamics.network",
     "integrate": "uhn.dynamics.integrate",
@@ -40,6 +42,9 @@ _API = {
     "save_trajectory": "uhn.dynamics.trajectory",
     "load_trajectory": "uhn.dynamics.trajectory",
     "run_brian2": "uhn.dynamics.backends.brian2_rate",
+    # networks of many layers (uhn.dynamics.hierarchical)
+    "HierarchicalNetwork": "uhn.dynamics.hierarchical.network",
+    "Layer": "uhn.dynamics.hierarchical.layers",
 }
 # name -> a module offered whole
 _MODULES = {

@@ -51,6 +51,8 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from threadpoolctl import threadpool_limits
 
+from uhn.models.arrays import abs_rowdot
+
 from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.lagrangians import NonConvexLagrangianError
 from uhn.dynamics.network import Network
@@ -146,10 +148,6 @@ class EnergyReport:
         return "\n".join(lines)
 
 
-def _rowabs(a, b):
-    return np.einsum("bk,bk->b", np.abs(a), np.abs(b))
-
-
 def _states(net: Network, traj: Trajectory) -> np.ndarray:
     """Packed samples (T, B, W) in float64: [v, h] per query, or v alone for an adiabatic
     trajectory (float32 samples are exact float64 values; every check computes in float64)."""
@@ -175,17 +173,17 @@ def _energy_and_size(net: Network, Y, I, adiabatic: bool):
     g = net.L_v.grad(v)
     S = net.similarity(g)
     span = (np.linalg.norm(net.M, axis=1)[None, :] + np.linalg.norm(g, axis=1)[:, None]) ** 2
-    size = _rowabs(v, g) + net.L_v.value_size(v) + _rowabs(net.input_current(I, n), g)
+    size = abs_rowdot(v, g) + net.L_v.value_size(v) + abs_rowdot(net.input_current(I, n), g)
     if adiabatic:
         E = net.energy_adiabatic(v, I)
         f = net.L_h.grad(S)
-        size += _rowabs(S, f) + net.L_h.value_size(S)
+        size += abs_rowdot(S, f) + net.L_h.value_size(S)
     else:
         h = Y[:, net.D:]
         E = net.energy(v, h, I)
         f = net.L_h.grad(h)
-        size += _rowabs(h, f) + net.L_h.value_size(h)
-    size += _rowabs(f, np.abs(S) + span)
+        size += abs_rowdot(h, f) + net.L_h.value_size(h)
+    size += abs_rowdot(f, np.abs(S) + span)
     return E, size
 
 
@@ -216,8 +214,8 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
     drive = np.abs(f) @ absM + np.abs(f).sum(1, keepdims=True) * np.abs(g)
     err_v = ROUNDOFF_ULPS * _EPS64 * (drive + np.abs(v) + I_abs) / net.tau_v
     Hv = net.L_v.hvp_size(v, dv)
-    size = net.tau_v * _rowabs(dv, Hv)
-    prop = net.tau_v * (2 * _rowabs(Hv, err_v) + _rowabs(net.L_v.hvp_size(v, err_v), err_v))
+    size = net.tau_v * abs_rowdot(dv, Hv)
+    prop = net.tau_v * (2 * abs_rowdot(Hv, err_v) + abs_rowdot(net.L_v.hvp_size(v, err_v), err_v))
     if adiabatic:
         an = net.dEdt_adiabatic(v, I)
     else:
@@ -226,8 +224,8 @@ def _dEdt_and_size(net: Network, Y, F, I, adiabatic: bool):
         span = (np.linalg.norm(net.M, axis=1)[None, :] + np.linalg.norm(g, axis=1)[:, None]) ** 2
         err_h = ROUNDOFF_ULPS * _EPS64 * (np.abs(S) + span + np.abs(h)) / net.tau_h
         Hh = net.L_h.hvp_size(h, dh)
-        size += net.tau_h * _rowabs(dh, Hh)
-        prop += net.tau_h * (2 * _rowabs(Hh, err_h) + _rowabs(net.L_h.hvp_size(h, err_h), err_h))
+        size += net.tau_h * abs_rowdot(dh, Hh)
+        prop += net.tau_h * (2 * abs_rowdot(Hh, err_h) + abs_rowdot(net.L_h.hvp_size(h, err_h), err_h))
     return an, size, ROUNDOFF_ULPS * _EPS64 * size + prop
 
 

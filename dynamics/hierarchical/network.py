@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from uhn.models.arrays import namespace
+from uhn.models.arrays import abs_rowdot, namespace
 from uhn.models.validation import as_matrix, check_finite
 
 from uhn.dynamics.hierarchical.kernels import finish_layer
@@ -29,10 +29,6 @@ from uhn.dynamics.hierarchical.synapses import Similarity, Synapse
 from uhn.dynamics.lagrangians import LogSumExp, quadratic
 
 _EPS64 = np.finfo(np.float64).eps
-
-
-def _rowabs(a, b):
-    return np.einsum("bk,bk->b", np.abs(a), np.abs(b))
 
 
 class HierarchicalNetwork:
@@ -372,8 +368,8 @@ class HierarchicalNetwork:
             b = L.current(I if i == 0 else None)
             err = ulps * _EPS64 * (dsize[i] + np.abs(x) + (0.0 if b is None else np.abs(b))) / L.tau
             H = L.lagrangian.hvp_size(x, f)
-            size = size + L.tau * _rowabs(f, H)
-            prop = prop + L.tau * (2 * _rowabs(H, err) + _rowabs(L.lagrangian.hvp_size(x, err), err))
+            size = size + L.tau * abs_rowdot(f, H)
+            prop = prop + L.tau * (2 * abs_rowdot(H, err) + abs_rowdot(L.lagrangian.hvp_size(x, err), err))
         an = self._dEdt(X, F)
         return an, size, ulps * _EPS64 * size + prop
 

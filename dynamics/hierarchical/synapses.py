@@ -20,13 +20,10 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from uhn.models.arrays import abs_rowdot
 from uhn.models.similarity import Similarity as SimilarityRecord
 from uhn.models.similarity import bind_private, differentiable_names, get_similarity
 from uhn.models.validation import as_matrix, check_finite
-
-
-def _rowabs(a, b):
-    return np.einsum("bk,bk->b", np.abs(a), np.abs(b))
 
 
 class Synapse:
@@ -99,7 +96,7 @@ class Linear(Synapse):
         return -np.einsum("bk,bk->b", ga, gb @ self.WT)
 
     def energy_size(self, ga, gb):
-        return _rowabs(ga, np.abs(gb) @ self.absWT)
+        return abs_rowdot(ga, np.abs(gb) @ self.absWT)
 
     def drives(self, ga, gb):
         return gb @ self.WT, ga @ self.W
@@ -172,7 +169,7 @@ class Similarity(Synapse):
         return (self.norm_M[None, :] + np.linalg.norm(ga, axis=1)[:, None]) ** 2
 
     def energy_size(self, ga, gb):
-        return _rowabs(gb, np.abs(self.scores(ga)) + self.span(ga))
+        return abs_rowdot(gb, np.abs(self.scores(ga)) + self.span(ga))
 
     def drives(self, ga, gb):
         return self.sim.vjp(self.M, ga, gb), self.scores(ga)
@@ -251,7 +248,7 @@ class Custom(Synapse):
         """|E_s| + |ga| . |dE_s/dga| + |gb| . |dE_s/dgb|: the terms of fn are unknown, and for an
         energy homogeneous in the rates (bilinear, polynomial) g . grad E measures them."""
         da, db = self.drives(ga, gb)
-        return np.abs(self.energy(ga, gb)) + _rowabs(ga, da) + _rowabs(gb, db)
+        return np.abs(self.energy(ga, gb)) + abs_rowdot(ga, da) + abs_rowdot(gb, db)
 
     def drives(self, ga, gb):
         da, db = self._call(self._grads, ga, gb, "gradient")
