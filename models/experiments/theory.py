@@ -626,7 +626,7 @@ def study_points(scale: str = "small", parts: Sequence[str] = PARTS, seed: int =
 def figure_points(quick: bool = False, seed: int = 0, parts: Sequence[str] = PARTS) -> list:
     """The points the figures in figures/ are drawn from (``uhn figures``), the grids
     docs/theory_capacity.md quotes: the paper-scale classical and Hopfield (1982) parts, DAM with
-    >= 3,000 probes on 8 N per (n, D), softmax/max capacity for D = 32 .. 72, and the fixed points
+    >= 3,000 probes on 8 N per (n, D) (n = 4 up to D = 60), softmax/max capacity for D = 32 .. 72, and the fixed points
     (single shot, iterated and the dynamics) on 11 beta in [0.03, 0.3] without and with 16
     flipped bits. ``quick``: the ``small`` study with DAM at degree 2 alone (seconds; for tests).
     ``parts``: those parts of it only. :func:`run` needs the dynamics' builder for the fixed
@@ -646,6 +646,7 @@ def _figure_points(quick: bool, seed: int) -> list:
     betas = tuple(float(b) for b in np.geomspace(0.03, 0.3, 11))
     return (study_points("paper", parts=("classical", "hopfield1982"), seed=seed)
             + dam_points(min_probes=3000, n_steps=8, seed=seed)
+            + dam_points(degrees=(4,), dims=(40, 50, 60), min_probes=3000, n_steps=8, seed=seed)
             + softmax_capacity_points(dims=(32, 40, 48, 56, 64, 72), min_probes=3000, seed=seed)
             + softmax_fixed_point_points(betas=betas, networks=10, seed=seed, dynamics=True)
             + softmax_fixed_point_points(betas=betas, networks=10, flips=16, seed=seed,
