@@ -259,7 +259,14 @@ def write(traj, path) -> Path:
         with atomic_path(path) as tmp:  # written in place by the HDF5 library (no ENOSPC guard)
             ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
         return path
-    return write_bytes(path, data)
+    try:
+        return write_bytes(path, data)
+    finally:
+        # xarray hands back a view of its in-memory file: end the export now, or the buffer's
+        # own close at garbage collection fails ("Exception ignored ... BufferError: Existing
+        # exports of data", printed on python 3.13)
+        if isinstance(data, memoryview):
+            data.release()
 
 
 def _attr(value):

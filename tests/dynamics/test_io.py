@@ -376,3 +376,23 @@ def test_layer_sizes_that_do_not_split_the_state_are_refused_on_save(tmp_path, r
     with pytest.raises(ValueError, match=r"sizes \[12, 3, 6\] do not split the trajectory's v"):
         save_trajectory(bad, tmp_path / "x.nc")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_save_ends_its_view_of_the_in_memory_file(tmp_path, rng, monkeypatch):
+    """xarray returns the in-memory file as a memoryview: write releases it once the bytes are
+    written, so the buffer's close at garbage collection never meets a live export (python 3.13
+    printed 'Exception ignored ... BufferError: Existing exports of data' for it)."""
+    import uhn.dynamics.io as io
+    seen = []
+    real = io.write_bytes
+
+    def spy(path, data):
+        seen.append(data)
+        return real(path, data)
+    monkeypatch.setattr(io, "write_bytes", spy)
+    path = save_trajectory(_small(rng), tmp_path / "run.nc")
+    assert load_trajectory(path).v.shape[0] == 9
+    (data,) = seen
+    if isinstance(data, memoryview):
+        with pytest.raises(ValueError, match="released"):
+            data.tobytes()
