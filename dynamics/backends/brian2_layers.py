@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 from uhn.dynamics.backends.brian2_rate import Brian2UnsupportedError, connect_blocks, follow_shift
-from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2
+from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2, step_count
 from uhn.dynamics.hierarchical.network import HierarchicalNetwork
 from uhn.dynamics.hierarchical.synapses import Linear, Similarity
 from uhn.dynamics.solvers.driver import DEFAULT_RTOL, NOISE_FACTOR, Settings, rest_ratio
@@ -209,11 +209,7 @@ def run_brian2_layers(net: HierarchicalNetwork, Q, t_end: float, dt: float, *,
     record_every = require_count(record_every, "record_every")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
-    n_steps = int(round(t_end / dt))
-    if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
-        raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
-    if n_steps % record_every:
-        raise ValueError(f"t_end / dt = {n_steps} steps is not a multiple of record_every = {record_every}")
+    n_steps = step_count(t_end, dt, record_every)
     v0, hq = net.initial_state(Q, h0)
     B = v0.shape[0]
     I = v0.copy() if input_mode == "clamped" else np.array(net.input_current(None, B))

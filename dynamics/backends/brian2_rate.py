@@ -58,7 +58,7 @@ import numpy as np
 
 from uhn.dynamics.backends.brian2_stability import check_step, stability_bound
 from uhn.dynamics.backends.brian2_target import (DEFAULT_TARGET, TARGETS,  # noqa: F401
-    brian2_target, default_cache_dir, import_brian2)
+    brian2_target, default_cache_dir, import_brian2, step_count)
 from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
@@ -735,11 +735,7 @@ def run_brian2(net: Network, Q, t_end: float, dt="auto", *, target: str = DEFAUL
         dt, dt_auto = auto_dt(net, Q, t_end, dt_tol, record_every=record_every, scheme=scheme,
                               input_mode=input_mode, h0=h0, max_steps=max_steps)
     dt = require_positive(dt, "dt", "time step (ms)")
-    n_steps = int(round(t_end / dt))
-    if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
-        raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
-    if n_steps % record_every:
-        raise ValueError(f"t_end / dt = {n_steps} steps is not a multiple of record_every = {record_every}")
+    n_steps = step_count(t_end, dt, record_every)
     if n_steps > max_steps:
         raise ValueError(f"t_end / dt = {n_steps} steps is more than max_steps = {max_steps}; "
                          f"raise dt or max_steps")

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from uhn.dynamics.backends.brian2_rate import connect_blocks, follow_shift
-from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2
+from uhn.dynamics.backends.brian2_target import DEFAULT_TARGET, brian2_target, import_brian2, step_count
 from uhn.dynamics.trajectory import Trajectory
 from uhn.dynamics.network import Network
 from uhn.models.validation import require_count, require_positive
@@ -130,11 +130,7 @@ def run_spiking(net: Network, Q, t_end: float, dt: float = 0.05, n: int = 100,
                          f"step; lower dt (ms) or r_max (kHz)")
     if input_mode not in ("initial", "clamped"):
         raise ValueError(f"input_mode must be 'initial' or 'clamped', got {input_mode!r}")
-    n_steps = int(round(t_end / dt))
-    if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
-        raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
-    if n_steps % record_every:
-        raise ValueError(f"t_end / dt = {n_steps} steps is not a multiple of record_every = {record_every}")
+    n_steps = step_count(t_end, dt, record_every)
     Qm = np.atleast_2d(np.asarray(Q, dtype=np.float64))
     v0, h0 = net.initial_state(Qm)
     B, D, N = v0.shape[0], net.D, net.N

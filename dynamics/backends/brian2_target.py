@@ -72,3 +72,14 @@ def brian2_target(target: str, cache_dir: Optional[str], build_dir: Optional[str
             reset_device()
         if tmp is not None:
             tmp.cleanup()
+
+
+def step_count(t_end: float, dt: float, record_every: int) -> int:
+    """The number of fixed steps dt in t_end (both ms) of a brian2 run: ValueError unless t_end is
+    a whole number (>= 1) of steps, to 1e-9 relative, and a multiple of record_every steps."""
+    n_steps = int(round(t_end / dt))
+    if n_steps < 1 or abs(n_steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
+        raise ValueError(f"t_end = {t_end} ms is not a whole number of steps of dt = {dt} ms")
+    if n_steps % record_every:
+        raise ValueError(f"t_end / dt = {n_steps} steps is not a multiple of record_every = {record_every}")
+    return n_steps
